@@ -1,0 +1,52 @@
+// Small helpers for the CUDA kernels: storage <-> fp32 conversion, 16-byte vectors, launch sizing.
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "common/macros.h"
+
+namespace gk {
+
+__device__ __forceinline__ float to_f32(float v) { return v; }
+__device__ __forceinline__ float to_f32(__half v) { return __half2float(v); }
+__device__ __forceinline__ float to_f32(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+template <typename T> __device__ __forceinline__ T from_f32(float v);
+template <> __device__ __forceinline__ float from_f32<float>(float v) { return v; }
+template <> __device__ __forceinline__ __half from_f32<__half>(float v) { return __float2half_rn(v); }
+template <> __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+
+// N elements of T moved as one 16-byte load/store when N * sizeof(T) == 16.
+template <typename T, int N>
+struct alignas(sizeof(T) * N) Vec {
+  T v[N];
+};
+
+// Enough blocks to fill every SM several times over; grid-stride loops cover the rest.
+inline int grid_size(std::int64_t work_items, int threads) {
+  static int sms = [] {
+    int dev = 0, n = 0;
+    cudaGetDevice(&dev);
+    cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev);
+    return n > 0 ? n : 80;
+  }();
+  std::int64_t want = (work_items + threads - 1) / threads;
+  std::int64_t cap = static_cast<std::int64_t>(sms) * 16;
+  return static_cast<int>(want < cap ? (want > 0 ? want : 1) : cap);
+}
+
+// Calls f(T{}) with the storage type named by a gk::DType code.
+template <typename F>
+inline void dispatch_dtype(int dtype, F&& f) {
+  switch (static_cast<DType>(dtype)) {
+    case DType::Float32: f(float{}); break;
+    case DType::Float16: f(__half{}); break;
+    case DType::BFloat16: f(__nv_bfloat16{}); break;
+    default: throw std::invalid_argument("gankern: unsupported dtype code " + std::to_string(dtype));
+  }
+}
+
+}  // namespace gk

@@ -1,0 +1,45 @@
+// Macros shared by every native kernel. Header-only; no torch anywhere in csrc/.
+#pragma once
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+#if defined(__CUDACC__)
+#define GK_HOST_DEVICE __host__ __device__
+#else
+#define GK_HOST_DEVICE
+#endif
+
+// Hot CPU loops are compiled three times and the best version is picked when the module loads
+// (GCC function multi-versioning through an ifunc): one binary, AVX-512 where the CPU has it.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(__CUDACC__)
+#define GK_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define GK_CPU_CLONES
+#endif
+
+namespace gk {
+
+// Storage type codes shared with Python (gankern/_native.py: DTYPE_CODES).
+enum class DType : int { Float32 = 0, Float16 = 1, BFloat16 = 2 };
+
+inline void check(bool ok, const std::string& what) {
+  if (!ok) throw std::invalid_argument(what);
+}
+
+template <typename T>
+inline T* ptr(std::uintptr_t p) { return reinterpret_cast<T*>(p); }
+
+}  // namespace gk
+
+#if defined(__CUDACC__)
+#include <cuda_runtime.h>
+// After every launch: a CUDA error becomes a RuntimeError that names the op.
+#define GK_CUDA_CHECK_LAUNCH(opname)                                                        \
+  do {                                                                                      \
+    cudaError_t err_ = cudaGetLastError();                                                  \
+    if (err_ != cudaSuccess)                                                                \
+      throw std::runtime_error(std::string("gankern.") + (opname) +                         \
+                               ": CUDA kernel launch failed: " + cudaGetErrorString(err_)); \
+  } while (0)
+#endif

@@ -1,0 +1,62 @@
+"""Layout and allocation helpers shared by every op's kernel wrappers."""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+_poison = False
+
+
+@contextlib.contextmanager
+def poison_outputs(enabled: bool = True):
+    """Fill every output the kernel wrappers allocate with NaN before a kernel runs (tests use this,
+    so an element a kernel forgets to write fails the comparison instead of passing by luck)."""
+    global _poison
+    old, _poison = _poison, enabled
+    try:
+        yield
+    finally:
+        _poison = old
+
+
+def empty_like(x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """torch.empty_like keeping x's dense layout (NCHW, channels_last, ...); NaN under poison_outputs."""
+    out = torch.empty_like(x, dtype=dtype)
+    if _poison and out.is_floating_point():
+        out.fill_(float("nan"))
+    return out
+
+
+def empty(shape, *, dtype, device) -> torch.Tensor:
+    out = torch.empty(shape, dtype=dtype, device=device)
+    if _poison and out.is_floating_point():
+        out.fill_(float("nan"))
+    return out
+
+
+def is_dense(t: torch.Tensor) -> bool:
+    """True if t covers exactly numel() consecutive elements in some order of its dimensions
+    (contiguous, channels_last, any permutation): kernels can then treat it as flat memory."""
+    dims = sorted((s, n) for s, n in zip(t.stride(), t.shape) if n != 1)
+    expected = 1
+    for stride, size in dims:
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
+def dense(t: torch.Tensor) -> torch.Tensor:
+    """t itself if dense, else a contiguous copy (sliced or expanded inputs)."""
+    return t if is_dense(t) else t.contiguous()
+
+
+def like(t: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """t with ref's strides (copying only if they differ), e.g. an incoming gradient laid out
+    unlike the saved input."""
+    if t.stride() == ref.stride() or t.numel() <= 1:
+        return t
+    out = torch.empty_like(ref, dtype=t.dtype)
+    out.copy_(t)
+    return out

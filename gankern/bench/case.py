@@ -1,0 +1,34 @@
+"""What a benchmark is: one op at one shape, timed against eager PyTorch and torch.compile.
+
+Each op family contributes `cases(device) -> list[Case]` in gankern/bench/<family>.py and is listed
+in gankern/bench/__init__.py:FAMILIES. `gankern bench` and benchmarks/bench_<family>.py (pytest-
+benchmark) run the same cases, so a shape is defined once.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+
+@dataclass
+class Case:
+    op: str                      # family name, as given to `gankern bench --ops`
+    variant: str                 # what is timed, e.g. "lrelu+clamp fwd" or "silu fwd+bwd"
+    shape: tuple                 # the main tensor's shape (for the table)
+    dtype: torch.dtype
+    setup: Callable[[], Any]     # builds inputs on the device (called once, outside timing)
+    gankern: Callable[[Any], Any]    # the gankern call under test
+    eager: Callable[[Any], Any]      # eager PyTorch doing the same work (the reference or the
+                                     # usual torch idiom); torch.compile of it is the second baseline
+    bytes: int                   # fewest bytes the work must move: every input read once, every
+                                 # output written once; % of copy bandwidth is computed from it
+    quick: bool = False          # part of the default `gankern bench` run
+    compile: Callable[[Any], Any] | None = None  # what torch.compile gets, if not `eager`
+    notes: str = ""
+    tags: dict = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return f"{self.op} {self.variant}"

@@ -1,0 +1,196 @@
+"""bias_act: StyleGAN2's fused bias + activation + gain + clamp.
+
+The pattern every gankern op follows, in one file:
+  1. `bias_act(...)`       functional API: validate, fill in defaults, call the custom op
+  2. `torch.ops.gankern.bias_act` / `bias_act_backward`: custom ops with fake (meta) kernels, so
+     torch.compile(fullgraph=True) and torch.export see through them
+  3. autograd: forward saves only x and b; backward is itself a custom op, whose own backward
+     makes second-order gradients (R1 / path-length regularizers) work
+  4. backends: one small registered function per (op, backend); gankern.backends picks one
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from .. import _native
+from .. import _tensors as T
+from ..backends import register, resolve
+from ..reference import activations as ref_acts
+from ..reference import bias_act as ref
+from . import _validate as V
+
+
+def bias_act(x: Tensor, b: Tensor | None = None, dim: int = 1, act: str = "linear", alpha: float | None = None,
+             gain: float | None = None, clamp: float | None = None) -> Tensor:
+    """y = clamp(act(x + b) * gain, -clamp, clamp), with b broadcast along `dim`.
+
+    Args:
+        x: input of any shape; float32 (all backends) or float16/bfloat16 (GPU backends).
+        b: bias of shape [x.shape[dim]], or None.
+        dim: the dimension of x that b runs along.
+        act: linear, relu, lrelu, tanh, sigmoid, elu, selu, softplus, swish, gelu (exact),
+            gelu_tanh or silu.
+        alpha: lrelu slope (default 0.2); ignored by the other activations.
+        gain: output scale; default StyleGAN2's for the activation (sqrt(2) for relu, lrelu and
+            swish, else 1).
+        clamp: clip the output to [-clamp, clamp]; None for no clipping.
+    """
+    V.tensor(x, "x")
+    a = ref_acts.get(act)
+    dim = V.dim(dim, x.ndim)
+    if b is not None:
+        V.tensor(b, "b")
+        V.same_device(x, "x", b=b)
+        if b.ndim != 1 or x.ndim == 0 or b.shape[0] != x.shape[dim]:
+            want = x.shape[dim] if x.ndim else "n/a (x is 0-d)"
+            raise ValueError(f"b must have shape [x.shape[dim]] = [{want}], got {tuple(b.shape)}")
+    alpha = a.def_alpha if alpha is None else V.real(alpha, "alpha")
+    gain = a.def_gain if gain is None else V.real(gain, "gain")
+    if clamp is not None:
+        clamp = V.real(clamp, "clamp", min_value=0.0)
+    return torch.ops.gankern.bias_act(x, b, dim, act, alpha, gain, clamp)
+
+
+# ---- custom ops ------------------------------------------------------------------------------
+
+@torch.library.custom_op("gankern::bias_act", mutates_args=())
+def _bias_act(x: Tensor, b: Optional[Tensor], dim: int, act: str, alpha: float, gain: float,
+              clamp: Optional[float]) -> Tensor:
+    return resolve("bias_act", x)(x, b, dim, act, alpha, gain, clamp)
+
+
+@_bias_act.register_fake
+def _(x, b, dim, act, alpha, gain, clamp):
+    return torch.empty_like(x)
+
+
+@torch.library.custom_op("gankern::bias_act_backward", mutates_args=())
+def _bias_act_backward(dy: Tensor, x: Tensor, b: Optional[Tensor], dim: int, act: str, alpha: float,
+                       gain: float, clamp: Optional[float]) -> Tensor:
+    return resolve("bias_act_backward", x)(dy, x, b, dim, act, alpha, gain, clamp)
+
+
+@_bias_act_backward.register_fake
+def _(dy, x, b, dim, act, alpha, gain, clamp):
+    return torch.empty_like(x)
+
+
+# ---- autograd --------------------------------------------------------------------------------
+
+def _reduce_to_bias(g: Tensor, b: Tensor, dim: int) -> Tensor:
+    """Sum a full-size gradient over every dimension but `dim` (deterministic torch reduction)."""
+    dims = [d for d in range(g.ndim) if d != dim]
+    return (g.float().sum(dims) if dims else g.float()).to(b.dtype)
+
+
+def _setup(ctx, inputs, output):
+    x, b, *params = inputs
+    ctx.save_for_backward(x, b)
+    ctx.params = params  # dim, act, alpha, gain, clamp
+
+
+def _backward(ctx, dy):
+    x, b = ctx.saved_tensors
+    dim = ctx.params[0]
+    dx = torch.ops.gankern.bias_act_backward(dy, x, b, *ctx.params)
+    db = _reduce_to_bias(dx, b, dim) if b is not None and ctx.needs_input_grad[1] else None
+    return dx, db, None, None, None, None, None
+
+
+_bias_act.register_autograd(_backward, setup_context=_setup)
+
+
+def _setup_bwd(ctx, inputs, output):
+    dy, x, b, *params = inputs
+    ctx.save_for_backward(dy, x, b)
+    ctx.params = params
+
+
+def _backward_bwd(ctx, g):
+    """Gradients of dx = dy * act'(x + b) * gain * mask: linear in dy, so d/d(dy) is the same
+    kernel applied to g; d/dx and d/db need act'', taken from the reference by autograd."""
+    dy, x, b = ctx.saved_tensors
+    dim = ctx.params[0]
+    g_dy = torch.ops.gankern.bias_act_backward(g, x, b, *ctx.params) if ctx.needs_input_grad[0] else None
+    g_x = g_b = None
+    if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+        with torch.enable_grad():
+            xr = x.detach().requires_grad_()
+            br = b.detach().requires_grad_() if b is not None else None
+            dx = ref.bias_act_backward(dy.detach(), xr, br, *ctx.params)
+            g_x, = torch.autograd.grad(dx, [xr], g)
+        if b is not None and ctx.needs_input_grad[2]:
+            g_b = _reduce_to_bias(g_x, b, dim)  # x and b enter only through x + b
+    return g_dy, g_x, g_b, None, None, None, None, None
+
+
+_bias_act_backward.register_autograd(_backward_bwd, setup_context=_setup_bwd)
+
+
+# ---- backends --------------------------------------------------------------------------------
+
+register("bias_act", "reference")(ref.bias_act)
+register("bias_act_backward", "reference")(ref.bias_act_backward)
+
+
+def _prepare(x, b, dim, act, alpha, gain, clamp):
+    """Dense x, fp32 bias, and the scalar arguments every native/Triton launcher takes:
+    (n, C, cstride, act code, alpha, gain, clamp) with the flat-memory bias indexing of
+    csrc/bias_act/bias_act.h and clamp < 0 meaning none."""
+    x = T.dense(x)
+    bf = b.float().contiguous() if b is not None else None
+    C, cstride = (1, 1) if b is None or x.shape[dim] == 1 else (x.shape[dim], x.stride(dim))
+    return x, bf, (x.numel(), C, cstride, ref_acts.get(act).code, alpha, gain, -1.0 if clamp is None else clamp)
+
+
+@register("bias_act", "cpu")
+def _bias_act_cpu(x, b, dim, act, alpha, gain, clamp):
+    x, bf, args = _prepare(x, b, dim, act, alpha, gain, clamp)
+    y = T.empty_like(x)
+    _native.cpu.bias_act_forward(x.data_ptr(), _native.ptr(bf), y.data_ptr(), *args)
+    return y
+
+
+@register("bias_act_backward", "cpu")
+def _bias_act_backward_cpu(dy, x, b, dim, act, alpha, gain, clamp):
+    x, bf, args = _prepare(x, b, dim, act, alpha, gain, clamp)
+    dy, dx = T.like(dy.to(x.dtype), x), T.empty_like(x)
+    _native.cpu.bias_act_backward(dy.data_ptr(), x.data_ptr(), _native.ptr(bf), dx.data_ptr(), *args)
+    return dx
+
+
+@register("bias_act", "cuda")
+def _bias_act_cuda(x, b, dim, act, alpha, gain, clamp):
+    x, bf, args = _prepare(x, b, dim, act, alpha, gain, clamp)
+    y = T.empty_like(x)
+    with torch.cuda.device(x.device):
+        _native.cuda.bias_act_forward(x.data_ptr(), _native.ptr(bf), y.data_ptr(), *args, _native.dtype_code(x),
+                                      _native.cuda_stream(x))
+    return y
+
+
+@register("bias_act_backward", "cuda")
+def _bias_act_backward_cuda(dy, x, b, dim, act, alpha, gain, clamp):
+    x, bf, args = _prepare(x, b, dim, act, alpha, gain, clamp)
+    dy, dx = T.like(dy.to(x.dtype), x), T.empty_like(x)
+    with torch.cuda.device(x.device):
+        _native.cuda.bias_act_backward(dy.data_ptr(), x.data_ptr(), _native.ptr(bf), dx.data_ptr(), *args,
+                                       _native.dtype_code(x), _native.cuda_stream(x))
+    return dx
+
+
+@register("bias_act", "triton")
+def _bias_act_triton(x, b, dim, act, alpha, gain, clamp):
+    from ..triton import bias_act as tk
+    x, bf, args = _prepare(x, b, dim, act, alpha, gain, clamp)
+    return tk.launch(None, x, bf, T.empty_like(x), *args)
+
+
+@register("bias_act_backward", "triton")
+def _bias_act_backward_triton(dy, x, b, dim, act, alpha, gain, clamp):
+    from ..triton import bias_act as tk
+    x, bf, args = _prepare(x, b, dim, act, alpha, gain, clamp)
+    return tk.launch(T.like(dy.to(x.dtype), x), x, bf, T.empty_like(x), *args)

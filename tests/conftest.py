@@ -1,0 +1,59 @@
+"""Shared test setup. Conventions (docs/architecture.md, "Tests"):
+- every backend that can run here is compared with the reference run in float64;
+- kernel outputs are poisoned (NaN-filled) before kernels run, so unwritten elements fail;
+- Triton runs under TRITON_INTERPRET=1 when there is no GPU (set here, before triton is imported).
+"""
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+import gankern  # noqa: E402
+from gankern._tensors import poison_outputs  # noqa: E402
+from gankern.backends import why_not  # noqa: E402
+
+KERNEL_BACKENDS = ("reference", "cpu", "triton", "cuda")
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+# Error bounds against the float64 reference, relative to the reference's scale.
+TOL = {torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2, torch.float64: 1e-12}
+
+
+@pytest.fixture(autouse=True)
+def _poisoned_outputs():
+    with poison_outputs():
+        yield
+
+
+def skip_unless_runnable(op: str, backend: str, device, dtype=torch.float32) -> None:
+    why = why_not(op, backend, device, dtype)
+    if why is not None:
+        pytest.skip(why)
+
+
+def assert_close(out: torch.Tensor, ref: torch.Tensor, dtype=torch.float32, scale: float | None = None,
+                 what: str = "output") -> None:
+    """|out - ref| <= tol * (|ref| + scale) elementwise, NaN only where the reference has NaN;
+    scale defaults to the reference's RMS so near-zero elements are judged against the tensor."""
+    assert out.shape == ref.shape, f"{what}: shape {tuple(out.shape)} != {tuple(ref.shape)}"
+    out, ref = out.double().cpu(), ref.double().cpu()
+    nan_ref = torch.isnan(ref)
+    assert torch.equal(torch.isnan(out), nan_ref), f"{what}: NaN pattern differs (unwritten elements?)"
+    out, ref = out[~nan_ref], ref[~nan_ref]
+    if ref.numel() == 0:
+        return
+    fin = torch.isfinite(ref)
+    assert torch.equal(out[~fin], ref[~fin]), f"{what}: infinities differ"
+    out, ref = out[fin], ref[fin]
+    if ref.numel() == 0:
+        return
+    if scale is None:
+        scale = ref.pow(2).mean().sqrt().item() + 1e-30
+    tol = TOL[dtype]
+    err = (out - ref).abs() / (ref.abs() + scale)
+    worst = err.max().item()
+    assert worst <= tol, f"{what}: max relative error {worst:.3g} > {tol:g} (dtype {dtype})"
