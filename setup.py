@@ -80,7 +80,8 @@ class CMakeBuild(build_ext):
         subprocess.check_call(build)
 
 
-setup(
-    ext_modules=[CMakeExtension("gankern._C"), CMakeExtension("gankern._cuda")],
-    cmdclass={"build_ext": CMakeBuild},
-)
+if __name__ == "__main__":  # setuptools runs this file as __main__; tests import find_nvcc
+    setup(
+        ext_modules=[CMakeExtension("gankern._C"), CMakeExtension("gankern._cuda")],
+        cmdclass={"build_ext": CMakeBuild},
+    )

@@ -153,14 +153,29 @@ _DEFAULT_DTYPES = {
 }
 
 
+def _no_alias(fn: Callable) -> Callable:
+    """Reference formulas may return an input unchanged (linear act, no bias); a custom op must not
+    return its inputs, so such outputs are copied."""
+    @functools.wraps(fn)
+    def wrapper(*args):
+        out = fn(*args)
+        ptrs = {a.data_ptr() for a in args if isinstance(a, torch.Tensor)}
+        outs = out if isinstance(out, tuple) else (out,)
+        fixed = tuple(o.clone() if isinstance(o, torch.Tensor) and o.data_ptr() in ptrs and o.numel() else o
+                      for o in outs)
+        return fixed if isinstance(out, tuple) else fixed[0]
+    return wrapper
+
+
 def register(op: str, backend: str, *, cpu_dtypes: Iterable | None = None, cuda_dtypes: Iterable | None = None):
     """Decorator: `fn` implements `op` on `backend`."""
     _check_name(backend)
     cpu_d, cuda_d = _DEFAULT_DTYPES[backend]
 
     def deco(fn):
+        impl = _no_alias(fn) if backend == "reference" else fn
         _REGISTRY.setdefault(op, {})[backend] = Impl(
-            fn, frozenset(cpu_dtypes) if cpu_dtypes is not None else cpu_d,
+            impl, frozenset(cpu_dtypes) if cpu_dtypes is not None else cpu_d,
             frozenset(cuda_dtypes) if cuda_dtypes is not None else cuda_d)
         return fn
 

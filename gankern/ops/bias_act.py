@@ -40,7 +40,7 @@ def bias_act(x: Tensor, b: Tensor | None = None, dim: int = 1, act: str = "linea
     """
     V.tensor(x, "x")
     a = ref_acts.get(act)
-    dim = V.dim(dim, x.ndim)
+    dim = V.dim(dim, x.ndim) if b is not None else 0  # dim only matters with a bias
     if b is not None:
         V.tensor(b, "b")
         V.same_device(x, "x", b=b)
@@ -83,7 +83,8 @@ def _(dy, x, b, dim, act, alpha, gain, clamp):
 def _reduce_to_bias(g: Tensor, b: Tensor, dim: int) -> Tensor:
     """Sum a full-size gradient over every dimension but `dim` (deterministic torch reduction)."""
     dims = [d for d in range(g.ndim) if d != dim]
-    return (g.float().sum(dims) if dims else g.float()).to(b.dtype)
+    acc = torch.float32 if g.dtype in (torch.float16, torch.bfloat16) else g.dtype
+    return (g.sum(dims, dtype=acc) if dims else g.to(acc)).to(b.dtype)
 
 
 def _setup(ctx, inputs, output):
@@ -121,7 +122,8 @@ def _backward_bwd(ctx, g):
             xr = x.detach().requires_grad_()
             br = b.detach().requires_grad_() if b is not None else None
             dx = ref.bias_act_backward(dy.detach(), xr, br, *ctx.params)
-            g_x, = torch.autograd.grad(dx, [xr], g)
+        # piecewise-linear activations have act'' = 0: dx does not depend on x at all
+        g_x = torch.autograd.grad(dx, [xr], g)[0] if dx.requires_grad else torch.zeros_like(x)
         if b is not None and ctx.needs_input_grad[2]:
             g_b = _reduce_to_bias(g_x, b, dim)  # x and b enter only through x + b
     return g_dy, g_x, g_b, None, None, None, None, None
