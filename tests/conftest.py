@@ -57,3 +57,12 @@ def assert_close(out: torch.Tensor, ref: torch.Tensor, dtype=torch.float32, scal
     err = (out - ref).abs() / (ref.abs() + scale)
     worst = err.max().item()
     assert worst <= tol, f"{what}: max relative error {worst:.3g} > {tol:g} (dtype {dtype})"
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

@@ -93,6 +93,8 @@ def test_channels_last_backward_and_mismatched_grad_layout(backend):
     assert_close(gb, wb, what="db")
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning",
+                            "ignore:invalid value encountered:RuntimeWarning")  # numpy, in the interpreter
 @pytest.mark.parametrize("backend", KERNEL_BACKENDS)
 def test_nan_and_inf_propagate_like_torch(backend):
     skip_unless_runnable("bias_act", backend, "cpu")
@@ -242,3 +244,54 @@ def test_bad_inputs(call, exc, words):
         call()
     for w in words:
         assert w in str(info.value), f"{w!r} not in {info.value!s}"
+
+
+# ---- GPU: half precision, large tensors, streams --------------------------------------------
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("act", ["lrelu", "swish", "gelu", "tanh"])
+def test_gpu_half_precision(backend, dtype, act):
+    skip_unless_runnable("bias_act", backend, "cuda", dtype)
+    x = torch.randn(4, 96, 33, 17, device="cuda").to(dtype)
+    b = torch.randn(96, device="cuda").to(dtype)
+    alpha, gain = _defaults(act)
+    for xl in _layouts(x).values():
+        want = ref.bias_act(xl.double(), b.double(), 1, act, alpha, gain, 1.5)
+        xk, bk = xl.clone().requires_grad_(), b.clone().requires_grad_()
+        y = _run(backend, xk, bk, act=act, clamp=1.5)
+        assert y.dtype == dtype
+        assert_close(y, want, dtype, what="forward")
+        dy = torch.randn_like(y)
+        y.backward(dy)
+        xd, bd = xl.double().requires_grad_(), b.double().requires_grad_()
+        ref.bias_act(xd, bd, 1, act, alpha, gain, 1.5).backward(dy.double())
+        assert_close(xk.grad, xd.grad, dtype, what="dx")
+        assert_close(bk.grad, bd.grad, dtype, scale=bd.grad.abs().max().item(), what="db")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+def test_gpu_unaligned_and_odd_sizes(backend):
+    """Views at odd offsets and sizes not divisible by the vector width take the scalar path."""
+    skip_unless_runnable("bias_act", backend, "cuda", torch.float16)
+    base = torch.randn(1 + 3 * 7 * 11, device="cuda", dtype=torch.float16)
+    x = base[1:].view(3, 7, 11)
+    b = torch.randn(7, device="cuda", dtype=torch.float16)
+    want = ref.bias_act(x.double(), b.double(), 1, "lrelu", 0.2, math.sqrt(2), None)
+    assert_close(_run(backend, x, b, act="lrelu"), want, torch.float16)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+def test_gpu_side_stream(backend):
+    skip_unless_runnable("bias_act", backend, "cuda")
+    s = torch.cuda.Stream()
+    x = torch.randn(64, 128, 16, 16, device="cuda")
+    want = ref.bias_act(x.double(), None, 1, "swish", 0.0, math.sqrt(2), None)
+    with torch.cuda.stream(s):
+        x2 = x * 1
+        y = _run(backend, x2, act="swish")
+    s.synchronize()
+    assert_close(y, want)
