@@ -3,6 +3,7 @@
 #include <limits>
 
 #include "bias_act/bias_act.h"
+#include "common/cpu_memory.h"
 
 namespace gk::bias_act {
 namespace {
@@ -78,6 +79,7 @@ void dispatch(const Params& p, F&& f) {
 }  // namespace
 
 void forward_cpu(const float* x, const float* b, float* y, const Params& p) {
+  advise_huge_pages(y, p.n * static_cast<std::int64_t>(sizeof(float)));
   dispatch(p, [&](auto a, auto c) {
     constexpr int A = decltype(a)::value;
     constexpr bool K = decltype(c)::value;
@@ -93,6 +95,7 @@ void forward_cpu(const float* x, const float* b, float* y, const Params& p) {
 }
 
 void backward_cpu(const float* dy, const float* x, const float* b, float* dx, const Params& p) {
+  advise_huge_pages(dx, p.n * static_cast<std::int64_t>(sizeof(float)));
   dispatch(p, [&](auto a, auto c) {
     constexpr int A = decltype(a)::value;
     constexpr bool K = decltype(c)::value;
