@@ -59,5 +59,6 @@ PYBIND11_MODULE(_C, m) {
                           ptr<const float>(lv), ptr<float>(dmu), ptr<float>(dlv), {rows, inner, mu_rs, lv_rs},
                           {static_cast<uint64_t>(seed), static_cast<uint64_t>(offset), lo, hi});
   });
+  m.def("vae_set_simd", [](bool enabled) { gk::vae::set_cpu_simd(enabled); });
   m.def("vae_kl_block", []() { return gk::vae::kKlBlock; });
 }

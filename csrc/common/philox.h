@@ -10,8 +10,9 @@
 //   uniform: bitcast the word to int32, x < 0 -> ~x, then float(x) * 4.6566127342e-10f  in [0, 1)
 //   normal:  Box-Muller on (u1, u2) and (u3, u4): u1 = max(1e-7, u1), th = 2*pi*u2,
 //            r = sqrt(-2 log u1), (r cos th, r sin th)
-// All float math is fp32 (as Triton's), so backends agree to a few ulps, not bit for bit: the
-// transcendental functions differ (CUDA libdevice, the polynomials below on the CPU).
+// The words and uniforms are exact; Box-Muller is fp32 math, so backends agree to a few ulps, not
+// bit for bit: the transcendental functions differ (CUDA's accurate logf/sincospif, the
+// polynomials below on the CPU, Triton's own on the triton backend).
 #pragma once
 #include <cmath>
 #include <cstdint>
@@ -104,33 +105,36 @@ GK_HOST_DEVICE inline float log_pos_f32(float x) {
 #endif
 }
 
-// sin(x) and cos(x) for |x| up to a few hundred (Box-Muller passes [0, 2 pi)).
-GK_HOST_DEVICE inline void sincos_f32(float x, float* s, float* c) {
+// Cephes' single-precision sin and cos polynomials on [-pi/4, pi/4].
+GK_HOST_DEVICE inline float sin_poly(float r, float z) {
+  return ((-1.9515295891E-4f * z + 8.3321608736E-3f) * z - 1.6666654611E-1f) * z * r + r;
+}
+GK_HOST_DEVICE inline float cos_poly(float z) {
+  return ((2.443315711809948E-5f * z - 1.388731625493765E-3f) * z + 4.166664568298827E-2f) * z * z - 0.5f * z + 1.0f;
+}
+
+// sin(2 pi u) and cos(2 pi u) for u in [0, 1). Reducing in u (4u is exact, so the quadrant and the
+// remainder u - j/4 are exact) is cheaper than reducing th = 2 pi u, and more accurate than Triton,
+// which first rounds th to fp32 (an error of up to 2.4e-7 in th). GPU: sincospif of 2u, exact too.
+GK_HOST_DEVICE inline void sincos_2pi(float u, float* s, float* c) {
 #if defined(__CUDA_ARCH__)
-  sincosf(x, s, c);
+  sincospif(2.0f * u, s, c);
 #else
-  const float ax = std::fabs(x);
-  // Nearest multiple of pi/2: j even in units of pi/4, as Cephes rounds.
-  std::int32_t j = static_cast<std::int32_t>(ax * 1.27323954473516f);  // 4 / pi
-  j = (j + 1) & ~1;
-  const float y = static_cast<float>(j);
-  // pi/4 in three parts (Cody-Waite): y * DP1 and y * DP2 are exact for small y.
-  const float r = ((ax - y * 0.78515625f) - y * 2.4187564849853515625e-4f) - y * 3.77489497744594108e-8f;
+  const std::int32_t j = static_cast<std::int32_t>(u * 4.0f + 0.5f);  // nearest quarter turn (u >= 0)
+  const float r = (u - static_cast<float>(j) * 0.25f) * kTwoPi;       // in [-pi/4, pi/4]
   const float z = r * r;
-  const float sp = ((-1.9515295891E-4f * z + 8.3321608736E-3f) * z - 1.6666654611E-1f) * z * r + r;
-  const float cp = ((2.443315711809948E-5f * z - 1.388731625493765E-3f) * z + 4.166664568298827E-2f) * z * z
-                   - 0.5f * z + 1.0f;
-  const std::int32_t q = (j >> 1) & 3;  // quadrant of ax
+  const float sp = sin_poly(r, z), cp = cos_poly(z);
+  const std::int32_t q = j & 3;  // quadrant
   float sv = (q & 1) ? cp : sp;
   float cv = (q & 1) ? sp : cp;
   sv = (q & 2) ? -sv : sv;
   cv = ((q + 1) & 2) ? -cv : cv;  // cos is negative in quadrants 1 and 2
-  *s = x < 0.f ? -sv : sv;
+  *s = sv;
   *c = cv;
 #endif
 }
 
-// Box-Muller of Triton's pair_uniform_to_normal.
+// Box-Muller of Triton's pair_uniform_to_normal: th = 2 pi u2, (r cos th, r sin th).
 GK_HOST_DEVICE inline void box_muller(float u1, float u2, float* n1, float* n2) {
 #if defined(__CUDA_ARCH__)
   u1 = fmaxf(u1, kBoxMullerMinU);
@@ -140,10 +144,9 @@ GK_HOST_DEVICE inline void box_muller(float u1, float u2, float* n1, float* n2) 
   const std::int32_t ub = f32_to_bits(u1), mb = f32_to_bits(kBoxMullerMinU);
   u1 = bits_to_f32(ub > mb ? ub : mb);
 #endif
-  const float th = kTwoPi * u2;
   const float r = std::sqrt(-2.0f * log_pos_f32(u1));
   float s, c;
-  sincos_f32(th, &s, &c);
+  sincos_2pi(u2, &s, &c);
   *n1 = r * c;
   *n2 = r * s;
 }

@@ -38,6 +38,9 @@ GK_HOST_DEVICE inline float kl_term(float mu, float lv, float var) {
   return 0.5f * (mu * mu + var - 1.0f - lv);
 }
 
+// Tests: false forces the portable (auto-vectorized) code where AVX2 intrinsics would run.
+void set_cpu_simd(bool enabled);
+
 // out[i] = normal i of (seed, offset), i < n; fp32.
 void randn_cpu(float* out, std::int64_t n, std::uint64_t seed, std::uint64_t offset);
 
