@@ -51,12 +51,13 @@ PYBIND11_MODULE(_C, m) {
                          ptr<double>(partials), {rows, inner, mu_rs, lv_rs},
                          {static_cast<uint64_t>(seed), static_cast<uint64_t>(offset), lo, hi});
   });
-  m.def("vae_backward", [](uintptr_t dz, uintptr_t gkl, float gkl_scale, uintptr_t mu, uintptr_t lv, uintptr_t dmu,
-                           uintptr_t dlv, int64_t rows, int64_t inner, int64_t mu_rs, int64_t lv_rs, int64_t seed,
-                           int64_t offset, float lo, float hi) {
+  m.def("vae_backward", [](uintptr_t dz, uintptr_t gkl, bool gkl_elementwise, float gkl_scale, uintptr_t mu,
+                           uintptr_t lv, uintptr_t dmu, uintptr_t dlv, int64_t rows, int64_t inner, int64_t mu_rs,
+                           int64_t lv_rs, int64_t seed, int64_t offset, float lo, float hi) {
     py::gil_scoped_release nogil;
-    gk::vae::backward_cpu(ptr<const float>(dz), ptr<const float>(gkl), gkl_scale, ptr<const float>(mu),
-                          ptr<const float>(lv), ptr<float>(dmu), ptr<float>(dlv), {rows, inner, mu_rs, lv_rs},
+    gk::vae::backward_cpu(ptr<const float>(dz), {ptr<const float>(gkl), gkl_elementwise, gkl_scale},
+                          ptr<const float>(mu), ptr<const float>(lv), ptr<float>(dmu), ptr<float>(dlv),
+                          {rows, inner, mu_rs, lv_rs},
                           {static_cast<uint64_t>(seed), static_cast<uint64_t>(offset), lo, hi});
   });
   m.def("vae_set_simd", [](bool enabled) { gk::vae::set_cpu_simd(enabled); });

@@ -234,7 +234,7 @@ struct Lanes {
 };
 
 template <bool kZ, bool kKl, bool kSum>
-GK_CPU_CLONES void forward_segment(const float* __restrict mu, const float* __restrict lv,
+GK_CPU_CLONES void forward_segment_portable(const float* __restrict mu, const float* __restrict lv,
                                    const float* __restrict eps, float* __restrict z, float* __restrict kl,
                                    std::int64_t len, float lo, float hi, Lanes* __restrict acc) {
   auto one = [&](std::int64_t i, int lane) {
@@ -254,25 +254,149 @@ GK_CPU_CLONES void forward_segment(const float* __restrict mu, const float* __re
   for (int l = 0; i < len; ++i, ++l) one(i, l);
 }
 
-template <bool kZ>
-GK_CPU_CLONES void backward_segment(const float* __restrict dz, const float* __restrict gkl, float gscale,
+template <bool kZ, bool kKl, bool kKlElem, bool kDmu>
+GK_CPU_CLONES void backward_segment_portable(const float* __restrict dz, const float* __restrict gkl, float gscale,
                                     const float* __restrict mu, const float* __restrict lv,
                                     const float* __restrict eps, float* __restrict dmu, float* __restrict dlv,
                                     std::int64_t len, float lo, float hi) {
+  const float gconst = kKl && !kKlElem ? gscale * gkl[0] : 0.f;
   for (std::int64_t i = 0; i < len; ++i) {
     const float raw = lv[i];
     const float v = clamp_lv(raw, lo, hi);
     const float s = exp_f32(0.5f * v);
-    const float g = gkl ? gscale * gkl[i] : gscale;
-    float gm = g * mu[i];
-    float gv = g * 0.5f * (s * s - 1.0f);
+    float gm = 0.f, gv = 0.f;
+    if constexpr (kKl) {
+      const float g = kKlElem ? gscale * gkl[i] : gconst;
+      gm = g * mu[i];
+      gv = g * 0.5f * (s * s - 1.0f);
+    }
     if constexpr (kZ) {
       gm += dz[i];
       gv += dz[i] * eps[i] * 0.5f * s;
     }
-    dmu[i] = gm;
+    if constexpr (kDmu) dmu[i] = gm;
     dlv[i] = (raw >= lo && raw <= hi) ? gv : 0.0f;  // torch.clamp's inclusive pass-through mask
   }
+}
+
+#ifdef GK_HAVE_AVX2_PHILOX
+// exp_f32 of common/activations.h (Cephes expf), 8 lanes, with its overflow/underflow/NaN rules.
+GK_AVX2_FMA inline __m256 exp8(__m256 x) {
+  const __m256 hi = _mm256_set1_ps(88.3762626647949f), lo = _mm256_set1_ps(-87.3365447504019f);
+  __m256 xc = _mm256_min_ps(_mm256_max_ps(x, lo), hi);
+  const __m256 nan = _mm256_cmp_ps(x, x, _CMP_UNORD_Q);
+  xc = _mm256_andnot_ps(nan, xc);
+  const __m256 n = _mm256_floor_ps(_mm256_fmadd_ps(xc, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f)));
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), xc);
+  r = _mm256_fmadd_ps(n, _mm256_set1_ps(2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.9875691500E-4f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507E-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073E-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894E-2f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459E-1f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201E-1f));
+  __m256 y = _mm256_add_ps(_mm256_fmadd_ps(_mm256_mul_ps(p, r), r, r), _mm256_set1_ps(1.0f));
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  y = _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+  y = _mm256_blendv_ps(y, _mm256_set1_ps(INFINITY), _mm256_cmp_ps(x, hi, _CMP_GT_OQ));
+  y = _mm256_blendv_ps(y, _mm256_setzero_ps(), _mm256_cmp_ps(x, lo, _CMP_LT_OQ));
+  return _mm256_blendv_ps(y, x, nan);
+}
+
+// torch.clamp: NaN passes (max/min return their second operand when either is NaN).
+GK_AVX2_FMA inline __m256 clamp8(__m256 v, __m256 lo, __m256 hi) { return _mm256_min_ps(hi, _mm256_max_ps(lo, v)); }
+
+template <bool kZ, bool kKl, bool kSum>
+GK_AVX2_FMA inline void forward_step8(const float* __restrict mu, const float* __restrict lv,
+                                      const float* __restrict eps, float* __restrict z, float* __restrict kl,
+                                      __m256 vlo, __m256 vhi, __m256* acc) {
+  const __m256 half = _mm256_set1_ps(0.5f);
+  const __m256 m = _mm256_loadu_ps(mu);
+  const __m256 v = clamp8(_mm256_loadu_ps(lv), vlo, vhi);
+  const __m256 s = exp8(_mm256_mul_ps(half, v));
+  if constexpr (kZ) _mm256_storeu_ps(z, _mm256_fmadd_ps(s, _mm256_loadu_ps(eps), m));
+  if constexpr (kKl || kSum) {
+    // 0.5 * (mu^2 + var - 1 - lv), kl_term's order
+    const __m256 t = _mm256_mul_ps(
+        half, _mm256_sub_ps(_mm256_sub_ps(_mm256_fmadd_ps(m, m, _mm256_mul_ps(s, s)), _mm256_set1_ps(1.0f)), v));
+    if constexpr (kKl) _mm256_storeu_ps(kl, t);
+    if constexpr (kSum) *acc = _mm256_add_ps(*acc, t);
+  }
+}
+
+template <bool kZ, bool kKl, bool kSum>
+GK_AVX2_FMA void forward_segment_avx2(const float* __restrict mu, const float* __restrict lv,
+                                      const float* __restrict eps, float* __restrict z, float* __restrict kl,
+                                      std::int64_t len, float lo, float hi, Lanes* __restrict acc) {
+  const __m256 vlo = _mm256_set1_ps(lo), vhi = _mm256_set1_ps(hi);
+  __m256 acc0 = _mm256_loadu_ps(acc->v), acc1 = _mm256_loadu_ps(acc->v + 8);
+  std::int64_t i = 0;
+  for (; i + 16 <= len; i += 16) {  // two accumulators: the adds do not wait on each other
+    forward_step8<kZ, kKl, kSum>(mu + i, lv + i, eps + i, z + i, kl + i, vlo, vhi, &acc0);
+    forward_step8<kZ, kKl, kSum>(mu + i + 8, lv + i + 8, eps + i + 8, z + i + 8, kl + i + 8, vlo, vhi, &acc1);
+  }
+  if (i + 8 <= len) {
+    forward_step8<kZ, kKl, kSum>(mu + i, lv + i, eps + i, z + i, kl + i, vlo, vhi, &acc0);
+    i += 8;
+  }
+  _mm256_storeu_ps(acc->v, acc0);
+  _mm256_storeu_ps(acc->v + 8, acc1);
+  if (i < len)
+    forward_segment_portable<kZ, kKl, kSum>(mu + i, lv + i, eps + i, z + i, kl + i, len - i, lo, hi, acc);
+}
+
+template <bool kZ, bool kKl, bool kKlElem, bool kDmu>
+GK_AVX2_FMA void backward_segment_avx2(const float* __restrict dz, const float* __restrict gkl, float gscale,
+                                       const float* __restrict mu, const float* __restrict lv,
+                                       const float* __restrict eps, float* __restrict dmu, float* __restrict dlv,
+                                       std::int64_t len, float lo, float hi) {
+  const __m256 vlo = _mm256_set1_ps(lo), vhi = _mm256_set1_ps(hi), half = _mm256_set1_ps(0.5f);
+  const __m256 one = _mm256_set1_ps(1.0f), vscale = _mm256_set1_ps(gscale);
+  const __m256 gconst = _mm256_set1_ps(kKl && !kKlElem ? gscale * gkl[0] : 0.f);
+  std::int64_t i = 0;
+  for (; i + 8 <= len; i += 8) {
+    const __m256 raw = _mm256_loadu_ps(lv + i);
+    const __m256 v = clamp8(raw, vlo, vhi);
+    const __m256 s = exp8(_mm256_mul_ps(half, v));
+    __m256 gm = _mm256_setzero_ps(), gv = _mm256_setzero_ps();
+    if constexpr (kKl) {
+      const __m256 g = kKlElem ? _mm256_mul_ps(vscale, _mm256_loadu_ps(gkl + i)) : gconst;
+      gm = _mm256_mul_ps(g, _mm256_loadu_ps(mu + i));
+      gv = _mm256_mul_ps(_mm256_mul_ps(g, half), _mm256_fmsub_ps(s, s, one));
+    }
+    if constexpr (kZ) {
+      const __m256 d = _mm256_loadu_ps(dz + i);
+      gm = _mm256_add_ps(gm, d);
+      gv = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_mul_ps(d, _mm256_loadu_ps(eps + i)), half), s, gv);
+    }
+    if constexpr (kDmu) _mm256_storeu_ps(dmu + i, gm);
+    const __m256 pass = _mm256_and_ps(_mm256_cmp_ps(raw, vlo, _CMP_GE_OQ), _mm256_cmp_ps(raw, vhi, _CMP_LE_OQ));
+    _mm256_storeu_ps(dlv + i, _mm256_and_ps(pass, gv));
+  }
+  if (i < len)
+    backward_segment_portable<kZ, kKl, kKlElem, kDmu>(kZ ? dz + i : nullptr, kKlElem ? gkl + i : gkl, gscale,
+                                                      mu + i, lv + i, eps + i, kDmu ? dmu + i : nullptr, dlv + i,
+                                                      len - i, lo, hi);
+}
+#endif
+
+template <bool kZ, bool kKl, bool kSum>
+inline void forward_segment(const float* mu, const float* lv, const float* eps, float* z, float* kl, std::int64_t len,
+                            float lo, float hi, Lanes* acc) {
+#ifdef GK_HAVE_AVX2_PHILOX
+  if (kCpuHasAvx2 && g_allow_simd) return forward_segment_avx2<kZ, kKl, kSum>(mu, lv, eps, z, kl, len, lo, hi, acc);
+#endif
+  forward_segment_portable<kZ, kKl, kSum>(mu, lv, eps, z, kl, len, lo, hi, acc);
+}
+
+template <bool kZ, bool kKl, bool kKlElem, bool kDmu>
+inline void backward_segment(const float* dz, const float* gkl, float gscale, const float* mu, const float* lv,
+                             const float* eps, float* dmu, float* dlv, std::int64_t len, float lo, float hi) {
+#ifdef GK_HAVE_AVX2_PHILOX
+  if (kCpuHasAvx2 && g_allow_simd)
+    return backward_segment_avx2<kZ, kKl, kKlElem, kDmu>(dz, gkl, gscale, mu, lv, eps, dmu, dlv, len, lo, hi);
+#endif
+  backward_segment_portable<kZ, kKl, kKlElem, kDmu>(dz, gkl, gscale, mu, lv, eps, dmu, dlv, len, lo, hi);
 }
 
 // Calls f(i, len, row_offset_mu, row_offset_lv) for each run of [i0, i1) that stays inside one row.
@@ -335,7 +459,8 @@ void forward_cpu(const float* mu, const float* lv, float* z, float* kl, double* 
         const std::int64_t len = std::min<std::int64_t>(kTile, b1 - t);
         if constexpr (kZ) randn_elements(p.seed, p.offset, t, len, eps);
         for_each_row_run(L, t, t + len, [&](std::int64_t i, std::int64_t seg, std::int64_t om, std::int64_t ol) {
-          forward_segment<kZ, kKl, kSum>(mu + om, lv + ol, eps + (i - t), z + i, kl + i, seg, p.lv_lo, p.lv_hi, &acc);
+          forward_segment<kZ, kKl, kSum>(mu + om, lv + ol, eps + (i - t), kZ ? z + i : nullptr, kKl ? kl + i : nullptr,
+                                         seg, p.lv_lo, p.lv_hi, &acc);
         });
       }
       if constexpr (kSum) {
@@ -345,7 +470,6 @@ void forward_cpu(const float* mu, const float* lv, float* z, float* kl, double* 
       }
     });
   };
-  // kl + i / z + i are only formed when used (null pointers otherwise are never dereferenced).
   const bool hz = z != nullptr, hk = kl != nullptr, hs = kl_partials != nullptr;
   using T = std::true_type;
   using F = std::false_type;
@@ -358,27 +482,40 @@ void forward_cpu(const float* mu, const float* lv, float* z, float* kl, double* 
   else if (hs) run(F{}, F{}, T{});
 }
 
-void backward_cpu(const float* dz, const float* gkl, float gkl_scale, const float* mu, const float* lv, float* dmu,
-                  float* dlv, const Layout& L, const Params& p) {
+void backward_cpu(const float* dz, const Grad& g, const float* mu, const float* lv, float* dmu, float* dlv,
+                  const Layout& L, const Params& p) {
   const std::int64_t n = L.rows * L.inner;
   advise_huge_pages(dmu, n * 4);
   advise_huge_pages(dlv, n * 4);
-  auto run = [&](auto zt) {
-    constexpr bool kZ = decltype(zt)::value;
+  auto run = [&](auto zt, auto klt, auto elemt, auto dmut) {
+    constexpr bool kZ = decltype(zt)::value, kKl = decltype(klt)::value;
+    constexpr bool kElem = decltype(elemt)::value, kDmu = decltype(dmut)::value;
     parallel_blocks(n, [&](std::int64_t, std::int64_t b0, std::int64_t b1) {
       alignas(64) float eps[kTile];
       for (std::int64_t t = b0; t < b1; t += kTile) {
         const std::int64_t len = std::min<std::int64_t>(kTile, b1 - t);
         if constexpr (kZ) randn_elements(p.seed, p.offset, t, len, eps);
         for_each_row_run(L, t, t + len, [&](std::int64_t i, std::int64_t seg, std::int64_t om, std::int64_t ol) {
-          backward_segment<kZ>(kZ ? dz + i : nullptr, gkl ? gkl + i : nullptr, gkl_scale, mu + om, lv + ol,
-                               eps + (i - t), dmu + i, dlv + i, seg, p.lv_lo, p.lv_hi);
+          backward_segment<kZ, kKl, kElem, kDmu>(kZ ? dz + i : nullptr, kElem ? g.gkl + i : g.gkl, g.gkl_scale,
+                                                 mu + om, lv + ol, eps + (i - t), kDmu ? dmu + i : nullptr, dlv + i,
+                                                 seg, p.lv_lo, p.lv_hi);
         });
       }
     });
   };
-  if (dz != nullptr) run(std::true_type{});
-  else run(std::false_type{});
+  using T = std::true_type;
+  using F = std::false_type;
+  const bool hz = dz != nullptr, hk = g.gkl != nullptr, he = g.gkl_elementwise, hd = dmu != nullptr;
+  if (hz && !hk) {
+    if (hd) run(T{}, F{}, F{}, T{});
+    else run(T{}, F{}, F{}, F{});
+  } else if (hz && hk) {
+    if (he) run(T{}, T{}, T{}, T{});
+    else run(T{}, T{}, F{}, T{});
+  } else if (hk) {
+    if (he) run(F{}, T{}, T{}, T{});
+    else run(F{}, T{}, F{}, T{});
+  }
 }
 
 }  // namespace gk::vae

@@ -52,17 +52,26 @@ void forward_cpu(const float* mu, const float* lv, float* z, float* kl, double* 
 // Backward of the above, summed over what was used:
 //   dmu = dz + g * mu
 //   dlv = [lo <= lv <= hi] * (dz * eps * 0.5 * exp(lv_c / 2) + g * 0.5 * (exp(lv_c) - 1))
-// with g = gkl_scale * (gkl ? gkl[i] : 1). dz null: no reparameterization term (no RNG work).
-void backward_cpu(const float* dz, const float* gkl, float gkl_scale, const float* mu, const float* lv, float* dmu,
-                  float* dlv, const Layout& L, const Params& p);
+// dz null: no reparameterization term (and no RNG work). gkl null: no KL term; else
+// g = gkl_scale * gkl[i] (gkl_elementwise) or gkl_scale * gkl[0] (a reduced KL's gradient, read on
+// the device: no host sync). dmu null: not written (without KL it is dz itself).
+struct Grad {
+  const float* gkl;
+  bool gkl_elementwise;
+  float gkl_scale;
+};
 
-// CUDA: dtype is the gk::DType of mu/lv/z/kl/dz/gkl/dmu/dlv; partial sums are fp64 per block of
+void backward_cpu(const float* dz, const Grad& g, const float* mu, const float* lv, float* dmu, float* dlv,
+                  const Layout& L, const Params& p);
+
+// CUDA: dtype is the gk::DType of mu/lv/z/kl/dz/dmu/dlv; partial sums are fp64 per block of
 // kKlBlock elements, as on the CPU. stream: a cudaStream_t.
 void randn_cuda(void* out, std::int64_t n, std::uint64_t seed, std::uint64_t offset, int dtype,
                 std::uintptr_t stream);
 void forward_cuda(const void* mu, const void* lv, void* z, void* kl, double* kl_partials, const Layout& L,
                   const Params& p, int dtype, std::uintptr_t stream);
-void backward_cuda(const void* dz, const void* gkl, float gkl_scale, const void* mu, const void* lv, void* dmu,
-                   void* dlv, const Layout& L, const Params& p, int dtype, std::uintptr_t stream);
+// gkl stays fp32 (g.gkl) whatever the dtype.
+void backward_cuda(const void* dz, const Grad& g, const void* mu, const void* lv, void* dmu, void* dlv,
+                   const Layout& L, const Params& p, int dtype, std::uintptr_t stream);
 
 }  // namespace gk::vae
