@@ -64,8 +64,9 @@ struct Grad {
 void backward_cpu(const float* dz, const Grad& g, const float* mu, const float* lv, float* dmu, float* dlv,
                   const Layout& L, const Params& p);
 
-// CUDA: dtype is the gk::DType of mu/lv/z/kl/dz/dmu/dlv; partial sums are fp64 per block of
-// kKlBlock elements, as on the CPU. stream: a cudaStream_t.
+// CUDA: dtype is the gk::DType of mu/lv/z/kl/dz/dmu/dlv; partial sums are fp64, one per
+// kl_block_cuda() elements. stream: a cudaStream_t.
+std::int64_t kl_block_cuda();  // elements per KL partial sum on CUDA
 void randn_cuda(void* out, std::int64_t n, std::uint64_t seed, std::uint64_t offset, int dtype,
                 std::uintptr_t stream);
 void forward_cuda(const void* mu, const void* lv, void* z, void* kl, double* kl_partials, const Layout& L,

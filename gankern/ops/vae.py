@@ -11,7 +11,8 @@ Custom ops (torch.compile / export see through them):
     gankern::reparameterize      -> z
     gankern::kl_normal           -> kl (reduced, or elementwise for "none")
     gankern::reparameterize_kl   -> (z, kl), reading mu and logvar once
-    gankern::vae_backward        -> (dmu, dlogvar) for any of the three
+    gankern::vae_backward        -> (dmu, dlogvar) given dL/dkl (and dL/dz, if z was made)
+    gankern::reparameterize_backward -> dlogvar given dL/dz (dL/dmu is dL/dz)
 KL sums are deterministic: fixed blocks of elements are summed in a fixed order into fp64 partials,
 which are added in order (no atomics); fp16/bf16 inputs accumulate in fp32 or wider.
 """
@@ -165,6 +166,18 @@ def _(dz, gkl, mu, logvar, seed, offset, lo, hi, reduction):
             torch.empty(mu.shape, dtype=mu.dtype, device=mu.device))
 
 
+@torch.library.custom_op("gankern::reparameterize_backward", mutates_args=())
+def _reparameterize_backward(dz: Tensor, mu: Tensor, logvar: Tensor, seed: int, offset: int, lo: float,
+                             hi: float) -> Tensor:
+    """dlogvar of reparameterize alone (its dmu is dz itself, which a custom op may not return)."""
+    return resolve("vae_backward", mu)(dz, None, mu, logvar, seed, offset, lo, hi, "sum")[1]
+
+
+@_reparameterize_backward.register_fake
+def _(dz, mu, logvar, seed, offset, lo, hi):
+    return torch.empty(mu.shape, dtype=mu.dtype, device=mu.device)
+
+
 # ---- autograd: only mu and logvar are saved; eps is regenerated ------------------------------------
 
 def _setup(ctx, inputs, output, *, kind):
@@ -185,8 +198,10 @@ def _grads(ctx, dz, gkl):
     mu, logvar = ctx.saved_tensors
     if dz is None and gkl is None:
         return None, None
-    dmu, dlv = torch.ops.gankern.vae_backward(dz, gkl, mu, logvar, *ctx.args)
-    return dmu, dlv
+    if gkl is None:  # z alone: dz/dmu is the identity, so only dlogvar needs a kernel
+        seed, offset, lo, hi, _ = ctx.args
+        return dz, torch.ops.gankern.reparameterize_backward(dz, mu, logvar, seed, offset, lo, hi)
+    return torch.ops.gankern.vae_backward(dz, gkl, mu, logvar, *ctx.args)
 
 
 def _backward_z(ctx, dz):
