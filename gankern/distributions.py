@@ -57,7 +57,8 @@ class DiagonalGaussian:
             return self.mean
         return ops.reparameterize(self.mean, self.raw_logvar, seed, offset, LOGVAR_CLAMP)
 
-    def sample_kl(self, seed: int | None = None, offset: int = 0, reduction: str = "batchmean") -> tuple[Tensor, Tensor]:
+    def sample_kl(self, seed: int | None = None, offset: int = 0,
+                  reduction: str = "batchmean") -> tuple[Tensor, Tensor]:
         """(sample, KL to N(0, I) reduced by `reduction`) reading the parameters once."""
         if self.deterministic:
             return self.mean, self.mean.new_zeros(())

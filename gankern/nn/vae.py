@@ -32,7 +32,8 @@ class Reparameterize(nn.Module):
         return mu, ops.kl_normal(mu, logvar, self.kl_reduction, self.logvar_clamp)
 
     def extra_repr(self) -> str:
-        return f"logvar_clamp={self.logvar_clamp}, kl_reduction={self.kl_reduction!r}, sample_in_eval={self.sample_in_eval}"
+        return (f"logvar_clamp={self.logvar_clamp}, kl_reduction={self.kl_reduction!r}, "
+                f"sample_in_eval={self.sample_in_eval}")
 
 
 __all__ = ["Reparameterize"]

@@ -11,7 +11,6 @@ float64 runs Box-Muller in float64 (reference backend only).
 """
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import torch
@@ -125,7 +124,3 @@ def _randn_cuda(shape, seed, offset, dtype, device):
 def _randn_triton(shape, seed, offset, dtype, device):
     from ..triton import random as tk
     return tk.randn(T.empty(shape, dtype=dtype, device=device), seed, offset)
-
-
-def numel(shape) -> int:
-    return math.prod(shape)

@@ -26,7 +26,7 @@ from torch import Tensor
 
 from .. import _native
 from .. import _tensors as T
-from ..backends import FP32_HALF, register, resolve
+from ..backends import register, resolve
 from ..reference import vae as ref
 from . import _validate as V
 from .random import random_seed, seed_bits
@@ -288,7 +288,8 @@ def _outputs(mu, want_z, reduction, partial_count):
 def _forward_cpu(mu, logvar, seed, offset, lo, hi, want_z, reduction):
     m, v, lay = _layout(mu, logvar)
     n = mu.numel()
-    z, kl, partials = _outputs(mu, want_z, reduction, (n + _native.cpu.vae_kl_block() - 1) // _native.cpu.vae_kl_block())
+    blk = _native.cpu.vae_kl_block()
+    z, kl, partials = _outputs(mu, want_z, reduction, (n + blk - 1) // blk)
     if n:
         _native.cpu.vae_forward(m.data_ptr(), v.data_ptr(), _native.ptr(z), _native.ptr(kl), _native.ptr(partials),
                                 *lay, seed, offset, lo, hi)
