@@ -411,10 +411,18 @@ inline void for_each_row_run(const Layout& L, std::int64_t i0, std::int64_t i1, 
   }
 }
 
+// Blocks are handed out dynamically: when another process holds one of the cores (common on small
+// shared machines), a static split would make the whole op wait for the descheduled half. Which
+// thread runs a block never changes its result (KL partials are per block), so this stays
+// deterministic. Below kParallelBlocks (1M elements, ~1 ms on one core) the op runs on the calling
+// thread: waking a pool thread that has lost its core cost 4-20 ms (scheduler ticks) on the shared
+// 2-core VM this was tuned on, far more than the work.
+constexpr std::int64_t kParallelBlocks = 64;
+
 template <typename F>
 inline void parallel_blocks(std::int64_t n, F&& f) {
   const std::int64_t nblocks = (n + kKlBlock - 1) / kKlBlock;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(dynamic, 2) if (nblocks >= kParallelBlocks)
   for (std::int64_t blk = 0; blk < nblocks; ++blk) f(blk, blk * kKlBlock, std::min(n, (blk + 1) * kKlBlock));
 }
 
