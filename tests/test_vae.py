@@ -127,12 +127,18 @@ def test_matches_torch_formula_with_same_eps(backend, device):
     mu, lv = inputs((8, 4, 9, 9), device, spread=15.0)
     seed, offset = 99, 2**40
     eps = gankern.randn(mu.shape, seed, offset, device=device)
-    zt, klt = torch_formula(mu, lv, eps)
+    mt, vt = mu.clone().requires_grad_(), lv.clone().requires_grad_()
+    zt, klt = torch_formula(mt, vt, eps)
+    klt = klt.sum() / mu.shape[0]
+    dz = torch.randn_like(mu)
+    torch.autograd.backward([zt, klt], [dz, torch.tensor(0.3, device=device)])
     with use_backend(backend):
-        z, kl = gankern.reparameterize_kl(mu, lv, seed, offset, "batchmean")
+        m, v = mu.clone().requires_grad_(), lv.clone().requires_grad_()
+        z, kl = gankern.reparameterize_kl(m, v, seed, offset, "batchmean")
+        torch.autograd.backward([z, kl], [dz, torch.tensor(0.3, device=device)])
     # The formula's eps comes from the default randn backend: compare at fp32 rounding of eps.
-    assert torch.allclose(z, zt, rtol=1e-5, atol=1e-5 * zt.abs().max().item())
-    assert torch.allclose(kl, klt.sum() / mu.shape[0], rtol=1e-5)
+    for got, want, what in ((z, zt, "z"), (kl, klt, "kl"), (m.grad, mt.grad, "dmu"), (v.grad, vt.grad, "dlogvar")):
+        assert torch.allclose(got, want, rtol=1e-5, atol=1e-5 * want.abs().max().item()), what
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
