@@ -330,6 +330,20 @@ def test_torch_compile_fullgraph():
     assert m.grad is not None and v.grad is not None
 
 
+def test_torch_compile_fullgraph_seed_none():
+    """seed=None under torch.compile(fullgraph=True): the seed draw is traced (no graph break) and
+    torch.manual_seed still makes runs reproducible (inductor draws it with its own generator, so
+    compiled and eager seeds differ)."""
+    mu, lv = inputs((4, 5))
+    f = torch.compile(lambda a, b: gankern.reparameterize(a, b), fullgraph=True)
+    torch.manual_seed(0)
+    a = f(mu, lv)
+    torch.manual_seed(0)
+    b = f(mu, lv)
+    c = f(mu, lv)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
 # ---- bad inputs ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("call,exc", [

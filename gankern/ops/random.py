@@ -67,7 +67,7 @@ def randn(shape, seed: int | None = None, offset: int = 0, device=None, dtype: t
         dtype: float32, float16, bfloat16 (generated in float32 and rounded) or float64.
     """
     shape = check_shape(shape)
-    seed = seed_bits(random_seed() if seed is None else seed)
+    seed = random_seed() if seed is None else seed_bits(seed)  # drawn seeds need no check (see ops/vae.py)
     offset = seed_bits(offset, "offset")
     if dtype not in FLOATS:
         raise TypeError(f"dtype must be a floating dtype (float32, float64, float16 or bfloat16), got {dtype}")

@@ -68,7 +68,9 @@ def _check_reduction(reduction: str, mu: Tensor) -> str:
 
 
 def _seed_offset(seed, offset) -> tuple[int, int]:
-    return seed_bits(random_seed() if seed is None else seed), seed_bits(offset, "offset")
+    # A drawn seed is valid by construction and, under torch.compile, symbolic (from .item()):
+    # range checks on it would be data-dependent guards, so only user values are checked.
+    return random_seed() if seed is None else seed_bits(seed), seed_bits(offset, "offset")
 
 
 def reparameterize(mu: Tensor, logvar: Tensor, seed: int | None = None, offset: int = 0,
