@@ -14,6 +14,11 @@ from gankern.reference import random as R
 
 from conftest import DEVICES, skip_unless_runnable
 
+try:  # module-level names: @triton.jit functions resolve globals, not a test's locals
+    from gankern.triton.random import randn_flat, randn_tile
+except ImportError:  # no triton: the tests using them skip
+    randn_flat = randn_tile = None
+
 BACKENDS = ("reference", "cpu", "triton", "cuda")
 U64 = 1 << 64
 
@@ -120,6 +125,31 @@ def test_equals_triton_randn4x(seed, offset):
             close(out, expect[:255].double().cpu(), f"{backend} vs tl.randn4x")
             if backend == "triton":  # the same code path: equal to the bit
                 assert torch.equal(out, expect[:255])
+
+
+def test_triton_helpers_tile_and_flat():
+    """randn_tile (flat block) and randn_flat (arbitrary indices, here reversed) agree with
+    gankern.randn: the helpers other kernels build on."""
+    device = DEVICES[-1]
+    skip_unless_runnable("randn", "triton", device)
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def kernel(tile_ptr, flat_ptr, n, seed, offset, BLOCK: tl.constexpr):
+        start = tl.program_id(0).to(tl.int64) * BLOCK
+        offs = start + tl.arange(0, BLOCK)
+        tl.store(tile_ptr + offs, randn_tile(seed, offset, start, BLOCK), mask=offs < n)
+        rev = n - 1 - offs
+        tl.store(flat_ptr + rev, randn_flat(seed, offset, rev), mask=offs < n)
+
+    n, seed, offset = 301, 2**40 + 1, 2**32 - 5
+    tile = torch.full((n,), float("nan"), device=device)
+    flat = torch.full((n,), float("nan"), device=device)
+    kernel[(triton.cdiv(n, 64),)](tile, flat, n, seed, offset, BLOCK=64)
+    with use_backend("triton"):
+        expect = gankern.randn((n,), seed, offset, device=device)
+    assert torch.equal(tile, expect) and torch.equal(flat, expect)
 
 
 # ---- API ------------------------------------------------------------------------------------

@@ -4,12 +4,13 @@ Bytes: forward reads mu and logvar and writes z (and the elementwise KL for redu
 the KL reduction writes one fp32 partial per program, summed afterwards in a fixed order (no
 atomics, so results are deterministic). Backward reads dz, mu, logvar and writes dlogvar (and dmu
 when the KL term is present; otherwise dmu is dz). Each program owns BLOCK consecutive elements,
-a multiple of 4, so randn_tile runs one Philox per counter.
+a multiple of 4, as [BLOCK/4, 4] tiles: a thread owns whole counters (one Philox per counter,
+16-byte vector loads and stores of fp32 rows) and eps never leaves its registers.
 """
 import triton
 import triton.language as tl
 
-from .random import randn_tile
+from .random import randn_tile2d, tile2d_offsets
 
 BLOCK = 1024
 
@@ -40,21 +41,21 @@ def _forward_kernel(mu_ptr, lv_ptr, z_ptr, kl_ptr, part_ptr, n, inner, mu_rs, lv
                     BLOCK: tl.constexpr):
     pid = tl.program_id(0)
     start = pid.to(tl.int64) * BLOCK
-    offs = start + tl.arange(0, BLOCK)
+    offs = tile2d_offsets(start, BLOCK // 4)
     mask = offs < n
     mo, lvo = _addresses(offs, inner, mu_rs, lv_rs, ROWS)
     m = tl.load(mu_ptr + mo, mask=mask, other=0.0).to(tl.float32)
     v = _clamp(tl.load(lv_ptr + lvo, mask=mask, other=0.0).to(tl.float32), lo, hi)
     s = tl.exp(0.5 * v)
     if WANT_Z:
-        eps = randn_tile(seed, offset, start, BLOCK)
+        eps = randn_tile2d(seed, offset, start, BLOCK // 4)
         tl.store(z_ptr + offs, (m + s * eps).to(z_ptr.dtype.element_ty), mask=mask)
     if WANT_KL or WANT_SUM:
         t = 0.5 * (m * m + s * s - 1.0 - v)
         if WANT_KL:
             tl.store(kl_ptr + offs, t.to(kl_ptr.dtype.element_ty), mask=mask)
         if WANT_SUM:
-            tl.store(part_ptr + pid, tl.sum(tl.where(mask, t, 0.0), axis=0).to(tl.float64))
+            tl.store(part_ptr + pid, tl.sum(tl.sum(tl.where(mask, t, 0.0), axis=1), axis=0).to(tl.float64))
 
 
 @triton.jit
@@ -62,14 +63,14 @@ def _backward_kernel(dz_ptr, g_ptr, gscale, mu_ptr, lv_ptr, dmu_ptr, dlv_ptr, n,
                      lo, hi, HAS_DZ: tl.constexpr, HAS_G: tl.constexpr, G_ELEM: tl.constexpr, ROWS: tl.constexpr,
                      BLOCK: tl.constexpr):
     start = tl.program_id(0).to(tl.int64) * BLOCK
-    offs = start + tl.arange(0, BLOCK)
+    offs = tile2d_offsets(start, BLOCK // 4)
     mask = offs < n
     mo, lvo = _addresses(offs, inner, mu_rs, lv_rs, ROWS)
     raw = tl.load(lv_ptr + lvo, mask=mask, other=0.0).to(tl.float32)
     v = _clamp(raw, lo, hi)
     s = tl.exp(0.5 * v)
-    gm = tl.zeros([BLOCK], dtype=tl.float32)
-    gv = tl.zeros([BLOCK], dtype=tl.float32)
+    gm = tl.zeros([BLOCK // 4, 4], dtype=tl.float32)
+    gv = tl.zeros([BLOCK // 4, 4], dtype=tl.float32)
     if HAS_G:
         if G_ELEM:
             g = gscale * tl.load(g_ptr + offs, mask=mask, other=0.0)
@@ -80,7 +81,7 @@ def _backward_kernel(dz_ptr, g_ptr, gscale, mu_ptr, lv_ptr, dmu_ptr, dlv_ptr, n,
     if HAS_DZ:
         d = tl.load(dz_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         gm += d
-        gv += d * randn_tile(seed, offset, start, BLOCK) * 0.5 * s
+        gv += d * randn_tile2d(seed, offset, start, BLOCK // 4) * 0.5 * s
     if HAS_G:
         tl.store(dmu_ptr + offs, gm.to(dmu_ptr.dtype.element_ty), mask=mask)
     gv = tl.where((raw >= lo) & (raw <= hi), gv, 0.0)  # torch.clamp's inclusive pass-through
