@@ -27,7 +27,9 @@ __global__ void __launch_bounds__(kThreads) randn_kernel(T* __restrict__ out, st
       for (int j = 0; j < 4; ++j) v.v[j] = from_f32<T>(r[j]);
       *reinterpret_cast<Vec<T, 4>*>(out + i0) = v;
     } else {
-      for (int j = 0; i0 + j < n; ++j) out[i0 + j] = from_f32<T>(r[j]);
+#pragma unroll
+      for (int j = 0; j < 4; ++j)  // fixed trip count: r stays in registers
+        if (i0 + j < n) out[i0 + j] = from_f32<T>(r[j]);
     }
   }
 }
@@ -67,7 +69,8 @@ __device__ __forceinline__ int load4(const T* __restrict__ base_mu, const T* __r
       v[j] = to_f32(b.v[j]);
     }
   } else {
-    for (int j = 0; j < 4; ++j) {
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {  // fixed trip count: m and v stay in registers
       if (j < cnt) {
         const Addr a(i0 + j, L);
         m[j] = to_f32(base_mu[a.mu]);
@@ -88,7 +91,9 @@ __device__ __forceinline__ void store4(T* __restrict__ out, std::int64_t i0, int
     for (int j = 0; j < 4; ++j) o.v[j] = from_f32<T>(r[j]);
     *reinterpret_cast<Vec<T, 4>*>(out + i0) = o;
   } else {
-    for (int j = 0; j < cnt; ++j) out[i0 + j] = from_f32<T>(r[j]);
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+      if (j < cnt) out[i0 + j] = from_f32<T>(r[j]);
   }
 }
 
@@ -151,7 +156,9 @@ backward_kernel(const T* __restrict__ dz, const float* __restrict__ gkl, float g
 #pragma unroll
         for (int q = 0; q < 4; ++q) d[q] = to_f32(a.v[q]);
       } else {
-        for (int q = 0; q < cnt; ++q) d[q] = to_f32(dz[i0 + q]);
+#pragma unroll
+        for (int q = 0; q < 4; ++q)
+          if (q < cnt) d[q] = to_f32(dz[i0 + q]);
       }
     }
 #pragma unroll
