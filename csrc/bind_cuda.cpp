@@ -6,6 +6,7 @@
 #include <pybind11/pybind11.h>
 
 #include "bias_act/bias_act.h"
+#include "vae/vae.h"
 
 namespace py = pybind11;
 using gk::ptr;
@@ -33,4 +34,27 @@ PYBIND11_MODULE(_cuda, m) {
           gk::bias_act::backward_cuda(ptr<const void>(dy), ptr<const void>(x), ptr<const float>(b), ptr<void>(dx),
                                       {n, C, cstride, act, alpha, gain, clamp}, dtype, stream);
         });
+
+  // ---- vae: counter-based randn, fused reparameterization and KL (csrc/vae/vae.h) ----
+  // seed and offset arrive as int64 bit patterns of the uint64 Philox key and counter.
+  m.def("randn", [](uintptr_t out, int64_t n, int64_t seed, int64_t offset, int dtype, uintptr_t stream) {
+    gk::vae::randn_cuda(ptr<void>(out), n, static_cast<uint64_t>(seed), static_cast<uint64_t>(offset), dtype, stream);
+  });
+  m.def("vae_kl_block", []() { return gk::vae::kl_block_cuda(); });
+  m.def("vae_forward", [](uintptr_t mu, uintptr_t lv, uintptr_t z, uintptr_t kl, uintptr_t partials, int64_t rows,
+                          int64_t inner, int64_t mu_rs, int64_t lv_rs, int64_t seed, int64_t offset, float lo,
+                          float hi, int dtype, uintptr_t stream) {
+    gk::vae::forward_cuda(ptr<const void>(mu), ptr<const void>(lv), ptr<void>(z), ptr<void>(kl), ptr<double>(partials),
+                          {rows, inner, mu_rs, lv_rs},
+                          {static_cast<uint64_t>(seed), static_cast<uint64_t>(offset), lo, hi}, dtype, stream);
+  });
+  m.def("vae_backward", [](uintptr_t dz, uintptr_t gkl, bool gkl_elementwise, float gkl_scale, uintptr_t mu,
+                           uintptr_t lv, uintptr_t dmu, uintptr_t dlv, int64_t rows, int64_t inner, int64_t mu_rs,
+                           int64_t lv_rs, int64_t seed, int64_t offset, float lo, float hi, int dtype,
+                           uintptr_t stream) {
+    gk::vae::backward_cuda(ptr<const void>(dz), {ptr<const float>(gkl), gkl_elementwise, gkl_scale},
+                           ptr<const void>(mu), ptr<const void>(lv), ptr<void>(dmu), ptr<void>(dlv),
+                           {rows, inner, mu_rs, lv_rs},
+                           {static_cast<uint64_t>(seed), static_cast<uint64_t>(offset), lo, hi}, dtype, stream);
+  });
 }

@@ -7,6 +7,10 @@ __version__ = "0.1.0"
 
 from .backends import backends, use_backend  # noqa: E402
 from .ops.bias_act import bias_act  # noqa: E402
+from .ops.random import randn, randn_like, random_seed  # noqa: E402
+from .ops.vae import kl_normal, reparameterize, reparameterize_kl  # noqa: E402
+from .distributions import DiagonalGaussian  # noqa: E402
 from . import nn  # noqa: E402
 
-__all__ = ["__version__", "backends", "use_backend", "bias_act", "nn"]
+__all__ = ["__version__", "backends", "use_backend", "bias_act", "randn", "randn_like", "random_seed",
+           "reparameterize", "kl_normal", "reparameterize_kl", "DiagonalGaussian", "nn"]
