@@ -5,7 +5,11 @@
 #include <pybind11/stl.h>
 
 #include "bias_act/bias_act.h"
+<<<<<<< HEAD
 #include "diffusion/diffusion.h"
+=======
+#include "vae/vae.h"
+>>>>>>> vae
 
 namespace py = pybind11;
 using gk::ptr;
@@ -37,6 +41,7 @@ PYBIND11_MODULE(_C, m) {
       },
       py::arg("dy"), py::arg("x"), py::arg("b"), py::arg("dx"), py::arg("n"), py::arg("C"), py::arg("cstride"),
       py::arg("act"), py::arg("alpha"), py::arg("gain"), py::arg("clamp"));
+<<<<<<< HEAD
   // ---- diffusion ----
   m.def(
       "diffusion_step",
@@ -79,4 +84,30 @@ PYBIND11_MODULE(_C, m) {
                                      ptr<const float>(tx), ptr<const float>(tn), ptr<const float>(k), ptr<float>(dmo),
                                      B, S);
   });
+=======
+
+  // ---- vae: counter-based randn, fused reparameterization and KL (csrc/vae/vae.h) ----
+  // seed and offset arrive as int64 bit patterns of the uint64 Philox key and counter.
+  m.def("randn", [](uintptr_t out, int64_t n, int64_t seed, int64_t offset) {
+    py::gil_scoped_release nogil;
+    gk::vae::randn_cpu(ptr<float>(out), n, static_cast<uint64_t>(seed), static_cast<uint64_t>(offset));
+  });
+  m.def("vae_forward", [](uintptr_t mu, uintptr_t lv, uintptr_t z, uintptr_t kl, uintptr_t partials, int64_t rows,
+                          int64_t inner, int64_t mu_rs, int64_t lv_rs, int64_t seed, int64_t offset, float lo,
+                          float hi) {
+    py::gil_scoped_release nogil;
+    gk::vae::forward_cpu(ptr<const float>(mu), ptr<const float>(lv), ptr<float>(z), ptr<float>(kl),
+                         ptr<double>(partials), {rows, inner, mu_rs, lv_rs},
+                         {static_cast<uint64_t>(seed), static_cast<uint64_t>(offset), lo, hi});
+  });
+  m.def("vae_backward", [](uintptr_t dz, uintptr_t gkl, float gkl_scale, uintptr_t mu, uintptr_t lv, uintptr_t dmu,
+                           uintptr_t dlv, int64_t rows, int64_t inner, int64_t mu_rs, int64_t lv_rs, int64_t seed,
+                           int64_t offset, float lo, float hi) {
+    py::gil_scoped_release nogil;
+    gk::vae::backward_cpu(ptr<const float>(dz), ptr<const float>(gkl), gkl_scale, ptr<const float>(mu),
+                          ptr<const float>(lv), ptr<float>(dmu), ptr<float>(dlv), {rows, inner, mu_rs, lv_rs},
+                          {static_cast<uint64_t>(seed), static_cast<uint64_t>(offset), lo, hi});
+  });
+  m.def("vae_kl_block", []() { return gk::vae::kKlBlock; });
+>>>>>>> vae
 }

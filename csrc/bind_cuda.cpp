@@ -6,6 +6,7 @@
 #include <pybind11/pybind11.h>
 
 #include "bias_act/bias_act.h"
+#include "vae/vae.h"
 
 namespace py = pybind11;
 using gk::ptr;
@@ -33,4 +34,10 @@ PYBIND11_MODULE(_cuda, m) {
           gk::bias_act::backward_cuda(ptr<const void>(dy), ptr<const void>(x), ptr<const float>(b), ptr<void>(dx),
                                       {n, C, cstride, act, alpha, gain, clamp}, dtype, stream);
         });
+
+  // ---- vae: counter-based randn, fused reparameterization and KL (csrc/vae/vae.h) ----
+  // seed and offset arrive as int64 bit patterns of the uint64 Philox key and counter.
+  m.def("randn", [](uintptr_t out, int64_t n, int64_t seed, int64_t offset, int dtype, uintptr_t stream) {
+    gk::vae::randn_cuda(ptr<void>(out), n, static_cast<uint64_t>(seed), static_cast<uint64_t>(offset), dtype, stream);
+  });
 }

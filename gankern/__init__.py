@@ -7,10 +7,11 @@ __version__ = "0.1.0"
 
 from .backends import backends, use_backend  # noqa: E402
 from .ops.bias_act import bias_act  # noqa: E402
+from .ops.random import randn, randn_like, random_seed  # noqa: E402
 from . import nn  # noqa: E402
 from .ops.diffusion import add_noise, diffusion_loss  # noqa: E402
 from . import schedulers  # noqa: E402
 from .sampling import sample  # noqa: E402
 
-__all__ = ["__version__", "backends", "use_backend", "bias_act", "nn", "add_noise", "diffusion_loss", "schedulers",
-           "sample"]
+__all__ = ["__version__", "backends", "use_backend", "bias_act", "randn", "randn_like", "random_seed", "nn",
+           "add_noise", "diffusion_loss", "schedulers", "sample"]

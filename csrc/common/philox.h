@@ -1,0 +1,159 @@
+// Philox4x32-10 counter-based random numbers with exactly Triton's conventions (triton/language/
+// random.py), written once for the CPU and CUDA kernels.
+//
+// Contract (docs/random.md): element i (row-major) of randn(shape, seed, offset) is component i % 4
+// of randn4(seed, offset + i / 4), which equals Triton's tl.randn4x(seed, offset + i // 4):
+//   key     = (seed_lo, seed_hi)                 64-bit seed split in two 32-bit words
+//   counter = (ctr_lo, ctr_hi, 0, 0)             64-bit counter split in two 32-bit words
+//   10 rounds: c0' = hi(B*c2) ^ c1 ^ k0, c2' = hi(A*c0) ^ c3 ^ k1, c1' = lo(B*c2), c3' = lo(A*c0),
+//              then k0 += 0x9E3779B9, k1 += 0xBB67AE85
+//   uniform: bitcast the word to int32, x < 0 -> ~x, then float(x) * 4.6566127342e-10f  in [0, 1)
+//   normal:  Box-Muller on (u1, u2) and (u3, u4): u1 = max(1e-7, u1), th = 2*pi*u2,
+//            r = sqrt(-2 log u1), (r cos th, r sin th)
+// All float math is fp32 (as Triton's), so backends agree to a few ulps, not bit for bit: the
+// transcendental functions differ (CUDA libdevice, the polynomials below on the CPU).
+#pragma once
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#include "common/macros.h"
+
+namespace gk {
+
+constexpr std::uint32_t kPhiloxRoundA = 0xD2511F53u;
+constexpr std::uint32_t kPhiloxRoundB = 0xCD9E8D57u;
+constexpr std::uint32_t kPhiloxKeyA = 0x9E3779B9u;
+constexpr std::uint32_t kPhiloxKeyB = 0xBB67AE85u;
+constexpr float kUniformScale = 4.6566127342e-10f;  // largest s with (2^31 - 1) * s < 1 in fp32
+constexpr float kBoxMullerMinU = 1.0e-7f;
+constexpr float kTwoPi = 6.283185307179586f;
+
+GK_HOST_DEVICE inline std::uint32_t mulhi32(std::uint32_t a, std::uint32_t b) {
+#if defined(__CUDA_ARCH__)
+  return __umulhi(a, b);
+#else
+  // A widening multiply GCC vectorizes (vpmuludq) inside the CPU loops.
+  return static_cast<std::uint32_t>((static_cast<std::uint64_t>(a) * b) >> 32);
+#endif
+}
+
+GK_HOST_DEVICE inline void philox4x32_10(std::uint64_t seed, std::uint64_t counter, std::uint32_t out[4]) {
+  std::uint32_t k0 = static_cast<std::uint32_t>(seed), k1 = static_cast<std::uint32_t>(seed >> 32);
+  std::uint32_t c0 = static_cast<std::uint32_t>(counter), c1 = static_cast<std::uint32_t>(counter >> 32);
+  std::uint32_t c2 = 0, c3 = 0;
+  // Fully unrolled so the CPU loops over counters vectorize (GCC needs straight-line code).
+#if defined(__CUDACC__)
+#pragma unroll
+#elif defined(__GNUC__) && !defined(__clang__)
+#pragma GCC unroll 10
+#endif
+  for (int round = 0; round < 10; ++round) {
+    const std::uint32_t n0 = mulhi32(kPhiloxRoundB, c2) ^ c1 ^ k0;
+    const std::uint32_t n2 = mulhi32(kPhiloxRoundA, c0) ^ c3 ^ k1;
+    c1 = kPhiloxRoundB * c2;
+    c3 = kPhiloxRoundA * c0;
+    c0 = n0;
+    c2 = n2;
+    k0 += kPhiloxKeyA;
+    k1 += kPhiloxKeyB;
+  }
+  out[0] = c0; out[1] = c1; out[2] = c2; out[3] = c3;
+}
+
+// Triton's uint_to_uniform_float for 32-bit words: [0, 1), symmetric use of the sign bit.
+GK_HOST_DEVICE inline float uint_to_uniform(std::uint32_t w) {
+  std::int32_t x = static_cast<std::int32_t>(w);
+  x = x < 0 ? ~x : x;
+  return static_cast<float>(x) * kUniformScale;
+}
+
+// ---- vectorizable fp32 log and sincos for the CPU loops --------------------------------------
+// libm's logf/sincosf are calls GCC cannot vectorize; these are Cephes' single-precision
+// algorithms (about 1 ulp on the ranges Box-Muller feeds them), branch-free so loops vectorize.
+// On the GPU the accurate CUDA logf/sincosf are used instead (never the __logf-style intrinsics).
+
+GK_HOST_DEVICE inline float bits_to_f32(std::int32_t b) { float f; std::memcpy(&f, &b, 4); return f; }
+GK_HOST_DEVICE inline std::int32_t f32_to_bits(float f) { std::int32_t b; std::memcpy(&b, &f, 4); return b; }
+
+// log(x) for positive normal x (Box-Muller passes x in [1e-7, 1)); no NaN/Inf/denormal handling.
+GK_HOST_DEVICE inline float log_pos_f32(float x) {
+#if defined(__CUDA_ARCH__)
+  return logf(x);
+#else
+  // x = 2^k * (1 + m) with 1 + m in [sqrt(1/2), sqrt(2)), by integer ops (musl's reduction): GCC
+  // will not if-convert float arithmetic (it could trap), and a branch would stop vectorization.
+  std::int32_t ix = f32_to_bits(x) + (0x3f800000 - 0x3f3504f3);
+  const float e = static_cast<float>((ix >> 23) - 0x7f);
+  ix = (ix & 0x007fffff) + 0x3f3504f3;
+  const float m = bits_to_f32(ix) - 1.0f;
+  const float z = m * m;
+  float p = 7.0376836292E-2f;
+  p = p * m - 1.1514610310E-1f;
+  p = p * m + 1.1676998740E-1f;
+  p = p * m - 1.2420140846E-1f;
+  p = p * m + 1.4249322787E-1f;
+  p = p * m - 1.6668057665E-1f;
+  p = p * m + 2.0000714765E-1f;
+  p = p * m - 2.4999993993E-1f;
+  p = p * m + 3.3333331174E-1f;
+  float y = p * m * z;
+  y += -2.12194440e-4f * e;  // log(2) split as 0.693359375 - 2.12194440e-4: the first part is exact
+  y += -0.5f * z;
+  return (m + y) + 0.693359375f * e;
+#endif
+}
+
+// sin(x) and cos(x) for |x| up to a few hundred (Box-Muller passes [0, 2 pi)).
+GK_HOST_DEVICE inline void sincos_f32(float x, float* s, float* c) {
+#if defined(__CUDA_ARCH__)
+  sincosf(x, s, c);
+#else
+  const float ax = std::fabs(x);
+  // Nearest multiple of pi/2: j even in units of pi/4, as Cephes rounds.
+  std::int32_t j = static_cast<std::int32_t>(ax * 1.27323954473516f);  // 4 / pi
+  j = (j + 1) & ~1;
+  const float y = static_cast<float>(j);
+  // pi/4 in three parts (Cody-Waite): y * DP1 and y * DP2 are exact for small y.
+  const float r = ((ax - y * 0.78515625f) - y * 2.4187564849853515625e-4f) - y * 3.77489497744594108e-8f;
+  const float z = r * r;
+  const float sp = ((-1.9515295891E-4f * z + 8.3321608736E-3f) * z - 1.6666654611E-1f) * z * r + r;
+  const float cp = ((2.443315711809948E-5f * z - 1.388731625493765E-3f) * z + 4.166664568298827E-2f) * z * z
+                   - 0.5f * z + 1.0f;
+  const std::int32_t q = (j >> 1) & 3;  // quadrant of ax
+  float sv = (q & 1) ? cp : sp;
+  float cv = (q & 1) ? sp : cp;
+  sv = (q & 2) ? -sv : sv;
+  cv = ((q + 1) & 2) ? -cv : cv;  // cos is negative in quadrants 1 and 2
+  *s = x < 0.f ? -sv : sv;
+  *c = cv;
+#endif
+}
+
+// Box-Muller of Triton's pair_uniform_to_normal.
+GK_HOST_DEVICE inline void box_muller(float u1, float u2, float* n1, float* n2) {
+#if defined(__CUDA_ARCH__)
+  u1 = fmaxf(u1, kBoxMullerMinU);
+#else
+  // u1 >= 0, so its bits order like the floats: an integer max keeps GCC's loop branch-free (a
+  // float select next to the log got turned into a branch and blocked vectorization).
+  const std::int32_t ub = f32_to_bits(u1), mb = f32_to_bits(kBoxMullerMinU);
+  u1 = bits_to_f32(ub > mb ? ub : mb);
+#endif
+  const float th = kTwoPi * u2;
+  const float r = std::sqrt(-2.0f * log_pos_f32(u1));
+  float s, c;
+  sincos_f32(th, &s, &c);
+  *n1 = r * c;
+  *n2 = r * s;
+}
+
+// The four normals of one counter: Triton's tl.randn4x(seed, counter).
+GK_HOST_DEVICE inline void randn4(std::uint64_t seed, std::uint64_t counter, float out[4]) {
+  std::uint32_t w[4];
+  philox4x32_10(seed, counter, w);
+  box_muller(uint_to_uniform(w[0]), uint_to_uniform(w[1]), &out[0], &out[1]);
+  box_muller(uint_to_uniform(w[2]), uint_to_uniform(w[3]), &out[2], &out[3]);
+}
+
+}  // namespace gk

@@ -1,0 +1,131 @@
+"""Counter-based normal random numbers that are the same on every backend.
+
+    gankern.randn(shape, seed, offset=0)   element i (row-major) = component i % 4 of Triton's
+                                           tl.randn4x(seed, offset + i // 4)
+
+The specification is gankern/reference/random.py (Philox4x32-10 with Triton's key schedule,
+uint -> float and Box-Muller); the cpu, cuda and triton backends agree with it to float rounding.
+A call with n elements consumes ceil(n / 4) counters, so the next independent draw with the same
+seed starts at offset + ceil(n / 4). Normals are generated in float32 and rounded to fp16/bf16;
+float64 runs Box-Muller in float64 (reference backend only).
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from .. import _native
+from .. import _tensors as T
+from ..backends import FLOATS, FP32_HALF, register, resolve
+from ..reference import random as ref
+
+U64 = 1 << 64
+
+
+def random_seed() -> int:
+    """A fresh 63-bit seed drawn from torch's default CPU generator, so torch.manual_seed governs
+    every gankern op called with seed=None."""
+    return int(torch.randint(0, 2**63 - 1, (), dtype=torch.int64).item())
+
+
+def seed_bits(seed, name: str = "seed") -> int:
+    """Validate a 64-bit seed or offset (an int in [0, 2^64), or negative down to -2^63 meaning
+    its two's complement) and return the int64 bit pattern the custom ops carry."""
+    if isinstance(seed, torch.Tensor) and seed.numel() == 1 and not seed.is_floating_point():
+        seed = int(seed.item())
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"{name} must be an int, got {type(seed).__name__}")
+    if not -(1 << 63) <= seed < U64:
+        raise ValueError(f"{name} must be in [0, 2^64), got {seed}")
+    return ref._wrap64(seed)
+
+
+def check_shape(shape) -> tuple[int, ...]:
+    if isinstance(shape, torch.Size):
+        return tuple(shape)
+    if isinstance(shape, int) and not isinstance(shape, bool):
+        shape = (shape,)
+    if not isinstance(shape, Sequence) or not all(isinstance(s, int) and not isinstance(s, bool) for s in shape):
+        raise TypeError(f"shape must be a sequence of ints, got {shape!r}")
+    if any(s < 0 for s in shape):
+        raise ValueError(f"shape must not have negative sizes, got {tuple(shape)}")
+    return tuple(shape)
+
+
+def randn(shape, seed: int | None = None, offset: int = 0, device=None, dtype: torch.dtype = torch.float32) -> Tensor:
+    """Normals N(0, 1) of `shape`: element i (row-major) is component i % 4 of
+    tl.randn4x(seed, offset + i // 4). Same values on every backend and device for the same
+    (shape, seed, offset), to float rounding. seed=None draws one (gankern.random_seed()).
+
+    Args:
+        shape: sizes (non-negative ints).
+        seed: 64-bit Philox key, an int in [0, 2^64).
+        offset: first Philox counter, an int in [0, 2^64); the call uses ceil(numel / 4) counters.
+        device: where the tensor is made (default: CPU).
+        dtype: float32, float16, bfloat16 (generated in float32 and rounded) or float64.
+    """
+    shape = check_shape(shape)
+    seed = seed_bits(random_seed() if seed is None else seed)
+    offset = seed_bits(offset, "offset")
+    if dtype not in FLOATS:
+        raise TypeError(f"dtype must be a floating dtype (float32, float64, float16 or bfloat16), got {dtype}")
+    device = torch.device("cpu") if device is None else torch.device(device)
+    return torch.ops.gankern.randn(list(shape), seed, offset, dtype, device)
+
+
+def randn_like(x: Tensor, seed: int | None = None, offset: int = 0) -> Tensor:
+    """gankern.randn(x.shape, seed, offset) on x's device with x's dtype (a contiguous tensor:
+    the contract numbers elements row-major whatever x's memory layout)."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    return randn(x.shape, seed, offset, device=x.device, dtype=x.dtype)
+
+
+# ---- custom op -------------------------------------------------------------------------------
+
+@torch.library.custom_op("gankern::randn", mutates_args=())
+def _randn(shape: list[int], seed: int, offset: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    probe = torch.empty(0, dtype=dtype, device=device)
+    return resolve("randn", probe)(shape, seed, offset, dtype, device)
+
+
+@_randn.register_fake
+def _(shape, seed, offset, dtype, device):
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+# ---- backends --------------------------------------------------------------------------------
+
+@register("randn", "reference")
+def _randn_reference(shape, seed, offset, dtype, device):
+    return ref.randn(shape, seed, offset, dtype=dtype, device=device)
+
+
+@register("randn", "cpu", cpu_dtypes=FP32_HALF)
+def _randn_cpu(shape, seed, offset, dtype, device):
+    out = T.empty(shape, dtype=torch.float32, device=device)
+    _native.cpu.randn(out.data_ptr(), out.numel(), seed, offset)
+    return out if dtype == torch.float32 else out.to(dtype)  # generated in fp32, then rounded
+
+
+@register("randn", "cuda")
+def _randn_cuda(shape, seed, offset, dtype, device):
+    out = T.empty(shape, dtype=dtype, device=device)
+    if out.numel():
+        with torch.cuda.device(out.device):
+            _native.cuda.randn(out.data_ptr(), out.numel(), seed, offset, _native.dtype_code(out),
+                               _native.cuda_stream(out))
+    return out
+
+
+@register("randn", "triton")
+def _randn_triton(shape, seed, offset, dtype, device):
+    from ..triton import random as tk
+    return tk.randn(T.empty(shape, dtype=dtype, device=device), seed, offset)
+
+
+def numel(shape) -> int:
+    return math.prod(shape)
