@@ -5,11 +5,8 @@
 #include <pybind11/stl.h>
 
 #include "bias_act/bias_act.h"
-<<<<<<< HEAD
 #include "diffusion/diffusion.h"
-=======
 #include "vae/vae.h"
->>>>>>> vae
 
 namespace py = pybind11;
 using gk::ptr;
@@ -41,15 +38,41 @@ PYBIND11_MODULE(_C, m) {
       },
       py::arg("dy"), py::arg("x"), py::arg("b"), py::arg("dx"), py::arg("n"), py::arg("C"), py::arg("cstride"),
       py::arg("act"), py::arg("alpha"), py::arg("gain"), py::arg("clamp"));
-<<<<<<< HEAD
+
+  // ---- vae: counter-based randn, fused reparameterization and KL (csrc/vae/vae.h) ----
+  // seed and offset arrive as int64 bit patterns of the uint64 Philox key and counter.
+  m.def("randn", [](uintptr_t out, int64_t n, int64_t seed, int64_t offset) {
+    py::gil_scoped_release nogil;
+    gk::vae::randn_cpu(ptr<float>(out), n, static_cast<uint64_t>(seed), static_cast<uint64_t>(offset));
+  });
+  m.def("vae_forward", [](uintptr_t mu, uintptr_t lv, uintptr_t z, uintptr_t kl, uintptr_t partials, int64_t rows,
+                          int64_t inner, int64_t mu_rs, int64_t lv_rs, int64_t seed, int64_t offset, float lo,
+                          float hi) {
+    py::gil_scoped_release nogil;
+    gk::vae::forward_cpu(ptr<const float>(mu), ptr<const float>(lv), ptr<float>(z), ptr<float>(kl),
+                         ptr<double>(partials), {rows, inner, mu_rs, lv_rs},
+                         {static_cast<uint64_t>(seed), static_cast<uint64_t>(offset), lo, hi});
+  });
+  m.def("vae_backward", [](uintptr_t dz, uintptr_t gkl, float gkl_scale, uintptr_t mu, uintptr_t lv, uintptr_t dmu,
+                           uintptr_t dlv, int64_t rows, int64_t inner, int64_t mu_rs, int64_t lv_rs, int64_t seed,
+                           int64_t offset, float lo, float hi) {
+    py::gil_scoped_release nogil;
+    gk::vae::backward_cpu(ptr<const float>(dz), ptr<const float>(gkl), gkl_scale, ptr<const float>(mu),
+                          ptr<const float>(lv), ptr<float>(dmu), ptr<float>(dlv), {rows, inner, mu_rs, lv_rs},
+                          {static_cast<uint64_t>(seed), static_cast<uint64_t>(offset), lo, hi});
+  });
+  m.def("vae_kl_block", []() { return gk::vae::kKlBlock; });
+
   // ---- diffusion ----
   m.def(
       "diffusion_step",
       [](uintptr_t mo, uintptr_t x, uintptr_t hist, uintptr_t noise, uintptr_t rescale, uintptr_t thresh,
-         uintptr_t prev, uintptr_t x0, int64_t B, int64_t S, int64_t mo_stride, int flags, uint64_t seed,
-         uint64_t offset, std::vector<float> coefs) {
+         uintptr_t prev, uintptr_t x0, int64_t B, int64_t S, int64_t mo_stride, int flags, int64_t seed,
+         int64_t offset, std::vector<float> coefs) {
+        // seed and offset: int64 bit patterns of the uint64 Philox key and counter
         gk::check(coefs.size() == gk::diffusion::kNumCoefs, "diffusion_step: expected 16 coefficients");
-        gk::diffusion::StepParams p{B, S, mo_stride, flags, seed, offset, {}};
+        gk::diffusion::StepParams p{B, S, mo_stride, flags, static_cast<uint64_t>(seed), static_cast<uint64_t>(offset),
+                                    {}};
         std::copy(coefs.begin(), coefs.end(), p.c);
         py::gil_scoped_release nogil;
         gk::diffusion::step_cpu(ptr<const float>(mo), ptr<const float>(x), ptr<const float>(hist),
@@ -84,30 +107,4 @@ PYBIND11_MODULE(_C, m) {
                                      ptr<const float>(tx), ptr<const float>(tn), ptr<const float>(k), ptr<float>(dmo),
                                      B, S);
   });
-=======
-
-  // ---- vae: counter-based randn, fused reparameterization and KL (csrc/vae/vae.h) ----
-  // seed and offset arrive as int64 bit patterns of the uint64 Philox key and counter.
-  m.def("randn", [](uintptr_t out, int64_t n, int64_t seed, int64_t offset) {
-    py::gil_scoped_release nogil;
-    gk::vae::randn_cpu(ptr<float>(out), n, static_cast<uint64_t>(seed), static_cast<uint64_t>(offset));
-  });
-  m.def("vae_forward", [](uintptr_t mu, uintptr_t lv, uintptr_t z, uintptr_t kl, uintptr_t partials, int64_t rows,
-                          int64_t inner, int64_t mu_rs, int64_t lv_rs, int64_t seed, int64_t offset, float lo,
-                          float hi) {
-    py::gil_scoped_release nogil;
-    gk::vae::forward_cpu(ptr<const float>(mu), ptr<const float>(lv), ptr<float>(z), ptr<float>(kl),
-                         ptr<double>(partials), {rows, inner, mu_rs, lv_rs},
-                         {static_cast<uint64_t>(seed), static_cast<uint64_t>(offset), lo, hi});
-  });
-  m.def("vae_backward", [](uintptr_t dz, uintptr_t gkl, float gkl_scale, uintptr_t mu, uintptr_t lv, uintptr_t dmu,
-                           uintptr_t dlv, int64_t rows, int64_t inner, int64_t mu_rs, int64_t lv_rs, int64_t seed,
-                           int64_t offset, float lo, float hi) {
-    py::gil_scoped_release nogil;
-    gk::vae::backward_cpu(ptr<const float>(dz), ptr<const float>(gkl), gkl_scale, ptr<const float>(mu),
-                          ptr<const float>(lv), ptr<float>(dmu), ptr<float>(dlv), {rows, inner, mu_rs, lv_rs},
-                          {static_cast<uint64_t>(seed), static_cast<uint64_t>(offset), lo, hi});
-  });
-  m.def("vae_kl_block", []() { return gk::vae::kKlBlock; });
->>>>>>> vae
 }

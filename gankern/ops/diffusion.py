@@ -393,3 +393,107 @@ def _step_dev_via_host(step_fn):
 
 
 register("diffusion_step_dev", "reference")(_step_dev_via_host(ref.diffusion_step))
+
+
+# ---- backends: cpu ---------------------------------------------------------------------------
+
+def _layout(model_output: Tensor, sample: Tensor):
+    """Contiguous [B, S] views and model_output's per-sample stride (K * S) for the kernels; the
+    noise contract numbers elements row-major, so other layouts are copied."""
+    x = sample.contiguous()
+    mo = model_output.contiguous()
+    B = x.shape[0]
+    S = x.numel() // B if B else 0
+    G = mo.shape[0] // B if B else 1
+    mo_stride = mo.numel() // (G * B) if B else 0
+    return mo, x, B, S, mo_stride
+
+
+def _opt(t: Tensor | None, dtype=None) -> Tensor | None:
+    if t is None:
+        return None
+    return t.contiguous() if dtype is None else t.to(dtype).contiguous()
+
+
+@register("diffusion_step", "cpu")
+def _diffusion_step_cpu(model_output, sample, history, noise, rescale, thresh, coefs, flags, seed, offset, want_x0):
+    mo, x, B, S, mo_stride = _layout(model_output, sample)
+    history, noise = _opt(history, x.dtype), _opt(noise, x.dtype)
+    rescale, thresh = _opt(rescale, torch.float32), _opt(thresh, torch.float32)
+    prev = T.empty_like(x)
+    x0 = T.empty_like(x) if want_x0 else x.new_empty((0,))
+    _native.cpu.diffusion_step(mo.data_ptr(), x.data_ptr(), _native.ptr(history), _native.ptr(noise),
+                               _native.ptr(rescale), _native.ptr(thresh), prev.data_ptr(),
+                               x0.data_ptr() if want_x0 else 0, B, S, mo_stride, flags, seed, offset, coefs)
+    return prev, x0
+
+
+@register("diffusion_threshold_scales", "cpu")
+def _threshold_scales_cpu(model_output, sample, rescale, coefs, flags, rank_lo, rank_w, max_value):
+    x0 = _x0_before_clamp(_diffusion_step_cpu, model_output, sample, rescale, coefs, flags)
+    B = x0.shape[0]
+    s = T.empty((B,), dtype=torch.float32, device=x0.device)
+    _native.cpu.diffusion_threshold(x0.data_ptr(), B, x0.numel() // max(B, 1), rank_lo, rank_w, max_value,
+                                    s.data_ptr())
+    return s
+
+
+def _rescale_from_sums(sums: Tensor, S: int, rescale: float) -> Tensor:
+    """k_b from per-sample (sum c, sum c^2, sum m, sum m^2) in float64: unbiased stds as torch.std."""
+    sc, sc2, sm, sm2 = sums.unbind(1)
+    var_c = (sc2 - sc * sc / S) / (S - 1)
+    var_m = (sm2 - sm * sm / S) / (S - 1)
+    return ((1 - rescale) + rescale * (var_c / var_m).sqrt()).float()
+
+
+@register("guidance_rescale_factors", "cpu")
+def _guidance_rescale_factors_cpu(model_output, g, rescale):
+    mo = model_output.contiguous()
+    B = mo.shape[0] // 2
+    S = mo.numel() // max(2 * B, 1)
+    sums = T.empty((B, 4), dtype=torch.float64, device=mo.device)
+    _native.cpu.diffusion_rescale_sums(mo.data_ptr(), B, S, S, g, sums.data_ptr())
+    return _rescale_from_sums(sums, S, rescale)
+
+
+register("diffusion_step_dev", "cpu")(_step_dev_via_host(_diffusion_step_cpu))
+
+
+def _per_sample_f32(*ts):
+    return [t.to(torch.float32).contiguous() for t in ts]
+
+
+@register("add_noise", "cpu")
+def _add_noise_cpu(x0, noise, ca, cn):
+    x, y = x0.contiguous(), noise.contiguous()
+    ca, cn = _per_sample_f32(ca, cn)
+    out = T.empty_like(x)
+    B = x.shape[0]
+    _native.cpu.diffusion_lincomb(x.data_ptr(), y.data_ptr(), ca.data_ptr(), cn.data_ptr(), out.data_ptr(), B,
+                                  x.numel() // max(B, 1))
+    return out
+
+
+@register("diffusion_loss", "cpu")
+def _diffusion_loss_cpu(model_output, x0, noise, tx, tn, weight):
+    mo, x0, noise = model_output.contiguous(), x0.contiguous(), noise.contiguous()
+    tx, tn = _per_sample_f32(tx, tn)
+    B = mo.shape[0]
+    S = mo.numel() // max(B, 1)
+    sums = T.empty((B,), dtype=torch.float64, device=mo.device)
+    _native.cpu.diffusion_loss_sums(mo.data_ptr(), x0.data_ptr(), noise.data_ptr(), tx.data_ptr(), tn.data_ptr(),
+                                    sums.data_ptr(), B, S)
+    return (weight.double() * sums / S).float()
+
+
+@register("diffusion_loss_backward", "cpu")
+def _diffusion_loss_backward_cpu(grad, model_output, x0, noise, tx, tn, weight):
+    mo, x0, noise = model_output.contiguous(), x0.contiguous(), noise.contiguous()
+    tx, tn = _per_sample_f32(tx, tn)
+    B = mo.shape[0]
+    S = mo.numel() // max(B, 1)
+    k = ((2.0 / S) * grad.double() * weight.double()).float().contiguous()
+    dmo = T.empty_like(mo)
+    _native.cpu.diffusion_loss_backward(mo.data_ptr(), x0.data_ptr(), noise.data_ptr(), tx.data_ptr(), tn.data_ptr(),
+                                        k.data_ptr(), dmo.data_ptr(), B, S)
+    return dmo
