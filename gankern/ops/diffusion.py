@@ -497,3 +497,89 @@ def _diffusion_loss_backward_cpu(grad, model_output, x0, noise, tx, tn, weight):
     _native.cpu.diffusion_loss_backward(mo.data_ptr(), x0.data_ptr(), noise.data_ptr(), tx.data_ptr(), tn.data_ptr(),
                                         k.data_ptr(), dmo.data_ptr(), B, S)
     return dmo
+
+
+# ---- backends: triton ------------------------------------------------------------------------
+
+def _step_triton_impl(model_output, sample, history, noise, rescale, thresh, coefs, flags, seed, offset, want_x0,
+                      coef_dev=None, rng_dev=None, write_prev=True):
+    from ..triton import diffusion as tk
+    mo, x, B, S, mo_stride = _layout(model_output, sample)
+    history, noise = _opt(history, x.dtype), _opt(noise, x.dtype)
+    rescale, thresh = _opt(rescale, torch.float32), _opt(thresh, torch.float32)
+    prev = T.empty_like(x) if write_prev else None
+    x0 = T.empty_like(x) if want_x0 else x.new_empty((0,))
+    tk.step(mo, x, history, noise, rescale, thresh, prev, x0 if want_x0 else None, B, S, mo_stride, flags,
+            seed, offset, coefs, coef_dev, rng_dev)
+    return (prev if prev is not None else x.new_empty((0,))), x0
+
+
+@register("diffusion_step", "triton")
+def _diffusion_step_triton(model_output, sample, history, noise, rescale, thresh, coefs, flags, seed, offset,
+                           want_x0):
+    return _step_triton_impl(model_output, sample, history, noise, rescale, thresh, coefs, flags, seed, offset,
+                             want_x0)
+
+
+@register("diffusion_step_dev", "triton")
+def _diffusion_step_dev_triton(model_output, sample, history, coefs, rng, flags, want_x0):
+    return _step_triton_impl(model_output, sample, history, None, None, None, [0.0] * R.NCOEF, flags, 0, 0, want_x0,
+                             coef_dev=coefs.float().contiguous(), rng_dev=rng.contiguous())
+
+
+def _x0_only(step_impl):
+    """x0 before clamping with the prev store compiled out (the threshold pre-pass)."""
+    def run(model_output, sample, history, noise, rescale, thresh, coefs, flags, seed, offset, want_x0):
+        return step_impl(model_output, sample, history, noise, rescale, thresh, coefs, flags, seed, offset, want_x0,
+                         write_prev=False)
+    return run
+
+
+@register("diffusion_threshold_scales", "triton")
+def _threshold_scales_triton(model_output, sample, rescale, coefs, flags, rank_lo, rank_w, max_value):
+    x0 = _x0_before_clamp(_x0_only(_step_triton_impl), model_output, sample, rescale, coefs, flags)
+    a = x0.reshape(x0.shape[0], -1).abs().float()
+    return _lerp_sorted(a, rank_lo, rank_w).clamp(min=1.0, max=max_value)
+
+
+@register("guidance_rescale_factors", "triton")
+def _guidance_rescale_factors_triton(model_output, g, rescale):
+    from ..triton import diffusion as tk
+    mo = model_output.contiguous()
+    B = mo.shape[0] // 2
+    S = mo.numel() // max(2 * B, 1)
+    part = T.empty((B, -(-S // tk.BLOCK), 4), dtype=torch.float32, device=mo.device)
+    tk.rescale_partials(mo, B, S, S, g, part)
+    return _rescale_from_sums(part.double().sum(1), S, rescale)
+
+
+@register("add_noise", "triton")
+def _add_noise_triton(x0, noise, ca, cn):
+    from ..triton import diffusion as tk
+    x, y = x0.contiguous(), noise.contiguous()
+    ca, cn = _per_sample_f32(ca, cn)
+    B = x.shape[0]
+    return tk.lincomb(x, y, ca, cn, T.empty_like(x), B, x.numel() // max(B, 1))
+
+
+@register("diffusion_loss", "triton")
+def _diffusion_loss_triton(model_output, x0, noise, tx, tn, weight):
+    from ..triton import diffusion as tk
+    mo, x0, noise = model_output.contiguous(), x0.contiguous(), noise.contiguous()
+    tx, tn = _per_sample_f32(tx, tn)
+    B = mo.shape[0]
+    S = mo.numel() // max(B, 1)
+    part = T.empty((B, max(-(-S // tk.BLOCK), 1)), dtype=torch.float32, device=mo.device)
+    tk.loss_partials(mo, x0, noise, tx, tn, part, B, S)
+    return (weight.double() * part.double().sum(1) / S).float()
+
+
+@register("diffusion_loss_backward", "triton")
+def _diffusion_loss_backward_triton(grad, model_output, x0, noise, tx, tn, weight):
+    from ..triton import diffusion as tk
+    mo, x0, noise = model_output.contiguous(), x0.contiguous(), noise.contiguous()
+    tx, tn = _per_sample_f32(tx, tn)
+    B = mo.shape[0]
+    S = mo.numel() // max(B, 1)
+    k = ((2.0 / S) * grad.double() * weight.double()).float().contiguous()
+    return tk.lincomb(x0, noise, tx, tn, T.empty_like(mo), B, S, m=mo, k=k)
