@@ -583,3 +583,99 @@ def _diffusion_loss_backward_triton(grad, model_output, x0, noise, tx, tn, weigh
     S = mo.numel() // max(B, 1)
     k = ((2.0 / S) * grad.double() * weight.double()).float().contiguous()
     return tk.lincomb(x0, noise, tx, tn, T.empty_like(mo), B, S, m=mo, k=k)
+
+
+# ---- backends: cuda --------------------------------------------------------------------------
+
+_RED_CHUNK = 1024  # elements per reduction block of csrc/diffusion/cuda.cu (kRedThreads * kRedItems)
+
+
+def _step_cuda_impl(model_output, sample, history, noise, rescale, thresh, coefs, flags, seed, offset, want_x0,
+                    coef_dev=None, rng_dev=None, write_prev=True):
+    mo, x, B, S, mo_stride = _layout(model_output, sample)
+    history, noise = _opt(history, x.dtype), _opt(noise, x.dtype)
+    rescale, thresh = _opt(rescale, torch.float32), _opt(thresh, torch.float32)
+    prev = T.empty_like(x) if write_prev else None
+    x0 = T.empty_like(x) if want_x0 else x.new_empty((0,))
+    with torch.cuda.device(x.device):
+        _native.cuda.diffusion_step(mo.data_ptr(), x.data_ptr(), _native.ptr(history), _native.ptr(noise),
+                                    _native.ptr(rescale), _native.ptr(thresh), _native.ptr(prev),
+                                    x0.data_ptr() if want_x0 else 0, B, S, mo_stride, flags, seed, offset, list(coefs),
+                                    _native.ptr(coef_dev), _native.ptr(rng_dev), _native.dtype_code(x),
+                                    _native.cuda_stream(x))
+    return (prev if prev is not None else x.new_empty((0,))), x0
+
+
+@register("diffusion_step", "cuda")
+def _diffusion_step_cuda(model_output, sample, history, noise, rescale, thresh, coefs, flags, seed, offset, want_x0):
+    return _step_cuda_impl(model_output, sample, history, noise, rescale, thresh, coefs, flags, seed, offset,
+                           want_x0)
+
+
+@register("diffusion_step_dev", "cuda")
+def _diffusion_step_dev_cuda(model_output, sample, history, coefs, rng, flags, want_x0):
+    return _step_cuda_impl(model_output, sample, history, None, None, None, [0.0] * R.NCOEF, flags, 0, 0, want_x0,
+                           coef_dev=coefs.float().contiguous(), rng_dev=rng.contiguous())
+
+
+@register("diffusion_threshold_scales", "cuda")
+def _threshold_scales_cuda(model_output, sample, rescale, coefs, flags, rank_lo, rank_w, max_value):
+    # x0 by the step kernel with prev compiled out, then two radix selections (torch.kthvalue)
+    x0 = _x0_before_clamp(_x0_only(_step_cuda_impl), model_output, sample, rescale, coefs, flags)
+    a = x0.reshape(x0.shape[0], -1).abs().float()
+    return _lerp_sorted(a, rank_lo, rank_w).clamp(min=1.0, max=max_value)
+
+
+@register("guidance_rescale_factors", "cuda")
+def _guidance_rescale_factors_cuda(model_output, g, rescale):
+    mo = model_output.contiguous()
+    B = mo.shape[0] // 2
+    S = mo.numel() // max(2 * B, 1)
+    nchunks = max(-(-S // _RED_CHUNK), 1)
+    part = T.empty((B, nchunks, 4), dtype=torch.float32, device=mo.device)
+    with torch.cuda.device(mo.device):
+        _native.cuda.diffusion_rescale_partials(mo.data_ptr(), B, S, S, g, part.data_ptr(), nchunks,
+                                                _native.dtype_code(mo), _native.cuda_stream(mo))
+    return _rescale_from_sums(part.double().sum(1), S, rescale)
+
+
+@register("add_noise", "cuda")
+def _add_noise_cuda(x0, noise, ca, cn):
+    x, y = x0.contiguous(), noise.contiguous()
+    ca, cn = _per_sample_f32(ca, cn)
+    out = T.empty_like(x)
+    B = x.shape[0]
+    with torch.cuda.device(x.device):
+        _native.cuda.diffusion_lincomb(x.data_ptr(), y.data_ptr(), ca.data_ptr(), cn.data_ptr(), out.data_ptr(), B,
+                                       x.numel() // max(B, 1), _native.dtype_code(x), _native.cuda_stream(x))
+    return out
+
+
+@register("diffusion_loss", "cuda")
+def _diffusion_loss_cuda(model_output, x0, noise, tx, tn, weight):
+    mo, x0, noise = model_output.contiguous(), x0.contiguous(), noise.contiguous()
+    tx, tn = _per_sample_f32(tx, tn)
+    B = mo.shape[0]
+    S = mo.numel() // max(B, 1)
+    nchunks = max(-(-S // _RED_CHUNK), 1)
+    part = T.empty((B, nchunks), dtype=torch.float32, device=mo.device)
+    with torch.cuda.device(mo.device):
+        _native.cuda.diffusion_loss_partials(mo.data_ptr(), x0.data_ptr(), noise.data_ptr(), tx.data_ptr(),
+                                             tn.data_ptr(), part.data_ptr(), nchunks, B, S, _native.dtype_code(mo),
+                                             _native.cuda_stream(mo))
+    return (weight.double() * part.double().sum(1) / S).float()
+
+
+@register("diffusion_loss_backward", "cuda")
+def _diffusion_loss_backward_cuda(grad, model_output, x0, noise, tx, tn, weight):
+    mo, x0, noise = model_output.contiguous(), x0.contiguous(), noise.contiguous()
+    tx, tn = _per_sample_f32(tx, tn)
+    B = mo.shape[0]
+    S = mo.numel() // max(B, 1)
+    k = ((2.0 / S) * grad.double() * weight.double()).float().contiguous()
+    dmo = T.empty_like(mo)
+    with torch.cuda.device(mo.device):
+        _native.cuda.diffusion_loss_backward(mo.data_ptr(), x0.data_ptr(), noise.data_ptr(), tx.data_ptr(),
+                                             tn.data_ptr(), k.data_ptr(), dmo.data_ptr(), B, S, _native.dtype_code(mo),
+                                             _native.cuda_stream(mo))
+    return dmo
