@@ -39,6 +39,10 @@ class AlphaScheduler(Scheduler):
     def _prediction(plan: D.StepPlan, pred: str, a_t: float) -> D.StepPlan:
         """x0 = px x + pm m and eps = qx x + qm m for the prediction type, at alpha_prod_t = a_t."""
         sa, sb = math.sqrt(a_t), math.sqrt(1.0 - a_t)
+        if a_t == 0.0 and pred == "epsilon":
+            # diffusers divides by zero here and returns NaN samples
+            raise ValueError("alpha_prod_t is 0 at this timestep (rescale_betas_zero_snr=True): x0 cannot be "
+                             "recovered from an epsilon prediction; use prediction_type='v_prediction'")
         if pred == "epsilon":
             return plan.set(px=1.0 / sa, pm=-sb / sa, qx=0.0, qm=1.0)
         if pred == "sample":
