@@ -2,8 +2,10 @@
 // scalars; Python validates and allocates (gankern/ops/). One section per op family.
 #include <omp.h>
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
 #include "bias_act/bias_act.h"
+#include "diffusion/diffusion.h"
 #include "vae/vae.h"
 
 namespace py = pybind11;
@@ -62,4 +64,49 @@ PYBIND11_MODULE(_C, m) {
   });
   m.def("vae_set_simd", [](bool enabled) { gk::vae::set_cpu_simd(enabled); });
   m.def("vae_kl_block", []() { return gk::vae::kKlBlock; });
+
+  // ---- diffusion ----
+  m.def(
+      "diffusion_step",
+      [](uintptr_t mo, uintptr_t x, uintptr_t hist, uintptr_t noise, uintptr_t rescale, uintptr_t thresh,
+         uintptr_t prev, uintptr_t x0, int64_t B, int64_t S, int64_t mo_stride, int flags, int64_t seed,
+         int64_t offset, std::vector<float> coefs) {
+        // seed and offset: int64 bit patterns of the uint64 Philox key and counter
+        gk::check(coefs.size() == gk::diffusion::kNumCoefs, "diffusion_step: expected 16 coefficients");
+        gk::diffusion::StepParams p{B, S, mo_stride, flags, static_cast<uint64_t>(seed), static_cast<uint64_t>(offset),
+                                    {}};
+        std::copy(coefs.begin(), coefs.end(), p.c);
+        py::gil_scoped_release nogil;
+        gk::diffusion::step_cpu(ptr<const float>(mo), ptr<const float>(x), ptr<const float>(hist),
+                                ptr<const float>(noise), ptr<const float>(rescale), ptr<const float>(thresh),
+                                ptr<float>(prev), ptr<float>(x0), p);
+      });
+  m.def("diffusion_rescale_sums", [](uintptr_t mo, int64_t B, int64_t S, int64_t mo_stride, float g, uintptr_t out) {
+    py::gil_scoped_release nogil;
+    gk::diffusion::rescale_sums_cpu(ptr<const float>(mo), B, S, mo_stride, g, ptr<double>(out));
+  });
+  m.def("diffusion_threshold", [](uintptr_t x0, int64_t B, int64_t S, int64_t lo, float w, float max_value,
+                                  uintptr_t s) {
+    py::gil_scoped_release nogil;
+    gk::diffusion::threshold_cpu(ptr<const float>(x0), B, S, lo, w, max_value, ptr<float>(s));
+  });
+  m.def("diffusion_lincomb", [](uintptr_t x, uintptr_t y, uintptr_t ca, uintptr_t cb, uintptr_t out, int64_t B,
+                                int64_t S) {
+    py::gil_scoped_release nogil;
+    gk::diffusion::lincomb_cpu(ptr<const float>(x), ptr<const float>(y), ptr<const float>(ca), ptr<const float>(cb),
+                               ptr<float>(out), B, S);
+  });
+  m.def("diffusion_loss_sums", [](uintptr_t mo, uintptr_t x0, uintptr_t noise, uintptr_t tx, uintptr_t tn,
+                                  uintptr_t sums, int64_t B, int64_t S) {
+    py::gil_scoped_release nogil;
+    gk::diffusion::loss_sums_cpu(ptr<const float>(mo), ptr<const float>(x0), ptr<const float>(noise),
+                                 ptr<const float>(tx), ptr<const float>(tn), ptr<double>(sums), B, S);
+  });
+  m.def("diffusion_loss_backward", [](uintptr_t mo, uintptr_t x0, uintptr_t noise, uintptr_t tx, uintptr_t tn,
+                                      uintptr_t k, uintptr_t dmo, int64_t B, int64_t S) {
+    py::gil_scoped_release nogil;
+    gk::diffusion::loss_backward_cpu(ptr<const float>(mo), ptr<const float>(x0), ptr<const float>(noise),
+                                     ptr<const float>(tx), ptr<const float>(tn), ptr<const float>(k), ptr<float>(dmo),
+                                     B, S);
+  });
 }

@@ -4,8 +4,10 @@
 // validates, allocates and selects the device. One section per op family.
 #include <cuda_runtime.h>
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
 #include "bias_act/bias_act.h"
+#include "diffusion/diffusion.h"
 #include "vae/vae.h"
 
 namespace py = pybind11;
@@ -56,5 +58,39 @@ PYBIND11_MODULE(_cuda, m) {
                            ptr<const void>(mu), ptr<const void>(lv), ptr<void>(dmu), ptr<void>(dlv),
                            {rows, inner, mu_rs, lv_rs},
                            {static_cast<uint64_t>(seed), static_cast<uint64_t>(offset), lo, hi}, dtype, stream);
+  // ---- diffusion (csrc/diffusion/diffusion.h) ----
+  m.def("diffusion_step", [](uintptr_t mo, uintptr_t x, uintptr_t hist, uintptr_t noise, uintptr_t rescale,
+                             uintptr_t thresh, uintptr_t prev, uintptr_t x0, int64_t B, int64_t S, int64_t mo_stride,
+                             int flags, int64_t seed, int64_t offset, std::vector<float> coefs, uintptr_t coef_dev,
+                             uintptr_t rng_dev, int dtype, uintptr_t stream) {
+    gk::check(coefs.size() == gk::diffusion::kNumCoefs, "diffusion_step: expected 16 coefficients");
+    gk::diffusion::StepParams p{B, S, mo_stride, flags, static_cast<uint64_t>(seed), static_cast<uint64_t>(offset), {}};
+    std::copy(coefs.begin(), coefs.end(), p.c);
+    gk::diffusion::step_cuda(ptr<const void>(mo), ptr<const void>(x), ptr<const void>(hist), ptr<const void>(noise),
+                             ptr<const float>(rescale), ptr<const float>(thresh), ptr<void>(prev), ptr<void>(x0), p,
+                             ptr<const float>(coef_dev), ptr<const int64_t>(rng_dev), dtype, stream);
+  });
+  m.def("diffusion_rescale_partials", [](uintptr_t mo, int64_t B, int64_t S, int64_t mo_stride, float g,
+                                         uintptr_t partials, int64_t nchunks, int dtype, uintptr_t stream) {
+    gk::diffusion::rescale_partials_cuda(ptr<const void>(mo), B, S, mo_stride, g, ptr<float>(partials), nchunks, dtype,
+                                         stream);
+  });
+  m.def("diffusion_lincomb", [](uintptr_t x, uintptr_t y, uintptr_t ca, uintptr_t cb, uintptr_t out, int64_t B,
+                                int64_t S, int dtype, uintptr_t stream) {
+    gk::diffusion::lincomb_cuda(ptr<const void>(x), ptr<const void>(y), ptr<const float>(ca), ptr<const float>(cb),
+                                ptr<void>(out), B, S, dtype, stream);
+  });
+  m.def("diffusion_loss_partials", [](uintptr_t mo, uintptr_t x0, uintptr_t noise, uintptr_t tx, uintptr_t tn,
+                                      uintptr_t partials, int64_t nchunks, int64_t B, int64_t S, int dtype,
+                                      uintptr_t stream) {
+    gk::diffusion::loss_partials_cuda(ptr<const void>(mo), ptr<const void>(x0), ptr<const void>(noise),
+                                      ptr<const float>(tx), ptr<const float>(tn), ptr<float>(partials), nchunks, B, S,
+                                      dtype, stream);
+  });
+  m.def("diffusion_loss_backward", [](uintptr_t mo, uintptr_t x0, uintptr_t noise, uintptr_t tx, uintptr_t tn,
+                                      uintptr_t k, uintptr_t dmo, int64_t B, int64_t S, int dtype, uintptr_t stream) {
+    gk::diffusion::loss_backward_cuda(ptr<const void>(mo), ptr<const void>(x0), ptr<const void>(noise),
+                                      ptr<const float>(tx), ptr<const float>(tn), ptr<const float>(k), ptr<void>(dmo),
+                                      B, S, dtype, stream);
   });
 }

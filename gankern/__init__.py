@@ -11,6 +11,10 @@ from .ops.random import randn, randn_like, random_seed  # noqa: E402
 from .ops.vae import kl_normal, reparameterize, reparameterize_kl  # noqa: E402
 from .distributions import DiagonalGaussian  # noqa: E402
 from . import nn  # noqa: E402
+from .ops.diffusion import add_noise, diffusion_loss  # noqa: E402
+from . import schedulers  # noqa: E402
+from .sampling import sample  # noqa: E402
 
 __all__ = ["__version__", "backends", "use_backend", "bias_act", "randn", "randn_like", "random_seed",
-           "reparameterize", "kl_normal", "reparameterize_kl", "DiagonalGaussian", "nn"]
+           "reparameterize", "kl_normal", "reparameterize_kl", "DiagonalGaussian", "nn",
+           "add_noise", "diffusion_loss", "schedulers", "sample"]

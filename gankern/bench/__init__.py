@@ -9,6 +9,7 @@ from .case import Case
 FAMILIES = [
     "bias_act",
     "vae",
+    "diffusion",
 ]
 
 __all__ = ["Case", "FAMILIES"]

@@ -1,0 +1,186 @@
+"""Diffusion benchmark cases: one scheduler step with classifier-free guidance at Stable Diffusion
+latent sizes and a CIFAR-sized pixel batch, against diffusers' step + eager guidance (the usual
+pipeline code; the reference generic step when diffusers is absent) and torch.compile of the
+reference step; and a 50-step sampling loop with a small UNet-like model.
+
+`python -m gankern.bench.diffusion` measures the CPU targets of docs/diffusion.md (medians of many
+interleaved runs in one process, so machine load hits every contender alike).
+"""
+from __future__ import annotations
+
+import math
+import statistics
+import time
+
+import torch
+
+from .. import schedulers as GS
+from ..reference import diffusion as R
+from .case import Case
+
+GUIDANCE = 7.5
+SD = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False)
+STEP = 10  # which of 50 steps is timed (mid-trajectory)
+
+
+def _diffusers():
+    try:
+        import diffusers
+        return diffusers
+    except ImportError:
+        return None
+
+
+def _sched_pair(name: str):
+    """(gankern scheduler, diffusers scheduler or None), both set to 50 steps."""
+    cfg = dict(SD)
+    if name != "DDIMScheduler" and name != "DDPMScheduler":
+        cfg.pop("clip_sample")
+    g = getattr(GS, name)(**cfg)
+    g.set_timesteps(50)
+    dif = _diffusers()
+    d = getattr(dif, name)(**cfg) if dif is not None else None
+    if d is not None:
+        d.set_timesteps(50)
+    return g, d
+
+
+def _reset(s):
+    if hasattr(s, "_step_index"):
+        s._step_index = STEP
+
+
+def step_case(name: str, label: str, shape, device, quick=False) -> Case:
+    """One guided step at latents `shape` (the model output has 2 * shape[0] samples)."""
+    g, d = _sched_pair(name)
+    t = g.timesteps[STEP]
+    sigma_index = isinstance(g, (GS.EulerDiscreteScheduler, GS.EulerAncestralDiscreteScheduler))
+    plan = g.plan(STEP if sigma_index else int(t))
+    flags = plan.flags | R.GUIDED | (R.NOISE_PHILOX if plan.stochastic else 0)
+    coefs = list(plan.coefs)
+    coefs[R.C_G] = GUIDANCE
+
+    def setup():
+        gen = torch.Generator().manual_seed(0)
+        x = torch.randn(shape, generator=gen).to(device)
+        mo = torch.randn((2 * shape[0],) + tuple(shape[1:]), generator=gen).to(device)
+        return mo, x, t.to(device)
+
+    def run_gankern(a):
+        _reset(g)
+        return g.step(a[0], a[2], a[1], guidance_scale=GUIDANCE).prev_sample
+
+    def run_reference(a):
+        return R.diffusion_step(a[0], a[1], None, None, None, None, coefs, flags, 1, 0, False)[0]
+
+    if d is not None:
+        def run_eager(a):
+            _reset(d)
+            u, c = a[0].chunk(2)
+            return d.step(u + GUIDANCE * (c - u), a[2], a[1]).prev_sample
+        eager_name = "diffusers step + eager guidance"
+    else:
+        run_eager, eager_name = run_reference, "reference step (eager)"
+    n = math.prod(shape)
+    return Case("diffusion", f"{label} step + guidance", tuple(shape), torch.float32, setup, run_gankern, run_eager,
+                bytes=4 * n * 4, quick=quick, compile=run_reference,
+                notes=f"eager = {eager_name}; compile = torch.compile of the reference generic step",
+                tags=dict(scheduler=name))
+
+
+class TinyUNet(torch.nn.Module):
+    """A small conv net standing in for a UNet: the loop case times scheduling around a model."""
+
+    def __init__(self, ch=4, width=32):
+        super().__init__()
+        self.inp = torch.nn.Conv2d(ch, width, 3, padding=1)
+        self.mid = torch.nn.Conv2d(width, width, 3, padding=1)
+        self.out = torch.nn.Conv2d(width, ch, 3, padding=1)
+        self.temb = torch.nn.Linear(1, width)
+
+    def forward(self, x, t):
+        h = torch.nn.functional.silu(self.inp(x) + self.temb(t.float().reshape(1, 1) / 1000).reshape(1, -1, 1, 1))
+        return self.out(torch.nn.functional.silu(self.mid(h)))
+
+
+def loop_case(device, shape=(2, 4, 32, 32), steps=50) -> Case:
+    model = TinyUNet(shape[1]).to(device).eval()
+
+    def setup():
+        return (torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(device),)
+
+    def run_gankern(a):
+        from ..sampling import sample
+        s = GS.DDIMScheduler(**SD)
+        return sample(model, s, shape, steps, guidance_scale=GUIDANCE, seed=0, progress=False, device=device,
+                      latents=a[0])
+
+    def run_eager(a):
+        dif = _diffusers()
+        s = dif.DDIMScheduler(**SD) if dif is not None else GS.DDIMScheduler(**SD)
+        s.set_timesteps(steps)
+        x = a[0]
+        with torch.no_grad():
+            for t in s.timesteps:
+                out = model(torch.cat([x, x]), t.to(device))
+                u, c = out.chunk(2)
+                x = s.step(u + GUIDANCE * (c - u), t, x).prev_sample
+        return x
+
+    n = math.prod(shape)
+    return Case("diffusion", f"DDIM {steps}-step loop, tiny UNet", tuple(shape), torch.float32, setup, run_gankern,
+                run_eager, bytes=4 * n * 4 * steps, quick=False, notes="model time included in every column")
+
+
+def cases(device: torch.device) -> list[Case]:
+    device = torch.device(device)
+    out = [
+        step_case("DDIMScheduler", "DDIM", (8, 4, 64, 64), device, quick=True),
+        step_case("DDIMScheduler", "DDIM", (16, 4, 128, 128), device),
+        step_case("DDIMScheduler", "DDIM", (64, 3, 32, 32), device),
+        step_case("DDPMScheduler", "DDPM", (16, 4, 128, 128), device),
+        step_case("EulerAncestralDiscreteScheduler", "Euler ancestral", (8, 4, 64, 64), device, quick=True),
+        step_case("EulerAncestralDiscreteScheduler", "Euler ancestral", (16, 4, 128, 128), device),
+        step_case("EulerDiscreteScheduler", "Euler", (16, 4, 128, 128), device),
+        step_case("DPMSolverMultistepScheduler", "DPM++ 2M", (16, 4, 128, 128), device),
+        loop_case(device),
+    ]
+    return out
+
+
+# ---- the CPU target measurement ----------------------------------------------------------------
+
+def measure(case: Case, runs: int = 200, warmup: int = 20) -> dict:
+    """Median ms of gankern, eager and torch.compile(case.compile or case.eager), interleaved run by
+    run, plus a clone of the model output (copy-bandwidth yardstick)."""
+    a = case.setup()
+    fns = {"gankern": case.gankern, "eager": case.eager,
+           "compile": torch.compile(case.compile or case.eager)}
+    fns["clone"] = lambda a: a[0].clone()
+    times = {k: [] for k in fns}
+    for k, f in fns.items():
+        for _ in range(warmup):
+            f(a)
+    for _ in range(runs):
+        for k, f in fns.items():
+            t0 = time.perf_counter()
+            f(a)
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) * 1e3 for k, v in times.items()}
+
+
+def main():
+    torch.manual_seed(0)
+    dev = torch.device("cpu")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    for c in cases(dev):
+        if "loop" in c.variant:
+            continue
+        r = measure(c)
+        print(f"{c.variant:34s} {'x'.join(map(str, c.shape)):>14s}  gankern {r['gankern']:.3f} ms  "
+              f"eager {r['eager']:.3f} ms ({r['eager'] / r['gankern']:.1f}x)  compile {r['compile']:.3f} ms "
+              f"({r['compile'] / r['gankern']:.2f}x)  clone(2B) {r['clone']:.3f} ms", flush=True)
+
+
+if __name__ == "__main__":
+    main()

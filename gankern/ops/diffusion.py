@@ -1,0 +1,691 @@
+"""Diffusion ops: the generic fused denoising step every scheduler in gankern.schedulers is an
+instance of, its per-sample helpers, and the training side (q_sample, fused diffusion loss).
+
+    fused_step(model_output, sample, plan, ...)   one pass over the latents: guidance, x0 / eps from
+                                                  the prediction type, clip / threshold, the update
+                                                  and in-kernel Philox noise (gankern/reference/
+                                                  diffusion.py has the exact formula)
+    add_noise(x0, noise, timesteps, alphas_cumprod)              q_sample, one pass
+    diffusion_loss(model_output, x0, noise, timesteps, alphas_cumprod, prediction_type, weighting)
+                                                  target + per-sample weighted MSE, one pass
+                                                  forward and one backward
+
+Coefficients are computed by the schedulers on the host in float64 and passed as scalars: no
+device -> host synchronization anywhere in a step. Per-sample quantities that depend on the data
+(guidance-rescale factors, dynamic-thresholding scales) are computed on the device by a reduction /
+selection pass and passed to the step as [B] tensors.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from .. import _native
+from .. import _tensors as T
+from ..backends import register, resolve
+from ..reference import diffusion as ref
+from . import _validate as V
+
+R = ref  # coefficient slots and flags live in the reference (the specification)
+
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+
+
+@dataclass
+class StepPlan:
+    """One scheduler step as the generic kernel sees it (host-side, built per step in float64).
+
+    coefs: NCOEF floats in the slots of gankern.reference.diffusion (C_G is filled in from the
+    guidance scale); flags: CLIP / HIST / VAR_* bits; stochastic: the step adds noise; threshold:
+    (ratio, max_value) of dynamic thresholding, or None."""
+    coefs: list = field(default_factory=lambda: [0.0] * R.NCOEF)
+    flags: int = 0
+    stochastic: bool = False
+    threshold: Optional[tuple] = None
+
+    def set(self, **kw) -> "StepPlan":
+        for name, value in kw.items():
+            self.coefs[getattr(R, "C_" + name.upper())] = float(value)
+        return self
+
+
+def noise_counters(numel: int) -> int:
+    """Philox counters one noise tensor of numel elements consumes (4 normals per counter): the
+    offset advance between two noise draws that must not overlap."""
+    return (numel + 3) // 4
+
+
+def draw_seed(generator: torch.Generator | None = None) -> int:
+    """A Philox seed from `generator` (default: torch's global CPU generator, so torch.manual_seed
+    governs results). Drawn on the CPU: no device synchronization."""
+    if generator is not None and generator.device.type != "cpu":
+        # a CUDA generator: drawing on its device then .item() would synchronize; use its seed
+        return int(generator.initial_seed()) & ((1 << 63) - 1)
+    return int(torch.randint(0, 2**62, (1,), generator=generator, dtype=torch.int64).item())
+
+
+def _call(op: str, probe: Tensor, *args):
+    """Run a custom op. Eagerly, on plain tensors, the backend is called directly: the Python
+    custom-op dispatch costs ~0.15 ms, as much as the step kernel itself at SD latent sizes. Under
+    torch.compile / export / tracing (fake or subclass tensors) it goes through torch.ops so the
+    graph sees the op."""
+    if type(probe) is Tensor and not torch.compiler.is_compiling():
+        return resolve(op, probe)(*args)
+    return getattr(torch.ops.gankern, op)(*args)
+
+
+def _check_step_inputs(model_output, sample, guided, history, noise, flags):
+    V.tensor(model_output, "model_output", ndim_min=1)
+    V.tensor(sample, "sample", ndim_min=1)
+    V.same_device(sample, "sample", model_output=model_output, history=history, noise=noise)
+    B = sample.shape[0]
+    G = 2 if guided else 1
+    if model_output.shape[0] != G * B:
+        if guided:
+            raise ValueError(f"with guidance_scale, model_output must hold 2*B = {2 * B} samples (the "
+                             f"unconditional half first, as chunk(2) splits it) for a sample of batch {B}; "
+                             f"got batch {model_output.shape[0]}")
+        raise ValueError(f"model_output has batch {model_output.shape[0]} but sample has batch {B} "
+                         "(pass guidance_scale for a batched unconditional + conditional output)")
+    ms, ss = tuple(model_output.shape[1:]), tuple(sample.shape[1:])
+    var = flags & (R.VAR | R.HAS_VAR_CHANNELS)
+    if var:
+        want = (2 * ss[0],) + ss[1:] if ss else None
+        if ms != want:
+            raise ValueError(f"model_output must have shape [N, 2*C, ...] = [N, {want}] (predicted variance "
+                             f"channels after the prediction) for sample {tuple(sample.shape)}, got "
+                             f"{tuple(model_output.shape)}")
+    elif ms != ss:
+        raise ValueError(f"model_output shape {tuple(model_output.shape)} does not match sample shape "
+                         f"{tuple(sample.shape)} beyond the batch dimension")
+    for name, t in (("history", history), ("noise", noise)):
+        if t is not None:
+            V.tensor(t, name)
+            if t.shape != sample.shape:
+                raise ValueError(f"{name} must have the sample's shape {tuple(sample.shape)}, got {tuple(t.shape)}")
+
+
+def fused_step(model_output: Tensor, sample: Tensor, plan: StepPlan, *, guidance_scale: float | None = None,
+               guidance_rescale: float = 0.0, history: Tensor | None = None, noise: Tensor | None = None,
+               seed: int = 0, offset: int = 0, want_x0: bool = False) -> tuple[Tensor, Tensor | None]:
+    """Runs one planned step: (prev_sample, pred_original_sample or None).
+
+    model_output: [B, ...] or, with guidance_scale, [2B, ...] (unconditional half first); with a
+    learned variance the channel dim is 2C (prediction, then variance). noise: an explicit noise
+    tensor (else, if the plan is stochastic, noise element i is gankern.randn(sample.shape, seed,
+    offset)[i], generated in the kernel)."""
+    flags = plan.flags
+    guided = guidance_scale is not None
+    if guided:
+        flags |= R.GUIDED
+    if history is not None:
+        flags |= R.HIST
+    elif flags & R.HIST:
+        raise ValueError("this step needs the previous step's x0 (history) but none was given")
+    _check_step_inputs(model_output, sample, guided, history, noise, flags)
+    coefs = list(plan.coefs)
+    coefs[R.C_G] = V.real(guidance_scale, "guidance_scale") if guided else 1.0
+    guidance_rescale = V.real(guidance_rescale, "guidance_rescale", min_value=0.0)
+    if guidance_rescale > 1.0:
+        raise ValueError(f"guidance_rescale must be in [0, 1], got {guidance_rescale}")
+    if plan.stochastic:
+        if noise is not None:
+            flags |= R.NOISE_TENSOR
+        else:
+            flags |= R.NOISE_PHILOX
+            if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+                raise ValueError(f"seed must be an int in [0, 2**63), got {seed!r}")
+    flags &= ~R.HAS_VAR_CHANNELS
+    if model_output.dtype != sample.dtype:
+        model_output = model_output.to(sample.dtype)
+    rescale = None
+    if guidance_rescale > 0:
+        if not guided:
+            raise ValueError("guidance_rescale needs guidance_scale (a batched unconditional + conditional output)")
+        mo_pred = _pred_channels(model_output, sample)
+        rescale = _call("guidance_rescale_factors", mo_pred, mo_pred, coefs[R.C_G], guidance_rescale)
+        flags |= R.RESCALE
+    thresh = None
+    if plan.threshold is not None:
+        ratio, max_value = plan.threshold
+        lo, w = ref.quantile_rank(ratio, sample[0].numel())
+        thresh = _call("diffusion_threshold_scales", sample, model_output, sample, rescale, coefs, flags, lo, w,
+                       float(max_value))
+        flags |= R.THRESH
+    prev, x0 = _call("diffusion_step", sample, model_output, sample, history, noise, rescale, thresh, coefs, flags,
+                     int(seed), int(offset), bool(want_x0))
+    return prev, (x0 if want_x0 else None)
+
+
+def _pred_channels(model_output: Tensor, sample: Tensor) -> Tensor:
+    """The prediction channels of a model output that may carry variance channels after them."""
+    if model_output.ndim >= 2 and sample.ndim >= 2 and model_output.shape[1] == 2 * sample.shape[1]:
+        return model_output[:, : sample.shape[1]]
+    return model_output
+
+
+# ---- training side ---------------------------------------------------------------------------
+
+def _timestep_coefs(x0: Tensor, timesteps: Tensor, alphas_cumprod: Tensor) -> tuple[Tensor, Tensor]:
+    V.tensor(alphas_cumprod, "alphas_cumprod")
+    if not isinstance(timesteps, Tensor) or timesteps.dtype.is_floating_point or timesteps.dtype == torch.bool:
+        raise TypeError(f"timesteps must be an integer tensor, got "
+                        f"{timesteps.dtype if isinstance(timesteps, Tensor) else type(timesteps).__name__}")
+    if timesteps.numel() != x0.shape[0]:
+        raise ValueError(f"timesteps must hold one timestep per sample ({x0.shape[0]}), got shape "
+                         f"{tuple(timesteps.shape)}")
+    if alphas_cumprod.ndim != 1:
+        raise ValueError(f"alphas_cumprod must be 1-D, got shape {tuple(alphas_cumprod.shape)}")
+    dt = torch.float64 if x0.dtype == torch.float64 else torch.float32
+    return ref.q_coefficients(timesteps.reshape(-1).to(x0.device), alphas_cumprod.to(x0.device), dt)
+
+
+def add_noise(x0: Tensor, noise: Tensor, timesteps: Tensor, alphas_cumprod: Tensor) -> Tensor:
+    """q_sample: x_t = sqrt(a_t) x0 + sqrt(1 - a_t) noise, a_t = alphas_cumprod[timesteps] per sample
+    (diffusers' DDPMScheduler.add_noise). One pass; differentiable in x0 and noise."""
+    V.tensor(x0, "x0", ndim_min=1)
+    V.tensor(noise, "noise")
+    V.same_device(x0, "x0", noise=noise)
+    if noise.shape != x0.shape:
+        raise ValueError(f"noise shape {tuple(noise.shape)} must equal x0 shape {tuple(x0.shape)}")
+    ca, cn = _timestep_coefs(x0, timesteps, alphas_cumprod)
+    return torch.ops.gankern.add_noise(x0, noise.to(x0.dtype), ca, cn)
+
+
+def diffusion_loss(model_output: Tensor, x0: Tensor, noise: Tensor, timesteps: Tensor, alphas_cumprod: Tensor,
+                   prediction_type: str = "epsilon", weighting: Tensor | None = None,
+                   reduction: str = "mean") -> Tensor:
+    """Weighted denoising loss: mean over samples of w_b * mean((model_output_b - target_b)^2), with
+    target = noise (epsilon), sqrt(a_t) noise - sqrt(1 - a_t) x0 (v_prediction) or x0 (sample).
+
+    weighting: per-sample weights [B] (e.g. min-SNR), or None for 1. reduction: "mean" (a scalar)
+    or "none" (the [B] weighted per-sample losses). Gradients flow to model_output (the fused
+    backward writes them in one pass) and, if they require it, to x0 and noise."""
+    V.tensor(model_output, "model_output", ndim_min=1)
+    V.tensor(x0, "x0")
+    V.tensor(noise, "noise")
+    V.same_device(model_output, "model_output", x0=x0, noise=noise, weighting=weighting)
+    for name, t in (("x0", x0), ("noise", noise)):
+        if t.shape != model_output.shape:
+            raise ValueError(f"{name} shape {tuple(t.shape)} must equal model_output shape {tuple(model_output.shape)}")
+    if prediction_type not in PREDICTION_TYPES:
+        raise ValueError(f"prediction_type must be one of {', '.join(PREDICTION_TYPES)}, got {prediction_type!r}")
+    if reduction not in ("mean", "none"):
+        raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
+    sa, sb = _timestep_coefs(model_output, timesteps, alphas_cumprod)
+    if prediction_type == "epsilon":
+        tx, tn = torch.zeros_like(sa), torch.ones_like(sa)
+    elif prediction_type == "v_prediction":
+        tx, tn = -sb, sa
+    else:
+        tx, tn = torch.ones_like(sa), torch.zeros_like(sa)
+    if weighting is None:
+        w = torch.ones_like(sa)
+    else:
+        V.tensor(weighting, "weighting")
+        if weighting.numel() != model_output.shape[0]:
+            raise ValueError(f"weighting must hold one weight per sample ({model_output.shape[0]}), got shape "
+                             f"{tuple(weighting.shape)}")
+        w = weighting.reshape(-1).to(sa.dtype)
+    x0, noise = x0.to(model_output.dtype), noise.to(model_output.dtype)
+    per = torch.ops.gankern.diffusion_loss(model_output, x0, noise, tx, tn, w)
+    return per.mean() if reduction == "mean" else per
+
+
+# ---- custom ops ------------------------------------------------------------------------------
+
+@torch.library.custom_op("gankern::diffusion_step", mutates_args=())
+def _diffusion_step(model_output: Tensor, sample: Tensor, history: Optional[Tensor], noise: Optional[Tensor],
+                    rescale: Optional[Tensor], thresh: Optional[Tensor], coefs: list[float], flags: int, seed: int,
+                    offset: int, want_x0: bool) -> tuple[Tensor, Tensor]:
+    return resolve("diffusion_step", sample)(model_output, sample, history, noise, rescale, thresh, coefs, flags,
+                                              seed, offset, want_x0)
+
+
+@_diffusion_step.register_fake
+def _(model_output, sample, history, noise, rescale, thresh, coefs, flags, seed, offset, want_x0):
+    return torch.empty_like(sample), (torch.empty_like(sample) if want_x0 else sample.new_empty((0,)))
+
+
+@torch.library.custom_op("gankern::guidance_rescale_factors", mutates_args=())
+def _guidance_rescale_factors(model_output: Tensor, g: float, rescale: float) -> Tensor:
+    return resolve("guidance_rescale_factors", model_output)(model_output, g, rescale)
+
+
+@_guidance_rescale_factors.register_fake
+def _(model_output, g, rescale):
+    dt = torch.float64 if model_output.dtype == torch.float64 else torch.float32
+    return model_output.new_empty((model_output.shape[0] // 2,), dtype=dt)
+
+
+@torch.library.custom_op("gankern::diffusion_threshold_scales", mutates_args=())
+def _diffusion_threshold_scales(model_output: Tensor, sample: Tensor, rescale: Optional[Tensor], coefs: list[float],
+                                flags: int, rank_lo: int, rank_w: float, max_value: float) -> Tensor:
+    return resolve("diffusion_threshold_scales", sample)(model_output, sample, rescale, coefs, flags, rank_lo, rank_w,
+                                                          max_value)
+
+
+@_diffusion_threshold_scales.register_fake
+def _(model_output, sample, rescale, coefs, flags, rank_lo, rank_w, max_value):
+    dt = torch.float64 if sample.dtype == torch.float64 else torch.float32
+    return sample.new_empty((sample.shape[0],), dtype=dt)
+
+
+@torch.library.custom_op("gankern::add_noise", mutates_args=())
+def _add_noise(x0: Tensor, noise: Tensor, ca: Tensor, cn: Tensor) -> Tensor:
+    return resolve("add_noise", x0)(x0, noise, ca, cn)
+
+
+@_add_noise.register_fake
+def _(x0, noise, ca, cn):
+    return torch.empty_like(x0)
+
+
+def _add_noise_setup(ctx, inputs, output):
+    x0, noise, ca, cn = inputs
+    ctx.save_for_backward(ca, cn)
+    ctx.dtypes = (x0.dtype, noise.dtype)
+
+
+def _add_noise_backward(ctx, g):
+    ca, cn = ctx.saved_tensors
+    # linear in x0 and noise: the gradients are the same op with one input zeroed out
+    gx = ref.per_sample(ca, g.ndim).to(g.dtype) * g if ctx.needs_input_grad[0] else None
+    gn = ref.per_sample(cn, g.ndim).to(g.dtype) * g if ctx.needs_input_grad[1] else None
+    return gx, gn, None, None
+
+
+_add_noise.register_autograd(_add_noise_backward, setup_context=_add_noise_setup)
+
+
+@torch.library.custom_op("gankern::diffusion_loss", mutates_args=())
+def _diffusion_loss(model_output: Tensor, x0: Tensor, noise: Tensor, tx: Tensor, tn: Tensor, weight: Tensor) -> Tensor:
+    return resolve("diffusion_loss", model_output)(model_output, x0, noise, tx, tn, weight)
+
+
+@_diffusion_loss.register_fake
+def _(model_output, x0, noise, tx, tn, weight):
+    dt = torch.float64 if model_output.dtype == torch.float64 else torch.float32
+    return model_output.new_empty((model_output.shape[0],), dtype=dt)
+
+
+@torch.library.custom_op("gankern::diffusion_loss_backward", mutates_args=())
+def _diffusion_loss_backward(grad: Tensor, model_output: Tensor, x0: Tensor, noise: Tensor, tx: Tensor, tn: Tensor,
+                             weight: Tensor) -> Tensor:
+    return resolve("diffusion_loss_backward", model_output)(grad, model_output, x0, noise, tx, tn, weight)
+
+
+@_diffusion_loss_backward.register_fake
+def _(grad, model_output, x0, noise, tx, tn, weight):
+    return torch.empty_like(model_output)
+
+
+def _loss_setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _loss_backward(ctx, grad):
+    mo, x0, noise, tx, tn, w = ctx.saved_tensors
+    dmo = torch.ops.gankern.diffusion_loss_backward(grad, mo, x0, noise, tx, tn, w)
+    # target = tx x0 + tn noise enters with a minus sign; rarely needed, so plain torch ops
+    dx0 = -ref.per_sample(tx, mo.ndim).to(dmo.dtype) * dmo if ctx.needs_input_grad[1] else None
+    dn = -ref.per_sample(tn, mo.ndim).to(dmo.dtype) * dmo if ctx.needs_input_grad[2] else None
+    return dmo, dx0, dn, None, None, None
+
+
+_diffusion_loss.register_autograd(_loss_backward, setup_context=_loss_setup)
+
+
+# ---- backends: reference ---------------------------------------------------------------------
+
+register("diffusion_step", "reference")(ref.diffusion_step)
+register("guidance_rescale_factors", "reference")(ref.guidance_rescale_factors)
+register("add_noise", "reference")(ref.add_noise)
+register("diffusion_loss", "reference")(ref.diffusion_loss)
+register("diffusion_loss_backward", "reference")(ref.diffusion_loss_backward)
+
+
+@register("diffusion_threshold_scales", "reference")
+def _threshold_scales_reference(model_output, sample, rescale, coefs, flags, rank_lo, rank_w, max_value):
+    x0 = _x0_before_clamp(ref.diffusion_step, model_output, sample, rescale, coefs, flags)
+    a = x0.reshape(x0.shape[0], -1).abs()
+    a = a.float() if a.dtype not in (torch.float32, torch.float64) else a
+    s = _lerp_sorted(a, rank_lo, rank_w)
+    return s.clamp(min=1.0, max=max_value)
+
+
+def _x0_before_clamp(step_fn, model_output, sample, rescale, coefs, flags):
+    """x0 from the prediction type and guidance, before clip / threshold: the quantity dynamic
+    thresholding takes its quantile of (the step with every update coefficient zero)."""
+    keep = R.GUIDED | R.RESCALE
+    c = list(coefs)
+    for i in (R.C_A, R.C_B, R.C_C, R.C_D):
+        c[i] = 0.0
+    _, x0 = step_fn(model_output, sample, None, None, rescale, None, c, flags & keep, 0, 0, True)
+    return x0
+
+
+def _lerp_sorted(a: Tensor, lo: int, w: float) -> Tensor:
+    """torch.quantile's value at rank lo + w per row, by two selections (torch.kthvalue) instead of
+    a sort; lerp as torch.lerp rounds it."""
+    n = a.shape[1]
+    v_lo = torch.kthvalue(a, lo + 1, dim=1).values
+    v_hi = torch.kthvalue(a, min(lo + 2, n), dim=1).values if w > 0 else v_lo
+    return torch.lerp(v_lo, v_hi, torch.full_like(v_lo, w))
+
+
+# ---- the graph-replay variant: coefficients and (seed, offset) read from device buffers ---------
+
+@torch.library.custom_op("gankern::diffusion_step_dev", mutates_args=())
+def _diffusion_step_dev(model_output: Tensor, sample: Tensor, history: Optional[Tensor], coefs: Tensor, rng: Tensor,
+                        flags: int, want_x0: bool) -> tuple[Tensor, Tensor]:
+    """diffusion_step with coefs (float32 [NCOEF]) and rng (int64 [seed, offset]) in device memory,
+    so a captured CUDA graph can be replayed with new values (gankern.sample(cuda_graph=True))."""
+    return resolve("diffusion_step_dev", sample)(model_output, sample, history, coefs, rng, flags, want_x0)
+
+
+@_diffusion_step_dev.register_fake
+def _(model_output, sample, history, coefs, rng, flags, want_x0):
+    return torch.empty_like(sample), (torch.empty_like(sample) if want_x0 else sample.new_empty((0,)))
+
+
+def _step_dev_via_host(step_fn):
+    """Host backends read the buffers directly (CPU memory: no synchronization involved)."""
+    def run(model_output, sample, history, coefs, rng, flags, want_x0):
+        c = coefs.double().cpu().tolist()
+        seed, offset = (int(v) for v in rng.cpu().tolist())
+        return step_fn(model_output, sample, history, None, None, None, c, flags, seed, offset, want_x0)
+    return run
+
+
+register("diffusion_step_dev", "reference")(_step_dev_via_host(ref.diffusion_step))
+
+
+# ---- backends: cpu ---------------------------------------------------------------------------
+
+def _layout(model_output: Tensor, sample: Tensor):
+    """Contiguous [B, S] views and model_output's per-sample stride (K * S) for the kernels; the
+    noise contract numbers elements row-major, so other layouts are copied."""
+    x = sample.contiguous()
+    mo = model_output.contiguous()
+    B = x.shape[0]
+    S = x.numel() // B if B else 0
+    G = mo.shape[0] // B if B else 1
+    mo_stride = mo.numel() // (G * B) if B else 0
+    return mo, x, B, S, mo_stride
+
+
+def _opt(t: Tensor | None, dtype=None) -> Tensor | None:
+    if t is None:
+        return None
+    return t.contiguous() if dtype is None else t.to(dtype).contiguous()
+
+
+@register("diffusion_step", "cpu")
+def _diffusion_step_cpu(model_output, sample, history, noise, rescale, thresh, coefs, flags, seed, offset, want_x0):
+    mo, x, B, S, mo_stride = _layout(model_output, sample)
+    history, noise = _opt(history, x.dtype), _opt(noise, x.dtype)
+    rescale, thresh = _opt(rescale, torch.float32), _opt(thresh, torch.float32)
+    prev = T.empty_like(x)
+    x0 = T.empty_like(x) if want_x0 else x.new_empty((0,))
+    _native.cpu.diffusion_step(mo.data_ptr(), x.data_ptr(), _native.ptr(history), _native.ptr(noise),
+                               _native.ptr(rescale), _native.ptr(thresh), prev.data_ptr(),
+                               x0.data_ptr() if want_x0 else 0, B, S, mo_stride, flags, seed, offset, coefs)
+    return prev, x0
+
+
+@register("diffusion_threshold_scales", "cpu")
+def _threshold_scales_cpu(model_output, sample, rescale, coefs, flags, rank_lo, rank_w, max_value):
+    x0 = _x0_before_clamp(_diffusion_step_cpu, model_output, sample, rescale, coefs, flags)
+    B = x0.shape[0]
+    s = T.empty((B,), dtype=torch.float32, device=x0.device)
+    _native.cpu.diffusion_threshold(x0.data_ptr(), B, x0.numel() // max(B, 1), rank_lo, rank_w, max_value,
+                                    s.data_ptr())
+    return s
+
+
+def _rescale_from_sums(sums: Tensor, S: int, rescale: float) -> Tensor:
+    """k_b from per-sample (sum c, sum c^2, sum m, sum m^2) in float64: unbiased stds as torch.std."""
+    sc, sc2, sm, sm2 = sums.unbind(1)
+    var_c = (sc2 - sc * sc / S) / (S - 1)
+    var_m = (sm2 - sm * sm / S) / (S - 1)
+    return ((1 - rescale) + rescale * (var_c / var_m).sqrt()).float()
+
+
+@register("guidance_rescale_factors", "cpu")
+def _guidance_rescale_factors_cpu(model_output, g, rescale):
+    mo = model_output.contiguous()
+    B = mo.shape[0] // 2
+    S = mo.numel() // max(2 * B, 1)
+    sums = T.empty((B, 4), dtype=torch.float64, device=mo.device)
+    _native.cpu.diffusion_rescale_sums(mo.data_ptr(), B, S, S, g, sums.data_ptr())
+    return _rescale_from_sums(sums, S, rescale)
+
+
+register("diffusion_step_dev", "cpu")(_step_dev_via_host(_diffusion_step_cpu))
+
+
+def _per_sample_f32(*ts):
+    return [t.to(torch.float32).contiguous() for t in ts]
+
+
+@register("add_noise", "cpu")
+def _add_noise_cpu(x0, noise, ca, cn):
+    x, y = x0.contiguous(), noise.contiguous()
+    ca, cn = _per_sample_f32(ca, cn)
+    out = T.empty_like(x)
+    B = x.shape[0]
+    _native.cpu.diffusion_lincomb(x.data_ptr(), y.data_ptr(), ca.data_ptr(), cn.data_ptr(), out.data_ptr(), B,
+                                  x.numel() // max(B, 1))
+    return out
+
+
+@register("diffusion_loss", "cpu")
+def _diffusion_loss_cpu(model_output, x0, noise, tx, tn, weight):
+    mo, x0, noise = model_output.contiguous(), x0.contiguous(), noise.contiguous()
+    tx, tn = _per_sample_f32(tx, tn)
+    B = mo.shape[0]
+    S = mo.numel() // max(B, 1)
+    sums = T.empty((B,), dtype=torch.float64, device=mo.device)
+    _native.cpu.diffusion_loss_sums(mo.data_ptr(), x0.data_ptr(), noise.data_ptr(), tx.data_ptr(), tn.data_ptr(),
+                                    sums.data_ptr(), B, S)
+    return (weight.double() * sums / S).float()
+
+
+@register("diffusion_loss_backward", "cpu")
+def _diffusion_loss_backward_cpu(grad, model_output, x0, noise, tx, tn, weight):
+    mo, x0, noise = model_output.contiguous(), x0.contiguous(), noise.contiguous()
+    tx, tn = _per_sample_f32(tx, tn)
+    B = mo.shape[0]
+    S = mo.numel() // max(B, 1)
+    k = ((2.0 / S) * grad.double() * weight.double()).float().contiguous()
+    dmo = T.empty_like(mo)
+    _native.cpu.diffusion_loss_backward(mo.data_ptr(), x0.data_ptr(), noise.data_ptr(), tx.data_ptr(), tn.data_ptr(),
+                                        k.data_ptr(), dmo.data_ptr(), B, S)
+    return dmo
+
+
+# ---- backends: triton ------------------------------------------------------------------------
+
+def _step_triton_impl(model_output, sample, history, noise, rescale, thresh, coefs, flags, seed, offset, want_x0,
+                      coef_dev=None, rng_dev=None, write_prev=True):
+    from ..triton import diffusion as tk
+    mo, x, B, S, mo_stride = _layout(model_output, sample)
+    history, noise = _opt(history, x.dtype), _opt(noise, x.dtype)
+    rescale, thresh = _opt(rescale, torch.float32), _opt(thresh, torch.float32)
+    prev = T.empty_like(x) if write_prev else None
+    x0 = T.empty_like(x) if want_x0 else x.new_empty((0,))
+    tk.step(mo, x, history, noise, rescale, thresh, prev, x0 if want_x0 else None, B, S, mo_stride, flags,
+            seed, offset, coefs, coef_dev, rng_dev)
+    return (prev if prev is not None else x.new_empty((0,))), x0
+
+
+@register("diffusion_step", "triton")
+def _diffusion_step_triton(model_output, sample, history, noise, rescale, thresh, coefs, flags, seed, offset,
+                           want_x0):
+    return _step_triton_impl(model_output, sample, history, noise, rescale, thresh, coefs, flags, seed, offset,
+                             want_x0)
+
+
+@register("diffusion_step_dev", "triton")
+def _diffusion_step_dev_triton(model_output, sample, history, coefs, rng, flags, want_x0):
+    return _step_triton_impl(model_output, sample, history, None, None, None, [0.0] * R.NCOEF, flags, 0, 0, want_x0,
+                             coef_dev=coefs.float().contiguous(), rng_dev=rng.contiguous())
+
+
+def _x0_only(step_impl):
+    """x0 before clamping with the prev store compiled out (the threshold pre-pass)."""
+    def run(model_output, sample, history, noise, rescale, thresh, coefs, flags, seed, offset, want_x0):
+        return step_impl(model_output, sample, history, noise, rescale, thresh, coefs, flags, seed, offset, want_x0,
+                         write_prev=False)
+    return run
+
+
+@register("diffusion_threshold_scales", "triton")
+def _threshold_scales_triton(model_output, sample, rescale, coefs, flags, rank_lo, rank_w, max_value):
+    x0 = _x0_before_clamp(_x0_only(_step_triton_impl), model_output, sample, rescale, coefs, flags)
+    a = x0.reshape(x0.shape[0], -1).abs().float()
+    return _lerp_sorted(a, rank_lo, rank_w).clamp(min=1.0, max=max_value)
+
+
+@register("guidance_rescale_factors", "triton")
+def _guidance_rescale_factors_triton(model_output, g, rescale):
+    from ..triton import diffusion as tk
+    mo = model_output.contiguous()
+    B = mo.shape[0] // 2
+    S = mo.numel() // max(2 * B, 1)
+    part = T.empty((B, -(-S // tk.BLOCK), 4), dtype=torch.float32, device=mo.device)
+    tk.rescale_partials(mo, B, S, S, g, part)
+    return _rescale_from_sums(part.double().sum(1), S, rescale)
+
+
+@register("add_noise", "triton")
+def _add_noise_triton(x0, noise, ca, cn):
+    from ..triton import diffusion as tk
+    x, y = x0.contiguous(), noise.contiguous()
+    ca, cn = _per_sample_f32(ca, cn)
+    B = x.shape[0]
+    return tk.lincomb(x, y, ca, cn, T.empty_like(x), B, x.numel() // max(B, 1))
+
+
+@register("diffusion_loss", "triton")
+def _diffusion_loss_triton(model_output, x0, noise, tx, tn, weight):
+    from ..triton import diffusion as tk
+    mo, x0, noise = model_output.contiguous(), x0.contiguous(), noise.contiguous()
+    tx, tn = _per_sample_f32(tx, tn)
+    B = mo.shape[0]
+    S = mo.numel() // max(B, 1)
+    part = T.empty((B, max(-(-S // tk.BLOCK), 1)), dtype=torch.float32, device=mo.device)
+    tk.loss_partials(mo, x0, noise, tx, tn, part, B, S)
+    return (weight.double() * part.double().sum(1) / S).float()
+
+
+@register("diffusion_loss_backward", "triton")
+def _diffusion_loss_backward_triton(grad, model_output, x0, noise, tx, tn, weight):
+    from ..triton import diffusion as tk
+    mo, x0, noise = model_output.contiguous(), x0.contiguous(), noise.contiguous()
+    tx, tn = _per_sample_f32(tx, tn)
+    B = mo.shape[0]
+    S = mo.numel() // max(B, 1)
+    k = ((2.0 / S) * grad.double() * weight.double()).float().contiguous()
+    return tk.lincomb(x0, noise, tx, tn, T.empty_like(mo), B, S, m=mo, k=k)
+
+
+# ---- backends: cuda --------------------------------------------------------------------------
+
+_RED_CHUNK = 1024  # elements per reduction block of csrc/diffusion/cuda.cu (kRedThreads * kRedItems)
+
+
+def _step_cuda_impl(model_output, sample, history, noise, rescale, thresh, coefs, flags, seed, offset, want_x0,
+                    coef_dev=None, rng_dev=None, write_prev=True):
+    mo, x, B, S, mo_stride = _layout(model_output, sample)
+    history, noise = _opt(history, x.dtype), _opt(noise, x.dtype)
+    rescale, thresh = _opt(rescale, torch.float32), _opt(thresh, torch.float32)
+    prev = T.empty_like(x) if write_prev else None
+    x0 = T.empty_like(x) if want_x0 else x.new_empty((0,))
+    with torch.cuda.device(x.device):
+        _native.cuda.diffusion_step(mo.data_ptr(), x.data_ptr(), _native.ptr(history), _native.ptr(noise),
+                                    _native.ptr(rescale), _native.ptr(thresh), _native.ptr(prev),
+                                    x0.data_ptr() if want_x0 else 0, B, S, mo_stride, flags, seed, offset, list(coefs),
+                                    _native.ptr(coef_dev), _native.ptr(rng_dev), _native.dtype_code(x),
+                                    _native.cuda_stream(x))
+    return (prev if prev is not None else x.new_empty((0,))), x0
+
+
+@register("diffusion_step", "cuda")
+def _diffusion_step_cuda(model_output, sample, history, noise, rescale, thresh, coefs, flags, seed, offset, want_x0):
+    return _step_cuda_impl(model_output, sample, history, noise, rescale, thresh, coefs, flags, seed, offset,
+                           want_x0)
+
+
+@register("diffusion_step_dev", "cuda")
+def _diffusion_step_dev_cuda(model_output, sample, history, coefs, rng, flags, want_x0):
+    return _step_cuda_impl(model_output, sample, history, None, None, None, [0.0] * R.NCOEF, flags, 0, 0, want_x0,
+                           coef_dev=coefs.float().contiguous(), rng_dev=rng.contiguous())
+
+
+@register("diffusion_threshold_scales", "cuda")
+def _threshold_scales_cuda(model_output, sample, rescale, coefs, flags, rank_lo, rank_w, max_value):
+    # x0 by the step kernel with prev compiled out, then two radix selections (torch.kthvalue)
+    x0 = _x0_before_clamp(_x0_only(_step_cuda_impl), model_output, sample, rescale, coefs, flags)
+    a = x0.reshape(x0.shape[0], -1).abs().float()
+    return _lerp_sorted(a, rank_lo, rank_w).clamp(min=1.0, max=max_value)
+
+
+@register("guidance_rescale_factors", "cuda")
+def _guidance_rescale_factors_cuda(model_output, g, rescale):
+    mo = model_output.contiguous()
+    B = mo.shape[0] // 2
+    S = mo.numel() // max(2 * B, 1)
+    nchunks = max(-(-S // _RED_CHUNK), 1)
+    part = T.empty((B, nchunks, 4), dtype=torch.float32, device=mo.device)
+    with torch.cuda.device(mo.device):
+        _native.cuda.diffusion_rescale_partials(mo.data_ptr(), B, S, S, g, part.data_ptr(), nchunks,
+                                                _native.dtype_code(mo), _native.cuda_stream(mo))
+    return _rescale_from_sums(part.double().sum(1), S, rescale)
+
+
+@register("add_noise", "cuda")
+def _add_noise_cuda(x0, noise, ca, cn):
+    x, y = x0.contiguous(), noise.contiguous()
+    ca, cn = _per_sample_f32(ca, cn)
+    out = T.empty_like(x)
+    B = x.shape[0]
+    with torch.cuda.device(x.device):
+        _native.cuda.diffusion_lincomb(x.data_ptr(), y.data_ptr(), ca.data_ptr(), cn.data_ptr(), out.data_ptr(), B,
+                                       x.numel() // max(B, 1), _native.dtype_code(x), _native.cuda_stream(x))
+    return out
+
+
+@register("diffusion_loss", "cuda")
+def _diffusion_loss_cuda(model_output, x0, noise, tx, tn, weight):
+    mo, x0, noise = model_output.contiguous(), x0.contiguous(), noise.contiguous()
+    tx, tn = _per_sample_f32(tx, tn)
+    B = mo.shape[0]
+    S = mo.numel() // max(B, 1)
+    nchunks = max(-(-S // _RED_CHUNK), 1)
+    part = T.empty((B, nchunks), dtype=torch.float32, device=mo.device)
+    with torch.cuda.device(mo.device):
+        _native.cuda.diffusion_loss_partials(mo.data_ptr(), x0.data_ptr(), noise.data_ptr(), tx.data_ptr(),
+                                             tn.data_ptr(), part.data_ptr(), nchunks, B, S, _native.dtype_code(mo),
+                                             _native.cuda_stream(mo))
+    return (weight.double() * part.double().sum(1) / S).float()
+
+
+@register("diffusion_loss_backward", "cuda")
+def _diffusion_loss_backward_cuda(grad, model_output, x0, noise, tx, tn, weight):
+    mo, x0, noise = model_output.contiguous(), x0.contiguous(), noise.contiguous()
+    tx, tn = _per_sample_f32(tx, tn)
+    B = mo.shape[0]
+    S = mo.numel() // max(B, 1)
+    k = ((2.0 / S) * grad.double() * weight.double()).float().contiguous()
+    dmo = T.empty_like(mo)
+    with torch.cuda.device(mo.device):
+        _native.cuda.diffusion_loss_backward(mo.data_ptr(), x0.data_ptr(), noise.data_ptr(), tx.data_ptr(),
+                                             tn.data_ptr(), k.data_ptr(), dmo.data_ptr(), B, S, _native.dtype_code(mo),
+                                             _native.cuda_stream(mo))
+    return dmo

@@ -1,0 +1,188 @@
+"""Diffusion specification: one generic denoising step that every scheduler is an instance of, the
+per-sample factors it can take (guidance rescale, dynamic thresholding), and the training side
+(q_sample, fused target + weighted MSE).
+
+The generic step, per element of the latents (x = sample, all coefficients host-computed scalars):
+
+    m   = (u + g (c - u)) * k_b          guided model output: u, c = unconditional / conditional half
+                                         of model_output (diffusers' chunk(2)); unguided: m = model
+                                         output; k_b = guidance-rescale factor of sample b (else 1)
+    x'  = x + cpre * z                   z = noise (Euler's "churn" adds noise before predicting)
+    x0  = px x' + pm m                   prediction type -> x0 (epsilon / v / sample all linear)
+    x0  = clamp(x0, -c, c)               clip_sample (flag CLIP), or
+    x0  = clamp(x0, -s_b, s_b) / s_b     dynamic thresholding (flag THRESH), s_b per sample
+    eps = qx x' + qm m + q0 x0           prediction type -> epsilon (q0: DDIM's clipped model output)
+    prev = ca x' + cb x0 + cc eps + cd h + std * z
+                                         h = history (DPM-Solver's previous x0), std = cs, or per
+                                         element exp(e0 + e1 v) (learned_range) or cs sqrt(v)
+                                         (learned) from the variance channels v of model_output
+
+Everything is computed in the input dtype for fp32/fp64 and in fp32 for fp16/bf16, like the kernels.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+# Coefficient slots of the generic step (the kernels use the same indices).
+NCOEF = 16
+(C_G, C_PRE, C_PX, C_PM, C_CLIP, C_QX, C_QM, C_Q0, C_A, C_B, C_C, C_D, C_S, C_E0, C_E1) = range(15)
+
+# Flags of the generic step.
+GUIDED = 1          # model_output holds 2B samples: unconditional half first
+CLIP = 2            # clamp x0 to [-coef[C_CLIP], coef[C_CLIP]]
+THRESH = 4          # dynamic thresholding with per-sample scales
+HIST = 8            # history tensor (multistep solvers)
+NOISE_TENSOR = 16   # noise given as a tensor
+NOISE_PHILOX = 32   # noise generated from (seed, offset), element i = randn(shape, seed, offset)[i]
+VAR_LEARNED_RANGE = 64   # std = exp(e0 + e1 v), v = variance channels of model_output
+VAR_LEARNED = 128        # std = cs * sqrt(v)
+RESCALE = 256       # per-sample guidance-rescale factors k_b
+HAS_VAR_CHANNELS = 512  # plan-level only: model_output carries 2C channels the step ignores
+NOISE = NOISE_TENSOR | NOISE_PHILOX
+VAR = VAR_LEARNED_RANGE | VAR_LEARNED
+
+
+def _compute_dtype(t: Tensor) -> torch.dtype:
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def _noise(sample: Tensor, noise: Tensor | None, flags: int, seed: int, offset: int, dtype) -> Tensor | None:
+    if flags & NOISE_TENSOR:
+        return noise.to(dtype).reshape(sample.shape[0], -1)
+    if flags & NOISE_PHILOX:
+        from .random import randn
+        # fp32 normals as every kernel draws them, then widened
+        return randn(tuple(sample.shape), seed, offset, dtype=torch.float32,
+                     device=sample.device).to(dtype).reshape(sample.shape[0], -1)
+    return None
+
+
+def split_model_output(model_output: Tensor, sample: Tensor, flags: int, dtype) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """(unconditional or only half, conditional half or None, variance channels of the conditional
+    half or None), each [B, S]. The variance channels are the second half of dim 1 (diffusers'
+    torch.split(model_output, C, dim=1)); with guidance they come from the conditional half, as
+    diffusers' pipelines re-attach them."""
+    G = 2 if flags & GUIDED else 1
+    B = sample.shape[0]
+    K = model_output.numel() // max(G * sample.numel(), 1)  # 2: variance channels follow
+    mo = model_output.to(dtype).reshape(G, B, K, -1)
+    u = mo[0, :, 0]
+    c = mo[1, :, 0] if G == 2 else None
+    v = mo[G - 1, :, 1] if K == 2 and flags & VAR else None
+    return u, c, v
+
+
+def guided(u: Tensor, c: Tensor | None, g: float) -> Tensor:
+    return u if c is None else u + g * (c - u)
+
+
+def diffusion_step(model_output: Tensor, sample: Tensor, history: Tensor | None, noise: Tensor | None,
+                   rescale: Tensor | None, thresh: Tensor | None, coefs: list[float], flags: int, seed: int,
+                   offset: int, want_x0: bool) -> tuple[Tensor, Tensor]:
+    """(prev_sample, pred_original_sample); the latter is an empty tensor unless want_x0."""
+    dt = _compute_dtype(sample)
+    B = sample.shape[0]
+    k = coefs
+    x = sample.to(dt).reshape(B, -1)
+    u, c, v = split_model_output(model_output, sample, flags, dt)
+    m = guided(u, c, k[C_G])
+    if flags & RESCALE:
+        m = m * rescale.to(dt)[:, None]
+    z = _noise(sample, noise, flags, seed, offset, dt)
+    if z is not None and k[C_PRE] != 0:
+        x = x + k[C_PRE] * z
+    x0 = k[C_PX] * x + k[C_PM] * m
+    if flags & CLIP:
+        x0 = x0.clamp(-k[C_CLIP], k[C_CLIP])
+    elif flags & THRESH:
+        s = thresh.to(dt)[:, None]
+        x0 = torch.minimum(torch.maximum(x0, -s), s) / s
+    prev = k[C_A] * x + k[C_B] * x0
+    if k[C_C] != 0:
+        eps = k[C_QX] * x + k[C_QM] * m + k[C_Q0] * x0
+        prev = prev + k[C_C] * eps
+    if flags & HIST:
+        prev = prev + k[C_D] * history.to(dt).reshape(B, -1)
+    if z is not None:
+        if flags & VAR_LEARNED_RANGE:
+            std = torch.exp(k[C_E0] + k[C_E1] * v)
+        elif flags & VAR_LEARNED:
+            std = k[C_S] * torch.sqrt(v)
+        else:
+            std = k[C_S]
+        prev = prev + std * z
+    prev = prev.to(sample.dtype).reshape(sample.shape)
+    x0_out = x0.to(sample.dtype).reshape(sample.shape) if want_x0 else sample.new_empty((0,))
+    return prev, x0_out
+
+
+def guidance_rescale_factors(model_output: Tensor, g: float, rescale: float) -> Tensor:
+    """k_b = 1 - r + r * std(c_b) / std(m_b) (diffusers' rescale_noise_cfg, unbiased std over all
+    but the batch dim), in fp32 (fp64 for fp64 input)."""
+    dt = _compute_dtype(model_output)
+    B = model_output.shape[0] // 2
+    mo = model_output.to(dt).reshape(2, B, -1)
+    cond = mo[1]
+    m = guided(mo[0], cond, g)
+    return (1 - rescale) + rescale * cond.std(dim=1) / m.std(dim=1)
+
+
+def quantile_rank(ratio: float, n: int) -> tuple[int, float]:
+    """torch.quantile's linear interpolation position for q = ratio over n values, computed in
+    float32 as torch does for a float32 input: (index below, weight of the value above)."""
+    import numpy as np
+    rank = np.float32(ratio) * np.float32(n - 1)
+    lo = int(rank)
+    return lo, float(rank - np.float32(lo))
+
+
+def threshold_scales(x0: Tensor, ratio: float, max_value: float) -> Tensor:
+    """s_b = clamp(quantile(|x0_b|, ratio), 1, max_value) (diffusers' _threshold_sample)."""
+    B = x0.shape[0]
+    a = x0.reshape(B, -1).abs()
+    if a.dtype not in (torch.float32, torch.float64):
+        a = a.float()
+    s = torch.quantile(a, ratio, dim=1)
+    return s.clamp(min=1, max=max_value)
+
+
+# ---- training side ---------------------------------------------------------------------------
+
+def per_sample(t: Tensor, ndim: int) -> Tensor:
+    return t.reshape(-1, *([1] * (ndim - 1)))
+
+
+def q_coefficients(timesteps: Tensor, alphas_cumprod: Tensor, dtype) -> tuple[Tensor, Tensor]:
+    """(sqrt(a_t), sqrt(1 - a_t)) per sample, a_t = alphas_cumprod[timesteps]."""
+    a = alphas_cumprod.to(device=timesteps.device)[timesteps.long()].to(dtype)
+    return a.sqrt(), (1 - a).sqrt()
+
+
+def add_noise(x0: Tensor, noise: Tensor, ca: Tensor, cn: Tensor) -> Tensor:
+    """x_t = ca_b x0 + cn_b noise (q_sample), per-sample coefficients ca, cn of shape [B]."""
+    dt = _compute_dtype(x0)
+    y = per_sample(ca.to(dt), x0.ndim) * x0.to(dt) + per_sample(cn.to(dt), x0.ndim) * noise.to(dt)
+    return y.to(x0.dtype)
+
+
+def diffusion_loss(model_output: Tensor, x0: Tensor, noise: Tensor, tx: Tensor, tn: Tensor,
+                   weight: Tensor) -> Tensor:
+    """Per-sample weighted MSE against target = tx_b x0 + tn_b noise: returns [B] fp32 (fp64 for
+    fp64 input) w_b * mean((model_output_b - target_b)^2)."""
+    dt = _compute_dtype(model_output)
+    n = x0.ndim
+    target = per_sample(tx.to(dt), n) * x0.to(dt) + per_sample(tn.to(dt), n) * noise.to(dt)
+    r = model_output.to(dt) - target
+    return weight.to(dt) * r.reshape(r.shape[0], -1).pow(2).mean(dim=1)
+
+
+def diffusion_loss_backward(grad: Tensor, model_output: Tensor, x0: Tensor, noise: Tensor, tx: Tensor,
+                            tn: Tensor, weight: Tensor) -> Tensor:
+    """d(sum_b grad_b * loss_b) / d model_output = 2 grad_b w_b / S * (model_output - target)."""
+    dt = _compute_dtype(model_output)
+    n = x0.ndim
+    S = model_output[0].numel()
+    target = per_sample(tx.to(dt), n) * x0.to(dt) + per_sample(tn.to(dt), n) * noise.to(dt)
+    scale = per_sample((2.0 / S) * grad.to(dt) * weight.to(dt), n)
+    return (scale * (model_output.to(dt) - target)).to(model_output.dtype)

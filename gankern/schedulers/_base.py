@@ -1,0 +1,339 @@
+"""What every gankern scheduler shares: diffusers-compatible configuration, the beta / sigma schedule
+math (a line-by-line port of diffusers', in the same float32 / numpy dtypes, so timesteps and sigmas
+come out bit-identical), step-index bookkeeping and the call into the fused step.
+
+A scheduler's own module only says how one step maps onto the generic step (its `_plan`): the
+coefficients, computed here on the host in float64 from the float32 schedule values.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from ..ops import diffusion as D
+from ..reference import diffusion as R
+
+# Config keys diffusers stores that never change the math.
+_IGNORED_KEYS = {"_class_name", "_diffusers_version", "_use_default_values", "_name_or_path"}
+
+
+class Config(dict):
+    """The scheduler's configuration: a read-only dict with attribute access (like diffusers'
+    FrozenDict), so `scheduler.config.prediction_type` and `dict(scheduler.config)` both work."""
+
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __setitem__(self, key, value):
+        raise TypeError("scheduler configs are read-only; build a new scheduler with from_config(config, key=value)")
+
+
+class StepOutput:
+    """diffusers' SchedulerOutput: .prev_sample and .pred_original_sample; indexable like the
+    tuple return_dict=False gives. pred_original_sample is computed on first access when the fused
+    step did not write it (a pipeline that never reads it pays nothing)."""
+
+    def __init__(self, prev_sample, pred_original_sample=None, x0_fn=None, as_tuple_len=2):
+        self.prev_sample = prev_sample
+        self._x0 = pred_original_sample
+        self._x0_fn = x0_fn
+        self._n = as_tuple_len
+
+    @property
+    def pred_original_sample(self):
+        if self._x0 is None and self._x0_fn is not None:
+            self._x0, self._x0_fn = self._x0_fn(), None
+        return self._x0
+
+    def to_tuple(self):
+        return (self.prev_sample, self.pred_original_sample)[: self._n]
+
+    def __getitem__(self, i):
+        return self.to_tuple()[i]
+
+    def __iter__(self):
+        return iter(self.to_tuple())
+
+    def __len__(self):
+        return self._n
+
+
+# ---- schedule math (ports of diffusers' functions, same dtypes) ------------------------------
+
+def betas_for_alpha_bar(num_diffusion_timesteps: int, max_beta: float = 0.999, alpha_transform_type: str = "cosine"):
+    if alpha_transform_type == "cosine":
+        def alpha_bar_fn(t):
+            return math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
+    elif alpha_transform_type == "laplace":
+        def alpha_bar_fn(t):
+            lmb = -0.5 * math.copysign(1, 0.5 - t) * math.log(1 - 2 * math.fabs(0.5 - t) + 1e-6)
+            snr = math.exp(lmb)
+            return math.sqrt(snr / (1 + snr))
+    else:
+        raise ValueError(f"unsupported alpha_transform_type {alpha_transform_type!r}")
+    betas = []
+    for i in range(num_diffusion_timesteps):
+        t1 = i / num_diffusion_timesteps
+        t2 = (i + 1) / num_diffusion_timesteps
+        betas.append(min(1 - alpha_bar_fn(t2) / alpha_bar_fn(t1), max_beta))
+    return torch.tensor(betas, dtype=torch.float32)
+
+
+def rescale_zero_terminal_snr(betas: torch.Tensor) -> torch.Tensor:
+    alphas = 1.0 - betas
+    alphas_cumprod = torch.cumprod(alphas, dim=0)
+    alphas_bar_sqrt = alphas_cumprod.sqrt()
+    a0 = alphas_bar_sqrt[0].clone()
+    aT = alphas_bar_sqrt[-1].clone()
+    alphas_bar_sqrt -= aT
+    alphas_bar_sqrt *= a0 / (a0 - aT)
+    alphas_bar = alphas_bar_sqrt**2
+    alphas = alphas_bar[1:] / alphas_bar[:-1]
+    alphas = torch.cat([alphas_bar[0:1], alphas])
+    return 1 - alphas
+
+
+def make_betas(cfg, extra_schedules: tuple = ()) -> torch.Tensor:
+    n = cfg.num_train_timesteps
+    if cfg.trained_betas is not None:
+        return torch.tensor(np.asarray(cfg.trained_betas), dtype=torch.float32)
+    s = cfg.beta_schedule
+    if s == "linear":
+        return torch.linspace(cfg.beta_start, cfg.beta_end, n, dtype=torch.float32)
+    if s == "scaled_linear":
+        return torch.linspace(cfg.beta_start**0.5, cfg.beta_end**0.5, n, dtype=torch.float32) ** 2
+    if s == "squaredcos_cap_v2":
+        return betas_for_alpha_bar(n)
+    if s == "laplace" and s in extra_schedules:
+        return betas_for_alpha_bar(n, alpha_transform_type="laplace")
+    if s == "sigmoid" and s in extra_schedules:
+        b = torch.linspace(-6, 6, n)
+        return torch.sigmoid(b) * (cfg.beta_end - cfg.beta_start) + cfg.beta_start
+    ok = ("linear", "scaled_linear", "squaredcos_cap_v2") + tuple(extra_schedules)
+    raise ValueError(f"beta_schedule must be one of {', '.join(ok)}, got {s!r}")
+
+
+def sigma_to_t(sigma, log_sigmas):
+    log_sigma = np.log(np.maximum(sigma, 1e-10))
+    dists = log_sigma - log_sigmas[:, np.newaxis]
+    low_idx = np.cumsum(dists >= 0, axis=0).argmax(axis=0).clip(max=log_sigmas.shape[0] - 2)
+    high_idx = low_idx + 1
+    low = log_sigmas[low_idx]
+    high = log_sigmas[high_idx]
+    w = (low - log_sigma) / (low - high)
+    w = np.clip(w, 0, 1)
+    t = (1 - w) * low_idx + w * high_idx
+    return t.reshape(sigma.shape)
+
+
+def _range(cfg, in_sigmas):
+    smin = getattr(cfg, "sigma_min", None)
+    smax = getattr(cfg, "sigma_max", None)
+    smin = smin if smin is not None else in_sigmas[-1].item()
+    smax = smax if smax is not None else in_sigmas[0].item()
+    return smin, smax
+
+
+def karras_sigmas(cfg, in_sigmas, n):
+    smin, smax = _range(cfg, in_sigmas)
+    rho = 7.0
+    ramp = np.linspace(0, 1, n)
+    min_inv_rho = smin ** (1 / rho)
+    max_inv_rho = smax ** (1 / rho)
+    return (max_inv_rho + ramp * (min_inv_rho - max_inv_rho)) ** rho
+
+
+def exponential_sigmas(cfg, in_sigmas, n):
+    smin, smax = _range(cfg, in_sigmas)
+    return np.exp(np.linspace(math.log(smax), math.log(smin), n))
+
+
+def beta_sigmas(cfg, in_sigmas, n, alpha=0.6, beta=0.6):
+    try:
+        import scipy.stats
+    except ImportError as e:  # diffusers has the same requirement
+        raise ValueError("use_beta_sigmas=True needs scipy (pip install scipy)") from e
+    smin, smax = _range(cfg, in_sigmas)
+    return np.array([smin + ppf * (smax - smin) for ppf in
+                     [scipy.stats.beta.ppf(t, alpha, beta) for t in 1 - np.linspace(0, 1, n)]])
+
+
+def spaced_timesteps(cfg, n: int, dtype, last: int | None = None):
+    """The "linspace" / "leading" / "trailing" timestep spacings as DDPM / DDIM / Euler compute them."""
+    T = cfg.num_train_timesteps
+    if cfg.timestep_spacing == "linspace":
+        if dtype == np.float32:
+            return np.linspace(0, T - 1, n, dtype=np.float32)[::-1].copy()
+        return np.linspace(0, T - 1, n).round()[::-1].copy().astype(np.int64)
+    if cfg.timestep_spacing == "leading":
+        step_ratio = T // n
+        ts = (np.arange(0, n) * step_ratio).round()[::-1].copy().astype(dtype)
+        ts += cfg.steps_offset
+        return ts
+    if cfg.timestep_spacing == "trailing":
+        step_ratio = T / n
+        ts = np.round(np.arange(T, 0, -step_ratio)).astype(dtype)
+        ts -= 1
+        return ts
+    raise ValueError(f"timestep_spacing must be 'linspace', 'leading' or 'trailing', got {cfg.timestep_spacing!r}")
+
+
+def f64(v) -> float:
+    """A float32 schedule value (tensor / numpy scalar) as a Python float (float64)."""
+    return float(v.item() if hasattr(v, "item") else v)
+
+
+# ---- the scheduler base ----------------------------------------------------------------------
+
+class Scheduler:
+    """Base of the drop-in schedulers. Subclasses define _DEFAULTS (diffusers' config names and
+    defaults), _check_config (raise ValueError naming an unsupported option), _build, set_timesteps
+    and _plan."""
+
+    _DEFAULTS: dict = {}
+    order = 1
+    init_noise_sigma = 1.0
+
+    def __init__(self, **config):
+        unknown = set(config) - set(self._DEFAULTS) - _IGNORED_KEYS
+        if unknown:
+            raise ValueError(f"{type(self).__name__} got unknown config option(s) {sorted(unknown)}; "
+                             f"known options: {sorted(self._DEFAULTS)}")
+        cfg = dict(self._DEFAULTS)
+        cfg.update({k: v for k, v in config.items() if k not in _IGNORED_KEYS})
+        self._config = Config(cfg)
+        if cfg.get("prediction_type", "epsilon") not in self._PREDICTION_TYPES:
+            raise ValueError(f"prediction_type must be one of {', '.join(self._PREDICTION_TYPES)} for "
+                             f"{type(self).__name__}, got {cfg['prediction_type']!r}")
+        self._check_config(self._config)
+        self.num_inference_steps = None
+        self._step_index = None
+        self._begin_index = None
+        self._seed = None
+        self._offset = 0
+        self._build(self._config)
+
+    _PREDICTION_TYPES = D.PREDICTION_TYPES
+
+    @property
+    def config(self) -> Config:
+        return self._config
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any] | Any, **kwargs):
+        """Build from a diffusers scheduler's config (or any mapping / object with .config); options
+        this scheduler does not have are dropped, as diffusers' from_config drops them."""
+        if not isinstance(config, Mapping) and hasattr(config, "config"):
+            config = config.config
+        merged = {k: v for k, v in dict(config).items() if k in cls._DEFAULTS}
+        merged.update(kwargs)
+        return cls(**merged)
+
+    def _check_config(self, cfg) -> None:
+        pass
+
+    def __len__(self):
+        return self.config.num_train_timesteps
+
+    # -- random numbers --------------------------------------------------------------------------
+    def manual_seed(self, seed: int) -> "Scheduler":
+        """Fix the Philox seed of the stochastic steps (offsets restart at 0)."""
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+            raise ValueError(f"seed must be an int in [0, 2**63), got {seed!r}")
+        self._seed, self._offset = seed, 0
+        return self
+
+    def _next_noise(self, sample: torch.Tensor, generator) -> tuple[int, int]:
+        """(seed, offset) for the next noise draw of sample's size. A generator gives a fresh seed
+        per call (deterministic given the generator); otherwise one seed, drawn from torch's
+        global generator on first use, with offsets advancing so draws never overlap."""
+        if generator is not None:
+            return D.draw_seed(generator), 0
+        if self._seed is None:
+            self._seed = D.draw_seed(None)
+        offset = self._offset
+        self._offset += D.noise_counters(sample.numel())
+        return self._seed, offset
+
+    # -- step indices ----------------------------------------------------------------------------
+    @property
+    def step_index(self):
+        return self._step_index
+
+    @property
+    def begin_index(self):
+        return self._begin_index
+
+    def set_begin_index(self, begin_index: int = 0):
+        self._begin_index = begin_index
+
+    def _host_timesteps(self) -> list:
+        return self._ts_host
+
+    @staticmethod
+    def _timestep_value(timestep):
+        """The timestep as a Python number, or None for a CUDA tensor (reading it would synchronize
+        the device; the step counter is used instead)."""
+        if isinstance(timestep, torch.Tensor):
+            if timestep.numel() != 1:
+                raise ValueError(f"timestep must be a single value, got shape {tuple(timestep.shape)}")
+            if timestep.device.type != "cpu":
+                return None
+            return timestep.item()
+        if isinstance(timestep, (int, float, np.integer, np.floating)) and not isinstance(timestep, bool):
+            return timestep.item() if hasattr(timestep, "item") else timestep
+        raise TypeError(f"timestep must be a number or a one-element tensor, got {type(timestep).__name__}")
+
+    def index_for_timestep(self, timestep, schedule_timesteps=None) -> int:
+        ts = self._ts_host if schedule_timesteps is None else list(np.asarray(schedule_timesteps.cpu()).tolist())
+        hits = [i for i, t in enumerate(ts) if t == timestep]
+        if not hits:
+            raise ValueError(f"timestep {timestep} is not in the schedule; call set_timesteps and pass one of "
+                             f"scheduler.timesteps")
+        return hits[1] if len(hits) > 1 else hits[0]
+
+    def _init_step_index(self, timestep):
+        if self._begin_index is not None:
+            self._step_index = self._begin_index
+            return
+        v = self._timestep_value(timestep)
+        self._step_index = 0 if v is None else self.index_for_timestep(v)
+
+    def _require_timesteps(self):
+        if self.num_inference_steps is None:
+            raise ValueError("the number of inference steps is not set: call set_timesteps() before step()")
+
+    # -- the step --------------------------------------------------------------------------------
+    def _run(self, plan: D.StepPlan, model_output, sample, *, guidance_scale, guidance_rescale, generator,
+             variance_noise, history=None, want_x0=False):
+        """The fused step for `plan`; returns (prev, x0 or None, x0_fn computing x0 on demand)."""
+        seed = offset = 0
+        if generator is not None and variance_noise is not None:
+            raise ValueError("pass either generator or variance_noise, not both")
+        if plan.stochastic and variance_noise is None:
+            seed, offset = self._next_noise(sample, generator)
+        noise = variance_noise if plan.stochastic else None
+        if noise is not None:
+            noise = noise.to(device=sample.device, dtype=sample.dtype)
+        kw = dict(guidance_scale=guidance_scale, guidance_rescale=guidance_rescale, history=history, noise=noise,
+                  seed=seed, offset=offset)
+        prev, x0 = D.fused_step(model_output, sample, plan, want_x0=want_x0, **kw)
+
+        def x0_fn():
+            return D.fused_step(model_output, sample, plan, want_x0=True, **kw)[1]
+
+        return prev, x0, x0_fn
+
+    def scale_model_input(self, sample: torch.Tensor, timestep=None) -> torch.Tensor:
+        return sample
+
+    def plan(self, step_index: int, **step_kwargs) -> D.StepPlan:
+        """The generic-step plan of step `step_index` (host math only; gankern.sample's CUDA-graph
+        path builds a coefficient table from it)."""
+        return self._plan(step_index, **step_kwargs)

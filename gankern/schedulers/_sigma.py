@@ -1,0 +1,40 @@
+"""Shared by the sigma-parameterized schedulers (Euler, Euler ancestral, DPM-Solver): the schedule
+in diffusers' float32 values, step-index bookkeeping, input scaling and noising."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ._base import Scheduler, make_betas, rescale_zero_terminal_snr
+
+
+class SigmaScheduler(Scheduler):
+    def _alphas(self, cfg):
+        betas = make_betas(cfg)
+        if cfg.rescale_betas_zero_snr:
+            betas = rescale_zero_terminal_snr(betas)
+        self.betas = betas
+        self.alphas = 1.0 - betas
+        self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)
+        if cfg.rescale_betas_zero_snr:
+            # diffusers: keep the last sigma finite
+            self.alphas_cumprod[-1] = 2 ** (-24)
+
+    def _store_sigmas(self, sigmas: torch.Tensor):
+        self.sigmas = sigmas.to("cpu")
+        self._sig = self.sigmas.tolist()
+
+    def _index(self, timestep) -> int:
+        if self._step_index is None:
+            self._init_step_index(timestep)
+        if self._step_index >= len(self._sig) - 1:
+            raise ValueError(f"step {self._step_index} is past the end of the schedule "
+                             f"({len(self._sig) - 1} steps); call set_timesteps again")
+        return self._step_index
+
+    def _sigma_step_indices(self, timesteps: torch.Tensor, n: int) -> list:
+        if self._begin_index is None:
+            return [self.index_for_timestep(t) for t in timesteps.reshape(-1).cpu().tolist()]
+        if self._step_index is not None:
+            return [self._step_index] * n
+        return [self._begin_index] * n

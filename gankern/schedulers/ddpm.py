@@ -1,0 +1,136 @@
+"""DDPMScheduler: ancestral sampling of Ho et al. (2020), diffusers-compatible, one fused pass per
+step (x0 prediction, clip / threshold, posterior mean and in-kernel noise)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from ..ops import diffusion as D
+from ..reference import diffusion as R
+from ._alpha import AlphaScheduler
+from ._base import StepOutput, spaced_timesteps
+
+VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large", "learned", "learned_range")
+
+
+class DDPMScheduler(AlphaScheduler):
+    _DEFAULTS = dict(num_train_timesteps=1000, beta_start=0.0001, beta_end=0.02, beta_schedule="linear",
+                     trained_betas=None, variance_type="fixed_small", clip_sample=True, prediction_type="epsilon",
+                     thresholding=False, dynamic_thresholding_ratio=0.995, clip_sample_range=1.0,
+                     sample_max_value=1.0, timestep_spacing="leading", steps_offset=0, rescale_betas_zero_snr=False)
+    _EXTRA_SCHEDULES = ("sigmoid", "laplace")
+
+    def _check_config(self, cfg):
+        super()._check_config(cfg)
+        if cfg.variance_type == "fixed_large_log":
+            # diffusers multiplies the noise by sqrt(log(beta_t)), the square root of a negative number
+            raise ValueError("variance_type='fixed_large_log' is not supported (diffusers' formula gives NaN); "
+                             f"use one of {', '.join(VARIANCE_TYPES)}")
+        if cfg.variance_type not in VARIANCE_TYPES:
+            raise ValueError(f"variance_type must be one of {', '.join(VARIANCE_TYPES)}, got {cfg.variance_type!r}")
+
+    def _build(self, cfg):
+        super()._build(cfg)
+        self.custom_timesteps = False
+        self.variance_type = cfg.variance_type
+
+    def set_timesteps(self, num_inference_steps: int | None = None, device=None, timesteps: list | None = None):
+        T = self.config.num_train_timesteps
+        if num_inference_steps is not None and timesteps is not None:
+            raise ValueError("pass either num_inference_steps or timesteps, not both")
+        if timesteps is not None:
+            for i in range(1, len(timesteps)):
+                if timesteps[i] >= timesteps[i - 1]:
+                    raise ValueError("timesteps must be in descending order")
+            if timesteps[0] >= T:
+                raise ValueError(f"timesteps must start below num_train_timesteps = {T}")
+            ts = np.array(timesteps, dtype=np.int64)
+            self.custom_timesteps = True
+            self.num_inference_steps = len(ts)
+        else:
+            if num_inference_steps is None or num_inference_steps < 1:
+                raise ValueError(f"num_inference_steps must be a positive int, got {num_inference_steps!r}")
+            if num_inference_steps > T:
+                raise ValueError(f"num_inference_steps = {num_inference_steps} cannot exceed num_train_timesteps = {T}")
+            self.num_inference_steps = num_inference_steps
+            self.custom_timesteps = False
+            ts = spaced_timesteps(self.config, num_inference_steps, np.int64)
+        self._set_schedule(ts, device)
+
+    def previous_timestep(self, timestep: int) -> int:
+        if self.custom_timesteps or self.num_inference_steps:
+            i = self._ts_host.index(timestep)
+            return -1 if i == len(self._ts_host) - 1 else self._ts_host[i + 1]
+        return timestep - 1
+
+    def _plan(self, t: int, has_var_channels: bool = False) -> D.StepPlan:
+        cfg = self.config
+        prev_t = self.previous_timestep(t)
+        a_t = self._acp[t]
+        a_prev = self._acp[prev_t] if prev_t >= 0 else 1.0
+        b_t, b_prev = 1.0 - a_t, 1.0 - a_prev
+        cur_alpha = a_t / a_prev
+        cur_beta = 1.0 - cur_alpha
+        plan = self._prediction(D.StepPlan(), cfg.prediction_type, a_t)
+        self._clamping(plan)
+        # posterior mean: prev = cb x0 + ca x (eq. 7 of the DDPM paper)
+        plan.set(a=math.sqrt(cur_alpha) * b_prev / b_t, b=math.sqrt(a_prev) * cur_beta / b_t, c=0.0)
+        vt = cfg.variance_type
+        if vt in ("learned", "learned_range"):
+            plan.flags |= R.HAS_VAR_CHANNELS
+        if t > 0:
+            plan.stochastic = True
+            var = max(b_prev / b_t * cur_beta, 1e-20)  # diffusers clamps at 1e-20
+            if vt in ("fixed_small", "fixed_small_log"):
+                plan.set(s=math.sqrt(var))
+            elif vt == "fixed_large":
+                plan.set(s=math.sqrt(cur_beta))
+            elif vt == "learned":
+                plan.flags |= R.VAR_LEARNED
+                plan.set(s=1.0)
+            else:  # learned_range: log-variance interpolated by the model's v in [-1, 1]
+                min_log, max_log = math.log(var), math.log(cur_beta)
+                plan.flags |= R.VAR_LEARNED_RANGE
+                plan.set(e0=0.5 * min_log + 0.25 * (max_log - min_log), e1=0.25 * (max_log - min_log))
+        return plan
+
+    def _resolve_t(self, timestep) -> int:
+        v = self._timestep_value(timestep)
+        if v is None:  # CUDA tensor: follow the schedule without reading it
+            if self._step_index is None or self._step_index >= len(self._ts_host):
+                self._step_index = 0
+            return self._ts_host[self._step_index]
+        if float(v) != int(v):
+            raise ValueError(f"DDPMScheduler timesteps are integers, got {v}")
+        v = int(v)
+        if self.num_inference_steps is None and not self.custom_timesteps:
+            if not 0 <= v < self.config.num_train_timesteps:
+                raise ValueError(f"timestep {v} is outside [0, {self.config.num_train_timesteps})")
+            return v
+        if v not in self._ts_host:
+            raise ValueError(f"timestep {v} is not in the schedule {self._ts_host[:4]}...; pass one of "
+                             "scheduler.timesteps")
+        self._step_index = self._ts_host.index(v)
+        return v
+
+    def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor, generator=None,
+             return_dict: bool = True, guidance_scale: float | None = None, guidance_rescale: float = 0.0,
+             variance_noise: torch.Tensor | None = None):
+        """One DDPM step: diffusers' DDPMScheduler.step, fused; with guidance_scale the model output
+        is the batched [unconditional, conditional] prediction (2B samples)."""
+        t = self._resolve_t(timestep)
+        plan = self._plan(t)
+        if self.variance_type in ("learned", "learned_range") and not (
+                model_output.ndim >= 2 and sample.ndim >= 2 and model_output.shape[1] == 2 * sample.shape[1]):
+            raise ValueError(f"variance_type={self.variance_type!r} needs model_output with 2*C channels "
+                             f"(prediction then variance), got shape {tuple(model_output.shape)} for sample "
+                             f"{tuple(sample.shape)}")
+        prev, x0, x0_fn = self._run(plan, model_output, sample, guidance_scale=guidance_scale,
+                                    guidance_rescale=guidance_rescale, generator=generator,
+                                    variance_noise=variance_noise)
+        if self._step_index is not None:
+            self._step_index += 1
+        out = StepOutput(prev, x0, x0_fn)
+        return out if return_dict else out.to_tuple()

@@ -1,0 +1,243 @@
+"""DPMSolverMultistepScheduler, diffusers-compatible, for DPM-Solver++ (2M) and its SDE variant:
+each step is one fused pass that converts the model output to x0, applies the first- or second-order
+multistep update using the previous step's x0 (written by the kernel as it goes) and, for the SDE
+variant, adds in-kernel Philox noise."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from ..ops import diffusion as D
+from ..reference import diffusion as R
+from ._base import (StepOutput, beta_sigmas, exponential_sigmas, karras_sigmas, sigma_to_t)
+from ._sigma import SigmaScheduler
+
+
+class DPMSolverMultistepScheduler(SigmaScheduler):
+    _DEFAULTS = dict(num_train_timesteps=1000, beta_start=0.0001, beta_end=0.02, beta_schedule="linear",
+                     trained_betas=None, solver_order=2, prediction_type="epsilon", thresholding=False,
+                     dynamic_thresholding_ratio=0.995, sample_max_value=1.0, algorithm_type="dpmsolver++",
+                     solver_type="midpoint", lower_order_final=True, euler_at_final=False, use_karras_sigmas=False,
+                     use_exponential_sigmas=False, use_beta_sigmas=False, use_lu_lambdas=False,
+                     use_flow_sigmas=False, flow_shift=1.0, final_sigmas_type="zero",
+                     lambda_min_clipped=-float("inf"), variance_type=None, timestep_spacing="linspace",
+                     steps_offset=0, rescale_betas_zero_snr=False, use_dynamic_shifting=False,
+                     time_shift_type="exponential")
+
+    def _check_config(self, cfg):
+        if sum(bool(x) for x in (cfg.use_beta_sigmas, cfg.use_exponential_sigmas, cfg.use_karras_sigmas)) > 1:
+            raise ValueError("only one of use_beta_sigmas, use_exponential_sigmas, use_karras_sigmas can be set")
+        algo = cfg.algorithm_type
+        if algo == "deis":  # diffusers maps it to dpmsolver++
+            self._config = type(cfg)({**cfg, "algorithm_type": "dpmsolver++"})
+        elif algo not in ("dpmsolver++", "sde-dpmsolver++"):
+            raise ValueError(f"algorithm_type={algo!r} is not supported by gankern (supported: 'dpmsolver++', "
+                             "'sde-dpmsolver++'; diffusers deprecates 'dpmsolver' and 'sde-dpmsolver')")
+        st = cfg.solver_type
+        if st in ("logrho", "bh1", "bh2"):  # diffusers maps these to midpoint
+            self._config = type(cfg)({**self._config, "solver_type": "midpoint"})
+        elif st not in ("midpoint", "heun"):
+            raise ValueError(f"solver_type must be 'midpoint' or 'heun', got {st!r}")
+        if cfg.solver_order not in (1, 2):
+            raise ValueError(f"solver_order={cfg.solver_order} is not supported by gankern (supported: 1, 2; "
+                             "solver_order=3 is not implemented)")
+        if cfg.use_flow_sigmas or cfg.prediction_type == "flow_prediction":
+            raise ValueError("use_flow_sigmas / prediction_type='flow_prediction' are not supported by gankern")
+        if cfg.use_dynamic_shifting:
+            raise ValueError("use_dynamic_shifting=True is not supported by gankern (it applies to flow sigmas)")
+        if cfg.final_sigmas_type not in ("zero", "sigma_min"):
+            raise ValueError(f"final_sigmas_type must be 'zero' or 'sigma_min', got {cfg.final_sigmas_type!r}")
+        if cfg.variance_type not in (None, "learned", "learned_range"):
+            raise ValueError(f"variance_type must be None, 'learned' or 'learned_range', got {cfg.variance_type!r}")
+        if cfg.thresholding and not 0 < cfg.dynamic_thresholding_ratio <= 1:
+            raise ValueError(f"dynamic_thresholding_ratio must be in (0, 1], got {cfg.dynamic_thresholding_ratio}")
+
+    def _build(self, cfg):
+        self._alphas(cfg)
+        acp = self.alphas_cumprod
+        self.alpha_t = torch.sqrt(acp)
+        self.sigma_t = torch.sqrt(1 - acp)
+        self.lambda_t = torch.log(self.alpha_t) - torch.log(self.sigma_t)
+        self._store_sigmas(((1 - acp) / acp) ** 0.5)
+        T = cfg.num_train_timesteps
+        self.timesteps = torch.from_numpy(np.linspace(0, T - 1, T, dtype=np.float32)[::-1].copy())
+        self._ts_host = self.timesteps.tolist()
+        self.model_outputs = [None] * cfg.solver_order
+        self.lower_order_nums = 0
+
+    def set_timesteps(self, num_inference_steps: int | None = None, device=None, mu: float | None = None,
+                      timesteps: list | None = None):
+        cfg = self.config
+        if mu is not None:
+            raise ValueError("mu (dynamic shifting of flow sigmas) is not supported by gankern")
+        if num_inference_steps is None and timesteps is None:
+            raise ValueError("pass exactly one of num_inference_steps or timesteps")
+        if num_inference_steps is not None and timesteps is not None:
+            raise ValueError("pass only one of num_inference_steps or timesteps")
+        if timesteps is not None and (cfg.use_karras_sigmas or cfg.use_lu_lambdas or cfg.use_exponential_sigmas
+                                      or cfg.use_beta_sigmas):
+            raise ValueError("custom timesteps cannot be combined with karras / lu / exponential / beta sigmas")
+        if timesteps is not None:
+            timesteps = np.array(timesteps).astype(np.int64)
+        else:
+            T = cfg.num_train_timesteps
+            clipped_idx = torch.searchsorted(torch.flip(self.lambda_t, [0]), cfg.lambda_min_clipped)
+            last = (T - clipped_idx).numpy().item()
+            n = num_inference_steps
+            if cfg.timestep_spacing == "linspace":
+                timesteps = np.linspace(0, last - 1, n + 1).round()[::-1][:-1].copy().astype(np.int64)
+            elif cfg.timestep_spacing == "leading":
+                step_ratio = last // (n + 1)
+                timesteps = (np.arange(0, n + 1) * step_ratio).round()[::-1][:-1].copy().astype(np.int64)
+                timesteps += cfg.steps_offset
+            elif cfg.timestep_spacing == "trailing":
+                step_ratio = T / n
+                timesteps = np.arange(last, 0, -step_ratio).round().copy().astype(np.int64)
+                timesteps -= 1
+            else:
+                raise ValueError(f"timestep_spacing must be 'linspace', 'leading' or 'trailing', got "
+                                 f"{cfg.timestep_spacing!r}")
+        acp = self.alphas_cumprod
+        sigmas = np.array(((1 - acp) / acp) ** 0.5)
+        log_sigmas = np.log(sigmas)
+        if cfg.use_karras_sigmas:
+            sigmas = karras_sigmas(cfg, np.flip(sigmas).copy(), num_inference_steps)
+            timesteps = np.array([sigma_to_t(s, log_sigmas) for s in sigmas])
+            if cfg.beta_schedule != "squaredcos_cap_v2":
+                timesteps = timesteps.round()
+        elif cfg.use_lu_lambdas:
+            lambdas = np.flip(log_sigmas.copy())
+            lmin, lmax = lambdas[-1].item(), lambdas[0].item()
+            lambdas = lmax + np.linspace(0, 1, num_inference_steps) * (lmin - lmax)
+            sigmas = np.exp(lambdas)
+            timesteps = np.array([sigma_to_t(s, log_sigmas) for s in sigmas])
+            if cfg.beta_schedule != "squaredcos_cap_v2":
+                timesteps = timesteps.round()
+        elif cfg.use_exponential_sigmas:
+            sigmas = exponential_sigmas(cfg, np.flip(sigmas).copy(), num_inference_steps)
+            timesteps = np.array([sigma_to_t(s, log_sigmas) for s in sigmas])
+        elif cfg.use_beta_sigmas:
+            sigmas = beta_sigmas(cfg, np.flip(sigmas).copy(), num_inference_steps)
+            timesteps = np.array([sigma_to_t(s, log_sigmas) for s in sigmas])
+        else:
+            sigmas = np.interp(timesteps, np.arange(0, len(sigmas)), sigmas)
+        if cfg.final_sigmas_type == "sigma_min":
+            sigma_last = ((1 - acp[0]) / acp[0]) ** 0.5
+        else:
+            sigma_last = 0
+        sigmas = np.concatenate([sigmas, [sigma_last]]).astype(np.float32)
+        self._store_sigmas(torch.from_numpy(sigmas))
+        self.timesteps = torch.from_numpy(timesteps).to(device=device, dtype=torch.int64)
+        self._ts_host = self.timesteps.cpu().tolist()
+        self.num_inference_steps = len(timesteps)
+        self.model_outputs = [None] * cfg.solver_order
+        self.lower_order_nums = 0
+        self._step_index = None
+        self._begin_index = None
+
+    @staticmethod
+    def _alpha_sigma(sigma: float) -> tuple[float, float]:
+        alpha = 1.0 / math.sqrt(sigma**2 + 1)
+        return alpha, sigma * alpha
+
+    def _order(self, i: int) -> int:
+        """The order diffusers' step uses at step i (given how many steps came before)."""
+        cfg, n = self.config, len(self._ts_host)
+        lower_final = i == n - 1 and (cfg.euler_at_final or (cfg.lower_order_final and n < 15)
+                                      or cfg.final_sigmas_type == "zero")
+        if cfg.solver_order == 1 or self.lower_order_nums < 1 or lower_final:
+            return 1
+        return 2
+
+    def _plan(self, i: int, order: int | None = None) -> D.StepPlan:
+        cfg = self.config
+        order = self._order(i) if order is None else order
+        a_s0, s_s0 = self._alpha_sigma(self._sig[i])
+        sig_t = self._sig[i + 1]
+        a_t, s_t = self._alpha_sigma(sig_t)
+        plan = D.StepPlan()
+        pred = cfg.prediction_type
+        if pred == "epsilon":
+            plan.set(px=1.0 / a_s0, pm=-s_s0 / a_s0)
+            if cfg.variance_type in ("learned", "learned_range"):
+                plan.flags |= R.HAS_VAR_CHANNELS
+        elif pred == "sample":
+            plan.set(px=0.0, pm=1.0)
+        else:
+            plan.set(px=a_s0, pm=-s_s0)
+        if cfg.thresholding:
+            plan.threshold = (float(cfg.dynamic_thresholding_ratio), float(cfg.sample_max_value))
+        sde = cfg.algorithm_type == "sde-dpmsolver++"
+        lam_s0 = math.log(a_s0) - math.log(s_s0)
+        if sig_t == 0.0:  # final sigma zero: lambda_t = +inf, exp(-h) = 0
+            h, emh = math.inf, 0.0
+        else:
+            h = (math.log(a_t) - math.log(s_t)) - lam_s0
+            emh = math.exp(-h)
+        if sde:
+            ca = s_t / s_s0 * emh
+            c0 = a_t * (1.0 - emh * emh)           # alpha_t (1 - e^{-2h})
+            plan.stochastic = True
+            plan.set(s=s_t * math.sqrt(1.0 - emh * emh))
+        else:
+            ca = s_t / s_s0
+            c0 = -a_t * (emh - 1.0)                # -alpha_t (e^{-h} - 1)
+        cb, cd = c0, 0.0
+        if order == 2:
+            # D1 = (m0 - m1) / r0, r0 = h_0 / h: its weight goes to x0 (m0) and, negated, to the history (m1)
+            a_s1, s_s1 = self._alpha_sigma(self._sig[i - 1])
+            h0 = lam_s0 - (math.log(a_s1) - math.log(s_s1))
+            r0 = h0 / h
+            if cfg.solver_type == "midpoint":
+                w = 0.5 * c0
+            elif sde:
+                w = a_t * ((1.0 - emh * emh) / (-2.0 * h) + 1.0)
+            else:
+                w = a_t * ((emh - 1.0) / h + 1.0)
+            cb, cd = c0 + w / r0, -w / r0
+            plan.flags |= R.HIST
+        return plan.set(a=ca, b=cb, c=0.0, d=cd)
+
+    def convert_model_output(self, model_output: torch.Tensor, *args, sample: torch.Tensor = None, **kwargs):
+        """x0 predicted at the current step (diffusers' convert_model_output for dpmsolver++)."""
+        plan = self._plan(self._step_index, order=1)
+        plan.set(a=0.0, b=0.0)
+        _, x0 = D.fused_step(model_output, sample, plan, want_x0=True)
+        return x0
+
+    def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor, generator=None,
+             variance_noise: torch.Tensor | None = None, return_dict: bool = True,
+             guidance_scale: float | None = None, guidance_rescale: float = 0.0):
+        """One multistep step: diffusers' DPMSolverMultistepScheduler.step, fused."""
+        self._require_timesteps()
+        i = self._index(timestep)
+        cfg = self.config
+        order = self._order(i)
+        plan = self._plan(i, order)
+        history = self.model_outputs[-1] if order == 2 else None
+        plan.flags &= ~R.HIST
+        if history is not None:
+            plan.flags |= R.HIST
+        n = len(self._ts_host)
+        need_x0 = cfg.solver_order > 1 and i < n - 1  # the next step reads this x0
+        prev, x0, x0_fn = self._run(plan, model_output, sample, guidance_scale=guidance_scale,
+                                    guidance_rescale=guidance_rescale, generator=generator,
+                                    variance_noise=variance_noise, history=history, want_x0=need_x0)
+        for k in range(cfg.solver_order - 1):
+            self.model_outputs[k] = self.model_outputs[k + 1]
+        self.model_outputs[-1] = x0
+        if self.lower_order_nums < cfg.solver_order:
+            self.lower_order_nums += 1
+        self._step_index += 1
+        out = StepOutput(prev, x0, x0_fn, as_tuple_len=1)
+        return out if return_dict else out.to_tuple()
+
+    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        idx = self._sigma_step_indices(timesteps, original_samples.shape[0])
+        sigma = self.sigmas[idx].flatten().double()
+        alpha = 1.0 / (sigma**2 + 1) ** 0.5
+        return torch.ops.gankern.add_noise(original_samples, noise.to(original_samples.dtype),
+                                           alpha.float().to(original_samples.device),
+                                           (sigma * alpha).float().to(original_samples.device))

@@ -1,0 +1,90 @@
+"""EulerAncestralDiscreteScheduler, diffusers-compatible: the Euler step to sigma_down plus
+sigma_up-scaled Philox noise, in one fused pass."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from ..ops import diffusion as D
+from ._base import StepOutput, spaced_timesteps
+from ._sigma import SigmaScheduler
+from .euler import sigma_prediction
+
+
+class EulerAncestralDiscreteScheduler(SigmaScheduler):
+    _DEFAULTS = dict(num_train_timesteps=1000, beta_start=0.0001, beta_end=0.02, beta_schedule="linear",
+                     trained_betas=None, prediction_type="epsilon", timestep_spacing="linspace", steps_offset=0,
+                     rescale_betas_zero_snr=False)
+    # diffusers raises for prediction_type="sample" here; so does gankern (parity is the contract)
+    _PREDICTION_TYPES = ("epsilon", "v_prediction")
+
+    def _build(self, cfg):
+        self._alphas(cfg)
+        T = cfg.num_train_timesteps
+        sigmas = np.array(((1 - self.alphas_cumprod) / self.alphas_cumprod) ** 0.5)
+        sigmas = np.concatenate([sigmas[::-1], [0.0]]).astype(np.float32)
+        self._store_sigmas(torch.from_numpy(sigmas))
+        self.timesteps = torch.from_numpy(np.linspace(0, T - 1, T, dtype=float)[::-1].copy())
+        self._ts_host = self.timesteps.tolist()
+        self.is_scale_input_called = False
+
+    @property
+    def init_noise_sigma(self):
+        if self.config.timestep_spacing in ("linspace", "trailing"):
+            return self.sigmas.max()
+        return (self.sigmas.max() ** 2 + 1) ** 0.5
+
+    def set_timesteps(self, num_inference_steps: int, device=None):
+        self.num_inference_steps = num_inference_steps
+        timesteps = spaced_timesteps(self.config, num_inference_steps, np.float32)
+        acp = self.alphas_cumprod
+        sigmas = np.array(((1 - acp) / acp) ** 0.5)
+        sigmas = np.interp(timesteps, np.arange(0, len(sigmas)), sigmas)
+        sigmas = np.concatenate([sigmas, [0.0]]).astype(np.float32)
+        self._store_sigmas(torch.from_numpy(sigmas))
+        self.timesteps = torch.from_numpy(timesteps).to(device=device)
+        self._ts_host = self.timesteps.cpu().tolist()
+        self._step_index = None
+        self._begin_index = None
+
+    def scale_model_input(self, sample: torch.Tensor, timestep=None) -> torch.Tensor:
+        if self._step_index is None:
+            self._init_step_index(timestep)
+        sigma = np.float32(self._sig[self._step_index])
+        self.is_scale_input_called = True
+        return sample / float(np.sqrt(sigma * sigma + np.float32(1.0)))
+
+    def _plan(self, i: int) -> D.StepPlan:
+        s_from, s_to = self._sig[i], self._sig[i + 1]
+        sigma_up = math.sqrt(s_to**2 * (s_from**2 - s_to**2) / s_from**2)
+        sigma_down = math.sqrt(s_to**2 - sigma_up**2)
+        plan = sigma_prediction(D.StepPlan(), self.config.prediction_type, s_from, s_from)
+        dt = sigma_down - s_from
+        if self.config.prediction_type == "epsilon":
+            plan.set(a=1.0, b=0.0, c=dt)
+        else:
+            plan.set(a=1.0 + dt / s_from, b=-dt / s_from, c=0.0)
+        plan.stochastic = True
+        return plan.set(s=sigma_up)
+
+    def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor, generator=None,
+             return_dict: bool = True, guidance_scale: float | None = None, guidance_rescale: float = 0.0):
+        """One ancestral Euler step: diffusers' EulerAncestralDiscreteScheduler.step, fused, with the
+        noise generated in the kernel."""
+        if isinstance(timestep, int) or (isinstance(timestep, torch.Tensor) and not timestep.is_floating_point()):
+            raise ValueError("pass one of scheduler.timesteps as the timestep, not an integer step index")
+        i = self._index(timestep)
+        plan = self._plan(i)
+        prev, x0, x0_fn = self._run(plan, model_output, sample, guidance_scale=guidance_scale,
+                                    guidance_rescale=guidance_rescale, generator=generator, variance_noise=None)
+        self._step_index += 1
+        out = StepOutput(prev, x0, x0_fn)
+        return out if return_dict else out.to_tuple()
+
+    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        idx = self._sigma_step_indices(timesteps, original_samples.shape[0])
+        sigma = self.sigmas[idx].flatten().to(original_samples.device)
+        return torch.ops.gankern.add_noise(original_samples, noise.to(original_samples.dtype),
+                                           torch.ones_like(sigma), sigma)
