@@ -3,14 +3,22 @@
 // partial per task and merge them in a fixed order afterwards, so results do not depend on the
 // thread count or schedule.
 //
-// Vectorization: the elementwise loops are plain loops (GCC vectorizes them in each GK_CPU_CLONES
-// variant); the reductions use `omp simd reduction` so fp32 lane accumulators may be reassociated
-// without -ffast-math, folded into double every kBlock elements to bound rounding growth.
+// Vectorization is explicit, with GCC vector extensions (8 floats; AVX2 in the x86-64-v3/v4 clones,
+// two SSE registers in the baseline one). Auto-vectorization fails here: under the default
+// -ftrapping-math GCC will not if-convert the NaN/overflow selects of an exp polynomial (nor
+// vectorize floor), so silu ran scalar, ~10x slower. The activations are written once as templates
+// over float and the vector type, with gk::act_forward / act_derivative's semantics.
+// Reductions keep fp32 vector accumulators for at most kBlock elements, then fold into double.
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 #include "norm/norm.h"
+
+#if defined(__GNUC__)
+#pragma GCC diagnostic ignored "-Wpsabi"  // vector arguments of inlined helpers; no ABI crosses this file
+#endif
 
 namespace gk::norm {
 namespace {
@@ -19,6 +27,114 @@ constexpr std::int64_t kChunk = 1 << 14;  // elements per task
 constexpr std::int64_t kBlock = 1 << 10;  // elements per fp32 partial sum
 
 using W = Welford<double>;
+
+// ---- activations over float or vf (semantics of gk::act_forward / act_derivative) --------------
+
+typedef float vf __attribute__((vector_size(32)));
+typedef std::int32_t vi __attribute__((vector_size(32)));
+constexpr int kV = 8;
+
+inline vf load(const float* p) {
+  vf v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+inline void store(float* p, vf v) { std::memcpy(p, &v, sizeof(v)); }
+inline vf splat(float a) { return vf{} + a; }
+inline vi to_int(vf x) { return __builtin_convertvector(x, vi); }
+inline std::int32_t to_int(float x) { return static_cast<std::int32_t>(x); }
+inline vf bits_to_float(vi x) { return (vf)x; }  // a vector cast reinterprets the bits
+inline float bits_to_float(std::int32_t x) {
+  float f;
+  std::memcpy(&f, &x, sizeof(f));
+  return f;
+}
+inline float hsum(vf v) {
+  float s = 0.f;
+  for (int l = 0; l < kV; ++l) s += v[l];
+  return s;
+}
+
+// Cephes expf polynomial as gk::exp_f32, with round-to-nearest by the 1.5 * 2^23 trick instead of
+// floor (same reduction range, and vectorizable).
+template <typename T>
+inline T vexp(T x) {
+  const float hi = 88.3762626647949f, lo = -87.3365447504019f;
+  T xc = x > hi ? T{} + hi : x;
+  xc = xc < lo ? T{} + lo : xc;
+  xc = x == x ? xc : T{};  // NaN: compute anything finite, fixed up below
+  const T n = (xc * 1.44269504088896341f + 12582912.f) - 12582912.f;
+  const T r = xc - n * 0.693359375f + n * 2.12194440e-4f;
+  T p = r * 1.9875691500E-4f + 1.3981999507E-3f;
+  p = p * r + 8.3334519073E-3f;
+  p = p * r + 4.1665795894E-2f;
+  p = p * r + 1.6666665459E-1f;
+  p = p * r + 5.0000001201E-1f;
+  T y = p * r * r + r + 1.0f;
+  y *= bits_to_float((to_int(n) + 127) << 23);
+  y = x > hi ? T{} + INFINITY : y;
+  y = x < lo ? T{} : y;
+  return x == x ? y : x;
+}
+
+template <typename T>
+inline T vsigmoid(T z) { return 1.0f / (vexp(-z) + 1.0f); }
+
+template <typename T>
+inline T vtanh(T u) { return 1.f - 2.f / (vexp(u * 2.f) + 1.f); }
+
+// erf by Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7), odd extension.
+template <typename T>
+inline T verf(T x) {
+  const T a = x < 0.f ? -x : x;
+  const T t = 1.f / (a * 0.3275911f + 1.f);
+  const T p = t * (0.254829592f + t * (-0.284496736f + t * (1.421413741f + t * (-1.453152027f + t * 1.061405429f))));
+  const T r = 1.f - p * vexp(-a * a);
+  return x < 0.f ? -r : r;
+}
+
+template <int A, typename T>
+inline T fwd(T z, float alpha) {
+  const T zero = T{};
+  if constexpr (A == kRelu) return z > 0.f ? z : (z != z ? z : zero);
+  if constexpr (A == kLrelu) return z > 0.f ? z : z * alpha;
+  if constexpr (A == kSwish) return z * vsigmoid(z);
+  if constexpr (A == kGelu) return 0.5f * z * (1.f + verf(z * kSqrt1_2));
+  if constexpr (A == kGeluTanh) return 0.5f * z * (1.f + vtanh(kSqrt2OverPi * (z + 0.044715f * z * z * z)));
+  return z;
+}
+
+template <int A, typename T>
+inline T grad(T z, float alpha) {
+  const T zero = T{}, one = T{} + 1.f;
+  if constexpr (A == kRelu) return z > 0.f ? one : zero;
+  if constexpr (A == kLrelu) return z > 0.f ? one : zero + alpha;
+  if constexpr (A == kSwish) {
+    const T s = vsigmoid(z);
+    return s * (1.f + z * (1.f - s));
+  }
+  if constexpr (A == kGelu) return 0.5f * (1.f + verf(z * kSqrt1_2)) + z * kInvSqrt2Pi * vexp(-0.5f * z * z);
+  if constexpr (A == kGeluTanh) {
+    const T z2 = z * z;
+    const T t = vtanh(kSqrt2OverPi * (z + 0.044715f * z2 * z));
+    return 0.5f * (1.f + t) + 0.5f * z * (1.f - t * t) * kSqrt2OverPi * (1.f + 3.f * 0.044715f * z2);
+  }
+  return one;
+}
+
+// The activations group/batch norm support (gankern/ops/norm.py checks the same list).
+template <typename F>
+void dispatch_norm_act(int act, F&& f) {
+  switch (act) {
+    case kLinear: f(std::integral_constant<int, kLinear>{}); break;
+    case kRelu: f(std::integral_constant<int, kRelu>{}); break;
+    case kLrelu: f(std::integral_constant<int, kLrelu>{}); break;
+    case kSwish: f(std::integral_constant<int, kSwish>{}); break;
+    case kGelu: f(std::integral_constant<int, kGelu>{}); break;
+    case kGeluTanh: f(std::integral_constant<int, kGeluTanh>{}); break;
+    default: throw std::invalid_argument("gankern norm: unsupported activation code " + std::to_string(act));
+  }
+}
 
 // How tasks cover x. NCHW: task t is chunk (t % per_row) of row (t / per_row). Channels_last: task t
 // is rows [r0, r1) of sample t / per_row, each row C consecutive channels.
@@ -46,15 +162,24 @@ GK_CPU_CLONES W run_stats(const float* __restrict x, std::int64_t len) {
   double S = 0, Q = 0;
   for (std::int64_t i0 = 0; i0 < len; i0 += kBlock) {
     const std::int64_t n = std::min(kBlock, len - i0);
-    float s = 0.f, q = 0.f;
-#pragma omp simd reduction(+ : s, q)
-    for (std::int64_t i = 0; i < n; ++i) {
-      const float d = x[i0 + i] - k;
+    const float* __restrict xb = x + i0;
+    vf s = {}, q = {}, s2 = {}, q2 = {};  // two accumulator pairs hide the add latency
+    std::int64_t i = 0;
+    for (; i + 2 * kV <= n; i += 2 * kV) {
+      const vf d = load(xb + i) - k, d2 = load(xb + i + kV) - k;
       s += d;
       q += d * d;
+      s2 += d2;
+      q2 += d2 * d2;
     }
-    S += s;
-    Q += q;
+    float st = 0.f, qt = 0.f;
+    for (; i < n; ++i) {
+      const float d = xb[i] - k;
+      st += d;
+      qt += d * d;
+    }
+    S += static_cast<double>(hsum(s + s2)) + st;
+    Q += static_cast<double>(hsum(q + q2)) + qt;
   }
   return W::from_shifted_sums(static_cast<double>(len), k, S, Q);
 }
@@ -63,16 +188,20 @@ GK_CPU_CLONES W run_stats(const float* __restrict x, std::int64_t len) {
 GK_CPU_CLONES void rows_stats(const float* __restrict x, std::int64_t rows, std::int64_t C, double* __restrict S,
                               double* __restrict Q, float* __restrict s, float* __restrict q) {
   const float* __restrict k = x;
-  std::fill(S, S + C, 0.0);
-  std::fill(Q, Q + C, 0.0);
+  for (std::int64_t c = 0; c < C; ++c) S[c] = Q[c] = 0.0;
   const std::int64_t rows_per_block = std::max<std::int64_t>(1, kBlock / std::max<std::int64_t>(C, 1)) * 4;
   for (std::int64_t r0 = 0; r0 < rows; r0 += rows_per_block) {
     const std::int64_t r1 = std::min(rows, r0 + rows_per_block);
-    std::fill(s, s + C, 0.f);
-    std::fill(q, q + C, 0.f);
+    for (std::int64_t c = 0; c < C; ++c) s[c] = q[c] = 0.f;
     for (std::int64_t r = r0; r < r1; ++r) {
       const float* __restrict xr = x + r * C;
-      for (std::int64_t c = 0; c < C; ++c) {
+      std::int64_t c = 0;
+      for (; c + kV <= C; c += kV) {
+        const vf d = load(xr + c) - load(k + c);
+        store(s + c, load(s + c) + d);
+        store(q + c, load(q + c) + d * d);
+      }
+      for (; c < C; ++c) {
         const float d = xr[c] - k[c];
         s[c] += d;
         q[c] += d * d;
@@ -90,8 +219,14 @@ GK_CPU_CLONES void rows_stats(const float* __restrict x, std::int64_t rows, std:
 template <int A, bool R>
 GK_CPU_CLONES void apply_run(float* __restrict y, const float* __restrict x, const float* __restrict r,
                              std::int64_t len, float a, float b, float alpha) {
-  for (std::int64_t i = 0; i < len; ++i) {
-    float v = act_forward<A>(x[i] * a + b, alpha);
+  std::int64_t i = 0;
+  for (; i + kV <= len; i += kV) {
+    vf v = fwd<A>(load(x + i) * a + b, alpha);
+    if constexpr (R) v += load(r + i);
+    store(y + i, v);
+  }
+  for (; i < len; ++i) {
+    float v = fwd<A>(x[i] * a + b, alpha);
     if constexpr (R) v += r[i];
     y[i] = v;
   }
@@ -100,8 +235,14 @@ GK_CPU_CLONES void apply_run(float* __restrict y, const float* __restrict x, con
 template <int A, bool R>
 GK_CPU_CLONES void apply_row(float* __restrict y, const float* __restrict x, const float* __restrict r,
                              std::int64_t C, const float* __restrict a, const float* __restrict b, float alpha) {
-  for (std::int64_t c = 0; c < C; ++c) {
-    float v = act_forward<A>(x[c] * a[c] + b[c], alpha);
+  std::int64_t c = 0;
+  for (; c + kV <= C; c += kV) {
+    vf v = fwd<A>(load(x + c) * load(a + c) + load(b + c), alpha);
+    if constexpr (R) v += load(r + c);
+    store(y + c, v);
+  }
+  for (; c < C; ++c) {
+    float v = fwd<A>(x[c] * a[c] + b[c], alpha);
     if constexpr (R) v += r[c];
     y[c] = v;
   }
@@ -115,19 +256,27 @@ GK_CPU_CLONES void run_bwd_sums(const float* __restrict dy, const float* __restr
   double S0 = 0, S1 = 0, S2 = 0;
   for (std::int64_t i0 = 0; i0 < len; i0 += kBlock) {
     const std::int64_t n = std::min(kBlock, len - i0);
-    float s0 = 0.f, s1 = 0.f, s2 = 0.f;
-#pragma omp simd reduction(+ : s0, s1, s2)
-    for (std::int64_t i = 0; i < n; ++i) {
-      const float xv = x[i0 + i];
-      const float g = dy[i0 + i] * act_derivative<A>(xv * a + b, alpha);
-      const float xh = xv * p + q;
+    vf s0 = {}, s1 = {}, s2 = {};
+    std::int64_t i = i0;
+    for (; i + kV <= i0 + n; i += kV) {
+      const vf xv = load(x + i);
+      const vf g = load(dy + i) * grad<A>(xv * a + b, alpha);
+      const vf xh = xv * p + q;
       s0 += g;
       s1 += g * xh;
       s2 += xh;
     }
-    S0 += s0;
-    S1 += s1;
-    S2 += s2;
+    float t0 = 0.f, t1 = 0.f, t2 = 0.f;
+    for (; i < i0 + n; ++i) {
+      const float g = dy[i] * grad<A>(x[i] * a + b, alpha);
+      const float xh = x[i] * p + q;
+      t0 += g;
+      t1 += g * xh;
+      t2 += xh;
+    }
+    S0 += static_cast<double>(hsum(s0)) + t0;
+    S1 += static_cast<double>(hsum(s1)) + t1;
+    S2 += static_cast<double>(hsum(s2)) + t2;
   }
   out[0] = S0;
   out[1] = S1;
@@ -139,8 +288,17 @@ GK_CPU_CLONES void row_bwd_sums(const float* __restrict dy, const float* __restr
                                 const float* __restrict a, const float* __restrict b, const float* __restrict p,
                                 const float* __restrict q, float alpha, float* __restrict s0, float* __restrict s1,
                                 float* __restrict s2) {
-  for (std::int64_t c = 0; c < C; ++c) {
-    const float g = dy[c] * act_derivative<A>(x[c] * a[c] + b[c], alpha);
+  std::int64_t c = 0;
+  for (; c + kV <= C; c += kV) {
+    const vf xv = load(x + c);
+    const vf g = load(dy + c) * grad<A>(xv * load(a + c) + load(b + c), alpha);
+    const vf xh = xv * load(p + c) + load(q + c);
+    store(s0 + c, load(s0 + c) + g);
+    store(s1 + c, load(s1 + c) + g * xh);
+    store(s2 + c, load(s2 + c) + xh);
+  }
+  for (; c < C; ++c) {
+    const float g = dy[c] * grad<A>(x[c] * a[c] + b[c], alpha);
     const float xh = x[c] * p[c] + q[c];
     s0[c] += g;
     s1[c] += g * xh;
@@ -151,8 +309,14 @@ GK_CPU_CLONES void row_bwd_sums(const float* __restrict dy, const float* __restr
 template <int A>
 GK_CPU_CLONES void bwd_apply_run(float* __restrict dx, const float* __restrict dy, const float* __restrict x,
                                  std::int64_t len, float a, float b, float a2, float b2, float c2, float alpha) {
-  for (std::int64_t i = 0; i < len; ++i) {
-    const float g = dy[i] * act_derivative<A>(x[i] * a + b, alpha);
+  std::int64_t i = 0;
+  for (; i + kV <= len; i += kV) {
+    const vf xv = load(x + i);
+    const vf g = load(dy + i) * grad<A>(xv * a + b, alpha);
+    store(dx + i, g * a2 + xv * b2 + c2);
+  }
+  for (; i < len; ++i) {
+    const float g = dy[i] * grad<A>(x[i] * a + b, alpha);
     dx[i] = g * a2 + x[i] * b2 + c2;
   }
 }
@@ -162,8 +326,14 @@ GK_CPU_CLONES void bwd_apply_row(float* __restrict dx, const float* __restrict d
                                  std::int64_t C, const float* __restrict a, const float* __restrict b,
                                  const float* __restrict a2, const float* __restrict b2, const float* __restrict c2,
                                  float alpha) {
-  for (std::int64_t c = 0; c < C; ++c) {
-    const float g = dy[c] * act_derivative<A>(x[c] * a[c] + b[c], alpha);
+  std::int64_t c = 0;
+  for (; c + kV <= C; c += kV) {
+    const vf xv = load(x + c);
+    const vf g = load(dy + c) * grad<A>(xv * load(a + c) + load(b + c), alpha);
+    store(dx + c, g * load(a2 + c) + xv * load(b2 + c) + load(c2 + c));
+  }
+  for (; c < C; ++c) {
+    const float g = dy[c] * grad<A>(x[c] * a[c] + b[c], alpha);
     dx[c] = g * a2[c] + x[c] * b2[c] + c2[c];
   }
 }
@@ -236,7 +406,7 @@ void apply_cpu(const float* x, const float* A, const float* B, const float* res,
                float alpha) {
   if (s.HW == 0 || s.N * s.C == 0) return;
   const Tiling t(s);
-  dispatch_act(act, [&](auto a) {
+  dispatch_norm_act(act, [&](auto a) {
     constexpr int K = decltype(a)::value;
     auto go = [&](auto r) {
       constexpr bool R = decltype(r)::value;
@@ -263,7 +433,7 @@ void backward_reduce_cpu(const float* dy, const float* x, const float* A, const 
   std::fill(sums, sums + 3 * NC, 0.0);
   if (s.HW == 0 || NC == 0) return;
   const Tiling t(s);
-  dispatch_act(act, [&](auto a) {
+  dispatch_norm_act(act, [&](auto a) {
     constexpr int K = decltype(a)::value;
     if (!s.channels_last) {
       std::vector<double> part(3 * t.tasks);
@@ -305,7 +475,7 @@ void backward_apply_cpu(const float* dy, const float* x, const float* A, const f
                         const float* B2, const float* C2, float* dx, const Shape& s, int act, float alpha) {
   if (s.HW == 0 || s.N * s.C == 0) return;
   const Tiling t(s);
-  dispatch_act(act, [&](auto a) {
+  dispatch_norm_act(act, [&](auto a) {
     constexpr int K = decltype(a)::value;
     for_each_task(s, t, [&](std::int64_t, std::int64_t row, std::int64_t lo, std::int64_t hi) {
       if (!s.channels_last) {

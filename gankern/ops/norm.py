@@ -28,9 +28,15 @@ from . import _validate as V
 _STAT = torch.float32
 
 
+# Activations the norm kernels implement (csrc/norm/cpu.cpp: dispatch_norm_act).
+ACTS = ("linear", "relu", "lrelu", "silu", "gelu", "gelu_tanh")
+
+
 def _act(act, alpha):
     if act is None:
         act = "linear"
+    if act not in ACTS:
+        raise ValueError(f"act must be None or one of {', '.join(ACTS)}, got {act!r}")
     a = ref_acts.get(act)
     alpha = (0.2 if act == "lrelu" else a.def_alpha) if alpha is None else V.real(alpha, "alpha")
     return act, alpha
@@ -74,8 +80,7 @@ def group_norm_act(x: Tensor, num_groups: int, weight: Tensor | None = None, bia
         num_groups: G, dividing C.
         weight, bias: per-channel affine, shape [C] (None: 1 and 0).
         eps: > 0, added to the group variance.
-        act: None (identity), "silu", "gelu" (exact erf), "gelu_tanh", "relu", "lrelu", or another
-            gankern activation name.
+        act: None (identity), "silu", "gelu" (exact erf), "gelu_tanh", "relu" or "lrelu".
         alpha: lrelu negative slope (default 0.2).
         temb: (N, C) bias added to x before the statistics (DDPM time embedding).
         scale, shift: (N, C), applied after the affine as h * (1 + scale) + shift.
