@@ -218,15 +218,15 @@ GK_CPU_CLONES void rows_stats(const float* __restrict x, std::int64_t rows, std:
 
 template <int A, bool R>
 GK_CPU_CLONES void apply_run(float* __restrict y, const float* __restrict x, const float* __restrict r,
-                             std::int64_t len, float a, float b, float alpha) {
+                             std::int64_t len, float m, float a, float b, float alpha) {
   std::int64_t i = 0;
   for (; i + kV <= len; i += kV) {
-    vf v = fwd<A>(load(x + i) * a + b, alpha);
+    vf v = fwd<A>((load(x + i) - m) * a + b, alpha);
     if constexpr (R) v += load(r + i);
     store(y + i, v);
   }
   for (; i < len; ++i) {
-    float v = fwd<A>(x[i] * a + b, alpha);
+    float v = fwd<A>((x[i] - m) * a + b, alpha);
     if constexpr (R) v += r[i];
     y[i] = v;
   }
@@ -234,15 +234,16 @@ GK_CPU_CLONES void apply_run(float* __restrict y, const float* __restrict x, con
 
 template <int A, bool R>
 GK_CPU_CLONES void apply_row(float* __restrict y, const float* __restrict x, const float* __restrict r,
-                             std::int64_t C, const float* __restrict a, const float* __restrict b, float alpha) {
+                             std::int64_t C, const float* __restrict m, const float* __restrict a,
+                             const float* __restrict b, float alpha) {
   std::int64_t c = 0;
   for (; c + kV <= C; c += kV) {
-    vf v = fwd<A>(load(x + c) * load(a + c) + load(b + c), alpha);
+    vf v = fwd<A>((load(x + c) - load(m + c)) * load(a + c) + load(b + c), alpha);
     if constexpr (R) v += load(r + c);
     store(y + c, v);
   }
   for (; c < C; ++c) {
-    float v = fwd<A>(x[c] * a[c] + b[c], alpha);
+    float v = fwd<A>((x[c] - m[c]) * a[c] + b[c], alpha);
     if constexpr (R) v += r[c];
     y[c] = v;
   }
@@ -251,25 +252,26 @@ GK_CPU_CLONES void apply_row(float* __restrict y, const float* __restrict x, con
 // ---- backward --------------------------------------------------------------------------------
 
 template <int A>
-GK_CPU_CLONES void run_bwd_sums(const float* __restrict dy, const float* __restrict x, std::int64_t len, float a,
-                                float b, float p, float q, float alpha, double* out) {
+GK_CPU_CLONES void run_bwd_sums(const float* __restrict dy, const float* __restrict x, std::int64_t len, float m,
+                                float a, float b, float p, float alpha, double* out) {
   double S0 = 0, S1 = 0, S2 = 0;
   for (std::int64_t i0 = 0; i0 < len; i0 += kBlock) {
     const std::int64_t n = std::min(kBlock, len - i0);
     vf s0 = {}, s1 = {}, s2 = {};
     std::int64_t i = i0;
     for (; i + kV <= i0 + n; i += kV) {
-      const vf xv = load(x + i);
+      const vf xv = load(x + i) - m;
       const vf g = load(dy + i) * grad<A>(xv * a + b, alpha);
-      const vf xh = xv * p + q;
+      const vf xh = xv * p;
       s0 += g;
       s1 += g * xh;
       s2 += xh;
     }
     float t0 = 0.f, t1 = 0.f, t2 = 0.f;
     for (; i < i0 + n; ++i) {
-      const float g = dy[i] * grad<A>(x[i] * a + b, alpha);
-      const float xh = x[i] * p + q;
+      const float xv = x[i] - m;
+      const float g = dy[i] * grad<A>(xv * a + b, alpha);
+      const float xh = xv * p;
       t0 += g;
       t1 += g * xh;
       t2 += xh;
@@ -285,21 +287,22 @@ GK_CPU_CLONES void run_bwd_sums(const float* __restrict dy, const float* __restr
 
 template <int A>
 GK_CPU_CLONES void row_bwd_sums(const float* __restrict dy, const float* __restrict x, std::int64_t C,
-                                const float* __restrict a, const float* __restrict b, const float* __restrict p,
-                                const float* __restrict q, float alpha, float* __restrict s0, float* __restrict s1,
+                                const float* __restrict m, const float* __restrict a, const float* __restrict b,
+                                const float* __restrict p, float alpha, float* __restrict s0, float* __restrict s1,
                                 float* __restrict s2) {
   std::int64_t c = 0;
   for (; c + kV <= C; c += kV) {
-    const vf xv = load(x + c);
+    const vf xv = load(x + c) - load(m + c);
     const vf g = load(dy + c) * grad<A>(xv * load(a + c) + load(b + c), alpha);
-    const vf xh = xv * load(p + c) + load(q + c);
+    const vf xh = xv * load(p + c);
     store(s0 + c, load(s0 + c) + g);
     store(s1 + c, load(s1 + c) + g * xh);
     store(s2 + c, load(s2 + c) + xh);
   }
   for (; c < C; ++c) {
-    const float g = dy[c] * grad<A>(x[c] * a[c] + b[c], alpha);
-    const float xh = x[c] * p[c] + q[c];
+    const float xv = x[c] - m[c];
+    const float g = dy[c] * grad<A>(xv * a[c] + b[c], alpha);
+    const float xh = xv * p[c];
     s0[c] += g;
     s1[c] += g * xh;
     s2[c] += xh;
@@ -308,33 +311,36 @@ GK_CPU_CLONES void row_bwd_sums(const float* __restrict dy, const float* __restr
 
 template <int A>
 GK_CPU_CLONES void bwd_apply_run(float* __restrict dx, const float* __restrict dy, const float* __restrict x,
-                                 std::int64_t len, float a, float b, float a2, float b2, float c2, float alpha) {
+                                 std::int64_t len, float m, float a, float b, float a2, float b2, float c2,
+                                 float alpha) {
   std::int64_t i = 0;
   for (; i + kV <= len; i += kV) {
-    const vf xv = load(x + i);
+    const vf xv = load(x + i) - m;
     const vf g = load(dy + i) * grad<A>(xv * a + b, alpha);
     store(dx + i, g * a2 + xv * b2 + c2);
   }
   for (; i < len; ++i) {
-    const float g = dy[i] * grad<A>(x[i] * a + b, alpha);
-    dx[i] = g * a2 + x[i] * b2 + c2;
+    const float xv = x[i] - m;
+    const float g = dy[i] * grad<A>(xv * a + b, alpha);
+    dx[i] = g * a2 + xv * b2 + c2;
   }
 }
 
 template <int A>
 GK_CPU_CLONES void bwd_apply_row(float* __restrict dx, const float* __restrict dy, const float* __restrict x,
-                                 std::int64_t C, const float* __restrict a, const float* __restrict b,
-                                 const float* __restrict a2, const float* __restrict b2, const float* __restrict c2,
-                                 float alpha) {
+                                 std::int64_t C, const float* __restrict m, const float* __restrict a,
+                                 const float* __restrict b, const float* __restrict a2, const float* __restrict b2,
+                                 const float* __restrict c2, float alpha) {
   std::int64_t c = 0;
   for (; c + kV <= C; c += kV) {
-    const vf xv = load(x + c);
+    const vf xv = load(x + c) - load(m + c);
     const vf g = load(dy + c) * grad<A>(xv * load(a + c) + load(b + c), alpha);
     store(dx + c, g * load(a2 + c) + xv * load(b2 + c) + load(c2 + c));
   }
   for (; c < C; ++c) {
-    const float g = dy[c] * grad<A>(x[c] * a[c] + b[c], alpha);
-    dx[c] = g * a2[c] + x[c] * b2[c] + c2[c];
+    const float xv = x[c] - m[c];
+    const float g = dy[c] * grad<A>(xv * a[c] + b[c], alpha);
+    dx[c] = g * a2[c] + xv * b2[c] + c2[c];
   }
 }
 
@@ -402,8 +408,8 @@ void channel_stats_cpu(const float* x, const Shape& s, double* mean, double* m2)
   }
 }
 
-void apply_cpu(const float* x, const float* A, const float* B, const float* res, float* y, const Shape& s, int act,
-               float alpha) {
+void apply_cpu(const float* x, const float* M, const float* A, const float* B, const float* res, float* y,
+               const Shape& s, int act, float alpha) {
   if (s.HW == 0 || s.N * s.C == 0) return;
   const Tiling t(s);
   dispatch_norm_act(act, [&](auto a) {
@@ -413,11 +419,12 @@ void apply_cpu(const float* x, const float* A, const float* B, const float* res,
       for_each_task(s, t, [&](std::int64_t, std::int64_t row, std::int64_t lo, std::int64_t hi) {
         if (!s.channels_last) {
           const std::int64_t off = row * s.HW + lo;
-          apply_run<K, R>(y + off, x + off, R ? res + off : nullptr, hi - lo, A[row], B[row], alpha);
+          apply_run<K, R>(y + off, x + off, R ? res + off : nullptr, hi - lo, M[row], A[row], B[row], alpha);
         } else {
           for (std::int64_t i = lo; i < hi; ++i) {
             const std::int64_t off = (row * s.HW + i) * s.C;
-            apply_row<K, R>(y + off, x + off, R ? res + off : nullptr, s.C, A + row * s.C, B + row * s.C, alpha);
+            const std::int64_t nC = row * s.C;
+            apply_row<K, R>(y + off, x + off, R ? res + off : nullptr, s.C, M + nC, A + nC, B + nC, alpha);
           }
         }
       });
@@ -427,8 +434,8 @@ void apply_cpu(const float* x, const float* A, const float* B, const float* res,
   });
 }
 
-void backward_reduce_cpu(const float* dy, const float* x, const float* A, const float* B, const float* P,
-                         const float* Q, const Shape& s, int act, float alpha, double* sums) {
+void backward_reduce_cpu(const float* dy, const float* x, const float* M, const float* A, const float* B,
+                         const float* P, const Shape& s, int act, float alpha, double* sums) {
   const std::int64_t NC = s.N * s.C, C = s.C;
   std::fill(sums, sums + 3 * NC, 0.0);
   if (s.HW == 0 || NC == 0) return;
@@ -439,7 +446,7 @@ void backward_reduce_cpu(const float* dy, const float* x, const float* A, const 
       std::vector<double> part(3 * t.tasks);
       for_each_task(s, t, [&](std::int64_t task, std::int64_t row, std::int64_t lo, std::int64_t hi) {
         const std::int64_t off = row * s.HW + lo;
-        run_bwd_sums<K>(dy + off, x + off, hi - lo, A[row], B[row], P[row], Q[row], alpha, &part[3 * task]);
+        run_bwd_sums<K>(dy + off, x + off, hi - lo, M[row], A[row], B[row], P[row], alpha, &part[3 * task]);
       });
 #pragma omp parallel for schedule(static)
       for (std::int64_t row = 0; row < NC; ++row)
@@ -456,7 +463,7 @@ void backward_reduce_cpu(const float* dy, const float* x, const float* A, const 
         std::fill(acc.begin(), acc.end(), 0.f);
         for (std::int64_t r = r0; r < std::min(hi, r0 + rows_per_block); ++r) {
           const std::int64_t off = (n * s.HW + r) * C;
-          row_bwd_sums<K>(dy + off, x + off, C, A + n * C, B + n * C, P + n * C, Q + n * C, alpha, acc.data(),
+          row_bwd_sums<K>(dy + off, x + off, C, M + n * C, A + n * C, B + n * C, P + n * C, alpha, acc.data(),
                           acc.data() + C, acc.data() + 2 * C);
         }
         for (std::int64_t j = 0; j < 3 * C; ++j) out[j] += acc[j];
@@ -471,8 +478,9 @@ void backward_reduce_cpu(const float* dy, const float* x, const float* A, const 
   });
 }
 
-void backward_apply_cpu(const float* dy, const float* x, const float* A, const float* B, const float* A2,
-                        const float* B2, const float* C2, float* dx, const Shape& s, int act, float alpha) {
+void backward_apply_cpu(const float* dy, const float* x, const float* M, const float* A, const float* B,
+                        const float* A2, const float* B2, const float* C2, float* dx, const Shape& s, int act,
+                        float alpha) {
   if (s.HW == 0 || s.N * s.C == 0) return;
   const Tiling t(s);
   dispatch_norm_act(act, [&](auto a) {
@@ -480,12 +488,14 @@ void backward_apply_cpu(const float* dy, const float* x, const float* A, const f
     for_each_task(s, t, [&](std::int64_t, std::int64_t row, std::int64_t lo, std::int64_t hi) {
       if (!s.channels_last) {
         const std::int64_t off = row * s.HW + lo;
-        bwd_apply_run<K>(dx + off, dy + off, x + off, hi - lo, A[row], B[row], A2[row], B2[row], C2[row], alpha);
+        bwd_apply_run<K>(dx + off, dy + off, x + off, hi - lo, M[row], A[row], B[row], A2[row], B2[row], C2[row],
+                         alpha);
       } else {
         const std::int64_t nC = row * s.C;
         for (std::int64_t i = lo; i < hi; ++i) {
           const std::int64_t off = (row * s.HW + i) * s.C;
-          bwd_apply_row<K>(dx + off, dy + off, x + off, s.C, A + nC, B + nC, A2 + nC, B2 + nC, C2 + nC, alpha);
+          bwd_apply_row<K>(dx + off, dy + off, x + off, s.C, M + nC, A + nC, B + nC, A2 + nC, B2 + nC, C2 + nC,
+                           alpha);
         }
       }
     });
@@ -494,7 +504,8 @@ void backward_apply_cpu(const float* dy, const float* x, const float* A, const f
 
 void group_coefficients_cpu(const double* mean, const double* m2, std::int64_t N, std::int64_t C, std::int64_t G,
                             std::int64_t HW, double eps, const float* weight, const float* bias, const float* temb,
-                            const float* scale, const float* shift, float* A, float* B, float* gmean, float* grstd) {
+                            const float* scale, const float* shift, float* M, float* A, float* B, float* gmean,
+                            float* grstd) {
   const std::int64_t Cg = C / G;
   for (std::int64_t n = 0; n < N; ++n) {
     for (std::int64_t g = 0; g < G; ++g) {
@@ -508,13 +519,12 @@ void group_coefficients_cpu(const double* mean, const double* m2, std::int64_t N
       grstd[n * G + g] = static_cast<float>(rstd);
       for (std::int64_t c = g * Cg; c < (g + 1) * Cg; ++c) {
         const std::int64_t nc = n * C + c;
-        // h = ((x + temb - mean) * rstd * w + b) * (1 + scale) + shift = x * A + B
+        // h = ((x + temb - mean) * rstd * w + b) * (1 + scale) + shift = (x - M) * A + B
         const double wt = weight ? weight[c] : 1.0, bs = bias ? bias[c] : 0.0;
         const double sc = 1.0 + (scale ? scale[nc] : 0.0), sh = shift ? shift[nc] : 0.0;
-        const double a = rstd * wt;
-        const double b = ((temb ? temb[nc] : 0.0) - w.mean) * a + bs;
-        A[nc] = static_cast<float>(a * sc);
-        B[nc] = static_cast<float>(b * sc + sh);
+        M[nc] = static_cast<float>(w.mean - (temb ? temb[nc] : 0.0));
+        A[nc] = static_cast<float>(rstd * wt * sc);
+        B[nc] = static_cast<float>(bs * sc + sh);
       }
     }
   }

@@ -2,9 +2,9 @@
 time-embedding bias, scale-shift and residual of diffusion UNets).
 
 Kernels see both norms as the same passes (csrc/norm/norm.h): per-(n, c) statistics of x; then
-y = act(x * A + B) with small per-(n, c) coefficient tables A, B folding mean, rstd, weight, bias,
-temb, scale and shift; backward recomputes h = x * A + B instead of saving it, reduces per-(n, c)
-sums of g = dy * act'(h), and applies dx = g * A2 + x * B2 + C2. The table arithmetic is O(N * C)
+y = act((x - M) * A + B) with small per-(n, c) coefficient tables M, A, B folding mean, rstd,
+weight, bias, temb, scale and shift; backward recomputes h instead of saving it, reduces per-(n, c)
+sums of g = dy * act'(h), and applies dx = g * A2 + (x - M) * B2 + C2. The table arithmetic is O(N * C)
 and lives here in torch (float64), shared by the triton and cuda backends; the CPU forward of
 GroupNorm does it in C++ to avoid a dozen small torch calls on a path that takes ~1 ms.
 
@@ -298,8 +298,8 @@ def _nc_or(t, N, C, fill, dtype, device):
 
 
 def _gn_tables(x, mean, rstd, G, w, b, temb, scale, shift, dt):
-    """Per-(n, c) tables in dtype dt: xhat = x * P + Q and h = x * A + B, plus the pieces the
-    gradient formulas need."""
+    """Per-(n, c) tables in dtype dt: xhat = (x - M) * P and h = (x - M) * A + B, plus the pieces
+    the gradient formulas need."""
     N, C = x.shape[:2]
     dev = x.device
     rs = rstd.to(dt).repeat_interleave(C // G, dim=1)
@@ -308,11 +308,8 @@ def _gn_tables(x, mean, rstd, G, w, b, temb, scale, shift, dt):
     bs = _nc_or(b, N, C, 0.0, dt, dev)
     sc1 = 1 + _nc_or(scale, N, C, 0.0, dt, dev)
     sh = _nc_or(shift, N, C, 0.0, dt, dev)
-    P = rs
-    Q = (_nc_or(temb, N, C, 0.0, dt, dev) - mu) * rs
-    A = P * wt * sc1
-    B = (Q * wt + bs) * sc1 + sh
-    return dict(P=P, Q=Q, A=A, B=B, rs=rs, wt=wt, bs=bs, sc1=sc1)
+    M = mu - _nc_or(temb, N, C, 0.0, dt, dev)
+    return dict(M=M, P=rs, A=rs * wt * sc1, B=bs * sc1 + sh, rs=rs, wt=wt, bs=bs, sc1=sc1)
 
 
 def _gn_param_grads(sums, tb, x, G):
@@ -321,7 +318,7 @@ def _gn_param_grads(sums, tb, x, G):
     HW = math.prod(x.shape[2:])
     Sg, Sgxh, Sxh = sums[0], sums[1], sums[2]
     rs, wt, bs, sc1 = tb["rs"], tb["wt"], tb["bs"], tb["sc1"]
-    dshift = Sg
+    dshift = Sg.clone()  # outputs must not share storage
     dscale = wt * Sgxh + bs * Sg
     Su, Suxh = sc1 * Sg, sc1 * Sgxh  # gradient at the affine output
     dw = Suxh.sum(0)
@@ -329,10 +326,10 @@ def _gn_param_grads(sums, tb, x, G):
     cnt = max((C // G) * HW, 1)
     c1 = (wt * Su).reshape(N, G, -1).sum(-1).repeat_interleave(C // G, dim=1) / cnt
     c2 = (wt * Suxh).reshape(N, G, -1).sum(-1).repeat_interleave(C // G, dim=1) / cnt
-    # dx = rs * (wt * sc1 * g - c1 - c2 * xhat), xhat = x * P + Q
+    # dx = rs * (wt * sc1 * g - c1 - c2 * xhat), xhat = (x - M) * P
     A2 = rs * wt * sc1
     B2 = -rs * c2 * tb["P"]
-    C2 = -rs * c2 * tb["Q"] - rs * c1
+    C2 = -rs * c1
     dtemb = A2 * Sg - rs * c2 * Sxh - rs * c1 * HW
     return (A2, B2, C2), dw, db, dtemb, dscale, dshift
 
@@ -342,9 +339,8 @@ def _bn_tables(x, mean, var, w, b, eps, dt):
     rs = torch.rsqrt(var.to(dt) + eps)
     wt = w.to(dt) if w is not None else torch.ones(C, dtype=dt, device=x.device)
     bs = b.to(dt) if b is not None else torch.zeros(C, dtype=dt, device=x.device)
-    P = rs.expand(N, C)
-    Q = (-mean.to(dt) * rs).expand(N, C)
-    return dict(P=P, Q=Q, A=P * wt, B=Q * wt + bs, rs=rs, wt=wt)
+    return dict(M=mean.to(dt).expand(N, C), P=rs.expand(N, C), A=(rs * wt).expand(N, C), B=bs.expand(N, C), rs=rs,
+                wt=wt)
 
 
 class _Kernels(Protocol):
@@ -352,11 +348,11 @@ class _Kernels(Protocol):
 
     def stats(self, x, N, C, HW, cl) -> tuple[Tensor, Tensor]: ...  # per-(n, c) mean, m2: (N, C)
 
-    def apply(self, x, A, B, res, N, C, HW, cl, act, alpha) -> Tensor: ...
+    def apply(self, x, M, A, B, res, N, C, HW, cl, act, alpha) -> Tensor: ...
 
-    def bwd_reduce(self, dy, x, A, B, P, Q, N, C, HW, cl, act, alpha) -> Tensor: ...  # (3, N, C)
+    def bwd_reduce(self, dy, x, M, A, B, P, N, C, HW, cl, act, alpha) -> Tensor: ...  # (3, N, C)
 
-    def bwd_apply(self, dy, x, A, B, A2, B2, C2, N, C, HW, cl, act, alpha) -> Tensor: ...
+    def bwd_apply(self, dy, x, M, A, B, A2, B2, C2, N, C, HW, cl, act, alpha) -> Tensor: ...
 
 
 def _f32(t, like=None):
@@ -377,7 +373,7 @@ def _gn_forward(k: _Kernels, x, G, w, b, eps, act, alpha, temb, scale, shift, re
     rstd = torch.rsqrt(m2g / max((C // G) * HW, 1) + eps)
     tb = _gn_tables(x, mg, rstd, G, w, b, temb, scale, shift, dt)
     res = None if residual is None else T.like(residual.to(x.dtype), x)
-    y = k.apply(x, _f32(tb["A"], x), _f32(tb["B"], x), res, N, C, HW, cl, act, alpha)
+    y = k.apply(x, _f32(tb["M"], x), _f32(tb["A"], x), _f32(tb["B"], x), res, N, C, HW, cl, act, alpha)
     return y, mg.to(_stat_dtype(x)), rstd.to(_stat_dtype(x))
 
 
@@ -386,10 +382,10 @@ def _gn_backward_k(k: _Kernels, dy, x, mean, rstd, G, w, b, eps, act, alpha, tem
     dy = T.like(dy.to(x.dtype), x)
     dt = torch.float64
     tb = _gn_tables(x, mean, rstd, G, w, b, temb, scale, shift, dt)
-    A, B = _f32(tb["A"], x), _f32(tb["B"], x)
-    sums = k.bwd_reduce(dy, x, A, B, _f32(tb["P"], x), _f32(tb["Q"], x), N, C, HW, cl, act, alpha).to(dt)
+    M, A, B = _f32(tb["M"], x), _f32(tb["A"], x), _f32(tb["B"], x)
+    sums = k.bwd_reduce(dy, x, M, A, B, _f32(tb["P"], x), N, C, HW, cl, act, alpha).to(dt)
     (A2, B2, C2), dw, db, dtemb, dscale, dshift = _gn_param_grads(sums, tb, x, G)
-    dx = k.bwd_apply(dy, x, A, B, _f32(A2, x), _f32(B2, x), _f32(C2, x), N, C, HW, cl, act, alpha)
+    dx = k.bwd_apply(dy, x, M, A, B, _f32(A2, x), _f32(B2, x), _f32(C2, x), N, C, HW, cl, act, alpha)
     return tuple([dx] + [g.to(_stat_dtype(x)) for g in (dw, db, dtemb, dscale, dshift)])
 
 
@@ -407,7 +403,7 @@ def _bn_forward(k: _Kernels, x, w, b, rm, rv, training, eps, act, alpha, residua
             mean, var = mean.clone(), var.clone()
     tb = _bn_tables(x, mean, var, w, b, eps, dt)
     res = None if residual is None else T.like(residual.to(x.dtype), x)
-    y = k.apply(x, _f32(tb["A"], x), _f32(tb["B"], x), res, N, C, HW, cl, act, alpha)
+    y = k.apply(x, _f32(tb["M"], x), _f32(tb["A"], x), _f32(tb["B"], x), res, N, C, HW, cl, act, alpha)
     return y, mean.to(_stat_dtype(x)), var.to(_stat_dtype(x))
 
 
@@ -416,19 +412,19 @@ def _bn_backward_k(k: _Kernels, dy, x, mean, var, w, b, training, eps, act, alph
     dy = T.like(dy.to(x.dtype), x)
     dt = torch.float64
     tb = _bn_tables(x, mean, var, w, b, eps, dt)
-    A, B = _f32(tb["A"], x), _f32(tb["B"], x)
-    sums = k.bwd_reduce(dy, x, A, B, _f32(tb["P"], x), _f32(tb["Q"], x), N, C, HW, cl, act, alpha).to(dt).sum(1)
-    Sg, Sgxh = sums[0], sums[1]
+    M, A, B = _f32(tb["M"], x), _f32(tb["A"], x), _f32(tb["B"], x)
+    sums = k.bwd_reduce(dy, x, M, A, B, _f32(tb["P"], x), N, C, HW, cl, act, alpha).to(dt).sum(1)
+    Sg, Sgxh = sums[0].clone(), sums[1].clone()  # outputs must not share storage
     rs, wt = tb["rs"], tb["wt"]
     A2 = (rs * wt).expand(N, C)
     if training:
         cnt = max(N * HW, 1)
         c1, c2 = wt * Sg / cnt, wt * Sgxh / cnt
         B2 = (-rs * c2 * rs).expand(N, C)
-        C2 = (-rs * c2 * -mean.to(dt) * rs - rs * c1).expand(N, C)
+        C2 = (-rs * c1).expand(N, C)
     else:
         B2 = C2 = torch.zeros_like(A2)
-    dx = k.bwd_apply(dy, x, A, B, _f32(A2, x), _f32(B2, x), _f32(C2, x), N, C, HW, cl, act, alpha)
+    dx = k.bwd_apply(dy, x, M, A, B, _f32(A2, x), _f32(B2, x), _f32(C2, x), N, C, HW, cl, act, alpha)
     return dx, Sgxh.to(_stat_dtype(x)), Sg.to(_stat_dtype(x))
 
 
@@ -454,26 +450,26 @@ class _TorchKernels:
         mean = xf.mean(-1)
         return mean, (xf - mean[..., None]).pow(2).sum(-1)
 
-    def apply(self, x, A, B, res, N, C, HW, cl, act, alpha):
-        xf = ref._upcast(x).reshape(N, C, -1)
-        y = ref_acts.get(act).fn(xf * self._v(A, N, C) + self._v(B, N, C), alpha)
+    def apply(self, x, M, A, B, res, N, C, HW, cl, act, alpha):
+        u = ref._upcast(x).reshape(N, C, -1) - self._v(M, N, C)
+        y = ref_acts.get(act).fn(u * self._v(A, N, C) + self._v(B, N, C), alpha)
         if res is not None:
             y = y + ref._upcast(res).reshape(N, C, -1)
         return y.to(x.dtype).reshape(x.shape)
 
-    def _g(self, dy, x, A, B, N, C, act, alpha):
-        xf = ref._upcast(x).reshape(N, C, -1)
-        h = xf * self._v(A, N, C) + self._v(B, N, C)
-        return xf, ref._upcast(dy).reshape(N, C, -1) * ref_acts.get(act).grad(h, alpha)
+    def _g(self, dy, x, M, A, B, N, C, act, alpha):
+        u = ref._upcast(x).reshape(N, C, -1) - self._v(M, N, C)
+        h = u * self._v(A, N, C) + self._v(B, N, C)
+        return u, ref._upcast(dy).reshape(N, C, -1) * ref_acts.get(act).grad(h, alpha)
 
-    def bwd_reduce(self, dy, x, A, B, P, Q, N, C, HW, cl, act, alpha):
-        xf, g = self._g(dy, x, A, B, N, C, act, alpha)
-        xh = xf * self._v(P, N, C) + self._v(Q, N, C)
+    def bwd_reduce(self, dy, x, M, A, B, P, N, C, HW, cl, act, alpha):
+        u, g = self._g(dy, x, M, A, B, N, C, act, alpha)
+        xh = u * self._v(P, N, C)
         return torch.stack([g.sum(-1), (g * xh).sum(-1), xh.sum(-1)])
 
-    def bwd_apply(self, dy, x, A, B, A2, B2, C2, N, C, HW, cl, act, alpha):
-        xf, g = self._g(dy, x, A, B, N, C, act, alpha)
-        dx = g * self._v(A2, N, C) + xf * self._v(B2, N, C) + self._v(C2, N, C)
+    def bwd_apply(self, dy, x, M, A, B, A2, B2, C2, N, C, HW, cl, act, alpha):
+        u, g = self._g(dy, x, M, A, B, N, C, act, alpha)
+        dx = g * self._v(A2, N, C) + u * self._v(B2, N, C) + self._v(C2, N, C)
         return dx.to(x.dtype).reshape(x.shape)
 
 
@@ -489,22 +485,22 @@ class _CpuKernels:
         _native.cpu.norm_channel_stats(x.data_ptr(), N, C, HW, cl, st[0].data_ptr(), st[1].data_ptr())
         return st[0], st[1]
 
-    def apply(self, x, A, B, res, N, C, HW, cl, act, alpha):
+    def apply(self, x, M, A, B, res, N, C, HW, cl, act, alpha):
         y = T.empty_like(x)
-        _native.cpu.norm_apply(x.data_ptr(), A.data_ptr(), B.data_ptr(), _native.ptr(res), y.data_ptr(), N, C, HW,
+        _native.cpu.norm_apply(x.data_ptr(), M.data_ptr(), A.data_ptr(), B.data_ptr(), _native.ptr(res), y.data_ptr(), N, C, HW,
                                cl, ref_acts.get(act).code, alpha)
         return y
 
-    def bwd_reduce(self, dy, x, A, B, P, Q, N, C, HW, cl, act, alpha):
+    def bwd_reduce(self, dy, x, M, A, B, P, N, C, HW, cl, act, alpha):
         sums = torch.empty((3, N, C), dtype=torch.float64)
-        _native.cpu.norm_backward_reduce(dy.data_ptr(), x.data_ptr(), A.data_ptr(), B.data_ptr(), P.data_ptr(),
-                                         Q.data_ptr(), N, C, HW, cl, ref_acts.get(act).code, alpha,
+        _native.cpu.norm_backward_reduce(dy.data_ptr(), x.data_ptr(), M.data_ptr(), A.data_ptr(), B.data_ptr(),
+                                         P.data_ptr(), N, C, HW, cl, ref_acts.get(act).code, alpha,
                                          sums.data_ptr())
         return sums
 
-    def bwd_apply(self, dy, x, A, B, A2, B2, C2, N, C, HW, cl, act, alpha):
+    def bwd_apply(self, dy, x, M, A, B, A2, B2, C2, N, C, HW, cl, act, alpha):
         dx = T.empty_like(x)
-        _native.cpu.norm_backward_apply(dy.data_ptr(), x.data_ptr(), A.data_ptr(), B.data_ptr(), A2.data_ptr(),
+        _native.cpu.norm_backward_apply(dy.data_ptr(), x.data_ptr(), M.data_ptr(), A.data_ptr(), B.data_ptr(), A2.data_ptr(),
                                         B2.data_ptr(), C2.data_ptr(), dx.data_ptr(), N, C, HW, cl,
                                         ref_acts.get(act).code, alpha)
         return dx
@@ -518,12 +514,12 @@ def _gn_forward_cpu(x, G, w, b, eps, act, alpha, temb, scale, shift, residual):
     x, N, C, HW, cl = _layout(x)
     res = None if residual is None else T.like(residual.to(x.dtype), x)
     y = T.empty_like(x)
-    tables = torch.empty((2, N, C), dtype=torch.float32)
+    tables = torch.empty((3, N, C), dtype=torch.float32)
     mean, rstd = torch.empty((N, G), dtype=torch.float32), torch.empty((N, G), dtype=torch.float32)
     scratch = torch.empty((2, N, C), dtype=torch.float64)
     w, b, temb, scale, shift = (_f32(t) for t in (w, b, temb, scale, shift))  # kept alive across the call
     _native.cpu.group_norm_forward(x.data_ptr(), N, C, HW, cl, G, eps, _native.ptr(w), _native.ptr(b),
                                    _native.ptr(temb), _native.ptr(scale), _native.ptr(shift), _native.ptr(res),
-                                   y.data_ptr(), tables[0].data_ptr(), tables[1].data_ptr(), mean.data_ptr(),
+                                   y.data_ptr(), tables.data_ptr(), mean.data_ptr(),
                                    rstd.data_ptr(), scratch.data_ptr(), ref_acts.get(act).code, alpha)
     return y, mean, rstd
