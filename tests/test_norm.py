@@ -151,6 +151,25 @@ def test_group_norm_act_statistics(backend):
     assert_close(rstd, torch.rsqrt(xg.var(-1, unbiased=False) + 1e-5), what="rstd")
 
 
+@pytest.mark.parametrize("cl", [False, True])
+def test_triton_split_reduction(monkeypatch, cl):
+    """Few (sample, channel-block) programs: the positions are split across programs and merged."""
+    skip_unless_runnable("group_norm_act", "triton", "cpu")
+    from gankern.triton import norm as tk
+    monkeypatch.setattr(tk, "INTERPRETER_PROGRAMS", 64)
+    assert tk._tiling(1, 8, 40 * 33, cl, torch.device("cpu"))[3] > 1
+    x, p = _gn_inputs((1, 8, 40, 33), 2, ("temb", "scale"), cl, "cpu")
+    dy = torch.randn(x.shape, generator=torch.Generator().manual_seed(5))
+    with use_backend("triton"):
+        got = _grads(lambda t: gankern.group_norm_act(t.pop("x"), 2, act="silu", **t), x, p, dy)
+        y = gankern.group_norm_act(x, 2, act="silu", **p)
+    assert_close(y, _ref64(x, 2, p, "silu"))
+    want = _grads(lambda t: _ref64(t.pop("x"), 2, t, "silu"), x.double(), {k: v.double() for k, v in p.items()},
+                  dy.double())
+    for k in want:
+        assert_close(got[k], want[k], what=f"d{k}", scale=_grad_scale(k, want))
+
+
 def test_group_norm_act_empty_and_noncontiguous():
     x = torch.randn(3, 8, 10, 6)[:, :, ::2, 1:]  # neither contiguous nor channels_last
     y = gankern.group_norm_act(x, 4, act="gelu")

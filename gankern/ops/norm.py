@@ -523,3 +523,36 @@ def _gn_forward_cpu(x, G, w, b, eps, act, alpha, temb, scale, shift, residual):
                                    y.data_ptr(), tables.data_ptr(), mean.data_ptr(),
                                    rstd.data_ptr(), scratch.data_ptr(), ref_acts.get(act).code, alpha)
     return y, mean, rstd
+
+
+# ---- triton ----------------------------------------------------------------------------------
+
+class _TritonKernels:
+    @staticmethod
+    def _tk():
+        from ..triton import norm as tk
+        return tk
+
+    def stats(self, x, N, C, HW, cl):
+        if HW == 0:
+            z = torch.zeros((N, C), dtype=torch.float64, device=x.device)
+            return z, z.clone()
+        mean_s, m2_s, counts = self._tk().channel_stats(x, N, C, HW, cl)
+        cnt = counts[:, None, None]
+        mean_s = mean_s.double()
+        mean = (cnt * mean_s).sum(0) / HW  # Chan's merge of the splits
+        return mean, m2_s.double().sum(0) + (cnt * (mean_s - mean).pow(2)).sum(0)
+
+    def apply(self, x, M, A, B, res, N, C, HW, cl, act, alpha):
+        return self._tk().pointwise(None, x, res, T.empty_like(x), M, A, B, None, None, None, C, HW, cl,
+                                    ref_acts.get(act).code, alpha)
+
+    def bwd_reduce(self, dy, x, M, A, B, P, N, C, HW, cl, act, alpha):
+        return self._tk().backward_reduce(dy, x, M, A, B, P, N, C, HW, cl, ref_acts.get(act).code, alpha)
+
+    def bwd_apply(self, dy, x, M, A, B, A2, B2, C2, N, C, HW, cl, act, alpha):
+        return self._tk().pointwise(dy, x, None, T.empty_like(x), M, A, B, A2, B2, C2, C, HW, cl,
+                                    ref_acts.get(act).code, alpha)
+
+
+_register_kernels("triton", _TritonKernels())
