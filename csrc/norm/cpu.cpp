@@ -122,20 +122,6 @@ inline T grad(T z, float alpha) {
   return one;
 }
 
-// The activations group/batch norm support (gankern/ops/norm.py checks the same list).
-template <typename F>
-void dispatch_norm_act(int act, F&& f) {
-  switch (act) {
-    case kLinear: f(std::integral_constant<int, kLinear>{}); break;
-    case kRelu: f(std::integral_constant<int, kRelu>{}); break;
-    case kLrelu: f(std::integral_constant<int, kLrelu>{}); break;
-    case kSwish: f(std::integral_constant<int, kSwish>{}); break;
-    case kGelu: f(std::integral_constant<int, kGelu>{}); break;
-    case kGeluTanh: f(std::integral_constant<int, kGeluTanh>{}); break;
-    default: throw std::invalid_argument("gankern norm: unsupported activation code " + std::to_string(act));
-  }
-}
-
 // How tasks cover x. NCHW: task t is chunk (t % per_row) of row (t / per_row). Channels_last: task t
 // is rows [r0, r1) of sample t / per_row, each row C consecutive channels.
 struct Tiling {

@@ -26,6 +26,20 @@ struct Shape {
   bool channels_last;
 };
 
+// The activations the norm kernels support (gankern/ops/norm.py: ACTS), as compile-time constants.
+template <typename F>
+inline void dispatch_norm_act(int act, F&& f) {
+  switch (act) {
+    case kLinear: f(std::integral_constant<int, kLinear>{}); break;
+    case kRelu: f(std::integral_constant<int, kRelu>{}); break;
+    case kLrelu: f(std::integral_constant<int, kLrelu>{}); break;
+    case kSwish: f(std::integral_constant<int, kSwish>{}); break;
+    case kGelu: f(std::integral_constant<int, kGelu>{}); break;
+    case kGeluTanh: f(std::integral_constant<int, kGeluTanh>{}); break;
+    default: throw std::invalid_argument("gankern norm: unsupported activation code " + std::to_string(act));
+  }
+}
+
 void channel_stats_cpu(const float* x, const Shape& s, double* mean, double* m2);
 void apply_cpu(const float* x, const float* M, const float* A, const float* B, const float* res, float* y,
                const Shape& s, int act, float alpha);
@@ -42,14 +56,19 @@ void group_coefficients_cpu(const double* mean, const double* m2, std::int64_t N
                             const float* scale, const float* shift, float* M, float* A, float* B, float* gmean,
                             float* grstd);
 
-// CUDA: x/y/res/dy/dx in storage dtype `dtype` (gk::DType), tables fp32, sums/stats fp32.
-// stats: per-(n, c) mean and m2 (the split partials are merged on the device).
-void channel_stats_cuda(const void* x, const Shape& s, float* mean, float* m2, int dtype, std::uintptr_t stream);
+// CUDA: x/y/res/dy/dx in storage dtype `dtype` (gk::DType), tables fp32. The reductions split the
+// positions of each (n, c) into chunks of `chunk` positions (cuda_split_chunk picks it so the grid
+// fills the GPU) and write one fp32 partial per chunk: part[s][k][n*C + c], k = 0..1 (mean, m2 of
+// the chunk) for stats, k = 0..2 (sums of g, g*xh, xh) for the backward reduction. The caller
+// merges the S = ceil(HW / chunk) partials (Chan's formula / sums): deterministic, no atomics.
+std::int64_t cuda_split_chunk(const Shape& s);
+void channel_stats_cuda(const void* x, const Shape& s, std::int64_t chunk, float* part, int dtype,
+                        std::uintptr_t stream);
 void apply_cuda(const void* x, const float* M, const float* A, const float* B, const void* res, void* y,
                 const Shape& s, int act, float alpha, int dtype, std::uintptr_t stream);
 void backward_reduce_cuda(const void* dy, const void* x, const float* M, const float* A, const float* B,
-                          const float* P, const Shape& s, int act, float alpha, float* sums, int dtype,
-                          std::uintptr_t stream);
+                          const float* P, const Shape& s, int act, float alpha, std::int64_t chunk, float* part,
+                          int dtype, std::uintptr_t stream);
 void backward_apply_cuda(const void* dy, const void* x, const float* M, const float* A, const float* B,
                          const float* A2, const float* B2, const float* C2, void* dx, const Shape& s, int act,
                          float alpha, int dtype, std::uintptr_t stream);

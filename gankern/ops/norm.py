@@ -556,3 +556,59 @@ class _TritonKernels:
 
 
 _register_kernels("triton", _TritonKernels())
+
+
+# ---- cuda ------------------------------------------------------------------------------------
+
+class _CudaKernels:
+    """Launchers of csrc/norm/cuda.cu. Reductions return per-split fp32 partials, merged here."""
+
+    def _splits(self, N, C, HW, cl):
+        chunk = _native.cuda.norm_split_chunk(N, C, HW, cl)
+        return chunk, -(-HW // chunk)
+
+    def stats(self, x, N, C, HW, cl):
+        if HW == 0 or N * C == 0:
+            z = torch.zeros((N, C), dtype=torch.float64, device=x.device)
+            return z, z.clone()
+        chunk, S = self._splits(N, C, HW, cl)
+        part = torch.empty((S, 2, N, C), dtype=torch.float32, device=x.device)
+        with torch.cuda.device(x.device):
+            _native.cuda.norm_channel_stats(x.data_ptr(), N, C, HW, cl, chunk, part.data_ptr(), _native.dtype_code(x),
+                                            _native.cuda_stream(x))
+        cnt = torch.tensor([min(HW, (s + 1) * chunk) - s * chunk for s in range(S)], dtype=torch.float64,
+                           device=x.device)[:, None, None]
+        mean_s, m2_s = part[:, 0].double(), part[:, 1].double()
+        mean = (cnt * mean_s).sum(0) / HW  # Chan's merge of the splits
+        return mean, m2_s.sum(0) + (cnt * (mean_s - mean).pow(2)).sum(0)
+
+    def apply(self, x, M, A, B, res, N, C, HW, cl, act, alpha):
+        y = T.empty_like(x)
+        with torch.cuda.device(x.device):
+            _native.cuda.norm_apply(x.data_ptr(), M.data_ptr(), A.data_ptr(), B.data_ptr(), _native.ptr(res),
+                                    y.data_ptr(), N, C, HW, cl, ref_acts.get(act).code, alpha, _native.dtype_code(x),
+                                    _native.cuda_stream(x))
+        return y
+
+    def bwd_reduce(self, dy, x, M, A, B, P, N, C, HW, cl, act, alpha):
+        if HW == 0 or N * C == 0:
+            return torch.zeros((3, N, C), dtype=torch.float32, device=x.device)
+        chunk, S = self._splits(N, C, HW, cl)
+        part = torch.empty((S, 3, N, C), dtype=torch.float32, device=x.device)
+        with torch.cuda.device(x.device):
+            _native.cuda.norm_backward_reduce(dy.data_ptr(), x.data_ptr(), M.data_ptr(), A.data_ptr(), B.data_ptr(),
+                                              P.data_ptr(), N, C, HW, cl, ref_acts.get(act).code, alpha, chunk,
+                                              part.data_ptr(), _native.dtype_code(x), _native.cuda_stream(x))
+        return part.sum(0)
+
+    def bwd_apply(self, dy, x, M, A, B, A2, B2, C2, N, C, HW, cl, act, alpha):
+        dx = T.empty_like(x)
+        with torch.cuda.device(x.device):
+            _native.cuda.norm_backward_apply(dy.data_ptr(), x.data_ptr(), M.data_ptr(), A.data_ptr(), B.data_ptr(),
+                                             A2.data_ptr(), B2.data_ptr(), C2.data_ptr(), dx.data_ptr(), N, C, HW, cl,
+                                             ref_acts.get(act).code, alpha, _native.dtype_code(x),
+                                             _native.cuda_stream(x))
+        return dx
+
+
+_register_kernels("cuda", _CudaKernels())
