@@ -1,4 +1,5 @@
 """nn.Module layers whose hot paths call gankern's fused ops."""
 from .bias_act import BiasAct
+from .norm import Activation, BatchNormAct2d, ConvNormAct, GroupNormAct
 
-__all__ = ["BiasAct"]
+__all__ = ["BiasAct", "GroupNormAct", "BatchNormAct2d", "ConvNormAct", "Activation"]
