@@ -170,6 +170,28 @@ def test_triton_split_reduction(monkeypatch, cl):
         assert_close(got[k], want[k], what=f"d{k}", scale=_grad_scale(k, want))
 
 
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("cl", [False, True])
+def test_cpu_activation_passes(act, cl):
+    """The CPU kernels' own activation code (vector body and scalar tail, both layouts) against the
+    reference activation and derivative, far into the tails, with inf and NaN."""
+    skip_unless_runnable("group_norm_act", "cpu", "cpu")
+    from gankern.ops.norm import _CpuKernels
+    from gankern.reference.activations import get
+    z = torch.cat([torch.linspace(-30, 30, 197), torch.tensor([float("inf"), -float("inf"), float("nan")])])
+    n = z.numel()
+    x = z.reshape(1, n, 1) if cl else z.reshape(1, 1, n)
+    C, HW = (n, 1) if cl else (1, n)
+    ones, zeros = torch.ones(1, C), torch.zeros(1, C)
+    k = _CpuKernels()
+    y = k.apply(x, zeros, ones, zeros, None, 1, C, HW, cl, act, 0.2).flatten()
+    d = k.bwd_apply(torch.ones_like(x), x, zeros, ones, zeros, ones, zeros, zeros, 1, C, HW, cl, act, 0.2).flatten()
+    a = get(act)
+    fin = torch.isfinite(z)
+    assert_close(y, a.fn(z.double(), 0.2), what="act")
+    assert_close(d[fin], a.grad(z.double(), 0.2)[fin], what="act'")
+
+
 def test_group_norm_act_empty_and_noncontiguous():
     x = torch.randn(3, 8, 10, 6)[:, :, ::2, 1:]  # neither contiguous nor channels_last
     y = gankern.group_norm_act(x, 4, act="gelu")

@@ -16,8 +16,12 @@
 
 #include "norm/norm.h"
 
+// Every helper taking or returning a vector is force-inlined: an out-of-line call from an AVX clone
+// into a helper compiled for the baseline target passes 32-byte vectors by a different ABI and
+// reads garbage (GCC's -Wpsabi warning). Inlined, each clone compiles the helper for its own ISA.
+#define GK_VINLINE inline __attribute__((always_inline))
 #if defined(__GNUC__)
-#pragma GCC diagnostic ignored "-Wpsabi"  // vector arguments of inlined helpers; no ABI crosses this file
+#pragma GCC diagnostic ignored "-Wpsabi"
 #endif
 
 namespace gk::norm {
@@ -34,22 +38,22 @@ typedef float vf __attribute__((vector_size(32)));
 typedef std::int32_t vi __attribute__((vector_size(32)));
 constexpr int kV = 8;
 
-inline vf load(const float* p) {
+GK_VINLINE vf load(const float* p) {
   vf v;
   std::memcpy(&v, p, sizeof(v));
   return v;
 }
-inline void store(float* p, vf v) { std::memcpy(p, &v, sizeof(v)); }
-inline vf splat(float a) { return vf{} + a; }
-inline vi to_int(vf x) { return __builtin_convertvector(x, vi); }
-inline std::int32_t to_int(float x) { return static_cast<std::int32_t>(x); }
-inline vf bits_to_float(vi x) { return (vf)x; }  // a vector cast reinterprets the bits
-inline float bits_to_float(std::int32_t x) {
+GK_VINLINE void store(float* p, vf v) { std::memcpy(p, &v, sizeof(v)); }
+GK_VINLINE vf splat(float a) { return vf{} + a; }
+GK_VINLINE vi to_int(vf x) { return __builtin_convertvector(x, vi); }
+GK_VINLINE std::int32_t to_int(float x) { return static_cast<std::int32_t>(x); }
+GK_VINLINE vf bits_to_float(vi x) { return (vf)x; }  // a vector cast reinterprets the bits
+GK_VINLINE float bits_to_float(std::int32_t x) {
   float f;
   std::memcpy(&f, &x, sizeof(f));
   return f;
 }
-inline float hsum(vf v) {
+GK_VINLINE float hsum(vf v) {
   float s = 0.f;
   for (int l = 0; l < kV; ++l) s += v[l];
   return s;
@@ -58,7 +62,7 @@ inline float hsum(vf v) {
 // Cephes expf polynomial as gk::exp_f32, with round-to-nearest by the 1.5 * 2^23 trick instead of
 // floor (same reduction range, and vectorizable).
 template <typename T>
-inline T vexp(T x) {
+GK_VINLINE T vexp(T x) {
   const float hi = 88.3762626647949f, lo = -87.3365447504019f;
   T xc = x > hi ? T{} + hi : x;
   xc = xc < lo ? T{} + lo : xc;
@@ -83,7 +87,7 @@ inline T vexp(T x) {
 // the caller's multiply by z. Horner's rule on purpose: Estrin's scheme forms x^16, which is
 // subnormal for |x| < 0.004 and costs a microcode assist per vector (30x slower on random data).
 template <typename T>
-inline T tanh_rational(T x) {
+GK_VINLINE T tanh_rational(T x) {
   const float lim = 7.90531110763549805f;
   x = x < lim ? x : T{} + lim;
   x = x > -lim ? x : T{} - lim;
@@ -101,16 +105,20 @@ inline T tanh_rational(T x) {
   return p / q;
 }
 
-// sigmoid(z) = (1 + tanh(z / 2)) / 2; |error| < 2e-7 absolute.
+// sigmoid(z) = (1 + tanh(z / 2)) / 2; |error| < 2e-7 absolute. Exactly 0 below -2 * lim (where
+// the rational form stops at ~3e-8), so silu(-inf) = -inf * 0 = NaN as in torch.
 template <typename T>
-inline T vsigmoid(T z) { return tanh_rational(z * 0.5f) * 0.5f + 0.5f; }
+GK_VINLINE T vsigmoid(T z) {
+  const T s = tanh_rational(z * 0.5f) * 0.5f + 0.5f;
+  return z > -15.8106222f ? s : T{};
+}
 
 template <typename T>
-inline T vtanh(T u) { return 1.f - 2.f / (vexp(u * 2.f) + 1.f); }
+GK_VINLINE T vtanh(T u) { return 1.f - 2.f / (vexp(u * 2.f) + 1.f); }
 
 // erf by Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7), odd extension.
 template <typename T>
-inline T verf(T x) {
+GK_VINLINE T verf(T x) {
   const T a = x < 0.f ? -x : x;
   const T t = 1.f / (a * 0.3275911f + 1.f);
   const T p = t * (0.254829592f + t * (-0.284496736f + t * (1.421413741f + t * (-1.453152027f + t * 1.061405429f))));
@@ -119,7 +127,7 @@ inline T verf(T x) {
 }
 
 template <int A, typename T>
-inline T fwd(T z, float alpha) {
+GK_VINLINE T fwd(T z, float alpha) {
   const T zero = T{};
   if constexpr (A == kRelu) return z > 0.f ? z : (z != z ? z : zero);
   if constexpr (A == kLrelu) return z > 0.f ? z : z * alpha;
@@ -130,7 +138,7 @@ inline T fwd(T z, float alpha) {
 }
 
 template <int A, typename T>
-inline T grad(T z, float alpha) {
+GK_VINLINE T grad(T z, float alpha) {
   const T zero = T{}, one = T{} + 1.f;
   if constexpr (A == kRelu) return z > 0.f ? one : zero;
   if constexpr (A == kLrelu) return z > 0.f ? one : zero + alpha;
