@@ -7,6 +7,7 @@
 #include "bias_act/bias_act.h"
 #include "diffusion/diffusion.h"
 #include "vae/vae.h"
+#include "norm/norm.h"
 
 namespace py = pybind11;
 using gk::ptr;
@@ -108,5 +109,53 @@ PYBIND11_MODULE(_C, m) {
     gk::diffusion::loss_backward_cpu(ptr<const float>(mo), ptr<const float>(x0), ptr<const float>(noise),
                                      ptr<const float>(tx), ptr<const float>(tn), ptr<const float>(k), ptr<float>(dmo),
                                      B, S);
+  });
+
+  // ---- norm (group_norm_act, batch_norm_act) ----
+  // Shape: (N, C, HW, channels_last). Tables are fp32 [N*C]; stats and sums are float64.
+  using gk::norm::Shape;
+  m.def("norm_channel_stats", [](uintptr_t x, int64_t N, int64_t C, int64_t HW, bool cl, uintptr_t mean,
+                                 uintptr_t m2) {
+    py::gil_scoped_release nogil;
+    gk::norm::channel_stats_cpu(ptr<const float>(x), Shape{N, C, HW, cl}, ptr<double>(mean), ptr<double>(m2));
+  });
+  m.def("norm_apply", [](uintptr_t x, uintptr_t M, uintptr_t A, uintptr_t B, uintptr_t res, uintptr_t y, int64_t N,
+                         int64_t C, int64_t HW, bool cl, int act, float alpha) {
+    py::gil_scoped_release nogil;
+    gk::norm::apply_cpu(ptr<const float>(x), ptr<const float>(M), ptr<const float>(A), ptr<const float>(B),
+                        ptr<const float>(res), ptr<float>(y), Shape{N, C, HW, cl}, act, alpha);
+  });
+  m.def("norm_backward_reduce", [](uintptr_t dy, uintptr_t x, uintptr_t M, uintptr_t A, uintptr_t B, uintptr_t P,
+                                   int64_t N, int64_t C, int64_t HW, bool cl, int act, float alpha, uintptr_t sums) {
+    py::gil_scoped_release nogil;
+    gk::norm::backward_reduce_cpu(ptr<const float>(dy), ptr<const float>(x), ptr<const float>(M),
+                                  ptr<const float>(A), ptr<const float>(B), ptr<const float>(P), Shape{N, C, HW, cl},
+                                  act, alpha, ptr<double>(sums));
+  });
+  m.def("norm_backward_apply", [](uintptr_t dy, uintptr_t x, uintptr_t M, uintptr_t A, uintptr_t B, uintptr_t A2,
+                                  uintptr_t B2, uintptr_t C2, uintptr_t dx, int64_t N, int64_t C, int64_t HW, bool cl,
+                                  int act, float alpha) {
+    py::gil_scoped_release nogil;
+    gk::norm::backward_apply_cpu(ptr<const float>(dy), ptr<const float>(x), ptr<const float>(M), ptr<const float>(A),
+                                 ptr<const float>(B), ptr<const float>(A2), ptr<const float>(B2), ptr<const float>(C2),
+                                 ptr<float>(dx), Shape{N, C, HW, cl}, act, alpha);
+  });
+  m.def("group_norm_forward", [](uintptr_t x, int64_t N, int64_t C, int64_t HW, bool cl, int64_t G, double eps,
+                                 uintptr_t weight, uintptr_t bias, uintptr_t temb, uintptr_t scale, uintptr_t shift,
+                                 uintptr_t res, uintptr_t y, uintptr_t tables, uintptr_t gmean, uintptr_t grstd,
+                                 uintptr_t scratch, int act, float alpha) {
+    // One call for the whole forward: Python-side table arithmetic would cost more than the
+    // passes themselves at small shapes. tables: 3 * N * C floats; scratch: 2 * N * C doubles.
+    py::gil_scoped_release nogil;
+    const Shape s{N, C, HW, cl};
+    double* mean = ptr<double>(scratch);
+    float* tab = ptr<float>(tables);
+    gk::norm::channel_stats_cpu(ptr<const float>(x), s, mean, mean + N * C);
+    gk::norm::group_coefficients_cpu(mean, mean + N * C, N, C, G, HW, eps, ptr<const float>(weight),
+                                     ptr<const float>(bias), ptr<const float>(temb), ptr<const float>(scale),
+                                     ptr<const float>(shift), tab, tab + N * C, tab + 2 * N * C, ptr<float>(gmean),
+                                     ptr<float>(grstd));
+    gk::norm::apply_cpu(ptr<const float>(x), tab, tab + N * C, tab + 2 * N * C, ptr<const float>(res), ptr<float>(y),
+                        s, act, alpha);
   });
 }

@@ -9,6 +9,7 @@
 #include "bias_act/bias_act.h"
 #include "diffusion/diffusion.h"
 #include "vae/vae.h"
+#include "norm/norm.h"
 
 namespace py = pybind11;
 using gk::ptr;
@@ -58,6 +59,8 @@ PYBIND11_MODULE(_cuda, m) {
                            ptr<const void>(mu), ptr<const void>(lv), ptr<void>(dmu), ptr<void>(dlv),
                            {rows, inner, mu_rs, lv_rs},
                            {static_cast<uint64_t>(seed), static_cast<uint64_t>(offset), lo, hi}, dtype, stream);
+  });
+
   // ---- diffusion (csrc/diffusion/diffusion.h) ----
   m.def("diffusion_step", [](uintptr_t mo, uintptr_t x, uintptr_t hist, uintptr_t noise, uintptr_t rescale,
                              uintptr_t thresh, uintptr_t prev, uintptr_t x0, int64_t B, int64_t S, int64_t mo_stride,
@@ -92,5 +95,36 @@ PYBIND11_MODULE(_cuda, m) {
     gk::diffusion::loss_backward_cuda(ptr<const void>(mo), ptr<const void>(x0), ptr<const void>(noise),
                                       ptr<const float>(tx), ptr<const float>(tn), ptr<const float>(k), ptr<void>(dmo),
                                       B, S, dtype, stream);
+  });
+
+  // ---- norm (group_norm_act, batch_norm_act) ----
+  // Shape: (N, C, HW, channels_last); tables fp32 [N*C]; part: fp32 partials [S][k][N*C] with
+  // S = ceil(HW / chunk), chunk from norm_split_chunk.
+  using gk::norm::Shape;
+  m.def("norm_split_chunk", [](int64_t N, int64_t C, int64_t HW, bool cl) {
+    return gk::norm::cuda_split_chunk(Shape{N, C, HW, cl});
+  });
+  m.def("norm_channel_stats", [](uintptr_t x, int64_t N, int64_t C, int64_t HW, bool cl, int64_t chunk, uintptr_t part,
+                                 int dtype, uintptr_t stream) {
+    gk::norm::channel_stats_cuda(ptr<const void>(x), Shape{N, C, HW, cl}, chunk, ptr<float>(part), dtype, stream);
+  });
+  m.def("norm_apply", [](uintptr_t x, uintptr_t M, uintptr_t A, uintptr_t B, uintptr_t res, uintptr_t y, int64_t N,
+                         int64_t C, int64_t HW, bool cl, int act, float alpha, int dtype, uintptr_t stream) {
+    gk::norm::apply_cuda(ptr<const void>(x), ptr<const float>(M), ptr<const float>(A), ptr<const float>(B),
+                         ptr<const void>(res), ptr<void>(y), Shape{N, C, HW, cl}, act, alpha, dtype, stream);
+  });
+  m.def("norm_backward_reduce", [](uintptr_t dy, uintptr_t x, uintptr_t M, uintptr_t A, uintptr_t B, uintptr_t P,
+                                   int64_t N, int64_t C, int64_t HW, bool cl, int act, float alpha, int64_t chunk,
+                                   uintptr_t part, int dtype, uintptr_t stream) {
+    gk::norm::backward_reduce_cuda(ptr<const void>(dy), ptr<const void>(x), ptr<const float>(M), ptr<const float>(A),
+                                   ptr<const float>(B), ptr<const float>(P), Shape{N, C, HW, cl}, act, alpha, chunk,
+                                   ptr<float>(part), dtype, stream);
+  });
+  m.def("norm_backward_apply", [](uintptr_t dy, uintptr_t x, uintptr_t M, uintptr_t A, uintptr_t B, uintptr_t A2,
+                                  uintptr_t B2, uintptr_t C2, uintptr_t dx, int64_t N, int64_t C, int64_t HW, bool cl,
+                                  int act, float alpha, int dtype, uintptr_t stream) {
+    gk::norm::backward_apply_cuda(ptr<const void>(dy), ptr<const void>(x), ptr<const float>(M), ptr<const float>(A),
+                                  ptr<const float>(B), ptr<const float>(A2), ptr<const float>(B2),
+                                  ptr<const float>(C2), ptr<void>(dx), Shape{N, C, HW, cl}, act, alpha, dtype, stream);
   });
 }

@@ -10,11 +10,18 @@ from .ops.bias_act import bias_act  # noqa: E402
 from .ops.random import randn, randn_like, random_seed  # noqa: E402
 from .ops.vae import kl_normal, reparameterize, reparameterize_kl  # noqa: E402
 from .distributions import DiagonalGaussian  # noqa: E402
+from .ops.norm import batch_norm_act, group_norm_act  # noqa: E402
+from .fold import fold_batchnorm  # noqa: E402
 from . import nn  # noqa: E402
 from .ops.diffusion import add_noise, diffusion_loss  # noqa: E402
 from . import schedulers  # noqa: E402
 from .sampling import sample  # noqa: E402
 
-__all__ = ["__version__", "backends", "use_backend", "bias_act", "randn", "randn_like", "random_seed",
-           "reparameterize", "kl_normal", "reparameterize_kl", "DiagonalGaussian", "nn",
-           "add_noise", "diffusion_loss", "schedulers", "sample"]
+__all__ = [
+    "__version__", "backends", "use_backend", "nn",
+    "bias_act",                                                     # StyleGAN
+    "group_norm_act", "batch_norm_act", "fold_batchnorm",           # normalization
+    "randn", "randn_like", "random_seed",                           # counter-based RNG
+    "reparameterize", "kl_normal", "reparameterize_kl", "DiagonalGaussian",  # VAE
+    "add_noise", "diffusion_loss", "schedulers", "sample",          # diffusion
+]

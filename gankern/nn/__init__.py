@@ -1,5 +1,6 @@
 """nn.Module layers whose hot paths call gankern's fused ops."""
 from .bias_act import BiasAct
+from .norm import Activation, BatchNormAct2d, ConvNormAct, GroupNormAct
 from .vae import Reparameterize
 
-__all__ = ["BiasAct", "Reparameterize"]
+__all__ = ["BiasAct", "GroupNormAct", "BatchNormAct2d", "ConvNormAct", "Activation", "Reparameterize"]

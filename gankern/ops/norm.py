@@ -1,0 +1,614 @@
+"""group_norm_act and batch_norm_act: normalization fused with activation (and, for GroupNorm, the
+time-embedding bias, scale-shift and residual of diffusion UNets).
+
+Kernels see both norms as the same passes (csrc/norm/norm.h): per-(n, c) statistics of x; then
+y = act((x - M) * A + B) with small per-(n, c) coefficient tables M, A, B folding mean, rstd,
+weight, bias, temb, scale and shift; backward recomputes h instead of saving it, reduces per-(n, c)
+sums of g = dy * act'(h), and applies dx = g * A2 + (x - M) * B2 + C2. The table arithmetic is O(N * C)
+and lives here in torch (float64), shared by the triton and cuda backends; the CPU forward of
+GroupNorm does it in C++ to avoid a dozen small torch calls on a path that takes ~1 ms.
+
+Weight/bias gradients are per-(n, c) partial sums reduced over n by torch: deterministic, no atomics.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Protocol
+
+import torch
+from torch import Tensor
+
+from .. import _native
+from .. import _tensors as T
+from ..backends import register, resolve
+from ..reference import activations as ref_acts
+from ..reference import norm as ref
+from . import _validate as V
+
+_STAT = torch.float32
+
+
+# Activations the norm kernels implement (csrc/norm/cpu.cpp: dispatch_norm_act).
+ACTS = ("linear", "relu", "lrelu", "silu", "gelu", "gelu_tanh")
+
+
+def _act(act, alpha):
+    if act is None:
+        act = "linear"
+    if act not in ACTS:
+        raise ValueError(f"act must be None or one of {', '.join(ACTS)}, got {act!r}")
+    a = ref_acts.get(act)
+    alpha = (0.2 if act == "lrelu" else a.def_alpha) if alpha is None else V.real(alpha, "alpha")
+    return act, alpha
+
+
+def _param(t, name, C, x):
+    if t is None:
+        return None
+    V.tensor(t, name)
+    V.same_device(x, "x", **{name: t})
+    if t.ndim != 1 or t.shape[0] != C:
+        raise ValueError(f"{name} must have shape [C] = [{C}], got {tuple(t.shape)}")
+    return t
+
+
+def _per_sample(t, name, x):
+    """A per-(N, C) extra: (N, C) or (N, C, 1, ..., 1); returned as (N, C)."""
+    if t is None:
+        return None
+    V.tensor(t, name)
+    V.same_device(x, "x", **{name: t})
+    N, C = x.shape[:2]
+    if t.ndim < 2 or tuple(t.shape[:2]) != (N, C) or any(s != 1 for s in t.shape[2:]) or t.ndim > x.ndim:
+        raise ValueError(f"{name} must have shape (N, C) = ({N}, {C}) or ({N}, {C}, 1, ...), got {tuple(t.shape)}")
+    return t.reshape(N, C)
+
+
+def _eps(eps):
+    return V.real(eps, "eps", min_value=0.0, min_inclusive=False)
+
+
+def group_norm_act(x: Tensor, num_groups: int, weight: Tensor | None = None, bias: Tensor | None = None,
+                   eps: float = 1e-5, act: str | None = "silu", *, alpha: float | None = None,
+                   temb: Tensor | None = None, scale: Tensor | None = None, shift: Tensor | None = None,
+                   residual: Tensor | None = None) -> Tensor:
+    """y = act(GroupNorm(x + temb) * (1 + scale) + shift) + residual, in one pass over x.
+
+    Args:
+        x: (N, C, *spatial) with 0-3 spatial dims, NCHW or channels_last; float32 on CPU,
+            float32/float16/bfloat16 on GPU (statistics in fp32).
+        num_groups: G, dividing C.
+        weight, bias: per-channel affine, shape [C] (None: 1 and 0).
+        eps: > 0, added to the group variance.
+        act: None (identity), "silu", "gelu" (exact erf), "gelu_tanh", "relu" or "lrelu".
+        alpha: lrelu negative slope (default 0.2).
+        temb: (N, C) bias added to x before the statistics (DDPM time embedding).
+        scale, shift: (N, C), applied after the affine as h * (1 + scale) + shift.
+        residual: tensor of x's shape added to the output.
+    """
+    V.tensor(x, "x", ndim_min=2)
+    if x.ndim > 5:
+        raise ValueError(f"x must be (N, C, *spatial) with at most 3 spatial dims, got shape {tuple(x.shape)}")
+    N, C = x.shape[:2]
+    if isinstance(num_groups, bool) or not isinstance(num_groups, int):
+        raise TypeError(f"num_groups must be an int, got {type(num_groups).__name__}")
+    if num_groups <= 0 or C % num_groups != 0:
+        raise ValueError(f"num_groups must be positive and divide the channel count C={C}, got {num_groups}")
+    act, alpha = _act(act, alpha)
+    weight, bias = _param(weight, "weight", C, x), _param(bias, "bias", C, x)
+    temb, scale, shift = _per_sample(temb, "temb", x), _per_sample(scale, "scale", x), _per_sample(shift, "shift", x)
+    if residual is not None:
+        V.tensor(residual, "residual")
+        V.same_device(x, "x", residual=residual)
+        if residual.shape != x.shape:
+            raise ValueError(f"residual must have x's shape {tuple(x.shape)}, got {tuple(residual.shape)}")
+    eps = _eps(eps)
+    y, _, _ = torch.ops.gankern.group_norm_act(x, num_groups, weight, bias, eps, act, alpha, temb, scale, shift,
+                                               residual)
+    return y
+
+
+def batch_norm_act(x: Tensor, running_mean: Tensor | None, running_var: Tensor | None, weight: Tensor | None = None,
+                   bias: Tensor | None = None, training: bool = False, momentum: float = 0.1, eps: float = 1e-5,
+                   act: str | None = "relu", *, alpha: float | None = None,
+                   residual: Tensor | None = None) -> Tensor:
+    """y = act(BatchNorm(x)) + residual, arguments as torch.nn.functional.batch_norm.
+
+    training=True normalizes with the batch statistics and, when running_mean/running_var are
+    given, updates them in place as torch does: r = (1 - momentum) * r + momentum * stat, with the
+    unbiased batch variance. training=False normalizes with the running statistics.
+    """
+    V.tensor(x, "x", ndim_min=2)
+    if x.ndim > 5:
+        raise ValueError(f"x must be (N, C, *spatial) with at most 3 spatial dims, got shape {tuple(x.shape)}")
+    C = x.shape[1]
+    act, alpha = _act(act, alpha)
+    weight, bias = _param(weight, "weight", C, x), _param(bias, "bias", C, x)
+    running_mean = _param(running_mean, "running_mean", C, x)
+    running_var = _param(running_var, "running_var", C, x)
+    if (running_mean is None) != (running_var is None):
+        raise ValueError("running_mean and running_var must both be given or both be None")
+    if not isinstance(training, bool):
+        raise TypeError(f"training must be a bool, got {type(training).__name__}")
+    if not training and running_mean is None:
+        raise ValueError("training=False needs running_mean and running_var")
+    momentum = V.real(momentum, "momentum", min_value=0.0)
+    eps = _eps(eps)
+    if residual is not None:
+        V.tensor(residual, "residual")
+        if residual.shape != x.shape:
+            raise ValueError(f"residual must have x's shape {tuple(x.shape)}, got {tuple(residual.shape)}")
+    count = x.numel() // max(C, 1)
+    if training and count <= 1:
+        raise ValueError(f"batch_norm_act in training mode needs more than 1 value per channel, got x of shape "
+                         f"{tuple(x.shape)}")
+    y, mean, var = torch.ops.gankern.batch_norm_act(x, weight, bias, running_mean, running_var, training, eps, act,
+                                                    alpha, residual)
+    if training and running_mean is not None:
+        with torch.no_grad():
+            running_mean.mul_(1 - momentum).add_(mean.to(running_mean.dtype), alpha=momentum)
+            unbiased = var * (count / (count - 1))
+            running_var.mul_(1 - momentum).add_(unbiased.to(running_var.dtype), alpha=momentum)
+    return y
+
+
+# ---- custom ops ------------------------------------------------------------------------------
+
+def _stat_dtype(x):
+    return torch.float64 if x.dtype == torch.float64 else _STAT
+
+
+@torch.library.custom_op("gankern::group_norm_act", mutates_args=())
+def _group_norm_act(x: Tensor, num_groups: int, weight: Optional[Tensor], bias: Optional[Tensor], eps: float,
+                    act: str, alpha: float, temb: Optional[Tensor], scale: Optional[Tensor], shift: Optional[Tensor],
+                    residual: Optional[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+    return resolve("group_norm_act", x)(x, num_groups, weight, bias, eps, act, alpha, temb, scale, shift, residual)
+
+
+@_group_norm_act.register_fake
+def _(x, num_groups, weight, bias, eps, act, alpha, temb, scale, shift, residual):
+    st = x.new_empty((x.shape[0], num_groups), dtype=_stat_dtype(x))
+    return torch.empty_like(x), st, torch.empty_like(st)
+
+
+@torch.library.custom_op("gankern::group_norm_act_backward", mutates_args=())
+def _group_norm_act_backward(dy: Tensor, x: Tensor, mean: Tensor, rstd: Tensor, num_groups: int,
+                             weight: Optional[Tensor], bias: Optional[Tensor], eps: float, act: str, alpha: float,
+                             temb: Optional[Tensor], scale: Optional[Tensor],
+                             shift: Optional[Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(dx, dweight [C], dbias [C], dtemb [N, C], dscale [N, C], dshift [N, C]); parameter gradients
+    in the statistics dtype, computed whether or not the parameter is given (they are O(N * C))."""
+    return resolve("group_norm_act_backward", x)(dy, x, mean, rstd, num_groups, weight, bias, eps, act, alpha,
+                                                 temb, scale, shift)
+
+
+@_group_norm_act_backward.register_fake
+def _(dy, x, mean, rstd, num_groups, weight, bias, eps, act, alpha, temb, scale, shift):
+    N, C = x.shape[:2]
+    sd = _stat_dtype(x)
+    pc = x.new_empty((C,), dtype=sd)
+    ps = x.new_empty((N, C), dtype=sd)
+    return (torch.empty_like(x), pc, torch.empty_like(pc), ps, torch.empty_like(ps), torch.empty_like(ps))
+
+
+@torch.library.custom_op("gankern::batch_norm_act", mutates_args=())
+def _batch_norm_act(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], running_mean: Optional[Tensor],
+                    running_var: Optional[Tensor], training: bool, eps: float, act: str, alpha: float,
+                    residual: Optional[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+    """(y, mean [C], var [C]): the statistics used; var is biased in training mode."""
+    return resolve("batch_norm_act", x)(x, weight, bias, running_mean, running_var, training, eps, act, alpha,
+                                        residual)
+
+
+@_batch_norm_act.register_fake
+def _(x, weight, bias, running_mean, running_var, training, eps, act, alpha, residual):
+    st = x.new_empty((x.shape[1],), dtype=_stat_dtype(x))
+    return torch.empty_like(x), st, torch.empty_like(st)
+
+
+@torch.library.custom_op("gankern::batch_norm_act_backward", mutates_args=())
+def _batch_norm_act_backward(dy: Tensor, x: Tensor, mean: Tensor, var: Tensor, weight: Optional[Tensor],
+                             bias: Optional[Tensor], training: bool, eps: float, act: str,
+                             alpha: float) -> tuple[Tensor, Tensor, Tensor]:
+    """(dx, dweight [C], dbias [C]) in the statistics dtype."""
+    return resolve("batch_norm_act_backward", x)(dy, x, mean, var, weight, bias, training, eps, act, alpha)
+
+
+@_batch_norm_act_backward.register_fake
+def _(dy, x, mean, var, weight, bias, training, eps, act, alpha):
+    pc = x.new_empty((x.shape[1],), dtype=_stat_dtype(x))
+    return torch.empty_like(x), pc, torch.empty_like(pc)
+
+
+# ---- autograd --------------------------------------------------------------------------------
+
+def _cast(g, like):
+    return None if like is None else g.to(like.dtype).reshape(like.shape)
+
+
+def _gn_setup(ctx, inputs, output):
+    x, G, w, b, eps, act, alpha, temb, scale, shift, residual = inputs
+    _, mean, rstd = output
+    ctx.mark_non_differentiable(mean, rstd)
+    ctx.save_for_backward(x, mean, rstd, w, b, temb, scale, shift)
+    ctx.params = (G, eps, act, alpha)
+    ctx.res_dtype = None if residual is None else residual.dtype
+
+
+def _gn_backward(ctx, dy, _dmean, _drstd):
+    x, mean, rstd, w, b, temb, scale, shift = ctx.saved_tensors
+    G, eps, act, alpha = ctx.params
+    dx, dw, db, dt, ds, dsh = torch.ops.gankern.group_norm_act_backward(
+        dy, x, mean, rstd, G, w, b, eps, act, alpha, temb, scale, shift)
+    need = ctx.needs_input_grad
+    dres = dy.to(ctx.res_dtype) if ctx.res_dtype is not None and need[10] else None
+    return (dx if need[0] else None, None, _cast(dw, w) if need[2] else None, _cast(db, b) if need[3] else None,
+            None, None, None, _cast(dt, temb) if need[7] else None, _cast(ds, scale) if need[8] else None,
+            _cast(dsh, shift) if need[9] else None, dres)
+
+
+_group_norm_act.register_autograd(_gn_backward, setup_context=_gn_setup)
+
+
+def _bn_setup(ctx, inputs, output):
+    x, w, b, rm, rv, training, eps, act, alpha, residual = inputs
+    _, mean, var = output
+    ctx.mark_non_differentiable(mean, var)
+    ctx.save_for_backward(x, mean, var, w, b)
+    ctx.params = (training, eps, act, alpha)
+    ctx.res_dtype = None if residual is None else residual.dtype
+
+
+def _bn_backward(ctx, dy, _dmean, _dvar):
+    x, mean, var, w, b = ctx.saved_tensors
+    training, eps, act, alpha = ctx.params
+    dx, dw, db = torch.ops.gankern.batch_norm_act_backward(dy, x, mean, var, w, b, training, eps, act, alpha)
+    need = ctx.needs_input_grad
+    dres = dy.to(ctx.res_dtype) if ctx.res_dtype is not None and need[9] else None
+    return (dx if need[0] else None, _cast(dw, w) if need[1] else None, _cast(db, b) if need[2] else None,
+            None, None, None, None, None, None, dres)
+
+
+_batch_norm_act.register_autograd(_bn_backward, setup_context=_bn_setup)
+
+
+# ---- reference backend -----------------------------------------------------------------------
+
+register("group_norm_act", "reference")(ref.group_norm_act)
+register("batch_norm_act", "reference")(ref.batch_norm_act)
+
+
+# ---- kernel backends: shared table arithmetic ------------------------------------------------
+
+def _layout(x):
+    """(dense x, N, C, HW, channels_last)."""
+    N, C = x.shape[:2]
+    HW = math.prod(x.shape[2:])
+    if x.is_contiguous():
+        return x, N, C, HW, False
+    if x.ndim > 2 and x.movedim(1, -1).is_contiguous():
+        return x, N, C, HW, True
+    return x.contiguous(), N, C, HW, False
+
+
+def _nc_or(t, N, C, fill, dtype, device):
+    if t is None:
+        return torch.full((N, C), fill, dtype=dtype, device=device)
+    return t.to(dtype).reshape(-1, C).expand(N, C) if t.ndim == 1 else t.to(dtype)
+
+
+def _gn_tables(x, mean, rstd, G, w, b, temb, scale, shift, dt):
+    """Per-(n, c) tables in dtype dt: xhat = (x - M) * P and h = (x - M) * A + B, plus the pieces
+    the gradient formulas need."""
+    N, C = x.shape[:2]
+    dev = x.device
+    rs = rstd.to(dt).repeat_interleave(C // G, dim=1)
+    mu = mean.to(dt).repeat_interleave(C // G, dim=1)
+    wt = _nc_or(w, N, C, 1.0, dt, dev)
+    bs = _nc_or(b, N, C, 0.0, dt, dev)
+    sc1 = 1 + _nc_or(scale, N, C, 0.0, dt, dev)
+    sh = _nc_or(shift, N, C, 0.0, dt, dev)
+    M = mu - _nc_or(temb, N, C, 0.0, dt, dev)
+    return dict(M=M, P=rs, A=rs * wt * sc1, B=bs * sc1 + sh, rs=rs, wt=wt, bs=bs, sc1=sc1)
+
+
+def _gn_param_grads(sums, tb, x, G):
+    """(coefficients of dx, dw, db, dtemb, dscale, dshift) from the per-(n, c) sums."""
+    N, C = x.shape[:2]
+    HW = math.prod(x.shape[2:])
+    Sg, Sgxh, Sxh = sums[0], sums[1], sums[2]
+    rs, wt, bs, sc1 = tb["rs"], tb["wt"], tb["bs"], tb["sc1"]
+    dshift = Sg.clone()  # outputs must not share storage
+    dscale = wt * Sgxh + bs * Sg
+    Su, Suxh = sc1 * Sg, sc1 * Sgxh  # gradient at the affine output
+    dw = Suxh.sum(0)
+    db = Su.sum(0)
+    cnt = max((C // G) * HW, 1)
+    c1 = (wt * Su).reshape(N, G, -1).sum(-1).repeat_interleave(C // G, dim=1) / cnt
+    c2 = (wt * Suxh).reshape(N, G, -1).sum(-1).repeat_interleave(C // G, dim=1) / cnt
+    # dx = rs * (wt * sc1 * g - c1 - c2 * xhat), xhat = (x - M) * P
+    A2 = rs * wt * sc1
+    B2 = -rs * c2 * tb["P"]
+    C2 = -rs * c1
+    dtemb = A2 * Sg - rs * c2 * Sxh - rs * c1 * HW
+    return (A2, B2, C2), dw, db, dtemb, dscale, dshift
+
+
+def _bn_tables(x, mean, var, w, b, eps, dt):
+    N, C = x.shape[:2]
+    rs = torch.rsqrt(var.to(dt) + eps)
+    wt = w.to(dt) if w is not None else torch.ones(C, dtype=dt, device=x.device)
+    bs = b.to(dt) if b is not None else torch.zeros(C, dtype=dt, device=x.device)
+    return dict(M=mean.to(dt).expand(N, C), P=rs.expand(N, C), A=(rs * wt).expand(N, C), B=bs.expand(N, C), rs=rs,
+                wt=wt)
+
+
+class _Kernels(Protocol):
+    """The four passes of one kernel backend (csrc/norm/norm.h), on torch tensors."""
+
+    def stats(self, x, N, C, HW, cl) -> tuple[Tensor, Tensor]: ...  # per-(n, c) mean, m2: (N, C)
+
+    def apply(self, x, M, A, B, res, N, C, HW, cl, act, alpha) -> Tensor: ...
+
+    def bwd_reduce(self, dy, x, M, A, B, P, N, C, HW, cl, act, alpha) -> Tensor: ...  # (3, N, C)
+
+    def bwd_apply(self, dy, x, M, A, B, A2, B2, C2, N, C, HW, cl, act, alpha) -> Tensor: ...
+
+
+def _f32(t, like=None):
+    """A table as the kernels read it: fp32 (fp64 for the reference on fp64 inputs), contiguous."""
+    dt = torch.float64 if like is not None and like.dtype == torch.float64 else torch.float32
+    return None if t is None else t.to(dt).contiguous()
+
+
+def _gn_forward(k: _Kernels, x, G, w, b, eps, act, alpha, temb, scale, shift, residual):
+    x, N, C, HW, cl = _layout(x)
+    mean_c, m2_c = k.stats(x, N, C, HW, cl)
+    dt = torch.float64
+    mean_c, m2_c = mean_c.to(dt), m2_c.to(dt)
+    if temb is not None:
+        mean_c = mean_c + temb.to(dt)
+    mg = mean_c.reshape(N, G, -1).mean(-1)
+    m2g = m2_c.reshape(N, G, -1).sum(-1) + HW * (mean_c.reshape(N, G, -1) - mg[..., None]).pow(2).sum(-1)
+    rstd = torch.rsqrt(m2g / max((C // G) * HW, 1) + eps)
+    tb = _gn_tables(x, mg, rstd, G, w, b, temb, scale, shift, dt)
+    res = None if residual is None else T.like(residual.to(x.dtype), x)
+    y = k.apply(x, _f32(tb["M"], x), _f32(tb["A"], x), _f32(tb["B"], x), res, N, C, HW, cl, act, alpha)
+    return y, mg.to(_stat_dtype(x)), rstd.to(_stat_dtype(x))
+
+
+def _gn_backward_k(k: _Kernels, dy, x, mean, rstd, G, w, b, eps, act, alpha, temb, scale, shift):
+    x, N, C, HW, cl = _layout(x)
+    dy = T.like(dy.to(x.dtype), x)
+    dt = torch.float64
+    tb = _gn_tables(x, mean, rstd, G, w, b, temb, scale, shift, dt)
+    M, A, B = _f32(tb["M"], x), _f32(tb["A"], x), _f32(tb["B"], x)
+    sums = k.bwd_reduce(dy, x, M, A, B, _f32(tb["P"], x), N, C, HW, cl, act, alpha).to(dt)
+    (A2, B2, C2), dw, db, dtemb, dscale, dshift = _gn_param_grads(sums, tb, x, G)
+    dx = k.bwd_apply(dy, x, M, A, B, _f32(A2, x), _f32(B2, x), _f32(C2, x), N, C, HW, cl, act, alpha)
+    return tuple([dx] + [g.to(_stat_dtype(x)) for g in (dw, db, dtemb, dscale, dshift)])
+
+
+def _bn_forward(k: _Kernels, x, w, b, rm, rv, training, eps, act, alpha, residual):
+    x, N, C, HW, cl = _layout(x)
+    dt = torch.float64
+    if training:
+        mean_c, m2_c = k.stats(x, N, C, HW, cl)
+        mean_c, m2_c = mean_c.to(dt), m2_c.to(dt)
+        mean = mean_c.mean(0)
+        var = (m2_c.sum(0) + HW * (mean_c - mean).pow(2).sum(0)) / max(N * HW, 1)
+    else:
+        mean, var = rm.to(dt), rv.to(dt)
+        if mean.dtype == _stat_dtype(x):  # outputs must not alias the inputs
+            mean, var = mean.clone(), var.clone()
+    tb = _bn_tables(x, mean, var, w, b, eps, dt)
+    res = None if residual is None else T.like(residual.to(x.dtype), x)
+    y = k.apply(x, _f32(tb["M"], x), _f32(tb["A"], x), _f32(tb["B"], x), res, N, C, HW, cl, act, alpha)
+    return y, mean.to(_stat_dtype(x)), var.to(_stat_dtype(x))
+
+
+def _bn_backward_k(k: _Kernels, dy, x, mean, var, w, b, training, eps, act, alpha):
+    x, N, C, HW, cl = _layout(x)
+    dy = T.like(dy.to(x.dtype), x)
+    dt = torch.float64
+    tb = _bn_tables(x, mean, var, w, b, eps, dt)
+    M, A, B = _f32(tb["M"], x), _f32(tb["A"], x), _f32(tb["B"], x)
+    sums = k.bwd_reduce(dy, x, M, A, B, _f32(tb["P"], x), N, C, HW, cl, act, alpha).to(dt).sum(1)
+    Sg, Sgxh = sums[0].clone(), sums[1].clone()  # outputs must not share storage
+    rs, wt = tb["rs"], tb["wt"]
+    A2 = (rs * wt).expand(N, C)
+    if training:
+        cnt = max(N * HW, 1)
+        c1, c2 = wt * Sg / cnt, wt * Sgxh / cnt
+        B2 = (-rs * c2 * rs).expand(N, C)
+        C2 = (-rs * c1).expand(N, C)
+    else:
+        B2 = C2 = torch.zeros_like(A2)
+    dx = k.bwd_apply(dy, x, M, A, B, _f32(A2, x), _f32(B2, x), _f32(C2, x), N, C, HW, cl, act, alpha)
+    return dx, Sgxh.to(_stat_dtype(x)), Sg.to(_stat_dtype(x))
+
+
+def _register_kernels(backend: str, k: _Kernels, *, skip_gn_forward: bool = False):
+    if not skip_gn_forward:
+        register("group_norm_act", backend)(lambda *a: _gn_forward(k, *a))
+    register("group_norm_act_backward", backend)(lambda *a: _gn_backward_k(k, *a))
+    register("batch_norm_act", backend)(lambda *a: _bn_forward(k, *a))
+    register("batch_norm_act_backward", backend)(lambda *a: _bn_backward_k(k, *a))
+
+
+# ---- reference backward: the same passes in torch ---------------------------------------------
+# (autograd cannot run inside a custom op's implementation, so the reference backward is closed
+# form; tests check it against autograd of the reference forward and with gradcheck in float64)
+
+class _TorchKernels:
+    @staticmethod
+    def _v(t, N, C):
+        return t.reshape(N, C, 1)
+
+    def stats(self, x, N, C, HW, cl):
+        xf = ref._upcast(x).reshape(N, C, -1)
+        mean = xf.mean(-1)
+        return mean, (xf - mean[..., None]).pow(2).sum(-1)
+
+    def apply(self, x, M, A, B, res, N, C, HW, cl, act, alpha):
+        u = ref._upcast(x).reshape(N, C, -1) - self._v(M, N, C)
+        y = ref_acts.get(act).fn(u * self._v(A, N, C) + self._v(B, N, C), alpha)
+        if res is not None:
+            y = y + ref._upcast(res).reshape(N, C, -1)
+        return y.to(x.dtype).reshape(x.shape)
+
+    def _g(self, dy, x, M, A, B, N, C, act, alpha):
+        u = ref._upcast(x).reshape(N, C, -1) - self._v(M, N, C)
+        h = u * self._v(A, N, C) + self._v(B, N, C)
+        return u, ref._upcast(dy).reshape(N, C, -1) * ref_acts.get(act).grad(h, alpha)
+
+    def bwd_reduce(self, dy, x, M, A, B, P, N, C, HW, cl, act, alpha):
+        u, g = self._g(dy, x, M, A, B, N, C, act, alpha)
+        xh = u * self._v(P, N, C)
+        return torch.stack([g.sum(-1), (g * xh).sum(-1), xh.sum(-1)])
+
+    def bwd_apply(self, dy, x, M, A, B, A2, B2, C2, N, C, HW, cl, act, alpha):
+        u, g = self._g(dy, x, M, A, B, N, C, act, alpha)
+        dx = g * self._v(A2, N, C) + u * self._v(B2, N, C) + self._v(C2, N, C)
+        return dx.to(x.dtype).reshape(x.shape)
+
+
+register("group_norm_act_backward", "reference")(lambda *a: _gn_backward_k(_TorchKernels(), *a))
+register("batch_norm_act_backward", "reference")(lambda *a: _bn_backward_k(_TorchKernels(), *a))
+
+
+# ---- cpu -------------------------------------------------------------------------------------
+
+class _CpuKernels:
+    def stats(self, x, N, C, HW, cl):
+        st = torch.empty((2, N, C), dtype=torch.float64)
+        _native.cpu.norm_channel_stats(x.data_ptr(), N, C, HW, cl, st[0].data_ptr(), st[1].data_ptr())
+        return st[0], st[1]
+
+    def apply(self, x, M, A, B, res, N, C, HW, cl, act, alpha):
+        y = T.empty_like(x)
+        _native.cpu.norm_apply(x.data_ptr(), M.data_ptr(), A.data_ptr(), B.data_ptr(), _native.ptr(res), y.data_ptr(), N, C, HW,
+                               cl, ref_acts.get(act).code, alpha)
+        return y
+
+    def bwd_reduce(self, dy, x, M, A, B, P, N, C, HW, cl, act, alpha):
+        sums = torch.empty((3, N, C), dtype=torch.float64)
+        _native.cpu.norm_backward_reduce(dy.data_ptr(), x.data_ptr(), M.data_ptr(), A.data_ptr(), B.data_ptr(),
+                                         P.data_ptr(), N, C, HW, cl, ref_acts.get(act).code, alpha,
+                                         sums.data_ptr())
+        return sums
+
+    def bwd_apply(self, dy, x, M, A, B, A2, B2, C2, N, C, HW, cl, act, alpha):
+        dx = T.empty_like(x)
+        _native.cpu.norm_backward_apply(dy.data_ptr(), x.data_ptr(), M.data_ptr(), A.data_ptr(), B.data_ptr(), A2.data_ptr(),
+                                        B2.data_ptr(), C2.data_ptr(), dx.data_ptr(), N, C, HW, cl,
+                                        ref_acts.get(act).code, alpha)
+        return dx
+
+
+_register_kernels("cpu", _CpuKernels(), skip_gn_forward=True)
+
+
+@register("group_norm_act", "cpu")
+def _gn_forward_cpu(x, G, w, b, eps, act, alpha, temb, scale, shift, residual):
+    x, N, C, HW, cl = _layout(x)
+    res = None if residual is None else T.like(residual.to(x.dtype), x)
+    y = T.empty_like(x)
+    tables = torch.empty((3, N, C), dtype=torch.float32)
+    mean, rstd = torch.empty((N, G), dtype=torch.float32), torch.empty((N, G), dtype=torch.float32)
+    scratch = torch.empty((2, N, C), dtype=torch.float64)
+    w, b, temb, scale, shift = (_f32(t) for t in (w, b, temb, scale, shift))  # kept alive across the call
+    _native.cpu.group_norm_forward(x.data_ptr(), N, C, HW, cl, G, eps, _native.ptr(w), _native.ptr(b),
+                                   _native.ptr(temb), _native.ptr(scale), _native.ptr(shift), _native.ptr(res),
+                                   y.data_ptr(), tables.data_ptr(), mean.data_ptr(),
+                                   rstd.data_ptr(), scratch.data_ptr(), ref_acts.get(act).code, alpha)
+    return y, mean, rstd
+
+
+# ---- triton ----------------------------------------------------------------------------------
+
+class _TritonKernels:
+    @staticmethod
+    def _tk():
+        from ..triton import norm as tk
+        return tk
+
+    def stats(self, x, N, C, HW, cl):
+        if HW == 0:
+            z = torch.zeros((N, C), dtype=torch.float64, device=x.device)
+            return z, z.clone()
+        mean_s, m2_s, counts = self._tk().channel_stats(x, N, C, HW, cl)
+        cnt = counts[:, None, None]
+        mean_s = mean_s.double()
+        mean = (cnt * mean_s).sum(0) / HW  # Chan's merge of the splits
+        return mean, m2_s.double().sum(0) + (cnt * (mean_s - mean).pow(2)).sum(0)
+
+    def apply(self, x, M, A, B, res, N, C, HW, cl, act, alpha):
+        return self._tk().pointwise(None, x, res, T.empty_like(x), M, A, B, None, None, None, C, HW, cl,
+                                    ref_acts.get(act).code, alpha)
+
+    def bwd_reduce(self, dy, x, M, A, B, P, N, C, HW, cl, act, alpha):
+        return self._tk().backward_reduce(dy, x, M, A, B, P, N, C, HW, cl, ref_acts.get(act).code, alpha)
+
+    def bwd_apply(self, dy, x, M, A, B, A2, B2, C2, N, C, HW, cl, act, alpha):
+        return self._tk().pointwise(dy, x, None, T.empty_like(x), M, A, B, A2, B2, C2, C, HW, cl,
+                                    ref_acts.get(act).code, alpha)
+
+
+_register_kernels("triton", _TritonKernels())
+
+
+# ---- cuda ------------------------------------------------------------------------------------
+
+class _CudaKernels:
+    """Launchers of csrc/norm/cuda.cu. Reductions return per-split fp32 partials, merged here."""
+
+    def _splits(self, N, C, HW, cl):
+        chunk = _native.cuda.norm_split_chunk(N, C, HW, cl)
+        return chunk, -(-HW // chunk)
+
+    def stats(self, x, N, C, HW, cl):
+        if HW == 0 or N * C == 0:
+            z = torch.zeros((N, C), dtype=torch.float64, device=x.device)
+            return z, z.clone()
+        chunk, S = self._splits(N, C, HW, cl)
+        part = torch.empty((S, 2, N, C), dtype=torch.float32, device=x.device)
+        with torch.cuda.device(x.device):
+            _native.cuda.norm_channel_stats(x.data_ptr(), N, C, HW, cl, chunk, part.data_ptr(), _native.dtype_code(x),
+                                            _native.cuda_stream(x))
+        cnt = torch.tensor([min(HW, (s + 1) * chunk) - s * chunk for s in range(S)], dtype=torch.float64,
+                           device=x.device)[:, None, None]
+        mean_s, m2_s = part[:, 0].double(), part[:, 1].double()
+        mean = (cnt * mean_s).sum(0) / HW  # Chan's merge of the splits
+        return mean, m2_s.sum(0) + (cnt * (mean_s - mean).pow(2)).sum(0)
+
+    def apply(self, x, M, A, B, res, N, C, HW, cl, act, alpha):
+        y = T.empty_like(x)
+        with torch.cuda.device(x.device):
+            _native.cuda.norm_apply(x.data_ptr(), M.data_ptr(), A.data_ptr(), B.data_ptr(), _native.ptr(res),
+                                    y.data_ptr(), N, C, HW, cl, ref_acts.get(act).code, alpha, _native.dtype_code(x),
+                                    _native.cuda_stream(x))
+        return y
+
+    def bwd_reduce(self, dy, x, M, A, B, P, N, C, HW, cl, act, alpha):
+        if HW == 0 or N * C == 0:
+            return torch.zeros((3, N, C), dtype=torch.float32, device=x.device)
+        chunk, S = self._splits(N, C, HW, cl)
+        part = torch.empty((S, 3, N, C), dtype=torch.float32, device=x.device)
+        with torch.cuda.device(x.device):
+            _native.cuda.norm_backward_reduce(dy.data_ptr(), x.data_ptr(), M.data_ptr(), A.data_ptr(), B.data_ptr(),
+                                              P.data_ptr(), N, C, HW, cl, ref_acts.get(act).code, alpha, chunk,
+                                              part.data_ptr(), _native.dtype_code(x), _native.cuda_stream(x))
+        return part.sum(0)
+
+    def bwd_apply(self, dy, x, M, A, B, A2, B2, C2, N, C, HW, cl, act, alpha):
+        dx = T.empty_like(x)
+        with torch.cuda.device(x.device):
+            _native.cuda.norm_backward_apply(dy.data_ptr(), x.data_ptr(), M.data_ptr(), A.data_ptr(), B.data_ptr(),
+                                             A2.data_ptr(), B2.data_ptr(), C2.data_ptr(), dx.data_ptr(), N, C, HW, cl,
+                                             ref_acts.get(act).code, alpha, _native.dtype_code(x),
+                                             _native.cuda_stream(x))
+        return dx
+
+
+_register_kernels("cuda", _CudaKernels())

@@ -1,0 +1,94 @@
+"""group_norm_act and batch_norm_act specification.
+
+GroupNorm with fused extras (x: (N, C, *spatial); per-(N, C) tensors broadcast over the spatial dims):
+
+    z = x + temb                                  (temb: time-embedding bias, optional)
+    mean, var = moments of z over each (sample, group of C/G channels, spatial)   (biased var)
+    h = (z - mean) / sqrt(var + eps) * weight + bias
+    h = h * (1 + scale) + shift                   (scale-shift norm, optional)
+    y = act(h) + residual                         (residual optional)
+
+BatchNorm: mean/var over (N, spatial) per channel in training mode, the running statistics in
+eval mode; y = act((x - mean) / sqrt(var + eps) * weight + bias).
+
+Fully argument-normalized signatures (the functional API fills in defaults). Math in the input
+dtype for fp32/fp64 and in fp32 for fp16/bf16, like the kernels; statistics are returned in fp32
+(fp64 for fp64 input). The backward of the reference is autograd of this forward.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .activations import get
+
+
+def _upcast(t: Tensor | None) -> Tensor | None:
+    if t is not None and t.dtype in (torch.float16, torch.bfloat16):
+        return t.float()
+    return t
+
+
+def _nc(t: Tensor, x: Tensor) -> Tensor:
+    """A (C,) or (N, C) tensor shaped to broadcast against x (N, C, *spatial)."""
+    extra = [1] * (x.ndim - 2)
+    if t.ndim == 1:
+        return t.to(x.dtype).reshape(1, -1, *extra)
+    return t.to(x.dtype).reshape(t.shape[0], t.shape[1], *extra)
+
+
+def _finish(h: Tensor, act: str, alpha: float, residual: Tensor | None) -> Tensor:
+    y = get(act).fn(h, alpha)
+    if residual is not None:
+        y = y + _upcast(residual).to(y.dtype)
+    return y
+
+
+def group_norm_act(x: Tensor, num_groups: int, weight: Tensor | None, bias: Tensor | None, eps: float, act: str,
+                   alpha: float, temb: Tensor | None, scale: Tensor | None, shift: Tensor | None,
+                   residual: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+    """Returns (y, mean, rstd) with mean/rstd of shape (N, num_groups)."""
+    out_dtype = x.dtype
+    xf = _upcast(x)
+    N, C = xf.shape[:2]
+    z = xf if temb is None else xf + _nc(temb, xf)
+    zg = z.reshape(N, num_groups, -1)
+    mean = zg.mean(-1)
+    var = zg.var(-1, unbiased=False)
+    rstd = torch.rsqrt(var + eps)
+    h = ((zg - mean[..., None]) * rstd[..., None]).reshape(xf.shape)
+    if weight is not None:
+        h = h * _nc(weight, xf)
+    if bias is not None:
+        h = h + _nc(bias, xf)
+    if scale is not None:
+        h = h * (1 + _nc(scale, xf))
+    if shift is not None:
+        h = h + _nc(shift, xf)
+    y = _finish(h, act, alpha, residual)
+    stat_dtype = torch.float64 if xf.dtype == torch.float64 else torch.float32
+    return y.to(out_dtype), mean.to(stat_dtype), rstd.to(stat_dtype)
+
+
+def batch_norm_act(x: Tensor, weight: Tensor | None, bias: Tensor | None, running_mean: Tensor | None,
+                   running_var: Tensor | None, training: bool, eps: float, act: str, alpha: float,
+                   residual: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+    """Returns (y, mean, var): the statistics used, per channel; var is the biased batch variance in
+    training mode (the caller derives the unbiased one for the running estimate)."""
+    out_dtype = x.dtype
+    xf = _upcast(x)
+    dims = [0] + list(range(2, xf.ndim))
+    if training:
+        mean = xf.mean(dims)
+        var = xf.var(dims, unbiased=False)
+    else:
+        mean = running_mean.to(xf.dtype, copy=True)  # outputs must not alias the inputs
+        var = running_var.to(xf.dtype, copy=True)
+    h = (xf - _nc(mean, xf)) * _nc(torch.rsqrt(var + eps), xf)
+    if weight is not None:
+        h = h * _nc(weight, xf)
+    if bias is not None:
+        h = h + _nc(bias, xf)
+    y = _finish(h, act, alpha, residual)
+    stat_dtype = torch.float64 if xf.dtype == torch.float64 else torch.float32
+    return y.to(out_dtype), mean.to(stat_dtype), var.to(stat_dtype)

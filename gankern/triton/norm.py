@@ -1,0 +1,189 @@
+"""Normalization passes in Triton (the four passes of csrc/norm/norm.h), fp32 math and statistics.
+
+Layout: x is (N, C, HW) seen through strides (sN, sC, sHW): NCHW (C*HW, HW, 1) or channels_last
+(HW*C, 1, C). The reductions tile [BC channels, BHW positions] with the contiguous axis innermost,
+so loads coalesce in either layout.
+
+Bytes: stats reads x once; apply reads x and writes y (plus residual); backward reads dy and x
+twice and writes dx. Coefficient tables are O(N*C) fp32 and stay in L2.
+
+Split reduction: a (sample, channel block) can be split into S chunks of positions so a batch-1
+VAE decode (N*C/BC programs) still fills the GPU; each program writes (mean, m2) of its chunk,
+merged with Chan's formula on the host side in float64 (tiny: S*N*C values).
+"""
+import triton
+import triton.language as tl
+
+from .activations import act_derivative, act_forward
+
+APPLY_BLOCK = 2048
+# Programs a reduction aims for off-GPU (the interpreter runs them one by one; tests raise it to
+# exercise the split path).
+INTERPRETER_PROGRAMS = 1
+
+
+@triton.jit
+def _stats_kernel(x_ptr, mean_ptr, m2_ptr, N, C, HW, chunk, sN, sC, sHW, n_cblocks,
+                  BC: tl.constexpr, BHW: tl.constexpr, INT64: tl.constexpr):
+    pid = tl.program_id(0)
+    split = tl.program_id(1)
+    n = pid // n_cblocks
+    c = (pid % n_cblocks) * BC + tl.arange(0, BC)
+    cmask = c < C
+    base = n * sN
+    if INT64:
+        base = base.to(tl.int64)
+    hw0 = split * chunk
+    hw_end = tl.minimum(hw0 + chunk, HW)
+    cnt = tl.zeros([BC], tl.float32)
+    mean = tl.zeros([BC], tl.float32)
+    m2 = tl.zeros([BC], tl.float32)
+    for start in range(hw0, hw_end, BHW):
+        hw = start + tl.arange(0, BHW)
+        m = cmask[:, None] & (hw < hw_end)[None, :]
+        offs = base + c[:, None] * sC + hw[None, :] * sHW
+        xv = tl.load(x_ptr + offs, mask=m, other=0.0).to(tl.float32)
+        # Tile moments, then Chan's merge: exact tile mean first keeps m2 free of cancellation.
+        tcnt = tl.minimum(hw_end - start, BHW).to(tl.float32)
+        tmean = tl.sum(xv, axis=1) / tcnt
+        d = tl.where(m, xv - tmean[:, None], 0.0)
+        tm2 = tl.sum(d * d, axis=1)
+        tot = cnt + tcnt
+        delta = tmean - mean
+        mean += delta * (tcnt / tot)
+        m2 += tm2 + delta * delta * (cnt * tcnt / tot)
+        cnt = tot
+    out = (split * N + n) * C + c
+    tl.store(mean_ptr + out, mean, mask=cmask)
+    tl.store(m2_ptr + out, m2, mask=cmask)
+
+
+@triton.jit
+def _bwd_reduce_kernel(dy_ptr, x_ptr, M_ptr, A_ptr, B_ptr, P_ptr, sums_ptr, N, C, HW, chunk, sN, sC, sHW,
+                       n_cblocks, alpha, ACT: tl.constexpr, BC: tl.constexpr, BHW: tl.constexpr,
+                       INT64: tl.constexpr):
+    pid = tl.program_id(0)
+    split = tl.program_id(1)
+    n = pid // n_cblocks
+    c = (pid % n_cblocks) * BC + tl.arange(0, BC)
+    cmask = c < C
+    nc = n * C + c
+    mm = tl.load(M_ptr + nc, mask=cmask, other=0.0)[:, None]
+    a = tl.load(A_ptr + nc, mask=cmask, other=0.0)[:, None]
+    b = tl.load(B_ptr + nc, mask=cmask, other=0.0)[:, None]
+    p = tl.load(P_ptr + nc, mask=cmask, other=0.0)[:, None]
+    base = n * sN
+    if INT64:
+        base = base.to(tl.int64)
+    hw0 = split * chunk
+    hw_end = tl.minimum(hw0 + chunk, HW)
+    s0 = tl.zeros([BC], tl.float32)
+    s1 = tl.zeros([BC], tl.float32)
+    s2 = tl.zeros([BC], tl.float32)
+    for start in range(hw0, hw_end, BHW):
+        hw = start + tl.arange(0, BHW)
+        m = cmask[:, None] & (hw < hw_end)[None, :]
+        offs = base + c[:, None] * sC + hw[None, :] * sHW
+        u = tl.load(x_ptr + offs, mask=m, other=0.0).to(tl.float32) - mm
+        g = tl.load(dy_ptr + offs, mask=m, other=0.0).to(tl.float32) * act_derivative(u * a + b, alpha, ACT)
+        xh = tl.where(m, u * p, 0.0)
+        g = tl.where(m, g, 0.0)
+        s0 += tl.sum(g, axis=1)
+        s1 += tl.sum(g * xh, axis=1)
+        s2 += tl.sum(xh, axis=1)
+    out = ((split * 3) * N + n) * C + c
+    stride = N * C
+    tl.store(sums_ptr + out, s0, mask=cmask)
+    tl.store(sums_ptr + out + stride, s1, mask=cmask)
+    tl.store(sums_ptr + out + 2 * stride, s2, mask=cmask)
+
+
+@triton.jit
+def _pointwise_kernel(dy_ptr, x_ptr, res_ptr, out_ptr, M_ptr, A_ptr, B_ptr, A2_ptr, B2_ptr, C2_ptr, numel, C, HW,
+                      alpha, ACT: tl.constexpr, CL: tl.constexpr, BACKWARD: tl.constexpr, RES: tl.constexpr,
+                      INT64: tl.constexpr, BLOCK: tl.constexpr):
+    """Forward: out = act((x - M) * A + B) (+ res). Backward: out = g * A2 + (x - M) * B2 + C2 with
+    g = dy * act'((x - M) * A + B). Flat over dense memory; the (n, c) table index from the layout."""
+    pid = tl.program_id(0)
+    if INT64:
+        pid = pid.to(tl.int64)
+    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < numel
+    if CL:
+        nc = (offs // (HW * C)) * C + offs % C
+    else:
+        nc = offs // HW
+    u = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32) - tl.load(M_ptr + nc, mask=mask, other=0.0)
+    h = u * tl.load(A_ptr + nc, mask=mask, other=0.0) + tl.load(B_ptr + nc, mask=mask, other=0.0)
+    if BACKWARD:
+        g = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(tl.float32) * act_derivative(h, alpha, ACT)
+        out = (g * tl.load(A2_ptr + nc, mask=mask, other=0.0) + u * tl.load(B2_ptr + nc, mask=mask, other=0.0)
+               + tl.load(C2_ptr + nc, mask=mask, other=0.0))
+    else:
+        out = act_forward(h, alpha, ACT)
+        if RES:
+            out += tl.load(res_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    tl.store(out_ptr + offs, out.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def _strides(N, C, HW, cl):
+    return (HW * C, 1, C) if cl else (C * HW, HW, 1)
+
+
+def _tiling(N, C, HW, cl, device):
+    """(BC, BHW, n_cblocks, splits, chunk): enough programs to fill the device, chunks of whole tiles."""
+    if cl:
+        BC = min(64, triton.next_power_of_2(max(C, 1)))
+        BHW = 32
+    else:
+        BC = 4
+        BHW = min(512, triton.next_power_of_2(max(HW, 1)))
+    n_cblocks = triton.cdiv(C, BC)
+    if device.type == "cuda":
+        import torch
+        want = 4 * torch.cuda.get_device_properties(device).multi_processor_count
+    else:
+        want = INTERPRETER_PROGRAMS
+    tiles = triton.cdiv(HW, BHW)
+    splits = max(1, min(tiles, triton.cdiv(want, max(N * n_cblocks, 1))))
+    chunk = triton.cdiv(tiles, splits) * BHW
+    splits = triton.cdiv(HW, chunk)
+    return BC, BHW, n_cblocks, splits, chunk
+
+
+def channel_stats(x, N, C, HW, cl):
+    """Per-split, per-(n, c) mean and m2 as (S, N, C) fp32 tensors, and the split counts (S,)."""
+    import torch
+    BC, BHW, ncb, S, chunk = _tiling(N, C, HW, cl, x.device)
+    mean = torch.empty((S, N, C), dtype=torch.float32, device=x.device)
+    m2 = torch.empty_like(mean)
+    if N * C > 0:
+        _stats_kernel[(N * ncb, S)](x, mean, m2, N, C, HW, chunk, *_strides(N, C, HW, cl), ncb, BC=BC, BHW=BHW,
+                                    INT64=x.numel() >= 2**31, num_warps=4)
+    counts = torch.tensor([min(HW, (s + 1) * chunk) - s * chunk for s in range(S)], dtype=torch.float64,
+                          device=x.device)
+    return mean, m2, counts
+
+
+def backward_reduce(dy, x, M, A, B, P, N, C, HW, cl, act_code, alpha):
+    """(3, N, C) fp32 sums of g, g * xhat, xhat (splits already added)."""
+    import torch
+    BC, BHW, ncb, S, chunk = _tiling(N, C, HW, cl, x.device)
+    sums = torch.empty((S, 3, N, C), dtype=torch.float32, device=x.device)
+    if N * C > 0:
+        _bwd_reduce_kernel[(N * ncb, S)](dy, x, M, A, B, P, sums, N, C, HW, chunk, *_strides(N, C, HW, cl), ncb,
+                                         float(alpha), ACT=act_code, BC=BC, BHW=BHW, INT64=x.numel() >= 2**31,
+                                         num_warps=4)
+    return sums.sum(0)
+
+
+def pointwise(dy, x, res, out, M, A, B, A2, B2, C2, C, HW, cl, act_code, alpha):
+    n = x.numel()
+    if n == 0:
+        return out
+    grid = (triton.cdiv(n, APPLY_BLOCK),)
+    _pointwise_kernel[grid](dy if dy is not None else x, x, res if res is not None else x, out, M, A, B,
+                            A2 if A2 is not None else M, B2 if B2 is not None else M, C2 if C2 is not None else M,
+                            n, C, HW, float(alpha), ACT=act_code, CL=cl, BACKWARD=dy is not None,
+                            RES=res is not None, INT64=n >= 2**31, BLOCK=APPLY_BLOCK, num_warps=8)
+    return out
