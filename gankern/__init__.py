@@ -12,6 +12,7 @@ from .ops.vae import kl_normal, reparameterize, reparameterize_kl  # noqa: E402
 from .distributions import DiagonalGaussian  # noqa: E402
 from .ops.norm import batch_norm_act, group_norm_act  # noqa: E402
 from .fold import fold_batchnorm  # noqa: E402
+from .optimize import optimize  # noqa: E402
 from . import nn  # noqa: E402
 from .ops.diffusion import add_noise, diffusion_loss  # noqa: E402
 from . import schedulers  # noqa: E402
@@ -20,7 +21,7 @@ from .sampling import sample  # noqa: E402
 __all__ = [
     "__version__", "backends", "use_backend", "nn",
     "bias_act",                                                     # StyleGAN
-    "group_norm_act", "batch_norm_act", "fold_batchnorm",           # normalization
+    "group_norm_act", "batch_norm_act", "fold_batchnorm", "optimize",  # normalization, patching
     "randn", "randn_like", "random_seed",                           # counter-based RNG
     "reparameterize", "kl_normal", "reparameterize_kl", "DiagonalGaussian",  # VAE
     "add_noise", "diffusion_loss", "schedulers", "sample",          # diffusion
