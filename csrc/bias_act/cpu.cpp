@@ -11,32 +11,23 @@ namespace {
 constexpr std::int64_t kBlock = 1 << 14;  // 64 KiB of fp32 per task: fits L2, amortizes scheduling
 
 // The two vectorizable run shapes: one bias for the whole run (channel not innermost), or one bias
-// per element (channels innermost, e.g. channels_last).
-template <int A, bool kClamp>
-GK_CPU_CLONES void fwd_run_scalar_bias(float* __restrict y, const float* __restrict x, std::int64_t len,
-                                       float b, float alpha, float gain, float clamp) {
-  for (std::int64_t i = 0; i < len; ++i) y[i] = forward_value<A, kClamp>(x[i], b, alpha, gain, clamp);
+// per element (channels innermost, e.g. channels_last). kBwd: out = dL/dx from dy, else out = y.
+template <int A, bool kClamp, bool kBwd>
+GK_CPU_CLONES void run_scalar_bias(float* __restrict out, const float* __restrict dy, const float* __restrict x,
+                                   std::int64_t len, float b, float alpha, float gain, float clamp) {
+  for (std::int64_t i = 0; i < len; ++i) {
+    if constexpr (kBwd) out[i] = backward_value<A, kClamp>(dy[i], x[i], b, alpha, gain, clamp);
+    else out[i] = forward_value<A, kClamp>(x[i], b, alpha, gain, clamp);
+  }
 }
 
-template <int A, bool kClamp>
-GK_CPU_CLONES void fwd_run_vector_bias(float* __restrict y, const float* __restrict x, std::int64_t len,
-                                       const float* __restrict b, float alpha, float gain, float clamp) {
-  for (std::int64_t i = 0; i < len; ++i) y[i] = forward_value<A, kClamp>(x[i], b[i], alpha, gain, clamp);
-}
-
-template <int A, bool kClamp>
-GK_CPU_CLONES void bwd_run_scalar_bias(float* __restrict dx, const float* __restrict dy,
-                                       const float* __restrict x, std::int64_t len, float b, float alpha,
-                                       float gain, float clamp) {
-  for (std::int64_t i = 0; i < len; ++i) dx[i] = backward_value<A, kClamp>(dy[i], x[i], b, alpha, gain, clamp);
-}
-
-template <int A, bool kClamp>
-GK_CPU_CLONES void bwd_run_vector_bias(float* __restrict dx, const float* __restrict dy,
-                                       const float* __restrict x, std::int64_t len, const float* __restrict b,
-                                       float alpha, float gain, float clamp) {
-  for (std::int64_t i = 0; i < len; ++i)
-    dx[i] = backward_value<A, kClamp>(dy[i], x[i], b[i], alpha, gain, clamp);
+template <int A, bool kClamp, bool kBwd>
+GK_CPU_CLONES void run_vector_bias(float* __restrict out, const float* __restrict dy, const float* __restrict x,
+                                   std::int64_t len, const float* __restrict b, float alpha, float gain, float clamp) {
+  for (std::int64_t i = 0; i < len; ++i) {
+    if constexpr (kBwd) out[i] = backward_value<A, kClamp>(dy[i], x[i], b[i], alpha, gain, clamp);
+    else out[i] = forward_value<A, kClamp>(x[i], b[i], alpha, gain, clamp);
+  }
 }
 
 // Splits [0, n) into blocks run in parallel, and each block into runs over which the bias is either
@@ -67,47 +58,35 @@ void for_each_run(const Params& p, const float* b, ScalarRun scalar_run, VectorR
   }
 }
 
-template <typename F>
-void dispatch(const Params& p, F&& f) {
+template <bool kBwd>
+void run(const float* dy, const float* x, const float* b, float* out, const Params& p) {
+  advise_huge_pages(out, p.n * static_cast<std::int64_t>(sizeof(float)));
   dispatch_act(p.act, [&](auto a) {
     constexpr int A = decltype(a)::value;
-    if (p.clamp >= 0.f) f(std::integral_constant<int, A>{}, std::true_type{});
-    else f(std::integral_constant<int, A>{}, std::false_type{});
+    auto go = [&](auto clamp_tag) {
+      constexpr bool K = decltype(clamp_tag)::value;
+      for_each_run(
+          p, b,
+          [&](std::int64_t pos, std::int64_t len, float bv) {
+            run_scalar_bias<A, K, kBwd>(out + pos, kBwd ? dy + pos : nullptr, x + pos, len, bv, p.alpha, p.gain,
+                                        p.clamp);
+          },
+          [&](std::int64_t pos, std::int64_t len, const float* bp) {
+            run_vector_bias<A, K, kBwd>(out + pos, kBwd ? dy + pos : nullptr, x + pos, len, bp, p.alpha, p.gain,
+                                        p.clamp);
+          });
+    };
+    if (p.clamp >= 0.f) go(std::true_type{});
+    else go(std::false_type{});
   });
 }
 
 }  // namespace
 
-void forward_cpu(const float* x, const float* b, float* y, const Params& p) {
-  advise_huge_pages(y, p.n * static_cast<std::int64_t>(sizeof(float)));
-  dispatch(p, [&](auto a, auto c) {
-    constexpr int A = decltype(a)::value;
-    constexpr bool K = decltype(c)::value;
-    for_each_run(
-        p, b,
-        [&](std::int64_t pos, std::int64_t len, float bv) {
-          fwd_run_scalar_bias<A, K>(y + pos, x + pos, len, bv, p.alpha, p.gain, p.clamp);
-        },
-        [&](std::int64_t pos, std::int64_t len, const float* bp) {
-          fwd_run_vector_bias<A, K>(y + pos, x + pos, len, bp, p.alpha, p.gain, p.clamp);
-        });
-  });
-}
+void forward_cpu(const float* x, const float* b, float* y, const Params& p) { run<false>(nullptr, x, b, y, p); }
 
 void backward_cpu(const float* dy, const float* x, const float* b, float* dx, const Params& p) {
-  advise_huge_pages(dx, p.n * static_cast<std::int64_t>(sizeof(float)));
-  dispatch(p, [&](auto a, auto c) {
-    constexpr int A = decltype(a)::value;
-    constexpr bool K = decltype(c)::value;
-    for_each_run(
-        p, b,
-        [&](std::int64_t pos, std::int64_t len, float bv) {
-          bwd_run_scalar_bias<A, K>(dx + pos, dy + pos, x + pos, len, bv, p.alpha, p.gain, p.clamp);
-        },
-        [&](std::int64_t pos, std::int64_t len, const float* bp) {
-          bwd_run_vector_bias<A, K>(dx + pos, dy + pos, x + pos, len, bp, p.alpha, p.gain, p.clamp);
-        });
-  });
+  run<true>(dy, x, b, dx, p);
 }
 
 }  // namespace gk::bias_act
