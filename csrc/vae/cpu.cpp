@@ -1,9 +1,7 @@
-// VAE sampling on the CPU. The normals are made in L1-sized tiles of kTile elements: a loop over
-// Philox counters that GCC vectorizes (widening multiplies, the branch-free log/sincos of
-// common/philox.h) into four component arrays, then interleaved into element order. The fused ops
-// consume a tile while it is still in L1, so eps never reaches memory.
-// OpenMP splits the elements into fixed blocks of kKlBlock, which also makes the KL partial sums
-// independent of the thread count.
+// VAE sampling on the CPU. Normals are made in L1-sized tiles of kTile elements (AVX2 intrinsics
+// where the CPU has them, else portable code GCC vectorizes); the fused ops consume a tile while it
+// is still in L1, so eps never reaches memory. OpenMP splits the elements into fixed blocks of
+// kKlBlock, which also makes the KL partial sums independent of the thread count.
 #include <algorithm>
 #include <cstring>
 
@@ -35,7 +33,8 @@ struct Uniforms {
   alignas(64) float u[4][kTileCounters];
 };
 
-GK_CPU_CLONES void philox_uniforms_portable(std::uint64_t seed, std::uint64_t counter0, int m, Uniforms* __restrict U) {
+GK_CPU_CLONES void philox_uniforms_portable(std::uint64_t seed, std::uint64_t counter0, int m,
+                                            Uniforms* __restrict U) {
   for (int k = 0; k < m; ++k) {
     std::uint32_t w[4];
     philox4x32_10(seed, counter0 + static_cast<std::uint64_t>(k), w);
@@ -235,8 +234,9 @@ struct Lanes {
 
 template <bool kZ, bool kKl, bool kSum>
 GK_CPU_CLONES void forward_segment_portable(const float* __restrict mu, const float* __restrict lv,
-                                   const float* __restrict eps, float* __restrict z, float* __restrict kl,
-                                   std::int64_t len, float lo, float hi, Lanes* __restrict acc) {
+                                            const float* __restrict eps, float* __restrict z,
+                                            float* __restrict kl, std::int64_t len, float lo, float hi,
+                                            Lanes* __restrict acc) {
   auto one = [&](std::int64_t i, int lane) {
     const float m = mu[i];
     const float v = clamp_lv(lv[i], lo, hi);
@@ -255,10 +255,10 @@ GK_CPU_CLONES void forward_segment_portable(const float* __restrict mu, const fl
 }
 
 template <bool kZ, bool kKl, bool kKlElem, bool kDmu>
-GK_CPU_CLONES void backward_segment_portable(const float* __restrict dz, const float* __restrict gkl, float gscale,
-                                    const float* __restrict mu, const float* __restrict lv,
-                                    const float* __restrict eps, float* __restrict dmu, float* __restrict dlv,
-                                    std::int64_t len, float lo, float hi) {
+GK_CPU_CLONES void backward_segment_portable(const float* __restrict dz, const float* __restrict gkl,
+                                             float gscale, const float* __restrict mu, const float* __restrict lv,
+                                             const float* __restrict eps, float* __restrict dmu,
+                                             float* __restrict dlv, std::int64_t len, float lo, float hi) {
   const float gconst = kKl && !kKlElem ? gscale * gkl[0] : 0.f;
   for (std::int64_t i = 0; i < len; ++i) {
     const float raw = lv[i];
@@ -449,7 +449,8 @@ void set_cpu_simd(bool enabled) { g_allow_simd = enabled; }
 void randn_cpu(float* out, std::int64_t n, std::uint64_t seed, std::uint64_t offset) {
   advise_huge_pages(out, n * 4);
   parallel_blocks(n, [&](std::int64_t, std::int64_t b0, std::int64_t b1) {
-    for (std::int64_t t = b0; t < b1; t += kTile) randn_elements(seed, offset, t, std::min<std::int64_t>(kTile, b1 - t), out + t);
+    for (std::int64_t t = b0; t < b1; t += kTile)
+      randn_elements(seed, offset, t, std::min<std::int64_t>(kTile, b1 - t), out + t);
   });
 }
 
