@@ -2,6 +2,12 @@
 // where the CPU has them, else portable code GCC vectorizes); the fused ops consume a tile while it
 // is still in L1, so eps never reaches memory. OpenMP splits the elements into fixed blocks of
 // kKlBlock, which also makes the KL partial sums independent of the thread count.
+// Nothing here reads floating-point exception flags, so GCC may evaluate both sides of a float
+// select (clamp, exp's range checks) in the portable loops: without this it keeps them as branches
+// and does not vectorize those loops at all. Values are unchanged.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC optimize("no-trapping-math")
+#endif
 #include <algorithm>
 #include <cstring>
 
@@ -228,6 +234,29 @@ inline void randn_elements(std::uint64_t seed, std::uint64_t offset, std::int64_
   }
 }
 
+// exp(x) for the portable loops: exp_f32's Cephes polynomial, but rounding with the 1.5 * 2^23 trick
+// instead of std::floor, which GCC emits as a call to floorf (checked with -march=x86-64-v3) and
+// which therefore keeps any loop around it scalar.
+inline float exp_vec_f32(float x) {
+  const float hi = 88.72283905206835f, lo = -87.3365447504019f;
+  float xc = x > hi ? hi : (x < lo ? lo : x);
+  xc = x == x ? xc : 0.f;  // NaN: compute anything finite, fixed up below
+  const float n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // nearest integer
+  const float r = (xc - n * 0.693359375f) + n * 2.12194440e-4f;            // |r| <= ln(2) / 2
+  float p = 1.9875691500E-4f;
+  p = p * r + 1.3981999507E-3f;
+  p = p * r + 8.3334519073E-3f;
+  p = p * r + 4.1665795894E-2f;
+  p = p * r + 1.6666665459E-1f;
+  p = p * r + 5.0000001201E-1f;
+  const float y = p * r * r + r + 1.0f;
+  // 2^n in two steps, so n = 128 (x up to log(FLT_MAX)) does not overflow the exponent field.
+  const std::int32_t ni = static_cast<std::int32_t>(n);
+  const float s1 = bits_to_f32((ni / 2 + 127) << 23), s2 = bits_to_f32((ni - ni / 2 + 127) << 23);
+  const float v = y * s1 * s2;
+  return x != x ? x : (x > hi ? INFINITY : (x < lo ? 0.f : v));
+}
+
 struct Lanes {
   float v[kLanes];
 };
@@ -240,7 +269,7 @@ GK_CPU_CLONES void forward_segment_portable(const float* __restrict mu, const fl
   auto one = [&](std::int64_t i, int lane) {
     const float m = mu[i];
     const float v = clamp_lv(lv[i], lo, hi);
-    const float s = exp_f32(0.5f * v);
+    const float s = exp_vec_f32(0.5f * v);
     if constexpr (kZ) z[i] = m + s * eps[i];
     if constexpr (kKl || kSum) {
       const float t = kl_term(m, v, s * s);
@@ -263,7 +292,7 @@ GK_CPU_CLONES void backward_segment_portable(const float* __restrict dz, const f
   for (std::int64_t i = 0; i < len; ++i) {
     const float raw = lv[i];
     const float v = clamp_lv(raw, lo, hi);
-    const float s = exp_f32(0.5f * v);
+    const float s = exp_vec_f32(0.5f * v);
     float gm = 0.f, gv = 0.f;
     if constexpr (kKl) {
       const float g = kKlElem ? gscale * gkl[i] : gconst;
@@ -280,9 +309,9 @@ GK_CPU_CLONES void backward_segment_portable(const float* __restrict dz, const f
 }
 
 #ifdef GK_HAVE_AVX2_PHILOX
-// exp_f32 of common/activations.h (Cephes expf), 8 lanes, with its overflow/underflow/NaN rules.
+// exp_vec_f32 (Cephes expf), 8 lanes, with the same overflow/underflow/NaN rules.
 GK_AVX2_FMA inline __m256 exp8(__m256 x) {
-  const __m256 hi = _mm256_set1_ps(88.3762626647949f), lo = _mm256_set1_ps(-87.3365447504019f);
+  const __m256 hi = _mm256_set1_ps(88.72283905206835f), lo = _mm256_set1_ps(-87.3365447504019f);
   __m256 xc = _mm256_min_ps(_mm256_max_ps(x, lo), hi);
   const __m256 nan = _mm256_cmp_ps(x, x, _CMP_UNORD_Q);
   xc = _mm256_andnot_ps(nan, xc);
@@ -296,8 +325,12 @@ GK_AVX2_FMA inline __m256 exp8(__m256 x) {
   p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459E-1f));
   p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201E-1f));
   __m256 y = _mm256_add_ps(_mm256_fmadd_ps(_mm256_mul_ps(p, r), r, r), _mm256_set1_ps(1.0f));
-  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-  y = _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+  // 2^n in two steps (n/2 and n - n/2), so n = 128 (x right at hi) does not overflow the exponent.
+  const __m256i ni = _mm256_cvtps_epi32(n);
+  const __m256i h = _mm256_srai_epi32(ni, 1);
+  const __m256i bias = _mm256_set1_epi32(127);
+  y = _mm256_mul_ps(y, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(h, bias), 23)));
+  y = _mm256_mul_ps(y, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_sub_epi32(ni, h), bias), 23)));
   y = _mm256_blendv_ps(y, _mm256_set1_ps(INFINITY), _mm256_cmp_ps(x, hi, _CMP_GT_OQ));
   y = _mm256_blendv_ps(y, _mm256_setzero_ps(), _mm256_cmp_ps(x, lo, _CMP_LT_OQ));
   return _mm256_blendv_ps(y, x, nan);
@@ -422,7 +455,7 @@ constexpr std::int64_t kParallelBlocks = 64;
 template <typename F>
 inline void parallel_blocks(std::int64_t n, F&& f) {
   const std::int64_t nblocks = (n + kKlBlock - 1) / kKlBlock;
-#pragma omp parallel for schedule(dynamic, 2) if (nblocks >= kParallelBlocks)
+#pragma omp parallel for schedule(dynamic, 1) if (nblocks >= kParallelBlocks)
   for (std::int64_t blk = 0; blk < nblocks; ++blk) f(blk, blk * kKlBlock, std::min(n, (blk + 1) * kKlBlock));
 }
 
