@@ -218,6 +218,32 @@ def test_no_clamp_and_nan_propagate(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_exp_range_edges(backend):
+    """No clamp: exp(logvar) stays finite up to log(FLT_MAX) and underflows to 0 like torch.exp,
+    on every path (the CPU's AVX2 and portable exp included)."""
+    device = DEVICES[-1]
+    skip_unless_runnable("vae_forward", backend, device)
+    lv = torch.tensor([88.0, 88.5, 88.72, 88.8, 120.0, -87.0, -88.0, -104.0, -200.0, 3.0], device=device)
+    mu = torch.zeros_like(lv)
+    paths = (True, False) if backend == "cpu" else (True,)
+    for simd in paths:
+        if backend == "cpu":
+            _native.cpu.vae_set_simd(simd)
+        try:
+            with use_backend(backend):
+                kl = gankern.kl_normal(mu, lv, "none")
+        finally:
+            if backend == "cpu":
+                _native.cpu.vae_set_simd(True)
+        lvc = lv.cpu()
+        eager = 0.5 * (torch.exp(lvc) - 1.0 - lvc)  # torch fp32: exp overflows past log(FLT_MAX)
+        exact = 0.5 * (torch.exp(lvc.double()) - 1.0 - lvc.double())
+        assert torch.equal(torch.isinf(kl.cpu()), torch.isinf(eager)), (simd, kl)
+        fin = torch.isfinite(eager)
+        assert torch.allclose(kl.cpu()[fin].double(), exact[fin], rtol=1e-5), (simd, kl)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_empty(backend):
     device = DEVICES[-1]
     skip_unless_runnable("vae_forward", backend, device)
