@@ -35,7 +35,8 @@ def _clamp(raw, lo, hi):
     return tl.where(raw < lo, lo, tl.where(raw > hi, hi, raw))  # NaN passes, as torch.clamp
 
 
-@triton.jit
+# seed and offset change every call: no value specialization (one compiled kernel for all).
+@triton.jit(do_not_specialize=["seed", "offset"])
 def _forward_kernel(mu_ptr, lv_ptr, z_ptr, kl_ptr, part_ptr, n, inner, mu_rs, lv_rs, seed, offset, lo, hi,
                     WANT_Z: tl.constexpr, WANT_KL: tl.constexpr, WANT_SUM: tl.constexpr, ROWS: tl.constexpr,
                     BLOCK: tl.constexpr):
@@ -58,7 +59,7 @@ def _forward_kernel(mu_ptr, lv_ptr, z_ptr, kl_ptr, part_ptr, n, inner, mu_rs, lv
             tl.store(part_ptr + pid, tl.sum(tl.sum(tl.where(mask, t, 0.0), axis=1), axis=0).to(tl.float64))
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["seed", "offset"])
 def _backward_kernel(dz_ptr, g_ptr, gscale, mu_ptr, lv_ptr, dmu_ptr, dlv_ptr, n, inner, mu_rs, lv_rs, seed, offset,
                      lo, hi, HAS_DZ: tl.constexpr, HAS_G: tl.constexpr, G_ELEM: tl.constexpr, ROWS: tl.constexpr,
                      BLOCK: tl.constexpr):
