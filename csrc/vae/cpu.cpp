@@ -28,6 +28,7 @@ constexpr int kTileCounters = 256;
 constexpr int kTile = 4 * kTileCounters;  // elements
 constexpr int kLanes = 16;                // independent fp32 accumulators: vectorizable, fixed order
 static_assert(kKlBlock % kTile == 0, "tiles must not straddle KL blocks");
+static_assert(kTileCounters % 16 == 0, "the AVX2 Philox fills whole groups of 16 counters");
 
 // ---- one tile of normals: out[0 .. 4m) = the normals of counters counter0 .. counter0 + m - 1 ----
 // Three steps over L1-resident component arrays: Philox words -> uniforms (u0..u3), Box-Muller
@@ -65,6 +66,26 @@ GK_AVX2 inline __m256 to_uniform8(__m256i w) {
   return _mm256_mul_ps(_mm256_cvtepi32_ps(x), _mm256_set1_ps(kUniformScale));
 }
 
+// Counter words (c0, c1) of counters base .. base + 7: lanes whose low word wrapped past 2^32
+// carry into the high word (64-bit counters).
+GK_AVX2 inline void counter_words8(std::uint64_t base, __m256i* c0, __m256i* c1) {
+  const __m256i sign = _mm256_set1_epi32(static_cast<int>(0x80000000u));
+  const __m256i blo = _mm256_set1_epi32(static_cast<int>(static_cast<std::uint32_t>(base)));
+  *c0 = _mm256_add_epi32(blo, _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  const __m256i carry = _mm256_cmpgt_epi32(_mm256_xor_si256(blo, sign), _mm256_xor_si256(*c0, sign));
+  *c1 = _mm256_sub_epi32(_mm256_set1_epi32(static_cast<int>(base >> 32)), carry);
+}
+
+GK_AVX2 inline void philox_round8(__m256i& c0, __m256i& c1, __m256i& c2, __m256i& c3, __m256i k0, __m256i k1) {
+  __m256i hb, lb, ha, la;
+  mulhilo8(c2, _mm256_set1_epi32(static_cast<int>(kPhiloxRoundB)), &hb, &lb);
+  mulhilo8(c0, _mm256_set1_epi32(static_cast<int>(kPhiloxRoundA)), &ha, &la);
+  c0 = _mm256_xor_si256(_mm256_xor_si256(hb, c1), k0);
+  c2 = _mm256_xor_si256(_mm256_xor_si256(ha, c3), k1);
+  c1 = lb;
+  c3 = la;
+}
+
 GK_AVX2 void philox_uniforms_avx2(std::uint64_t seed, std::uint64_t counter0, int m, Uniforms* __restrict U) {
   __m256i key0[10], key1[10];  // the key schedule is the same for every counter
   {
@@ -74,31 +95,26 @@ GK_AVX2 void philox_uniforms_avx2(std::uint64_t seed, std::uint64_t counter0, in
       key1[r] = _mm256_set1_epi32(static_cast<int>(k1));
     }
   }
-  const __m256i mA = _mm256_set1_epi32(static_cast<int>(kPhiloxRoundA));
-  const __m256i mB = _mm256_set1_epi32(static_cast<int>(kPhiloxRoundB));
-  const __m256i iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-  const __m256i sign = _mm256_set1_epi32(static_cast<int>(0x80000000u));
-  for (int k = 0; k < m; k += 8) {  // m may end mid-vector: the extra lanes land in U's slack
-    const std::uint64_t base = counter0 + static_cast<std::uint64_t>(k);
-    const __m256i blo = _mm256_set1_epi32(static_cast<int>(static_cast<std::uint32_t>(base)));
-    __m256i c0 = _mm256_add_epi32(blo, iota);
-    // 64-bit counters: lanes whose low word wrapped past 2^32 carry into the high word.
-    const __m256i carry = _mm256_cmpgt_epi32(_mm256_xor_si256(blo, sign), _mm256_xor_si256(c0, sign));
-    __m256i c1 = _mm256_sub_epi32(_mm256_set1_epi32(static_cast<int>(base >> 32)), carry);
-    __m256i c2 = _mm256_setzero_si256(), c3 = _mm256_setzero_si256();
+  // Two groups of 8 counters per step: each round is a chain of dependent multiplies, so two
+  // independent chains keep the multiplier busy. m may end mid-group: the extra lanes land in U's
+  // slack (kTileCounters is a multiple of 16).
+  for (int k = 0; k < m; k += 16) {
+    __m256i a0, a1, b0, b1;
+    counter_words8(counter0 + static_cast<std::uint64_t>(k), &a0, &a1);
+    counter_words8(counter0 + static_cast<std::uint64_t>(k + 8), &b0, &b1);
+    __m256i a2 = _mm256_setzero_si256(), a3 = a2, b2 = a2, b3 = a2;
     for (int r = 0; r < 10; ++r) {
-      __m256i hb, lb, ha, la;
-      mulhilo8(c2, mB, &hb, &lb);
-      mulhilo8(c0, mA, &ha, &la);
-      c0 = _mm256_xor_si256(_mm256_xor_si256(hb, c1), key0[r]);
-      c2 = _mm256_xor_si256(_mm256_xor_si256(ha, c3), key1[r]);
-      c1 = lb;
-      c3 = la;
+      philox_round8(a0, a1, a2, a3, key0[r], key1[r]);
+      philox_round8(b0, b1, b2, b3, key0[r], key1[r]);
     }
-    _mm256_store_ps(U->u[0] + k, to_uniform8(c0));
-    _mm256_store_ps(U->u[1] + k, to_uniform8(c1));
-    _mm256_store_ps(U->u[2] + k, to_uniform8(c2));
-    _mm256_store_ps(U->u[3] + k, to_uniform8(c3));
+    _mm256_store_ps(U->u[0] + k, to_uniform8(a0));
+    _mm256_store_ps(U->u[1] + k, to_uniform8(a1));
+    _mm256_store_ps(U->u[2] + k, to_uniform8(a2));
+    _mm256_store_ps(U->u[3] + k, to_uniform8(a3));
+    _mm256_store_ps(U->u[0] + k + 8, to_uniform8(b0));
+    _mm256_store_ps(U->u[1] + k + 8, to_uniform8(b1));
+    _mm256_store_ps(U->u[2] + k + 8, to_uniform8(b2));
+    _mm256_store_ps(U->u[3] + k + 8, to_uniform8(b3));
   }
 }
 
@@ -158,22 +174,34 @@ GK_AVX2_FMA inline void box_muller8(__m256 u1, __m256 u2, __m256* n1, __m256* n2
 }
 
 // Box-Muller of 8 counters and their interleaving into 32 consecutive elements.
+// 4x8 transpose: lane i of (a, b, c, d) -> o[4 i + 0..3]
+GK_AVX2 inline void store_interleaved(float* o, __m256 a, __m256 b, __m256 c, __m256 d) {
+  const __m256 ab_lo = _mm256_unpacklo_ps(a, b), ab_hi = _mm256_unpackhi_ps(a, b);
+  const __m256 cd_lo = _mm256_unpacklo_ps(c, d), cd_hi = _mm256_unpackhi_ps(c, d);
+  const __m256 r0 = _mm256_shuffle_ps(ab_lo, cd_lo, 0x44), r1 = _mm256_shuffle_ps(ab_lo, cd_lo, 0xEE);
+  const __m256 r2 = _mm256_shuffle_ps(ab_hi, cd_hi, 0x44), r3 = _mm256_shuffle_ps(ab_hi, cd_hi, 0xEE);
+  _mm256_storeu_ps(o + 0, _mm256_permute2f128_ps(r0, r1, 0x20));
+  _mm256_storeu_ps(o + 8, _mm256_permute2f128_ps(r2, r3, 0x20));
+  _mm256_storeu_ps(o + 16, _mm256_permute2f128_ps(r0, r1, 0x31));
+  _mm256_storeu_ps(o + 24, _mm256_permute2f128_ps(r2, r3, 0x31));
+}
+
 GK_AVX2_FMA void box_muller_interleave_avx2(const Uniforms* __restrict U, int m, float* __restrict out) {
   int k = 0;
+  for (; k + 16 <= m; k += 16) {  // four independent log/sqrt/sincos chains in flight
+    __m256 a, b, c, d, e, f, g, h;
+    box_muller8(_mm256_load_ps(U->u[0] + k), _mm256_load_ps(U->u[1] + k), &a, &b);
+    box_muller8(_mm256_load_ps(U->u[2] + k), _mm256_load_ps(U->u[3] + k), &c, &d);
+    box_muller8(_mm256_load_ps(U->u[0] + k + 8), _mm256_load_ps(U->u[1] + k + 8), &e, &f);
+    box_muller8(_mm256_load_ps(U->u[2] + k + 8), _mm256_load_ps(U->u[3] + k + 8), &g, &h);
+    store_interleaved(out + 4 * k, a, b, c, d);
+    store_interleaved(out + 4 * k + 32, e, f, g, h);
+  }
   for (; k + 8 <= m; k += 8) {
     __m256 a, b, c, d;
     box_muller8(_mm256_load_ps(U->u[0] + k), _mm256_load_ps(U->u[1] + k), &a, &b);
     box_muller8(_mm256_load_ps(U->u[2] + k), _mm256_load_ps(U->u[3] + k), &c, &d);
-    // 4x8 transpose: lane i of (a, b, c, d) -> out[4 (k + i) + 0..3]
-    const __m256 ab_lo = _mm256_unpacklo_ps(a, b), ab_hi = _mm256_unpackhi_ps(a, b);
-    const __m256 cd_lo = _mm256_unpacklo_ps(c, d), cd_hi = _mm256_unpackhi_ps(c, d);
-    const __m256 r0 = _mm256_shuffle_ps(ab_lo, cd_lo, 0x44), r1 = _mm256_shuffle_ps(ab_lo, cd_lo, 0xEE);
-    const __m256 r2 = _mm256_shuffle_ps(ab_hi, cd_hi, 0x44), r3 = _mm256_shuffle_ps(ab_hi, cd_hi, 0xEE);
-    float* o = out + 4 * k;
-    _mm256_storeu_ps(o + 0, _mm256_permute2f128_ps(r0, r1, 0x20));
-    _mm256_storeu_ps(o + 8, _mm256_permute2f128_ps(r2, r3, 0x20));
-    _mm256_storeu_ps(o + 16, _mm256_permute2f128_ps(r0, r1, 0x31));
-    _mm256_storeu_ps(o + 24, _mm256_permute2f128_ps(r2, r3, 0x31));
+    store_interleaved(out + 4 * k, a, b, c, d);
   }
   if (k < m) {  // tail: one more vector computed into a buffer, the needed part copied
     alignas(32) float buf[32];
