@@ -143,11 +143,12 @@ def test_matches_torch_formula_with_same_eps(backend, device):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("device", DEVICES)
-def test_channel_chunks_read_in_place(backend, device):
+@pytest.mark.parametrize("pshape", [(3, 10, 5, 7), (3, 8, 4, 6)])  # rows of 175 (odd) and 96 (vector) elements
+def test_channel_chunks_read_in_place(backend, device, pshape):
     """mean/logvar as the two channel halves of one tensor (DiagonalGaussian), and transposed
     (non-contiguous) inputs: the noise follows the logical row-major order either way."""
     skip_unless_runnable("vae_forward", backend, device)
-    params = torch.randn(3, 10, 5, 7, device=device)
+    params = torch.randn(*pshape, device=device)
     mu, lv = params.chunk(2, dim=1)
     assert not mu.is_contiguous()
     mt, lt = torch.randn(9, 6, device=device).t(), torch.randn(9, 6, device=device).t()
@@ -160,6 +161,15 @@ def test_channel_chunks_read_in_place(backend, device):
     assert torch.equal(zt, ztc)
     zr, klr = ref64(mu, lv, 3, 4, "none")
     assert_close(z, zr, what="z")
+    with use_backend(backend):  # and the backward through the views
+        p = params.clone().requires_grad_()
+        m, v = p.chunk(2, dim=1)
+        z, kl = gankern.reparameterize_kl(m, v, 3, 4, "sum")
+        (z.sum() + kl).backward()
+    gm, gv = ref64_grads(mu, lv, 3, 4, "sum", torch.ones(mu.shape), torch.tensor(1.0))
+    half = pshape[1] // 2
+    assert_close(p.grad[:, :half], gm, what="dmu")
+    assert_close(p.grad[:, half:], gv, what="dlogvar")
 
 
 @pytest.mark.parametrize("backend", ("triton", "cuda", "reference"))
