@@ -87,8 +87,10 @@ def test_reference_float32_close_to_float64():
 
 
 def test_philox_known_answer():
-    """Random123's published Philox4x32-10 known-answer vectors (counter and key all zeros, and all
-    ones): our key schedule is Triton's, which is Random123's with key = (seed_lo, seed_hi)."""
+    """Random123's published Philox4x32-10 known-answer vector for counter and key all zeros (its
+    other vectors set counter words 2 and 3, which this generator keeps at 0). Triton's key
+    schedule is Random123's with key = (seed_lo, seed_hi); the words are also compared with
+    tl.randint4x itself."""
     w = R.philox4x32_10(0, torch.zeros(1, dtype=torch.int64))
     assert [int(x) for x in w] == [0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8]
 
@@ -111,6 +113,29 @@ def _triton_randn4x(seed, offset, count, device):
     out = torch.empty(4 * count, device=device)
     kernel[(1,)](out, seed, offset, N=count)
     return out
+
+
+@pytest.mark.parametrize("seed,offset", [(0, 0), (42, 2**32 + 17), (2**62 + 3, 2**45), (U64 - 1, U64 - 9)])
+def test_reference_words_equal_triton_randint4x(seed, offset):
+    """The specification's Philox words are exactly tl.randint4x's (integers: no rounding)."""
+    device = DEVICES[-1]
+    skip_unless_runnable("randn", "triton", device)
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def kernel(out_ptr, seed, offset, N: tl.constexpr):
+        k = tl.arange(0, N)
+        w0, w1, w2, w3 = tl.randint4x(seed, offset.to(tl.int64) + k.to(tl.int64))
+        tl.store(out_ptr + 4 * k, w0.to(tl.int64) & 0xFFFFFFFF)
+        tl.store(out_ptr + 4 * k + 1, w1.to(tl.int64) & 0xFFFFFFFF)
+        tl.store(out_ptr + 4 * k + 2, w2.to(tl.int64) & 0xFFFFFFFF)
+        tl.store(out_ptr + 4 * k + 3, w3.to(tl.int64) & 0xFFFFFFFF)
+
+    out = torch.empty(4 * 32, dtype=torch.int64, device=device)
+    kernel[(1,)](out, gr.seed_bits(seed), gr.seed_bits(offset), N=32)
+    words = R.philox4x32_10(seed, R.counter_tensor(offset, 32))
+    assert torch.equal(out.cpu().view(32, 4), torch.stack(words, dim=1))
 
 
 @pytest.mark.parametrize("seed,offset", [(0, 0), (42, 2**32 + 17), (2**62 + 3, 2**45), (U64 - 1, 5)])

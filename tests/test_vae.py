@@ -143,11 +143,12 @@ def test_matches_torch_formula_with_same_eps(backend, device):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("device", DEVICES)
-def test_channel_chunks_read_in_place(backend, device):
+@pytest.mark.parametrize("pshape", [(3, 10, 5, 7), (3, 8, 4, 6)])  # rows of 175 (odd) and 96 (vector) elements
+def test_channel_chunks_read_in_place(backend, device, pshape):
     """mean/logvar as the two channel halves of one tensor (DiagonalGaussian), and transposed
     (non-contiguous) inputs: the noise follows the logical row-major order either way."""
     skip_unless_runnable("vae_forward", backend, device)
-    params = torch.randn(3, 10, 5, 7, device=device)
+    params = torch.randn(*pshape, device=device)
     mu, lv = params.chunk(2, dim=1)
     assert not mu.is_contiguous()
     mt, lt = torch.randn(9, 6, device=device).t(), torch.randn(9, 6, device=device).t()
@@ -160,6 +161,15 @@ def test_channel_chunks_read_in_place(backend, device):
     assert torch.equal(zt, ztc)
     zr, klr = ref64(mu, lv, 3, 4, "none")
     assert_close(z, zr, what="z")
+    with use_backend(backend):  # and the backward through the views
+        p = params.clone().requires_grad_()
+        m, v = p.chunk(2, dim=1)
+        z, kl = gankern.reparameterize_kl(m, v, 3, 4, "sum")
+        (z.sum() + kl).backward()
+    gm, gv = ref64_grads(mu, lv, 3, 4, "sum", torch.ones(mu.shape), torch.tensor(1.0))
+    half = pshape[1] // 2
+    assert_close(p.grad[:, :half], gm, what="dmu")
+    assert_close(p.grad[:, half:], gv, what="dlogvar")
 
 
 @pytest.mark.parametrize("backend", ("triton", "cuda", "reference"))
@@ -215,6 +225,33 @@ def test_no_clamp_and_nan_propagate(backend):
     assert torch.equal(torch.isnan(z).cpu(), torch.isnan(zr)) and torch.equal(torch.isnan(kl).cpu(), torch.isnan(klr))
     assert_close(z, zr.float().double(), what="z")
     assert_close(kl, klr, what="kl")
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")  # numpy, in the Triton interpreter
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_exp_range_edges(backend):
+    """No clamp: exp(logvar) stays finite up to log(FLT_MAX) and underflows to 0 like torch.exp,
+    on every path (the CPU's AVX2 and portable exp included)."""
+    device = DEVICES[-1]
+    skip_unless_runnable("vae_forward", backend, device)
+    lv = torch.tensor([88.0, 88.5, 88.72, 88.8, 120.0, -87.0, -88.0, -104.0, -200.0, 3.0], device=device)
+    mu = torch.zeros_like(lv)
+    paths = (True, False) if backend == "cpu" else (True,)
+    for simd in paths:
+        if backend == "cpu":
+            _native.cpu.vae_set_simd(simd)
+        try:
+            with use_backend(backend):
+                kl = gankern.kl_normal(mu, lv, "none")
+        finally:
+            if backend == "cpu":
+                _native.cpu.vae_set_simd(True)
+        lvc = lv.cpu()
+        eager = 0.5 * (torch.exp(lvc) - 1.0 - lvc)  # torch fp32: exp overflows past log(FLT_MAX)
+        exact = 0.5 * (torch.exp(lvc.double()) - 1.0 - lvc.double())
+        assert torch.equal(torch.isinf(kl.cpu()), torch.isinf(eager)), (simd, kl)
+        fin = torch.isfinite(eager)
+        assert torch.allclose(kl.cpu()[fin].double(), exact[fin], rtol=1e-5), (simd, kl)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -1,9 +1,13 @@
-// VAE sampling on the CPU. The normals are made in L1-sized tiles of kTile elements: a loop over
-// Philox counters that GCC vectorizes (widening multiplies, the branch-free log/sincos of
-// common/philox.h) into four component arrays, then interleaved into element order. The fused ops
-// consume a tile while it is still in L1, so eps never reaches memory.
-// OpenMP splits the elements into fixed blocks of kKlBlock, which also makes the KL partial sums
-// independent of the thread count.
+// VAE sampling on the CPU. Normals are made in L1-sized tiles of kTile elements (AVX2 intrinsics
+// where the CPU has them, else portable code GCC vectorizes); the fused ops consume a tile while it
+// is still in L1, so eps never reaches memory. OpenMP splits the elements into fixed blocks of
+// kKlBlock, which also makes the KL partial sums independent of the thread count.
+// Nothing here reads floating-point exception flags, so GCC may evaluate both sides of a float
+// select (clamp, exp's range checks) in the portable loops: without this it keeps them as branches
+// and does not vectorize those loops at all. Values are unchanged.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC optimize("no-trapping-math")
+#endif
 #include <algorithm>
 #include <cstring>
 
@@ -24,6 +28,7 @@ constexpr int kTileCounters = 256;
 constexpr int kTile = 4 * kTileCounters;  // elements
 constexpr int kLanes = 16;                // independent fp32 accumulators: vectorizable, fixed order
 static_assert(kKlBlock % kTile == 0, "tiles must not straddle KL blocks");
+static_assert(kTileCounters % 16 == 0, "the AVX2 Philox fills whole groups of 16 counters");
 
 // ---- one tile of normals: out[0 .. 4m) = the normals of counters counter0 .. counter0 + m - 1 ----
 // Three steps over L1-resident component arrays: Philox words -> uniforms (u0..u3), Box-Muller
@@ -35,7 +40,8 @@ struct Uniforms {
   alignas(64) float u[4][kTileCounters];
 };
 
-GK_CPU_CLONES void philox_uniforms_portable(std::uint64_t seed, std::uint64_t counter0, int m, Uniforms* __restrict U) {
+GK_CPU_CLONES void philox_uniforms_portable(std::uint64_t seed, std::uint64_t counter0, int m,
+                                            Uniforms* __restrict U) {
   for (int k = 0; k < m; ++k) {
     std::uint32_t w[4];
     philox4x32_10(seed, counter0 + static_cast<std::uint64_t>(k), w);
@@ -60,6 +66,26 @@ GK_AVX2 inline __m256 to_uniform8(__m256i w) {
   return _mm256_mul_ps(_mm256_cvtepi32_ps(x), _mm256_set1_ps(kUniformScale));
 }
 
+// Counter words (c0, c1) of counters base .. base + 7: lanes whose low word wrapped past 2^32
+// carry into the high word (64-bit counters).
+GK_AVX2 inline void counter_words8(std::uint64_t base, __m256i* c0, __m256i* c1) {
+  const __m256i sign = _mm256_set1_epi32(static_cast<int>(0x80000000u));
+  const __m256i blo = _mm256_set1_epi32(static_cast<int>(static_cast<std::uint32_t>(base)));
+  *c0 = _mm256_add_epi32(blo, _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  const __m256i carry = _mm256_cmpgt_epi32(_mm256_xor_si256(blo, sign), _mm256_xor_si256(*c0, sign));
+  *c1 = _mm256_sub_epi32(_mm256_set1_epi32(static_cast<int>(base >> 32)), carry);
+}
+
+GK_AVX2 inline void philox_round8(__m256i& c0, __m256i& c1, __m256i& c2, __m256i& c3, __m256i k0, __m256i k1) {
+  __m256i hb, lb, ha, la;
+  mulhilo8(c2, _mm256_set1_epi32(static_cast<int>(kPhiloxRoundB)), &hb, &lb);
+  mulhilo8(c0, _mm256_set1_epi32(static_cast<int>(kPhiloxRoundA)), &ha, &la);
+  c0 = _mm256_xor_si256(_mm256_xor_si256(hb, c1), k0);
+  c2 = _mm256_xor_si256(_mm256_xor_si256(ha, c3), k1);
+  c1 = lb;
+  c3 = la;
+}
+
 GK_AVX2 void philox_uniforms_avx2(std::uint64_t seed, std::uint64_t counter0, int m, Uniforms* __restrict U) {
   __m256i key0[10], key1[10];  // the key schedule is the same for every counter
   {
@@ -69,31 +95,26 @@ GK_AVX2 void philox_uniforms_avx2(std::uint64_t seed, std::uint64_t counter0, in
       key1[r] = _mm256_set1_epi32(static_cast<int>(k1));
     }
   }
-  const __m256i mA = _mm256_set1_epi32(static_cast<int>(kPhiloxRoundA));
-  const __m256i mB = _mm256_set1_epi32(static_cast<int>(kPhiloxRoundB));
-  const __m256i iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-  const __m256i sign = _mm256_set1_epi32(static_cast<int>(0x80000000u));
-  for (int k = 0; k < m; k += 8) {  // m may end mid-vector: the extra lanes land in U's slack
-    const std::uint64_t base = counter0 + static_cast<std::uint64_t>(k);
-    const __m256i blo = _mm256_set1_epi32(static_cast<int>(static_cast<std::uint32_t>(base)));
-    __m256i c0 = _mm256_add_epi32(blo, iota);
-    // 64-bit counters: lanes whose low word wrapped past 2^32 carry into the high word.
-    const __m256i carry = _mm256_cmpgt_epi32(_mm256_xor_si256(blo, sign), _mm256_xor_si256(c0, sign));
-    __m256i c1 = _mm256_sub_epi32(_mm256_set1_epi32(static_cast<int>(base >> 32)), carry);
-    __m256i c2 = _mm256_setzero_si256(), c3 = _mm256_setzero_si256();
+  // Two groups of 8 counters per step: each round is a chain of dependent multiplies, so two
+  // independent chains keep the multiplier busy. m may end mid-group: the extra lanes land in U's
+  // slack (kTileCounters is a multiple of 16).
+  for (int k = 0; k < m; k += 16) {
+    __m256i a0, a1, b0, b1;
+    counter_words8(counter0 + static_cast<std::uint64_t>(k), &a0, &a1);
+    counter_words8(counter0 + static_cast<std::uint64_t>(k + 8), &b0, &b1);
+    __m256i a2 = _mm256_setzero_si256(), a3 = a2, b2 = a2, b3 = a2;
     for (int r = 0; r < 10; ++r) {
-      __m256i hb, lb, ha, la;
-      mulhilo8(c2, mB, &hb, &lb);
-      mulhilo8(c0, mA, &ha, &la);
-      c0 = _mm256_xor_si256(_mm256_xor_si256(hb, c1), key0[r]);
-      c2 = _mm256_xor_si256(_mm256_xor_si256(ha, c3), key1[r]);
-      c1 = lb;
-      c3 = la;
+      philox_round8(a0, a1, a2, a3, key0[r], key1[r]);
+      philox_round8(b0, b1, b2, b3, key0[r], key1[r]);
     }
-    _mm256_store_ps(U->u[0] + k, to_uniform8(c0));
-    _mm256_store_ps(U->u[1] + k, to_uniform8(c1));
-    _mm256_store_ps(U->u[2] + k, to_uniform8(c2));
-    _mm256_store_ps(U->u[3] + k, to_uniform8(c3));
+    _mm256_store_ps(U->u[0] + k, to_uniform8(a0));
+    _mm256_store_ps(U->u[1] + k, to_uniform8(a1));
+    _mm256_store_ps(U->u[2] + k, to_uniform8(a2));
+    _mm256_store_ps(U->u[3] + k, to_uniform8(a3));
+    _mm256_store_ps(U->u[0] + k + 8, to_uniform8(b0));
+    _mm256_store_ps(U->u[1] + k + 8, to_uniform8(b1));
+    _mm256_store_ps(U->u[2] + k + 8, to_uniform8(b2));
+    _mm256_store_ps(U->u[3] + k + 8, to_uniform8(b3));
   }
 }
 
@@ -153,22 +174,34 @@ GK_AVX2_FMA inline void box_muller8(__m256 u1, __m256 u2, __m256* n1, __m256* n2
 }
 
 // Box-Muller of 8 counters and their interleaving into 32 consecutive elements.
+// 4x8 transpose: lane i of (a, b, c, d) -> o[4 i + 0..3]
+GK_AVX2 inline void store_interleaved(float* o, __m256 a, __m256 b, __m256 c, __m256 d) {
+  const __m256 ab_lo = _mm256_unpacklo_ps(a, b), ab_hi = _mm256_unpackhi_ps(a, b);
+  const __m256 cd_lo = _mm256_unpacklo_ps(c, d), cd_hi = _mm256_unpackhi_ps(c, d);
+  const __m256 r0 = _mm256_shuffle_ps(ab_lo, cd_lo, 0x44), r1 = _mm256_shuffle_ps(ab_lo, cd_lo, 0xEE);
+  const __m256 r2 = _mm256_shuffle_ps(ab_hi, cd_hi, 0x44), r3 = _mm256_shuffle_ps(ab_hi, cd_hi, 0xEE);
+  _mm256_storeu_ps(o + 0, _mm256_permute2f128_ps(r0, r1, 0x20));
+  _mm256_storeu_ps(o + 8, _mm256_permute2f128_ps(r2, r3, 0x20));
+  _mm256_storeu_ps(o + 16, _mm256_permute2f128_ps(r0, r1, 0x31));
+  _mm256_storeu_ps(o + 24, _mm256_permute2f128_ps(r2, r3, 0x31));
+}
+
 GK_AVX2_FMA void box_muller_interleave_avx2(const Uniforms* __restrict U, int m, float* __restrict out) {
   int k = 0;
+  for (; k + 16 <= m; k += 16) {  // four independent log/sqrt/sincos chains in flight
+    __m256 a, b, c, d, e, f, g, h;
+    box_muller8(_mm256_load_ps(U->u[0] + k), _mm256_load_ps(U->u[1] + k), &a, &b);
+    box_muller8(_mm256_load_ps(U->u[2] + k), _mm256_load_ps(U->u[3] + k), &c, &d);
+    box_muller8(_mm256_load_ps(U->u[0] + k + 8), _mm256_load_ps(U->u[1] + k + 8), &e, &f);
+    box_muller8(_mm256_load_ps(U->u[2] + k + 8), _mm256_load_ps(U->u[3] + k + 8), &g, &h);
+    store_interleaved(out + 4 * k, a, b, c, d);
+    store_interleaved(out + 4 * k + 32, e, f, g, h);
+  }
   for (; k + 8 <= m; k += 8) {
     __m256 a, b, c, d;
     box_muller8(_mm256_load_ps(U->u[0] + k), _mm256_load_ps(U->u[1] + k), &a, &b);
     box_muller8(_mm256_load_ps(U->u[2] + k), _mm256_load_ps(U->u[3] + k), &c, &d);
-    // 4x8 transpose: lane i of (a, b, c, d) -> out[4 (k + i) + 0..3]
-    const __m256 ab_lo = _mm256_unpacklo_ps(a, b), ab_hi = _mm256_unpackhi_ps(a, b);
-    const __m256 cd_lo = _mm256_unpacklo_ps(c, d), cd_hi = _mm256_unpackhi_ps(c, d);
-    const __m256 r0 = _mm256_shuffle_ps(ab_lo, cd_lo, 0x44), r1 = _mm256_shuffle_ps(ab_lo, cd_lo, 0xEE);
-    const __m256 r2 = _mm256_shuffle_ps(ab_hi, cd_hi, 0x44), r3 = _mm256_shuffle_ps(ab_hi, cd_hi, 0xEE);
-    float* o = out + 4 * k;
-    _mm256_storeu_ps(o + 0, _mm256_permute2f128_ps(r0, r1, 0x20));
-    _mm256_storeu_ps(o + 8, _mm256_permute2f128_ps(r2, r3, 0x20));
-    _mm256_storeu_ps(o + 16, _mm256_permute2f128_ps(r0, r1, 0x31));
-    _mm256_storeu_ps(o + 24, _mm256_permute2f128_ps(r2, r3, 0x31));
+    store_interleaved(out + 4 * k, a, b, c, d);
   }
   if (k < m) {  // tail: one more vector computed into a buffer, the needed part copied
     alignas(32) float buf[32];
@@ -229,18 +262,42 @@ inline void randn_elements(std::uint64_t seed, std::uint64_t offset, std::int64_
   }
 }
 
+// exp(x) for the portable loops: exp_f32's Cephes polynomial, but rounding with the 1.5 * 2^23 trick
+// instead of std::floor, which GCC emits as a call to floorf (checked with -march=x86-64-v3) and
+// which therefore keeps any loop around it scalar.
+inline float exp_vec_f32(float x) {
+  const float hi = 88.72283905206835f, lo = -87.3365447504019f;
+  float xc = x > hi ? hi : (x < lo ? lo : x);
+  xc = x == x ? xc : 0.f;  // NaN: compute anything finite, fixed up below
+  const float n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // nearest integer
+  const float r = (xc - n * 0.693359375f) + n * 2.12194440e-4f;            // |r| <= ln(2) / 2
+  float p = 1.9875691500E-4f;
+  p = p * r + 1.3981999507E-3f;
+  p = p * r + 8.3334519073E-3f;
+  p = p * r + 4.1665795894E-2f;
+  p = p * r + 1.6666665459E-1f;
+  p = p * r + 5.0000001201E-1f;
+  const float y = p * r * r + r + 1.0f;
+  // 2^n in two steps, so n = 128 (x up to log(FLT_MAX)) does not overflow the exponent field.
+  const std::int32_t ni = static_cast<std::int32_t>(n);
+  const float s1 = bits_to_f32((ni / 2 + 127) << 23), s2 = bits_to_f32((ni - ni / 2 + 127) << 23);
+  const float v = y * s1 * s2;
+  return x != x ? x : (x > hi ? INFINITY : (x < lo ? 0.f : v));
+}
+
 struct Lanes {
   float v[kLanes];
 };
 
 template <bool kZ, bool kKl, bool kSum>
 GK_CPU_CLONES void forward_segment_portable(const float* __restrict mu, const float* __restrict lv,
-                                   const float* __restrict eps, float* __restrict z, float* __restrict kl,
-                                   std::int64_t len, float lo, float hi, Lanes* __restrict acc) {
+                                            const float* __restrict eps, float* __restrict z,
+                                            float* __restrict kl, std::int64_t len, float lo, float hi,
+                                            Lanes* __restrict acc) {
   auto one = [&](std::int64_t i, int lane) {
     const float m = mu[i];
     const float v = clamp_lv(lv[i], lo, hi);
-    const float s = exp_f32(0.5f * v);
+    const float s = exp_vec_f32(0.5f * v);
     if constexpr (kZ) z[i] = m + s * eps[i];
     if constexpr (kKl || kSum) {
       const float t = kl_term(m, v, s * s);
@@ -255,15 +312,15 @@ GK_CPU_CLONES void forward_segment_portable(const float* __restrict mu, const fl
 }
 
 template <bool kZ, bool kKl, bool kKlElem, bool kDmu>
-GK_CPU_CLONES void backward_segment_portable(const float* __restrict dz, const float* __restrict gkl, float gscale,
-                                    const float* __restrict mu, const float* __restrict lv,
-                                    const float* __restrict eps, float* __restrict dmu, float* __restrict dlv,
-                                    std::int64_t len, float lo, float hi) {
+GK_CPU_CLONES void backward_segment_portable(const float* __restrict dz, const float* __restrict gkl,
+                                             float gscale, const float* __restrict mu, const float* __restrict lv,
+                                             const float* __restrict eps, float* __restrict dmu,
+                                             float* __restrict dlv, std::int64_t len, float lo, float hi) {
   const float gconst = kKl && !kKlElem ? gscale * gkl[0] : 0.f;
   for (std::int64_t i = 0; i < len; ++i) {
     const float raw = lv[i];
     const float v = clamp_lv(raw, lo, hi);
-    const float s = exp_f32(0.5f * v);
+    const float s = exp_vec_f32(0.5f * v);
     float gm = 0.f, gv = 0.f;
     if constexpr (kKl) {
       const float g = kKlElem ? gscale * gkl[i] : gconst;
@@ -280,9 +337,9 @@ GK_CPU_CLONES void backward_segment_portable(const float* __restrict dz, const f
 }
 
 #ifdef GK_HAVE_AVX2_PHILOX
-// exp_f32 of common/activations.h (Cephes expf), 8 lanes, with its overflow/underflow/NaN rules.
+// exp_vec_f32 (Cephes expf), 8 lanes, with the same overflow/underflow/NaN rules.
 GK_AVX2_FMA inline __m256 exp8(__m256 x) {
-  const __m256 hi = _mm256_set1_ps(88.3762626647949f), lo = _mm256_set1_ps(-87.3365447504019f);
+  const __m256 hi = _mm256_set1_ps(88.72283905206835f), lo = _mm256_set1_ps(-87.3365447504019f);
   __m256 xc = _mm256_min_ps(_mm256_max_ps(x, lo), hi);
   const __m256 nan = _mm256_cmp_ps(x, x, _CMP_UNORD_Q);
   xc = _mm256_andnot_ps(nan, xc);
@@ -296,8 +353,12 @@ GK_AVX2_FMA inline __m256 exp8(__m256 x) {
   p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459E-1f));
   p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201E-1f));
   __m256 y = _mm256_add_ps(_mm256_fmadd_ps(_mm256_mul_ps(p, r), r, r), _mm256_set1_ps(1.0f));
-  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-  y = _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+  // 2^n in two steps (n/2 and n - n/2), so n = 128 (x right at hi) does not overflow the exponent.
+  const __m256i ni = _mm256_cvtps_epi32(n);
+  const __m256i h = _mm256_srai_epi32(ni, 1);
+  const __m256i bias = _mm256_set1_epi32(127);
+  y = _mm256_mul_ps(y, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(h, bias), 23)));
+  y = _mm256_mul_ps(y, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_sub_epi32(ni, h), bias), 23)));
   y = _mm256_blendv_ps(y, _mm256_set1_ps(INFINITY), _mm256_cmp_ps(x, hi, _CMP_GT_OQ));
   y = _mm256_blendv_ps(y, _mm256_setzero_ps(), _mm256_cmp_ps(x, lo, _CMP_LT_OQ));
   return _mm256_blendv_ps(y, x, nan);
@@ -422,7 +483,7 @@ constexpr std::int64_t kParallelBlocks = 64;
 template <typename F>
 inline void parallel_blocks(std::int64_t n, F&& f) {
   const std::int64_t nblocks = (n + kKlBlock - 1) / kKlBlock;
-#pragma omp parallel for schedule(dynamic, 2) if (nblocks >= kParallelBlocks)
+#pragma omp parallel for schedule(dynamic, 1) if (nblocks >= kParallelBlocks)
   for (std::int64_t blk = 0; blk < nblocks; ++blk) f(blk, blk * kKlBlock, std::min(n, (blk + 1) * kKlBlock));
 }
 
@@ -449,7 +510,8 @@ void set_cpu_simd(bool enabled) { g_allow_simd = enabled; }
 void randn_cpu(float* out, std::int64_t n, std::uint64_t seed, std::uint64_t offset) {
   advise_huge_pages(out, n * 4);
   parallel_blocks(n, [&](std::int64_t, std::int64_t b0, std::int64_t b1) {
-    for (std::int64_t t = b0; t < b1; t += kTile) randn_elements(seed, offset, t, std::min<std::int64_t>(kTile, b1 - t), out + t);
+    for (std::int64_t t = b0; t < b1; t += kTile)
+      randn_elements(seed, offset, t, std::min<std::int64_t>(kTile, b1 - t), out + t);
   });
 }
 

@@ -60,9 +60,10 @@ template <typename T>
 __device__ __forceinline__ int load4(const T* __restrict__ base_mu, const T* __restrict__ base_lv, std::int64_t i0,
                                      std::int64_t n, const Layout& L, bool vec_ok, float m[4], float v[4]) {
   const int cnt = n - i0 >= 4 ? 4 : static_cast<int>(n - i0);
-  if (vec_ok && cnt == 4) {
-    const Vec<T, 4> a = *reinterpret_cast<const Vec<T, 4>*>(base_mu + i0);
-    const Vec<T, 4> b = *reinterpret_cast<const Vec<T, 4>*>(base_lv + i0);
+  if (vec_ok && cnt == 4) {  // the 4 elements lie in one row (vec_ok implies inner % 4 == 0 or one row)
+    const Addr at(i0, L);
+    const Vec<T, 4> a = *reinterpret_cast<const Vec<T, 4>*>(base_mu + at.mu);
+    const Vec<T, 4> b = *reinterpret_cast<const Vec<T, 4>*>(base_lv + at.lv);
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
       m[j] = to_f32(a.v[j]);
@@ -185,6 +186,13 @@ backward_kernel(const T* __restrict__ dz, const float* __restrict__ gkl, float g
 
 bool aligned16(const void* q) { return q == nullptr || reinterpret_cast<std::uintptr_t>(q) % 16 == 0; }
 
+// A counter's 4 elements can move as one vector when they never straddle rows and every row starts
+// 4-element aligned: one flat run, or rows (channel chunks) of a multiple of 4 elements. Then the
+// row/column division runs once per counter, not per element.
+bool rows_vectorizable(const Layout& L) {
+  return L.rows == 1 || (L.inner % 4 == 0 && L.mu_rs % 4 == 0 && L.lv_rs % 4 == 0);
+}
+
 }  // namespace
 
 void randn_cuda(void* out, std::int64_t n, std::uint64_t seed, std::uint64_t offset, int dtype,
@@ -209,8 +217,7 @@ void forward_cuda(const void* mu, const void* lv, void* z, void* kl, double* kl_
   const std::int64_t nblocks = (n + kCudaKlBlock - 1) / kCudaKlBlock;
   dispatch_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
-    // Vector access needs one flat run and 4-element alignment of every pointer.
-    const bool vec_ok = L.rows == 1 && aligned16(mu) && aligned16(lv) && aligned16(z) && aligned16(kl);
+    const bool vec_ok = rows_vectorizable(L) && aligned16(mu) && aligned16(lv) && aligned16(z) && aligned16(kl);
     auto go = [&](auto zt, auto kt, auto st) {
       constexpr bool kZ = decltype(zt)::value, kK = decltype(kt)::value, kS = decltype(st)::value;
       forward_kernel<T, kZ, kK, kS><<<static_cast<unsigned>(nblocks), kThreads, 0, s>>>(
@@ -238,8 +245,8 @@ void backward_cuda(const void* dz, const Grad& g, const void* mu, const void* lv
   auto s = reinterpret_cast<cudaStream_t>(stream);
   dispatch_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
-    const bool vec_ok = L.rows == 1 && aligned16(mu) && aligned16(lv) && aligned16(dz) && aligned16(dmu) &&
-                        aligned16(dlv);
+    const bool vec_ok = rows_vectorizable(L) && aligned16(mu) && aligned16(lv) && aligned16(dz) &&
+                        aligned16(dmu) && aligned16(dlv);
     auto go = [&](auto zt, auto kt, auto et, auto dt) {
       constexpr bool kZ = decltype(zt)::value, kK = decltype(kt)::value;
       constexpr bool kE = decltype(et)::value, kD = decltype(dt)::value;

@@ -20,12 +20,21 @@ def partial_count(n: int) -> int:
 
 
 @triton.jit
-def _addresses(offs, inner, mu_rs, lv_rs, ROWS: tl.constexpr):
-    # Row-strided inputs (channel chunks of one tensor): element i is at row * rs + col.
+def _addresses(start, offs, inner, mu_rs, lv_rs, ROWS: tl.constexpr, ROW4: tl.constexpr):
+    # Row-strided inputs (channel chunks of one tensor): element i is at row * rs + col. With rows
+    # of a multiple of 4 elements (ROW4), a counter's 4 elements share a row: one division per
+    # counter instead of per element, and the 4 addresses stay contiguous (vector loads).
     if ROWS:
-        r = offs // inner
-        c = offs - r * inner
-        return r * mu_rs + c, r * lv_rs + c
+        if ROW4:
+            base = start + 4 * tl.arange(0, offs.shape[0]).to(tl.int64)
+            r = base // inner
+            c = base - r * inner
+            j = tl.arange(0, 4)[None, :]
+            return (r * mu_rs + c)[:, None] + j, (r * lv_rs + c)[:, None] + j
+        else:
+            r = offs // inner
+            c = offs - r * inner
+            return r * mu_rs + c, r * lv_rs + c
     else:
         return offs, offs
 
@@ -35,15 +44,16 @@ def _clamp(raw, lo, hi):
     return tl.where(raw < lo, lo, tl.where(raw > hi, hi, raw))  # NaN passes, as torch.clamp
 
 
-@triton.jit
+# seed and offset change every call: no value specialization (one compiled kernel for all).
+@triton.jit(do_not_specialize=["seed", "offset"])
 def _forward_kernel(mu_ptr, lv_ptr, z_ptr, kl_ptr, part_ptr, n, inner, mu_rs, lv_rs, seed, offset, lo, hi,
                     WANT_Z: tl.constexpr, WANT_KL: tl.constexpr, WANT_SUM: tl.constexpr, ROWS: tl.constexpr,
-                    BLOCK: tl.constexpr):
+                    ROW4: tl.constexpr, BLOCK: tl.constexpr):
     pid = tl.program_id(0)
     start = pid.to(tl.int64) * BLOCK
     offs = tile2d_offsets(start, BLOCK // 4)
     mask = offs < n
-    mo, lvo = _addresses(offs, inner, mu_rs, lv_rs, ROWS)
+    mo, lvo = _addresses(start, offs, inner, mu_rs, lv_rs, ROWS, ROW4)
     m = tl.load(mu_ptr + mo, mask=mask, other=0.0).to(tl.float32)
     v = _clamp(tl.load(lv_ptr + lvo, mask=mask, other=0.0).to(tl.float32), lo, hi)
     s = tl.exp(0.5 * v)
@@ -58,14 +68,14 @@ def _forward_kernel(mu_ptr, lv_ptr, z_ptr, kl_ptr, part_ptr, n, inner, mu_rs, lv
             tl.store(part_ptr + pid, tl.sum(tl.sum(tl.where(mask, t, 0.0), axis=1), axis=0).to(tl.float64))
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["seed", "offset"])
 def _backward_kernel(dz_ptr, g_ptr, gscale, mu_ptr, lv_ptr, dmu_ptr, dlv_ptr, n, inner, mu_rs, lv_rs, seed, offset,
                      lo, hi, HAS_DZ: tl.constexpr, HAS_G: tl.constexpr, G_ELEM: tl.constexpr, ROWS: tl.constexpr,
-                     BLOCK: tl.constexpr):
+                     ROW4: tl.constexpr, BLOCK: tl.constexpr):
     start = tl.program_id(0).to(tl.int64) * BLOCK
     offs = tile2d_offsets(start, BLOCK // 4)
     mask = offs < n
-    mo, lvo = _addresses(offs, inner, mu_rs, lv_rs, ROWS)
+    mo, lvo = _addresses(start, offs, inner, mu_rs, lv_rs, ROWS, ROW4)
     raw = tl.load(lv_ptr + lvo, mask=mask, other=0.0).to(tl.float32)
     v = _clamp(raw, lo, hi)
     s = tl.exp(0.5 * v)
@@ -88,6 +98,11 @@ def _backward_kernel(dz_ptr, g_ptr, gscale, mu_ptr, lv_ptr, dmu_ptr, dlv_ptr, n,
     tl.store(dlv_ptr + offs, gv.to(dlv_ptr.dtype.element_ty), mask=mask)
 
 
+def _row4(layout) -> bool:
+    rows, inner, mu_rs, lv_rs = layout
+    return inner % 4 == 0 and mu_rs % 4 == 0 and lv_rs % 4 == 0
+
+
 def forward(mu, lv, z, kl, partials, layout, seed, offset, lo, hi):
     """Kernel launch for gankern.ops.vae: layout = (rows, inner, mu row stride, lv row stride)."""
     n = mu.numel()
@@ -100,7 +115,7 @@ def forward(mu, lv, z, kl, partials, layout, seed, offset, lo, hi):
         mu, lv, z if z is not None else mu, kl if kl is not None else mu, partials if partials is not None else mu,
         n, inner, mu_rs, lv_rs, seed, offset, float(lo), float(hi),
         WANT_Z=z is not None, WANT_KL=kl is not None, WANT_SUM=partials is not None, ROWS=rows > 1,
-        BLOCK=BLOCK, num_warps=4)
+        ROW4=_row4(layout), BLOCK=BLOCK, num_warps=4)
 
 
 def backward(dz, g, g_elementwise, gscale, mu, lv, dmu, dlv, layout, seed, offset, lo, hi):
@@ -111,4 +126,5 @@ def backward(dz, g, g_elementwise, gscale, mu, lv, dmu, dlv, layout, seed, offse
     _backward_kernel[(partial_count(n),)](
         dz if dz is not None else mu, g if g is not None else mu, float(gscale), mu, lv,
         dmu if dmu is not None else dlv, dlv, n, inner, mu_rs, lv_rs, seed, offset, float(lo), float(hi),
-        HAS_DZ=dz is not None, HAS_G=g is not None, G_ELEM=g_elementwise, ROWS=rows > 1, BLOCK=BLOCK, num_warps=4)
+        HAS_DZ=dz is not None, HAS_G=g is not None, G_ELEM=g_elementwise, ROWS=rows > 1, ROW4=_row4(layout),
+        BLOCK=BLOCK, num_warps=4)
