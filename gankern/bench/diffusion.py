@@ -54,7 +54,8 @@ def step_case(name: str, label: str, shape, device, quick=False) -> Case:
     """One guided step at latents `shape` (the model output has 2 * shape[0] samples)."""
     g, d = _sched_pair(name)
     t = g.timesteps[STEP]
-    sigma_index = isinstance(g, (GS.EulerDiscreteScheduler, GS.EulerAncestralDiscreteScheduler))
+    sigma_index = isinstance(g, (GS.EulerDiscreteScheduler, GS.EulerAncestralDiscreteScheduler,
+                                 GS.DPMSolverMultistepScheduler))
     plan = g.plan(STEP if sigma_index else int(t))
     flags = plan.flags | R.GUIDED | (R.NOISE_PHILOX if plan.stochastic else 0)
     coefs = list(plan.coefs)
