@@ -170,12 +170,16 @@ def measure(case: Case, runs: int = 200, warmup: int = 20) -> dict:
     return {k: statistics.median(v) * 1e3 for k, v in times.items()}
 
 
-def main():
+def main(argv=None):
+    """Usage: python -m gankern.bench.diffusion [substring of the case label ...]"""
+    import sys
+    wanted = (sys.argv[1:] if argv is None else argv) or [""]
     torch.manual_seed(0)
     dev = torch.device("cpu")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     for c in cases(dev):
-        if "loop" in c.variant:
+        label = f"{c.variant} {'x'.join(map(str, c.shape))}"
+        if "loop" in c.variant or not any(w in label for w in wanted):
             continue
         r = measure(c)
         print(f"{c.variant:34s} {'x'.join(map(str, c.shape)):>14s}  gankern {r['gankern']:.3f} ms  "
