@@ -49,6 +49,8 @@ def sample(model: Callable[[Tensor, Tensor], Tensor], scheduler, shape, num_infe
     global generator), so one seed gives one trajectory on every backend.
     cuda_graph: capture model + guidance + step in one CUDA graph replayed every step (CUDA only;
     the model must be capturable: static shapes, no host synchronization).
+    latents: initial noise of `shape` instead of gankern.randn(shape, seed) (scaled by the
+    scheduler's init_noise_sigma, as diffusers' pipelines do).
     """
     from .schedulers import Scheduler
     if not isinstance(scheduler, Scheduler):
@@ -69,7 +71,8 @@ def sample(model: Callable[[Tensor, Tensor], Tensor], scheduler, shape, num_infe
     else:
         if tuple(latents.shape) != shape:
             raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
-        x = latents.to(device=device, dtype=dtype)
+        # as diffusers' pipelines: given latents are scaled by init_noise_sigma too
+        x = latents.to(device=device, dtype=dtype) * float(scheduler.init_noise_sigma)
     guided = guidance_scale is not None
     timesteps = scheduler.timesteps
     bar = _progress(len(timesteps), progress)

@@ -33,6 +33,7 @@ from . import _validate as V
 R = ref  # coefficient slots and flags live in the reference (the specification)
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+_SLOTS = {name[2:].lower(): getattr(R, name) for name in dir(R) if name.startswith("C_")}
 
 
 @dataclass
@@ -49,7 +50,7 @@ class StepPlan:
 
     def set(self, **kw) -> "StepPlan":
         for name, value in kw.items():
-            self.coefs[getattr(R, "C_" + name.upper())] = float(value)
+            self.coefs[_SLOTS[name]] = float(value)
         return self
 
 
@@ -60,12 +61,15 @@ def noise_counters(numel: int) -> int:
 
 
 def draw_seed(generator: torch.Generator | None = None) -> int:
-    """A Philox seed from `generator` (default: torch's global CPU generator, so torch.manual_seed
-    governs results). Drawn on the CPU: no device synchronization."""
-    if generator is not None and generator.device.type != "cpu":
+    """A Philox seed from `generator` (default: torch's global CPU generator via gankern.random_seed,
+    so torch.manual_seed governs results). Drawn on the CPU: no device synchronization."""
+    if generator is None:
+        from .random import random_seed
+        return random_seed()
+    if generator.device.type != "cpu":
         # a CUDA generator: drawing on its device then .item() would synchronize; use its seed
         return int(generator.initial_seed()) & ((1 << 63) - 1)
-    return int(torch.randint(0, 2**62, (1,), generator=generator, dtype=torch.int64).item())
+    return int(torch.randint(0, 2**63 - 1, (), generator=generator, dtype=torch.int64).item())
 
 
 def _call(op: str, probe: Tensor, *args):
