@@ -310,3 +310,15 @@ def test_bad_inputs():
         gankern.add_noise(x, x[:1], torch.tensor([1, 2]), _acp())
     with pytest.raises(ValueError, match="weighting"):
         gankern.diffusion_loss(x, x, x, torch.tensor([1, 2]), _acp(), weighting=torch.ones(3))
+
+
+def test_compile_fullgraph():
+    """Under torch.compile the step goes through the gankern::diffusion_step custom op."""
+    mo, x, h = inputs((2, 3, 8, 8), "clip", True, "cpu")
+    plan = make_plan("clip")
+
+    def f(mo, x):
+        return D.fused_step(mo, x, plan, guidance_scale=4.0)[0]
+
+    out = torch.compile(f, fullgraph=True)(mo, x)
+    assert_close(out, f(mo, x))
