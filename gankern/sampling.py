@@ -136,6 +136,14 @@ def step_tables(scheduler, numel: int):
     if any(p.stochastic for p in plans):
         flags |= R.NOISE_PHILOX
     coefs = torch.tensor([p.coefs for p in plans], dtype=torch.float64)
+    for i, p in enumerate(plans):
+        if not p.stochastic:
+            # the graph's kernel draws noise on every step: give it zero weight here (a
+            # learned_range std is exp(e0 + e1 v), zero only for e0 = -inf)
+            coefs[i, R.C_S] = 0.0
+            if flags & R.VAR_LEARNED_RANGE:
+                coefs[i, R.C_E0] = -math.inf
+                coefs[i, R.C_E1] = 0.0
     offsets, off = [], scheduler._offset
     for p in plans:
         offsets.append(off)
