@@ -49,6 +49,8 @@ def sample(model: Callable[[Tensor, Tensor], Tensor], scheduler, shape, num_infe
     global generator), so one seed gives one trajectory on every backend.
     cuda_graph: capture model + guidance + step in one CUDA graph replayed every step (CUDA only;
     the model must be capturable: static shapes, no host synchronization).
+    latents: initial noise of `shape` instead of gankern.randn(shape, seed) (scaled by the
+    scheduler's init_noise_sigma, as diffusers' pipelines do).
     """
     from .schedulers import Scheduler
     if not isinstance(scheduler, Scheduler):
@@ -69,7 +71,8 @@ def sample(model: Callable[[Tensor, Tensor], Tensor], scheduler, shape, num_infe
     else:
         if tuple(latents.shape) != shape:
             raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
-        x = latents.to(device=device, dtype=dtype)
+        # as diffusers' pipelines: given latents are scaled by init_noise_sigma too
+        x = latents.to(device=device, dtype=dtype) * float(scheduler.init_noise_sigma)
     guided = guidance_scale is not None
     timesteps = scheduler.timesteps
     bar = _progress(len(timesteps), progress)
@@ -133,6 +136,14 @@ def step_tables(scheduler, numel: int):
     if any(p.stochastic for p in plans):
         flags |= R.NOISE_PHILOX
     coefs = torch.tensor([p.coefs for p in plans], dtype=torch.float64)
+    for i, p in enumerate(plans):
+        if not p.stochastic:
+            # the graph's kernel draws noise on every step: give it zero weight here (a
+            # learned_range std is exp(e0 + e1 v), zero only for e0 = -inf)
+            coefs[i, R.C_S] = 0.0
+            if flags & R.VAR_LEARNED_RANGE:
+                coefs[i, R.C_E0] = -math.inf
+                coefs[i, R.C_E1] = 0.0
     offsets, off = [], scheduler._offset
     for p in plans:
         offsets.append(off)

@@ -234,17 +234,27 @@ def tiny_model(x, t):
     return torch.tanh(x) * 0.8 + 1e-4 * t.float()
 
 
+def var_model(x, t):
+    """Prediction then variance channels (learned_range's v in [-1, 1])."""
+    return torch.cat([tiny_model(x, t), torch.tanh(0.5 * x)], 1)
+
+
 @pytest.mark.parametrize("cls", ["DDIMScheduler", "DDPMScheduler", "EulerAncestralDiscreteScheduler",
-                                 "DPMSolverMultistepScheduler"])
+                                 "DPMSolverMultistepScheduler", "EulerDiscreteScheduler", "DDPM learned_range"])
 def test_sample_deterministic_and_table_path(cls):
     """Same seed -> same result; the graph-replay tables (coefficients and noise offsets per step,
     read from device buffers) reproduce the eager loop (run here without capture, on the CPU)."""
     from gankern.sampling import step_tables
+    model = tiny_model
+    if cls == "DDPM learned_range":
+        cls, model = "DDPMScheduler", var_model
+        kw = dict(variance_type="learned_range")
+    else:
+        kw = dict(algorithm_type="sde-dpmsolver++") if cls.startswith("DPM") else {}
     mk = getattr(gankern.schedulers, cls)
-    kw = dict(algorithm_type="sde-dpmsolver++") if cls.startswith("DPM") else {}
-    a = gankern.sample(tiny_model, mk(**kw), (2, 3, 8, 8), num_inference_steps=6, guidance_scale=3.0, seed=5,
+    a = gankern.sample(model, mk(**kw), (2, 3, 8, 8), num_inference_steps=6, guidance_scale=3.0, seed=5,
                        progress=False)
-    b = gankern.sample(tiny_model, mk(**kw), (2, 3, 8, 8), num_inference_steps=6, guidance_scale=3.0, seed=5,
+    b = gankern.sample(model, mk(**kw), (2, 3, 8, 8), num_inference_steps=6, guidance_scale=3.0, seed=5,
                        progress=False)
     assert torch.equal(a, b)
     s = mk(**kw)
@@ -258,7 +268,7 @@ def test_sample_deterministic_and_table_path(cls):
     for i, t in enumerate(s.timesteps):
         c = coefs[i].clone()
         c[R.C_G] = 3.0
-        out = tiny_model(torch.cat([x, x]) * float(scales[i]), t)
+        out = model(torch.cat([x, x]) * float(scales[i]), t)
         rng = torch.tensor([5, int(offsets[i])])
         x, x0 = torch.ops.gankern.diffusion_step_dev(out, x, hist if flags & R.HIST else None, c.float(), rng, flags,
                                                      bool(flags & R.HIST))
@@ -310,3 +320,15 @@ def test_bad_inputs():
         gankern.add_noise(x, x[:1], torch.tensor([1, 2]), _acp())
     with pytest.raises(ValueError, match="weighting"):
         gankern.diffusion_loss(x, x, x, torch.tensor([1, 2]), _acp(), weighting=torch.ones(3))
+
+
+def test_compile_fullgraph():
+    """Under torch.compile the step goes through the gankern::diffusion_step custom op."""
+    mo, x, h = inputs((2, 3, 8, 8), "clip", True, "cpu")
+    plan = make_plan("clip")
+
+    def f(mo, x):
+        return D.fused_step(mo, x, plan, guidance_scale=4.0)[0]
+
+    out = torch.compile(f, fullgraph=True)(mo, x)
+    assert_close(out, f(mo, x))

@@ -14,17 +14,32 @@ namespace {
 
 constexpr std::int64_t kChunk = 1 << 15;  // elements per parallel task (128 KiB of fp32 per stream)
 constexpr std::int64_t kTile = 1024;      // elements per inner tile: noise / scratch buffers stay in L1
+// Below this many elements one thread streams the data faster than waking the OpenMP team costs
+// on shared, loaded cores (a futex wake-up can take milliseconds there).
+constexpr std::int64_t kParallelMin = 1 << 18;
 
 // Normals for flat indices [i0, i0 + n): element i is randn4(seed, offset + i / 4)[i % 4]. The tile
-// is generated from whole counters, so buf holds (i0 % 4) leading extra values.
+// is generated from whole counters, so buf holds (i0 % 4) leading extra values. The counter loop
+// writes four component arrays (structure of arrays) so GCC vectorizes Philox and Box-Muller
+// (widening multiplies, common/philox.h's branch-free log / sincos); a second loop interleaves.
 GK_CPU_CLONES void gen_normals(float* __restrict buf, std::uint64_t seed, std::uint64_t offset, std::int64_t i0,
                                std::int64_t n) {
-  const std::int64_t c0 = i0 >> 2, c1 = (i0 + n + 3) >> 2;
-  for (std::int64_t c = c0; c < c1; ++c) {
-    float r[4];
-    randn4(seed, offset + static_cast<std::uint64_t>(c), r);
-    float* o = buf + 4 * (c - c0);
-    o[0] = r[0]; o[1] = r[1]; o[2] = r[2]; o[3] = r[3];
+  constexpr int kMaxCounters = kTile / 4 + 2;
+  alignas(64) float a[kMaxCounters], b[kMaxCounters], c[kMaxCounters], d[kMaxCounters];
+  const std::int64_t c0 = i0 >> 2;
+  const int m = static_cast<int>(((i0 + n + 3) >> 2) - c0);
+  const std::uint64_t base = offset + static_cast<std::uint64_t>(c0);
+  for (int k = 0; k < m; ++k) {
+    std::uint32_t w[4];
+    philox4x32_10(seed, base + static_cast<std::uint64_t>(k), w);
+    box_muller(uint_to_uniform(w[0]), uint_to_uniform(w[1]), &a[k], &b[k]);
+    box_muller(uint_to_uniform(w[2]), uint_to_uniform(w[3]), &c[k], &d[k]);
+  }
+  for (int k = 0; k < m; ++k) {
+    buf[4 * k + 0] = a[k];
+    buf[4 * k + 1] = b[k];
+    buf[4 * k + 2] = c[k];
+    buf[4 * k + 3] = d[k];
   }
 }
 
@@ -58,7 +73,7 @@ void step_impl(const float* mo, const float* x, const float* hist, const float* 
   const std::int64_t S = p.per_sample, n = p.batch * S;
   const std::int64_t nchunks = (n + kChunk - 1) / kChunk;
   const float* c = p.c;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n >= kParallelMin)
   for (std::int64_t ch = 0; ch < nchunks; ++ch) {
     alignas(64) float zbuf[kTile + 8], zs[kTile], prev_scratch[kTile], x0_scratch[kTile];
     const std::int64_t hi = std::min(n, (ch + 1) * kChunk);
@@ -137,7 +152,7 @@ void step_cpu(const float* mo, const float* x, const float* hist, const float* n
 void rescale_sums_cpu(const float* mo, std::int64_t B, std::int64_t S, std::int64_t mo_stride, float g, double* out) {
   const std::int64_t per = (S + kSumChunk - 1) / kSumChunk, tasks = B * per;
   std::vector<double> part(static_cast<std::size_t>(tasks) * 4);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (B * S >= kParallelMin)
   for (std::int64_t t = 0; t < tasks; ++t) {
     const std::int64_t b = t / per, j = t - b * per;
     const std::int64_t lo = j * kSumChunk, hi = std::min(S, lo + kSumChunk);
@@ -162,7 +177,7 @@ void rescale_sums_cpu(const float* mo, std::int64_t B, std::int64_t S, std::int6
 
 void threshold_cpu(const float* x0, std::int64_t B, std::int64_t S, std::int64_t lo, float w, float max_value,
                    float* s) {
-#pragma omp parallel for schedule(dynamic, 1)
+#pragma omp parallel for schedule(dynamic, 1) if (B > 1 && B * S >= kParallelMin)
   for (std::int64_t b = 0; b < B; ++b) {
     std::vector<float> a(static_cast<std::size_t>(S));
     const float* src = x0 + b * S;
@@ -182,7 +197,7 @@ void threshold_cpu(const float* x0, std::int64_t B, std::int64_t S, std::int64_t
 void lincomb_cpu(const float* x, const float* y, const float* ca, const float* cb, float* out, std::int64_t B,
                  std::int64_t S) {
   const std::int64_t n = B * S, nchunks = (n + kChunk - 1) / kChunk;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n >= kParallelMin)
   for (std::int64_t ch = 0; ch < nchunks; ++ch) {
     const std::int64_t hi = std::min(n, (ch + 1) * kChunk);
     for (std::int64_t pos = ch * kChunk; pos < hi;) {
@@ -201,7 +216,7 @@ void loss_sums_cpu(const float* mo, const float* x0, const float* noise, const f
                    double* sums, std::int64_t B, std::int64_t S) {
   const std::int64_t per = (S + kSumChunk - 1) / kSumChunk, tasks = B * per;
   std::vector<double> part(static_cast<std::size_t>(tasks));
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (B * S >= kParallelMin)
   for (std::int64_t t = 0; t < tasks; ++t) {
     const std::int64_t b = t / per, j = t - b * per;
     const std::int64_t lo = b * S + j * kSumChunk, hi = b * S + std::min(S, (j + 1) * kSumChunk);
@@ -229,7 +244,7 @@ void loss_sums_cpu(const float* mo, const float* x0, const float* noise, const f
 void loss_backward_cpu(const float* mo, const float* x0, const float* noise, const float* tx, const float* tn,
                        const float* k, float* dmo, std::int64_t B, std::int64_t S) {
   const std::int64_t n = B * S, nchunks = (n + kChunk - 1) / kChunk;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n >= kParallelMin)
   for (std::int64_t ch = 0; ch < nchunks; ++ch) {
     const std::int64_t hi = std::min(n, (ch + 1) * kChunk);
     for (std::int64_t pos = ch * kChunk; pos < hi;) {

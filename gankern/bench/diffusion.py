@@ -54,9 +54,12 @@ def step_case(name: str, label: str, shape, device, quick=False) -> Case:
     """One guided step at latents `shape` (the model output has 2 * shape[0] samples)."""
     g, d = _sched_pair(name)
     t = g.timesteps[STEP]
-    sigma_index = isinstance(g, (GS.EulerDiscreteScheduler, GS.EulerAncestralDiscreteScheduler))
+    sigma_index = isinstance(g, (GS.EulerDiscreteScheduler, GS.EulerAncestralDiscreteScheduler,
+                                 GS.DPMSolverMultistepScheduler))
     plan = g.plan(STEP if sigma_index else int(t))
-    flags = plan.flags | R.GUIDED | (R.NOISE_PHILOX if plan.stochastic else 0)
+    # the compiled baseline draws its noise with torch.randn (compiling the Philox reference's
+    # integer ops takes minutes and is not what a user would write)
+    flags = plan.flags | R.GUIDED | (R.NOISE_TENSOR if plan.stochastic else 0)
     coefs = list(plan.coefs)
     coefs[R.C_G] = GUIDANCE
 
@@ -71,7 +74,8 @@ def step_case(name: str, label: str, shape, device, quick=False) -> Case:
         return g.step(a[0], a[2], a[1], guidance_scale=GUIDANCE).prev_sample
 
     def run_reference(a):
-        return R.diffusion_step(a[0], a[1], None, None, None, None, coefs, flags, 1, 0, False)[0]
+        noise = torch.randn_like(a[1]) if plan.stochastic else None
+        return R.diffusion_step(a[0], a[1], None, noise, None, None, coefs, flags, 1, 0, False)[0]
 
     if d is not None:
         def run_eager(a):
@@ -150,9 +154,11 @@ def cases(device: torch.device) -> list[Case]:
 
 # ---- the CPU target measurement ----------------------------------------------------------------
 
-def measure(case: Case, runs: int = 200, warmup: int = 20) -> dict:
-    """Median ms of gankern, eager and torch.compile(case.compile or case.eager), interleaved run by
-    run, plus a clone of the model output (copy-bandwidth yardstick)."""
+def measure(case: Case, rounds: int = 6, runs: int = 40, warmup: int = 20) -> dict:
+    """Median ms of gankern, eager, torch.compile(case.compile or case.eager) and a clone of the
+    model output (copy-bandwidth yardstick). Runs come in blocks of `runs` per contender, rotated
+    `rounds` times: load changes on a shared machine hit every contender alike, while OpenMP teams
+    are not resized between every single call (which costs more than a small step itself)."""
     a = case.setup()
     fns = {"gankern": case.gankern, "eager": case.eager,
            "compile": torch.compile(case.compile or case.eager)}
@@ -161,20 +167,34 @@ def measure(case: Case, runs: int = 200, warmup: int = 20) -> dict:
     for k, f in fns.items():
         for _ in range(warmup):
             f(a)
-    for _ in range(runs):
+    for _ in range(rounds):
         for k, f in fns.items():
-            t0 = time.perf_counter()
-            f(a)
-            times[k].append(time.perf_counter() - t0)
+            for _ in range(runs):
+                t0 = time.perf_counter()
+                f(a)
+                times[k].append(time.perf_counter() - t0)
     return {k: statistics.median(v) * 1e3 for k, v in times.items()}
 
 
-def main():
+def main(argv=None):
+    """Usage: python -m gankern.bench.diffusion [--threads N] [substring of the case label ...]"""
+    import sys
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "--threads" in args:
+        i = args.index("--threads")
+        n = int(args[i + 1])
+        del args[i:i + 2]
+        from .. import _native
+        torch.set_num_threads(n)
+        if _native.cpu is not None:
+            _native.cpu.set_num_threads(n)
+    wanted = args or [""]
     torch.manual_seed(0)
     dev = torch.device("cpu")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     for c in cases(dev):
-        if "loop" in c.variant:
+        label = f"{c.variant} {'x'.join(map(str, c.shape))}"
+        if "loop" in c.variant or not any(w in label for w in wanted):
             continue
         r = measure(c)
         print(f"{c.variant:34s} {'x'.join(map(str, c.shape)):>14s}  gankern {r['gankern']:.3f} ms  "

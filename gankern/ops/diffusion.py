@@ -33,6 +33,7 @@ from . import _validate as V
 R = ref  # coefficient slots and flags live in the reference (the specification)
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+_SLOTS = {name[2:].lower(): getattr(R, name) for name in dir(R) if name.startswith("C_")}
 
 
 @dataclass
@@ -49,7 +50,7 @@ class StepPlan:
 
     def set(self, **kw) -> "StepPlan":
         for name, value in kw.items():
-            self.coefs[getattr(R, "C_" + name.upper())] = float(value)
+            self.coefs[_SLOTS[name]] = float(value)
         return self
 
 
@@ -60,12 +61,15 @@ def noise_counters(numel: int) -> int:
 
 
 def draw_seed(generator: torch.Generator | None = None) -> int:
-    """A Philox seed from `generator` (default: torch's global CPU generator, so torch.manual_seed
-    governs results). Drawn on the CPU: no device synchronization."""
-    if generator is not None and generator.device.type != "cpu":
+    """A Philox seed from `generator` (default: torch's global CPU generator via gankern.random_seed,
+    so torch.manual_seed governs results). Drawn on the CPU: no device synchronization."""
+    if generator is None:
+        from .random import random_seed
+        return random_seed()
+    if generator.device.type != "cpu":
         # a CUDA generator: drawing on its device then .item() would synchronize; use its seed
         return int(generator.initial_seed()) & ((1 << 63) - 1)
-    return int(torch.randint(0, 2**62, (1,), generator=generator, dtype=torch.int64).item())
+    return int(torch.randint(0, 2**63 - 1, (), generator=generator, dtype=torch.int64).item())
 
 
 def _call(op: str, probe: Tensor, *args):
@@ -369,6 +373,14 @@ def _x0_before_clamp(step_fn, model_output, sample, rescale, coefs, flags):
     return x0
 
 
+def _x0_only(step_impl):
+    """x0 before clamping with the prev store compiled out (the threshold pre-pass)."""
+    def run(model_output, sample, history, noise, rescale, thresh, coefs, flags, seed, offset, want_x0):
+        return step_impl(model_output, sample, history, noise, rescale, thresh, coefs, flags, seed, offset, want_x0,
+                         write_prev=False)
+    return run
+
+
 def _lerp_sorted(a: Tensor, lo: int, w: float) -> Tensor:
     """torch.quantile's value at rank lo + w per row, by two selections (torch.kthvalue) instead of
     a sort; lerp as torch.lerp rounds it."""
@@ -425,22 +437,27 @@ def _opt(t: Tensor | None, dtype=None) -> Tensor | None:
     return t.contiguous() if dtype is None else t.to(dtype).contiguous()
 
 
-@register("diffusion_step", "cpu")
-def _diffusion_step_cpu(model_output, sample, history, noise, rescale, thresh, coefs, flags, seed, offset, want_x0):
+def _step_cpu_impl(model_output, sample, history, noise, rescale, thresh, coefs, flags, seed, offset, want_x0,
+                   write_prev=True):
     mo, x, B, S, mo_stride = _layout(model_output, sample)
     history, noise = _opt(history, x.dtype), _opt(noise, x.dtype)
     rescale, thresh = _opt(rescale, torch.float32), _opt(thresh, torch.float32)
-    prev = T.empty_like(x)
+    prev = T.empty_like(x) if write_prev else None
     x0 = T.empty_like(x) if want_x0 else x.new_empty((0,))
     _native.cpu.diffusion_step(mo.data_ptr(), x.data_ptr(), _native.ptr(history), _native.ptr(noise),
-                               _native.ptr(rescale), _native.ptr(thresh), prev.data_ptr(),
+                               _native.ptr(rescale), _native.ptr(thresh), _native.ptr(prev),
                                x0.data_ptr() if want_x0 else 0, B, S, mo_stride, flags, seed, offset, coefs)
-    return prev, x0
+    return (prev if prev is not None else x.new_empty((0,))), x0
+
+
+@register("diffusion_step", "cpu")
+def _diffusion_step_cpu(model_output, sample, history, noise, rescale, thresh, coefs, flags, seed, offset, want_x0):
+    return _step_cpu_impl(model_output, sample, history, noise, rescale, thresh, coefs, flags, seed, offset, want_x0)
 
 
 @register("diffusion_threshold_scales", "cpu")
 def _threshold_scales_cpu(model_output, sample, rescale, coefs, flags, rank_lo, rank_w, max_value):
-    x0 = _x0_before_clamp(_diffusion_step_cpu, model_output, sample, rescale, coefs, flags)
+    x0 = _x0_before_clamp(_x0_only(_step_cpu_impl), model_output, sample, rescale, coefs, flags)
     B = x0.shape[0]
     s = T.empty((B,), dtype=torch.float32, device=x0.device)
     _native.cpu.diffusion_threshold(x0.data_ptr(), B, x0.numel() // max(B, 1), rank_lo, rank_w, max_value,
@@ -535,14 +552,6 @@ def _diffusion_step_triton(model_output, sample, history, noise, rescale, thresh
 def _diffusion_step_dev_triton(model_output, sample, history, coefs, rng, flags, want_x0):
     return _step_triton_impl(model_output, sample, history, None, None, None, [0.0] * R.NCOEF, flags, 0, 0, want_x0,
                              coef_dev=coefs.float().contiguous(), rng_dev=rng.contiguous())
-
-
-def _x0_only(step_impl):
-    """x0 before clamping with the prev store compiled out (the threshold pre-pass)."""
-    def run(model_output, sample, history, noise, rescale, thresh, coefs, flags, seed, offset, want_x0):
-        return step_impl(model_output, sample, history, noise, rescale, thresh, coefs, flags, seed, offset, want_x0,
-                         write_prev=False)
-    return run
 
 
 @register("diffusion_threshold_scales", "triton")

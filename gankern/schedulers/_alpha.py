@@ -33,6 +33,7 @@ class AlphaScheduler(Scheduler):
     def _set_schedule(self, timesteps: np.ndarray, device):
         self.timesteps = torch.from_numpy(timesteps).to(device)
         self._ts_host = [int(t) for t in timesteps.tolist()]
+        self._plans = {}
         self._step_index = None
 
     @staticmethod

@@ -217,6 +217,7 @@ class Scheduler:
         self._begin_index = None
         self._seed = None
         self._offset = 0
+        self._plans = {}
         self._build(self._config)
 
     _PREDICTION_TYPES = D.PREDICTION_TYPES
@@ -332,6 +333,15 @@ class Scheduler:
 
     def scale_model_input(self, sample: torch.Tensor, timestep=None) -> torch.Tensor:
         return sample
+
+    def _cached_plan(self, *key, **kwargs) -> D.StepPlan:
+        """_plan(*key, **kwargs), memoized until the next set_timesteps (plans are pure host math and
+        never mutated after creation; fused_step copies the coefficients)."""
+        k = key + tuple(kwargs.values())
+        plan = self._plans.get(k)
+        if plan is None:
+            plan = self._plans[k] = self._plan(*key, **kwargs)
+        return plan
 
     def plan(self, step_index: int, **step_kwargs) -> D.StepPlan:
         """The generic-step plan of step `step_index` (host math only; gankern.sample's CUDA-graph

@@ -23,6 +23,7 @@ class SigmaScheduler(Scheduler):
     def _store_sigmas(self, sigmas: torch.Tensor):
         self.sigmas = sigmas.to("cpu")
         self._sig = self.sigmas.tolist()
+        self._plans = {}
 
     def _index(self, timestep) -> int:
         if self._step_index is None:

@@ -74,7 +74,7 @@ class DDIMScheduler(AlphaScheduler):
         t = self._resolve_t(timestep)
         if isinstance(eta, bool) or not isinstance(eta, (int, float)) or eta < 0 or math.isnan(eta):
             raise ValueError(f"eta must be a number >= 0, got {eta!r}")
-        plan = self._plan(t, float(eta), bool(use_clipped_model_output))
+        plan = self._cached_plan(t, float(eta), bool(use_clipped_model_output))
         prev, x0, x0_fn = self._run(plan, model_output, sample, guidance_scale=guidance_scale,
                                     guidance_rescale=guidance_rescale, generator=generator,
                                     variance_noise=variance_noise)

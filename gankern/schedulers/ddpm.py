@@ -121,7 +121,7 @@ class DDPMScheduler(AlphaScheduler):
         """One DDPM step: diffusers' DDPMScheduler.step, fused; with guidance_scale the model output
         is the batched [unconditional, conditional] prediction (2B samples)."""
         t = self._resolve_t(timestep)
-        plan = self._plan(t)
+        plan = self._cached_plan(t)
         if self.variance_type in ("learned", "learned_range") and not (
                 model_output.ndim >= 2 and sample.ndim >= 2 and model_output.shape[1] == 2 * sample.shape[1]):
             raise ValueError(f"variance_type={self.variance_type!r} needs model_output with 2*C channels "

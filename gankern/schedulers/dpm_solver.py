@@ -202,7 +202,7 @@ class DPMSolverMultistepScheduler(SigmaScheduler):
 
     def convert_model_output(self, model_output: torch.Tensor, *args, sample: torch.Tensor = None, **kwargs):
         """x0 predicted at the current step (diffusers' convert_model_output for dpmsolver++)."""
-        plan = self._plan(self._step_index, order=1)
+        plan = self._plan(self._step_index, order=1)  # a fresh (uncached) plan: modified below
         plan.set(a=0.0, b=0.0)
         _, x0 = D.fused_step(model_output, sample, plan, want_x0=True)
         return x0
@@ -215,11 +215,8 @@ class DPMSolverMultistepScheduler(SigmaScheduler):
         i = self._index(timestep)
         cfg = self.config
         order = self._order(i)
-        plan = self._plan(i, order)
+        plan = self._cached_plan(i, order)
         history = self.model_outputs[-1] if order == 2 else None
-        plan.flags &= ~R.HIST
-        if history is not None:
-            plan.flags |= R.HIST
         n = len(self._ts_host)
         need_x0 = cfg.solver_order > 1 and i < n - 1  # the next step reads this x0
         prev, x0, x0_fn = self._run(plan, model_output, sample, guidance_scale=guidance_scale,

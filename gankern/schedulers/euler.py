@@ -152,7 +152,7 @@ class EulerDiscreteScheduler(SigmaScheduler):
             raise ValueError("pass one of scheduler.timesteps as the timestep, not an integer step index "
                              "(as diffusers' EulerDiscreteScheduler requires)")
         i = self._index(timestep)
-        plan = self._plan(i, float(s_churn), float(s_tmin), float(s_tmax), float(s_noise))
+        plan = self._cached_plan(i, float(s_churn), float(s_tmin), float(s_tmax), float(s_noise))
         prev, x0, x0_fn = self._run(plan, model_output, sample, guidance_scale=guidance_scale,
                                     guidance_rescale=guidance_rescale, generator=generator, variance_noise=None)
         self._step_index += 1

@@ -76,7 +76,7 @@ class EulerAncestralDiscreteScheduler(SigmaScheduler):
         if isinstance(timestep, int) or (isinstance(timestep, torch.Tensor) and not timestep.is_floating_point()):
             raise ValueError("pass one of scheduler.timesteps as the timestep, not an integer step index")
         i = self._index(timestep)
-        plan = self._plan(i)
+        plan = self._cached_plan(i)
         prev, x0, x0_fn = self._run(plan, model_output, sample, guidance_scale=guidance_scale,
                                     guidance_rescale=guidance_rescale, generator=generator, variance_noise=None)
         self._step_index += 1
