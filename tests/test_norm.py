@@ -330,3 +330,45 @@ def test_half_precision_falls_back_or_runs(device):
         assert y.dtype == torch.bfloat16
         assert_close(y, _ref64(x.float(), 4, {}, "silu"), dtype=torch.bfloat16)
 
+
+
+# ---- GPU (skipped without CUDA) ----------------------------------------------------------------
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("cl", [False, True])
+@pytest.mark.parametrize("shape", [(1, 64, 64, 64), (2, 40, 7, 9), (3, 24, 5, 4, 3)])
+def test_gpu_group_norm_act(backend, dtype, cl, shape):
+    skip_unless_runnable("group_norm_act", backend, "cuda", dtype)
+    G = 8
+    x, p = _gn_inputs(shape, G, EXTRAS, cl, "cuda", dtype)
+    dy = torch.randn(shape, generator=torch.Generator().manual_seed(7)).to("cuda", dtype)
+    with use_backend(backend):
+        got = _grads(lambda t: gankern.group_norm_act(t.pop("x"), G, act="silu", **t), x, p, dy)
+        y = gankern.group_norm_act(x, G, act="silu", **p)
+    assert y.dtype == dtype
+    assert_close(y, _ref64(x, G, p, "silu"), dtype=dtype)
+    want = _grads(lambda t: _ref64(t.pop("x"), G, t, "silu"), x.double(), {k: v.double() for k, v in p.items()},
+                  dy.double())
+    for k in want:
+        assert_close(got[k], want[k], dtype=dtype if k in ("x", "residual") else torch.float32, what=f"d{k}",
+                     scale=_grad_scale(k, want))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+@pytest.mark.parametrize("training", [True, False])
+def test_gpu_batch_norm_act(backend, training):
+    skip_unless_runnable("batch_norm_act", backend, "cuda")
+    x = _make((16, 24, 9, 9), True, "cuda")
+    w, b = torch.randn(24, device="cuda"), torch.randn(24, device="cuda")
+    rm, rv = torch.zeros(24, device="cuda"), torch.ones(24, device="cuda")
+    trm, trv = rm.clone(), rv.clone()
+    with use_backend(backend):
+        y = gankern.batch_norm_act(x, rm, rv, w, b, training=training, act="relu")
+    torch.testing.assert_close(y, F.relu(F.batch_norm(x, trm, trv, w, b, training=training)), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(rm, trm)
+    torch.testing.assert_close(rv, trv)
