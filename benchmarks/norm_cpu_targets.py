@@ -34,7 +34,12 @@ def timeit(fn, runs):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=50)
+    ap.add_argument("--threads", type=int, default=None, help="torch and gankern thread count")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+        if gankern._native.cpu is not None:
+            gankern._native.cpu.set_num_threads(args.threads)
     torch.manual_seed(0)
     w, b = torch.randn(SHAPE[1]), torch.randn(SHAPE[1])
 
