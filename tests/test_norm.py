@@ -231,7 +231,8 @@ def test_opcheck():
                           (torch.randn_like(x), x, mean, rstd, 4, w, b, 1e-5, "silu", 0.0, t, None, None))
     rm, rv = torch.zeros(8), torch.ones(8)
     for training in (True, False):
-        torch.library.opcheck(torch.ops.gankern.batch_norm_act.default, (x, w, b, rm, rv, training, 1e-5, "relu", 0.0, None))
+        torch.library.opcheck(torch.ops.gankern.batch_norm_act.default,
+                              (x, w, b, rm, rv, training, 1e-5, "relu", 0.0, None))
         _, m, v = torch.ops.gankern.batch_norm_act(x, w, b, rm, rv, training, 1e-5, "relu", 0.0, None)
         torch.library.opcheck(torch.ops.gankern.batch_norm_act_backward.default,
                               (torch.randn_like(x), x, m, v, w, b, training, 1e-5, "relu", 0.0))
@@ -255,8 +256,10 @@ def test_batch_norm_act(backend, shp, act, cl, training):
         got = _grads(lambda t: gankern.batch_norm_act(t.pop("x"), rm.clone(), rv.clone(), training=training, act=act,
                                                       **t), x, p, dy)
         y = gankern.batch_norm_act(x, rm.clone(), rv.clone(), training=training, act=act, **p)
-    ref_fn = lambda t: ref.batch_norm_act(t.pop("x"), t["weight"], t["bias"], rm.double(), rv.double(), training,  # noqa
-                                          1e-5, act, 0.2, None)[0]
+    def ref_fn(t):
+        return ref.batch_norm_act(t.pop("x"), t["weight"], t["bias"], rm.double(), rv.double(), training, 1e-5, act,
+                                  0.2, None)[0]
+
     want = _grads(ref_fn, x.double(), {k: v.double() for k, v in p.items()}, dy.double())
     assert_close(y, ref_fn({"x": x.double(), **{k: v.double() for k, v in p.items()}}))
     for k in want:

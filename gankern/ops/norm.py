@@ -487,8 +487,8 @@ class _CpuKernels:
 
     def apply(self, x, M, A, B, res, N, C, HW, cl, act, alpha):
         y = T.empty_like(x)
-        _native.cpu.norm_apply(x.data_ptr(), M.data_ptr(), A.data_ptr(), B.data_ptr(), _native.ptr(res), y.data_ptr(), N, C, HW,
-                               cl, ref_acts.get(act).code, alpha)
+        _native.cpu.norm_apply(x.data_ptr(), M.data_ptr(), A.data_ptr(), B.data_ptr(), _native.ptr(res), y.data_ptr(),
+                               N, C, HW, cl, ref_acts.get(act).code, alpha)
         return y
 
     def bwd_reduce(self, dy, x, M, A, B, P, N, C, HW, cl, act, alpha):
@@ -500,8 +500,8 @@ class _CpuKernels:
 
     def bwd_apply(self, dy, x, M, A, B, A2, B2, C2, N, C, HW, cl, act, alpha):
         dx = T.empty_like(x)
-        _native.cpu.norm_backward_apply(dy.data_ptr(), x.data_ptr(), M.data_ptr(), A.data_ptr(), B.data_ptr(), A2.data_ptr(),
-                                        B2.data_ptr(), C2.data_ptr(), dx.data_ptr(), N, C, HW, cl,
+        _native.cpu.norm_backward_apply(dy.data_ptr(), x.data_ptr(), M.data_ptr(), A.data_ptr(), B.data_ptr(),
+                                        A2.data_ptr(), B2.data_ptr(), C2.data_ptr(), dx.data_ptr(), N, C, HW, cl,
                                         ref_acts.get(act).code, alpha)
         return dx
 
