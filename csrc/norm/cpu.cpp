@@ -380,9 +380,12 @@ GK_CPU_CLONES void bwd_apply_row(float* __restrict dx, const float* __restrict d
 
 // Calls f(n_or_row, lo, hi) for each task: NCHW: element range [lo, hi) of plane `row`;
 // channels_last: spatial rows [lo, hi) of sample n.
+// Dynamic scheduling: on a machine shared with other work a thread that loses its core would
+// otherwise hold up the whole pass with its static share. Results do not depend on the schedule:
+// every task writes its own partial.
 template <typename F>
 void for_each_task(const Shape& s, const Tiling& t, F&& f) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(dynamic, 1)
   for (std::int64_t task = 0; task < t.tasks; ++task) {
     const std::int64_t row = task / t.per_row, part = task % t.per_row;
     const std::int64_t lo = part * t.len, hi = std::min(s.HW, lo + t.len);
@@ -587,7 +590,7 @@ void group_norm_forward_cpu(const float* x, const Shape& s, std::int64_t G, doub
     constexpr int K = decltype(a)::value;
     auto go = [&](auto r) {
       constexpr bool R = decltype(r)::value;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(dynamic, 1)
       for (std::int64_t task = 0; task < N * G; ++task) {
         const std::int64_t n = task / G, g = task % G;
         W w;
