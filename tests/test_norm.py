@@ -129,9 +129,10 @@ def test_group_norm_act_extras_match_torch():
     torch.testing.assert_close(y, F.silu(h) + p["residual"], rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("backend", ["cpu", "reference"])
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
 def test_group_norm_act_large_group(backend):
-    """One group of 1.2M elements, far from zero mean: the statistics must not cancel."""
+    """One group of 1.2M elements, far from zero mean: the statistics must not cancel. (The fp32
+    reference itself misses the bound here: torch's fp32 var loses digits at mean/std = 300.)"""
     skip_unless_runnable("group_norm_act", backend, "cpu")
     x = torch.randn(1, 2, 1000, 600) * 0.1 + 30.0
     w, b = torch.randn(2), torch.randn(2)
