@@ -46,7 +46,6 @@ GK_VINLINE vf load(const float* p) {
   return v;
 }
 GK_VINLINE void store(float* p, vf v) { std::memcpy(p, &v, sizeof(v)); }
-GK_VINLINE vf splat(float a) { return vf{} + a; }
 GK_VINLINE vi to_int(vf x) { return __builtin_convertvector(x, vi); }
 GK_VINLINE std::int32_t to_int(float x) { return static_cast<std::int32_t>(x); }
 GK_VINLINE vf bits_to_float(vi x) { return (vf)x; }  // a vector cast reinterprets the bits
