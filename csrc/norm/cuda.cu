@@ -80,10 +80,15 @@ stats_nchw_kernel(const T* __restrict__ x, Shape s, std::int64_t chunk, float* _
   const std::int64_t row = blockIdx.x, split = blockIdx.y, NC = s.N * s.C;
   const std::int64_t lo = split * chunk, hi = min(s.HW, lo + chunk);
   const T* xr = x + row * s.HW;
+  // Moments of x - k, k = the split's first value: the running means stay of the order of the
+  // std, so their fp32 rounding does not grow with |mean| / std. The caller adds k back in fp64.
+  const float kshift = to_f32(xr[lo]);
   Welford<float> w;
   for (std::int64_t i = lo + static_cast<std::int64_t>(threadIdx.x) * VEC; i < hi; i += kThreads * VEC) {
     float v[VEC];
     load_vec<T, VEC>(xr + i, v);
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) v[k] -= kshift;
     // The vector's own moments, then one Chan merge: one division per vector, not per element.
     float sum = 0.f;
 #pragma unroll
@@ -102,8 +107,9 @@ stats_nchw_kernel(const T* __restrict__ x, Shape s, std::int64_t chunk, float* _
   if (threadIdx.x == 0) {
     Welford<float> t;
     for (int k = 0; k < kThreads / 32; ++k) t.merge(sh[0][k], sh[1][k], sh[2][k]);
-    part[(split * 2 + 0) * NC + row] = t.mean;
-    part[(split * 2 + 1) * NC + row] = t.m2;
+    part[(split * 3 + 0) * NC + row] = kshift;
+    part[(split * 3 + 1) * NC + row] = t.mean;
+    part[(split * 3 + 2) * NC + row] = t.m2;
   }
 }
 
@@ -155,13 +161,14 @@ stats_cl_kernel(const T* __restrict__ x, Shape s, std::int64_t chunk, float* __r
   const std::int64_t split = blockIdx.y, NC = s.N * s.C;
   const std::int64_t lo = split * chunk, hi = min(s.HW, lo + chunk);
   Welford<float> w[VEC];
+  float k0[VEC] = {};  // per-channel shift: the split's first row (see stats_nchw_kernel)
   if (c0 < s.C) {
-    // Blocks of up to kRowsPerMerge rows: shifted sums (shift = the block's first row), then one
-    // Chan merge per block, instead of a division per element.
+    load_vec<T, VEC>(x + (n * s.HW + lo) * s.C + c0, k0);
+    // Blocks of up to kRowsPerMerge rows: shifted sums, then one Chan merge per block instead of a
+    // division per element.
     constexpr int kRowsPerMerge = 16;
     for (std::int64_t r0 = lo + threadIdx.y; r0 < hi; r0 += kClRows * kRowsPerMerge) {
-      float k0[VEC], sum[VEC] = {}, sq[VEC] = {};
-      load_vec<T, VEC>(x + (n * s.HW + r0) * s.C + c0, k0);
+      float sum[VEC] = {}, sq[VEC] = {};
       int cnt = 0;
       for (std::int64_t r = r0; r < hi && r < r0 + kClRows * kRowsPerMerge; r += kClRows, ++cnt) {
         float v[VEC];
@@ -175,7 +182,7 @@ stats_cl_kernel(const T* __restrict__ x, Shape s, std::int64_t chunk, float* __r
       }
 #pragma unroll
       for (int k = 0; k < VEC; ++k)
-        w[k].merge(Welford<float>::from_shifted_sums(static_cast<float>(cnt), k0[k], sum[k], sq[k]));
+        w[k].merge(Welford<float>::from_shifted_sums(static_cast<float>(cnt), 0.f, sum[k], sq[k]));
     }
   }
   __shared__ float sh[3][kClRows][32 * VEC];
@@ -192,8 +199,9 @@ stats_cl_kernel(const T* __restrict__ x, Shape s, std::int64_t chunk, float* __r
       Welford<float> t;
       for (int r = 0; r < kClRows; ++r)
         t.merge(sh[0][r][threadIdx.x * VEC + k], sh[1][r][threadIdx.x * VEC + k], sh[2][r][threadIdx.x * VEC + k]);
-      part[(split * 2 + 0) * NC + n * s.C + c0 + k] = t.mean;
-      part[(split * 2 + 1) * NC + n * s.C + c0 + k] = t.m2;
+      part[(split * 3 + 0) * NC + n * s.C + c0 + k] = k0[k];
+      part[(split * 3 + 1) * NC + n * s.C + c0 + k] = t.mean;
+      part[(split * 3 + 2) * NC + n * s.C + c0 + k] = t.m2;
     }
   }
 }
