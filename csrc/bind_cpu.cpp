@@ -147,15 +147,9 @@ PYBIND11_MODULE(_C, m) {
     // One call for the whole forward: Python-side table arithmetic would cost more than the
     // passes themselves at small shapes. tables: 3 * N * C floats; scratch: 2 * N * C doubles.
     py::gil_scoped_release nogil;
-    const Shape s{N, C, HW, cl};
-    double* mean = ptr<double>(scratch);
-    float* tab = ptr<float>(tables);
-    gk::norm::channel_stats_cpu(ptr<const float>(x), s, mean, mean + N * C);
-    gk::norm::group_coefficients_cpu(mean, mean + N * C, N, C, G, HW, eps, ptr<const float>(weight),
+    gk::norm::group_norm_forward_cpu(ptr<const float>(x), Shape{N, C, HW, cl}, G, eps, ptr<const float>(weight),
                                      ptr<const float>(bias), ptr<const float>(temb), ptr<const float>(scale),
-                                     ptr<const float>(shift), tab, tab + N * C, tab + 2 * N * C, ptr<float>(gmean),
-                                     ptr<float>(grstd));
-    gk::norm::apply_cpu(ptr<const float>(x), tab, tab + N * C, tab + 2 * N * C, ptr<const float>(res), ptr<float>(y),
-                        s, act, alpha);
+                                     ptr<const float>(shift), ptr<const float>(res), ptr<float>(y), ptr<float>(tables),
+                                     ptr<float>(gmean), ptr<float>(grstd), ptr<double>(scratch), act, alpha);
   });
 }

@@ -98,8 +98,8 @@ PYBIND11_MODULE(_cuda, m) {
   });
 
   // ---- norm (group_norm_act, batch_norm_act) ----
-  // Shape: (N, C, HW, channels_last); tables fp32 [N*C]; part: fp32 partials [S][k][N*C] with
-  // S = ceil(HW / chunk), chunk from norm_split_chunk.
+  // Shape: (N, C, HW, channels_last); tables fp32 [N*C]; part: fp32 partials [S][3][N*C] with
+  // S = ceil(HW / chunk), chunk from norm_split_chunk (csrc/norm/norm.h).
   using gk::norm::Shape;
   m.def("norm_split_chunk", [](int64_t N, int64_t C, int64_t HW, bool cl) {
     return gk::norm::cuda_split_chunk(Shape{N, C, HW, cl});

@@ -129,12 +129,14 @@ def test_group_norm_act_extras_match_torch():
     torch.testing.assert_close(y, F.silu(h) + p["residual"], rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("backend", ["cpu", "reference"])
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
 def test_group_norm_act_large_group(backend):
-    """One group of 1.2M elements, far from zero mean: the statistics must not cancel."""
+    """One group of 1.2M elements, far from zero mean: the statistics must not cancel. (The fp32
+    reference itself misses the bound here: torch's fp32 var loses digits at mean/std = 300.)"""
     skip_unless_runnable("group_norm_act", backend, "cpu")
-    x = torch.randn(1, 2, 1000, 600) * 0.1 + 30.0
-    w, b = torch.randn(2), torch.randn(2)
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(1, 2, 1000, 600, generator=g) * 0.1 + 30.0
+    w, b = torch.randn(2, generator=g), torch.randn(2, generator=g)
     with use_backend(backend):
         y = gankern.group_norm_act(x, 1, w, b, act="silu")
     assert_close(y, _ref64(x, 1, dict(weight=w, bias=b), "silu"))
@@ -231,7 +233,8 @@ def test_opcheck():
                           (torch.randn_like(x), x, mean, rstd, 4, w, b, 1e-5, "silu", 0.0, t, None, None))
     rm, rv = torch.zeros(8), torch.ones(8)
     for training in (True, False):
-        torch.library.opcheck(torch.ops.gankern.batch_norm_act.default, (x, w, b, rm, rv, training, 1e-5, "relu", 0.0, None))
+        torch.library.opcheck(torch.ops.gankern.batch_norm_act.default,
+                              (x, w, b, rm, rv, training, 1e-5, "relu", 0.0, None))
         _, m, v = torch.ops.gankern.batch_norm_act(x, w, b, rm, rv, training, 1e-5, "relu", 0.0, None)
         torch.library.opcheck(torch.ops.gankern.batch_norm_act_backward.default,
                               (torch.randn_like(x), x, m, v, w, b, training, 1e-5, "relu", 0.0))
@@ -255,8 +258,10 @@ def test_batch_norm_act(backend, shp, act, cl, training):
         got = _grads(lambda t: gankern.batch_norm_act(t.pop("x"), rm.clone(), rv.clone(), training=training, act=act,
                                                       **t), x, p, dy)
         y = gankern.batch_norm_act(x, rm.clone(), rv.clone(), training=training, act=act, **p)
-    ref_fn = lambda t: ref.batch_norm_act(t.pop("x"), t["weight"], t["bias"], rm.double(), rv.double(), training,  # noqa
-                                          1e-5, act, 0.2, None)[0]
+    def ref_fn(t):
+        return ref.batch_norm_act(t.pop("x"), t["weight"], t["bias"], rm.double(), rv.double(), training, 1e-5, act,
+                                  0.2, None)[0]
+
     want = _grads(ref_fn, x.double(), {k: v.double() for k, v in p.items()}, dy.double())
     assert_close(y, ref_fn({"x": x.double(), **{k: v.double() for k, v in p.items()}}))
     for k in want:
@@ -330,3 +335,45 @@ def test_half_precision_falls_back_or_runs(device):
         assert y.dtype == torch.bfloat16
         assert_close(y, _ref64(x.float(), 4, {}, "silu"), dtype=torch.bfloat16)
 
+
+
+# ---- GPU (skipped without CUDA) ----------------------------------------------------------------
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("cl", [False, True])
+@pytest.mark.parametrize("shape", [(1, 64, 64, 64), (2, 40, 7, 9), (3, 24, 5, 4, 3)])
+def test_gpu_group_norm_act(backend, dtype, cl, shape):
+    skip_unless_runnable("group_norm_act", backend, "cuda", dtype)
+    G = 8
+    x, p = _gn_inputs(shape, G, EXTRAS, cl, "cuda", dtype)
+    dy = torch.randn(shape, generator=torch.Generator().manual_seed(7)).to("cuda", dtype)
+    with use_backend(backend):
+        got = _grads(lambda t: gankern.group_norm_act(t.pop("x"), G, act="silu", **t), x, p, dy)
+        y = gankern.group_norm_act(x, G, act="silu", **p)
+    assert y.dtype == dtype
+    assert_close(y, _ref64(x, G, p, "silu"), dtype=dtype)
+    want = _grads(lambda t: _ref64(t.pop("x"), G, t, "silu"), x.double(), {k: v.double() for k, v in p.items()},
+                  dy.double())
+    for k in want:
+        assert_close(got[k], want[k], dtype=dtype if k in ("x", "residual") else torch.float32, what=f"d{k}",
+                     scale=_grad_scale(k, want))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+@pytest.mark.parametrize("training", [True, False])
+def test_gpu_batch_norm_act(backend, training):
+    skip_unless_runnable("batch_norm_act", backend, "cuda")
+    x = _make((16, 24, 9, 9), True, "cuda")
+    w, b = torch.randn(24, device="cuda"), torch.randn(24, device="cuda")
+    rm, rv = torch.zeros(24, device="cuda"), torch.ones(24, device="cuda")
+    trm, trv = rm.clone(), rv.clone()
+    with use_backend(backend):
+        y = gankern.batch_norm_act(x, rm, rv, w, b, training=training, act="relu")
+    torch.testing.assert_close(y, F.relu(F.batch_norm(x, trm, trv, w, b, training=training)), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(rm, trm)
+    torch.testing.assert_close(rv, trv)

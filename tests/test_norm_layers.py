@@ -124,17 +124,21 @@ def test_fold_batchnorm_model():
 
 
 def test_group_norm_act_compiles_fullgraph():
+    """Inductor traces through the custom ops (fake kernels, autograd) without graph breaks."""
     torch._dynamo.reset()
     layer = GroupNormAct(4, 16, act="gelu")
-    x = torch.randn(2, 16, 6, 6)
-    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
-    xr = x.clone().requires_grad_()
-    y = compiled(xr)
-    _close(y, F.gelu(F.group_norm(x, 4, layer.weight, layer.bias)))
+    x = torch.randn(2, 16, 6, 6).to(memory_format=torch.channels_last)
+    temb = torch.randn(2, 16)
+    compiled = torch.compile(layer, fullgraph=True)
+    xr, tr = x.clone().requires_grad_(), temb.clone().requires_grad_()
+    y = compiled(xr, temb=tr)
+    x2, t2 = x.clone().requires_grad_(), temb.clone().requires_grad_()
+    want = F.gelu(F.group_norm(x2 + t2[..., None, None], 4, layer.weight, layer.bias))
+    _close(y, want)
     y.sum().backward()
-    xr2 = x.clone().requires_grad_()
-    F.gelu(F.group_norm(xr2, 4, layer.weight, layer.bias)).sum().backward()
-    _close(xr.grad, xr2.grad, 1e-4)
+    want.sum().backward()
+    _close(xr.grad, x2.grad, 1e-4)
+    _close(tr.grad, t2.grad, 1e-4)
 
 
 def test_layer_bad_arguments():

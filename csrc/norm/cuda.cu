@@ -80,12 +80,24 @@ stats_nchw_kernel(const T* __restrict__ x, Shape s, std::int64_t chunk, float* _
   const std::int64_t row = blockIdx.x, split = blockIdx.y, NC = s.N * s.C;
   const std::int64_t lo = split * chunk, hi = min(s.HW, lo + chunk);
   const T* xr = x + row * s.HW;
+  // Moments of x - k, k = the split's first value: the running means stay of the order of the
+  // std, so their fp32 rounding does not grow with |mean| / std. The caller adds k back in fp64.
+  const float kshift = to_f32(xr[lo]);
   Welford<float> w;
   for (std::int64_t i = lo + static_cast<std::int64_t>(threadIdx.x) * VEC; i < hi; i += kThreads * VEC) {
     float v[VEC];
     load_vec<T, VEC>(xr + i, v);
 #pragma unroll
-    for (int k = 0; k < VEC; ++k) w.add(v[k]);
+    for (int k = 0; k < VEC; ++k) v[k] -= kshift;
+    // The vector's own moments, then one Chan merge: one division per vector, not per element.
+    float sum = 0.f;
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) sum += v[k];
+    const float mb = sum * (1.f / VEC);
+    float m2b = 0.f;
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) m2b += (v[k] - mb) * (v[k] - mb);
+    w.merge(static_cast<float>(VEC), mb, m2b);
   }
   __shared__ float sh[3][kThreads / 32];
   w = warp_merge(w);
@@ -95,8 +107,9 @@ stats_nchw_kernel(const T* __restrict__ x, Shape s, std::int64_t chunk, float* _
   if (threadIdx.x == 0) {
     Welford<float> t;
     for (int k = 0; k < kThreads / 32; ++k) t.merge(sh[0][k], sh[1][k], sh[2][k]);
-    part[(split * 2 + 0) * NC + row] = t.mean;
-    part[(split * 2 + 1) * NC + row] = t.m2;
+    part[(split * 3 + 0) * NC + row] = kshift;
+    part[(split * 3 + 1) * NC + row] = t.mean;
+    part[(split * 3 + 2) * NC + row] = t.m2;
   }
 }
 
@@ -148,12 +161,28 @@ stats_cl_kernel(const T* __restrict__ x, Shape s, std::int64_t chunk, float* __r
   const std::int64_t split = blockIdx.y, NC = s.N * s.C;
   const std::int64_t lo = split * chunk, hi = min(s.HW, lo + chunk);
   Welford<float> w[VEC];
+  float k0[VEC] = {};  // per-channel shift: the split's first row (see stats_nchw_kernel)
   if (c0 < s.C) {
-    for (std::int64_t r = lo + threadIdx.y; r < hi; r += kClRows) {
-      float v[VEC];
-      load_vec<T, VEC>(x + (n * s.HW + r) * s.C + c0, v);
+    load_vec<T, VEC>(x + (n * s.HW + lo) * s.C + c0, k0);
+    // Blocks of up to kRowsPerMerge rows: shifted sums, then one Chan merge per block instead of a
+    // division per element.
+    constexpr int kRowsPerMerge = 16;
+    for (std::int64_t r0 = lo + threadIdx.y; r0 < hi; r0 += kClRows * kRowsPerMerge) {
+      float sum[VEC] = {}, sq[VEC] = {};
+      int cnt = 0;
+      for (std::int64_t r = r0; r < hi && r < r0 + kClRows * kRowsPerMerge; r += kClRows, ++cnt) {
+        float v[VEC];
+        load_vec<T, VEC>(x + (n * s.HW + r) * s.C + c0, v);
 #pragma unroll
-      for (int k = 0; k < VEC; ++k) w[k].add(v[k]);
+        for (int k = 0; k < VEC; ++k) {
+          const float d = v[k] - k0[k];
+          sum[k] += d;
+          sq[k] += d * d;
+        }
+      }
+#pragma unroll
+      for (int k = 0; k < VEC; ++k)
+        w[k].merge(Welford<float>::from_shifted_sums(static_cast<float>(cnt), 0.f, sum[k], sq[k]));
     }
   }
   __shared__ float sh[3][kClRows][32 * VEC];
@@ -170,8 +199,9 @@ stats_cl_kernel(const T* __restrict__ x, Shape s, std::int64_t chunk, float* __r
       Welford<float> t;
       for (int r = 0; r < kClRows; ++r)
         t.merge(sh[0][r][threadIdx.x * VEC + k], sh[1][r][threadIdx.x * VEC + k], sh[2][r][threadIdx.x * VEC + k]);
-      part[(split * 2 + 0) * NC + n * s.C + c0 + k] = t.mean;
-      part[(split * 2 + 1) * NC + n * s.C + c0 + k] = t.m2;
+      part[(split * 3 + 0) * NC + n * s.C + c0 + k] = k0[k];
+      part[(split * 3 + 1) * NC + n * s.C + c0 + k] = t.mean;
+      part[(split * 3 + 2) * NC + n * s.C + c0 + k] = t.m2;
     }
   }
 }
@@ -226,28 +256,28 @@ bwd_reduce_cl_kernel(const T* __restrict__ dy, const T* __restrict__ x, const fl
 
 // ---- pointwise passes: flat grid-stride over VEC-element vectors -----------------------------
 
-template <bool kBwd, typename T, int A, bool R, int VEC>
+template <bool kBwd, typename T, int A, bool R, bool CL, int VEC, typename I>
 __global__ void __launch_bounds__(kThreads)
 pointwise_kernel(const T* __restrict__ dy, const T* __restrict__ x, const T* __restrict__ res, T* __restrict__ out,
                  const float* __restrict__ M, const float* __restrict__ Am, const float* __restrict__ Bm,
                  const float* __restrict__ A2, const float* __restrict__ B2, const float* __restrict__ C2, Shape s,
                  float alpha) {
-  const std::int64_t n = s.N * s.C * s.HW, nvec = n / VEC;
-  const std::int64_t step = static_cast<std::int64_t>(gridDim.x) * blockDim.x;
-  for (std::int64_t v = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; v < nvec; v += step) {
-    const std::int64_t i0 = v * VEC;
+  // I: 32-bit indices when the tensor allows (64-bit division costs ~5x more per vector).
+  const I n = static_cast<I>(s.N * s.C * s.HW), nvec = n / VEC, HW = static_cast<I>(s.HW);
+  const I C = static_cast<I>(s.C), HWC = HW * C;
+  const I step = static_cast<I>(gridDim.x) * blockDim.x;
+  for (I v = static_cast<I>(blockIdx.x) * blockDim.x + threadIdx.x; v < nvec; v += step) {
+    const I i0 = v * VEC;
     // A vector never crosses a table entry in NCHW (HW % VEC == 0); in channels_last its VEC
     // channels are consecutive entries (C % VEC == 0).
-    std::int64_t nc0;
-    if (s.channels_last) nc0 = (i0 / (s.HW * s.C)) * s.C + i0 % s.C;
-    else nc0 = i0 / s.HW;
+    const I nc0 = CL ? (i0 / HWC) * C + i0 % C : i0 / HW;
     float xv[VEC], gv[VEC], rv[VEC], o[VEC];
     load_vec<T, VEC>(x + i0, xv);
     if constexpr (kBwd) load_vec<T, VEC>(dy + i0, gv);
     if constexpr (R) load_vec<T, VEC>(res + i0, rv);
 #pragma unroll
     for (int k = 0; k < VEC; ++k) {
-      const std::int64_t nc = s.channels_last ? nc0 + k : nc0;
+      const I nc = CL ? nc0 + k : nc0;  // NCHW: the same (L1-resident) table entry for the vector
       const float u = xv[k] - __ldg(M + nc);
       const float h = u * __ldg(Am + nc) + __ldg(Bm + nc);
       if constexpr (kBwd) {
@@ -295,14 +325,26 @@ void pointwise(const void* dy, const void* x, const void* res, void* out, const 
     constexpr int V = decltype(vec)::value;
     dispatch_norm_act(act, [&](auto a) {
       constexpr int K = decltype(a)::value;
-      auto go = [&](auto r) {
-        constexpr bool R = decltype(r)::value;
-        pointwise_kernel<kBwd, T, K, R, V><<<grid_size(n / V, kThreads), kThreads, 0, st>>>(
+      auto go = [&](auto r, auto cl, auto idx) {
+        constexpr bool R = decltype(r)::value, CL = decltype(cl)::value;
+        using I = decltype(idx);
+        pointwise_kernel<kBwd, T, K, R, CL, V, I><<<grid_size(n / V, kThreads), kThreads, 0, st>>>(
             static_cast<const T*>(dy), static_cast<const T*>(x), static_cast<const T*>(res), static_cast<T*>(out), M, A,
             B, A2, B2, C2, s, alpha);
       };
-      if (res != nullptr) go(std::true_type{});
-      else go(std::false_type{});
+      auto by_index = [&](auto r, auto cl) {
+        // + one grid stride of headroom: the loop index may step past n before it stops.
+        if (n + static_cast<std::int64_t>(grid_size(n / V, kThreads)) * kThreads * V < (std::int64_t{1} << 31))
+          go(r, cl, std::uint32_t{});
+        else
+          go(r, cl, std::int64_t{});
+      };
+      auto by_layout = [&](auto r) {
+        if (s.channels_last) by_index(r, std::true_type{});
+        else by_index(r, std::false_type{});
+      };
+      if (res != nullptr) by_layout(std::true_type{});
+      else by_layout(std::false_type{});
     });
   });
   GK_CUDA_CHECK_LAUNCH(opname);

@@ -56,11 +56,19 @@ void group_coefficients_cpu(const double* mean, const double* m2, std::int64_t N
                             const float* scale, const float* shift, float* M, float* A, float* B, float* gmean,
                             float* grstd);
 
+// The whole GroupNorm forward: statistics, coefficient tables (M, A, B: tables[0..3*N*C)) and the
+// normalize pass. scratch: 2 * N * C doubles.
+void group_norm_forward_cpu(const float* x, const Shape& s, std::int64_t G, double eps, const float* weight,
+                            const float* bias, const float* temb, const float* scale, const float* shift,
+                            const float* res, float* y, float* tables, float* gmean, float* grstd, double* scratch,
+                            int act, float alpha);
+
 // CUDA: x/y/res/dy/dx in storage dtype `dtype` (gk::DType), tables fp32. The reductions split the
 // positions of each (n, c) into chunks of `chunk` positions (cuda_split_chunk picks it so the grid
-// fills the GPU) and write one fp32 partial per chunk: part[s][k][n*C + c], k = 0..1 (mean, m2 of
-// the chunk) for stats, k = 0..2 (sums of g, g*xh, xh) for the backward reduction. The caller
-// merges the S = ceil(HW / chunk) partials (Chan's formula / sums): deterministic, no atomics.
+// fills the GPU) and write one fp32 partial per chunk: part[s][k][n*C + c], k = 0..2 (shift k, mean
+// of x - k, m2 of the chunk) for stats, k = 0..2 (sums of g, g*xh, xh) for the backward reduction.
+// The caller merges the S = ceil(HW / chunk) partials (Chan's formula / sums) in fixed order:
+// deterministic, no atomics.
 std::int64_t cuda_split_chunk(const Shape& s);
 void channel_stats_cuda(const void* x, const Shape& s, std::int64_t chunk, float* part, int dtype,
                         std::uintptr_t stream);

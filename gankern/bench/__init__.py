@@ -8,6 +8,7 @@ from .case import Case
 # Order = order in the report. One line per op family.
 FAMILIES = [
     "bias_act",
+    "norm",
     "vae",
     "diffusion",
 ]

@@ -487,8 +487,8 @@ class _CpuKernels:
 
     def apply(self, x, M, A, B, res, N, C, HW, cl, act, alpha):
         y = T.empty_like(x)
-        _native.cpu.norm_apply(x.data_ptr(), M.data_ptr(), A.data_ptr(), B.data_ptr(), _native.ptr(res), y.data_ptr(), N, C, HW,
-                               cl, ref_acts.get(act).code, alpha)
+        _native.cpu.norm_apply(x.data_ptr(), M.data_ptr(), A.data_ptr(), B.data_ptr(), _native.ptr(res), y.data_ptr(),
+                               N, C, HW, cl, ref_acts.get(act).code, alpha)
         return y
 
     def bwd_reduce(self, dy, x, M, A, B, P, N, C, HW, cl, act, alpha):
@@ -500,8 +500,8 @@ class _CpuKernels:
 
     def bwd_apply(self, dy, x, M, A, B, A2, B2, C2, N, C, HW, cl, act, alpha):
         dx = T.empty_like(x)
-        _native.cpu.norm_backward_apply(dy.data_ptr(), x.data_ptr(), M.data_ptr(), A.data_ptr(), B.data_ptr(), A2.data_ptr(),
-                                        B2.data_ptr(), C2.data_ptr(), dx.data_ptr(), N, C, HW, cl,
+        _native.cpu.norm_backward_apply(dy.data_ptr(), x.data_ptr(), M.data_ptr(), A.data_ptr(), B.data_ptr(),
+                                        A2.data_ptr(), B2.data_ptr(), C2.data_ptr(), dx.data_ptr(), N, C, HW, cl,
                                         ref_acts.get(act).code, alpha)
         return dx
 
@@ -537,9 +537,9 @@ class _TritonKernels:
         if HW == 0:
             z = torch.zeros((N, C), dtype=torch.float64, device=x.device)
             return z, z.clone()
-        mean_s, m2_s, counts = self._tk().channel_stats(x, N, C, HW, cl)
+        shift_s, mean_s, m2_s, counts = self._tk().channel_stats(x, N, C, HW, cl)
         cnt = counts[:, None, None]
-        mean_s = mean_s.double()
+        mean_s = shift_s.double() + mean_s.double()
         mean = (cnt * mean_s).sum(0) / HW  # Chan's merge of the splits
         return mean, m2_s.double().sum(0) + (cnt * (mean_s - mean).pow(2)).sum(0)
 
@@ -572,13 +572,13 @@ class _CudaKernels:
             z = torch.zeros((N, C), dtype=torch.float64, device=x.device)
             return z, z.clone()
         chunk, S = self._splits(N, C, HW, cl)
-        part = torch.empty((S, 2, N, C), dtype=torch.float32, device=x.device)
+        part = torch.empty((S, 3, N, C), dtype=torch.float32, device=x.device)  # shift, mean of x - shift, m2
         with torch.cuda.device(x.device):
             _native.cuda.norm_channel_stats(x.data_ptr(), N, C, HW, cl, chunk, part.data_ptr(), _native.dtype_code(x),
                                             _native.cuda_stream(x))
         cnt = torch.tensor([min(HW, (s + 1) * chunk) - s * chunk for s in range(S)], dtype=torch.float64,
                            device=x.device)[:, None, None]
-        mean_s, m2_s = part[:, 0].double(), part[:, 1].double()
+        mean_s, m2_s = part[:, 0].double() + part[:, 1].double(), part[:, 2].double()
         mean = (cnt * mean_s).sum(0) / HW  # Chan's merge of the splits
         return mean, m2_s.sum(0) + (cnt * (mean_s - mean).pow(2)).sum(0)
 

@@ -23,7 +23,7 @@ INTERPRETER_PROGRAMS = 1
 
 
 @triton.jit
-def _stats_kernel(x_ptr, mean_ptr, m2_ptr, N, C, HW, chunk, sN, sC, sHW, n_cblocks,
+def _stats_kernel(x_ptr, shift_ptr, mean_ptr, m2_ptr, N, C, HW, chunk, sN, sC, sHW, n_cblocks,
                   BC: tl.constexpr, BHW: tl.constexpr, INT64: tl.constexpr):
     pid = tl.program_id(0)
     split = tl.program_id(1)
@@ -35,6 +35,9 @@ def _stats_kernel(x_ptr, mean_ptr, m2_ptr, N, C, HW, chunk, sN, sC, sHW, n_cbloc
         base = base.to(tl.int64)
     hw0 = split * chunk
     hw_end = tl.minimum(hw0 + chunk, HW)
+    # Moments of x - k, k = the chunk's first value per channel: the running mean then stays of
+    # the order of the std, so its fp32 rounding does not grow with |mean| / std.
+    k = tl.load(x_ptr + base + c * sC + hw0 * sHW, mask=cmask, other=0.0).to(tl.float32)
     cnt = tl.zeros([BC], tl.float32)
     mean = tl.zeros([BC], tl.float32)
     m2 = tl.zeros([BC], tl.float32)
@@ -42,7 +45,7 @@ def _stats_kernel(x_ptr, mean_ptr, m2_ptr, N, C, HW, chunk, sN, sC, sHW, n_cbloc
         hw = start + tl.arange(0, BHW)
         m = cmask[:, None] & (hw < hw_end)[None, :]
         offs = base + c[:, None] * sC + hw[None, :] * sHW
-        xv = tl.load(x_ptr + offs, mask=m, other=0.0).to(tl.float32)
+        xv = tl.where(m, tl.load(x_ptr + offs, mask=m, other=0.0).to(tl.float32) - k[:, None], 0.0)
         # Tile moments, then Chan's merge: exact tile mean first keeps m2 free of cancellation.
         tcnt = tl.minimum(hw_end - start, BHW).to(tl.float32)
         tmean = tl.sum(xv, axis=1) / tcnt
@@ -54,6 +57,7 @@ def _stats_kernel(x_ptr, mean_ptr, m2_ptr, N, C, HW, chunk, sN, sC, sHW, n_cbloc
         m2 += tm2 + delta * delta * (cnt * tcnt / tot)
         cnt = tot
     out = (split * N + n) * C + c
+    tl.store(shift_ptr + out, k, mask=cmask)
     tl.store(mean_ptr + out, mean, mask=cmask)
     tl.store(m2_ptr + out, m2, mask=cmask)
 
@@ -152,17 +156,17 @@ def _tiling(N, C, HW, cl, device):
 
 
 def channel_stats(x, N, C, HW, cl):
-    """Per-split, per-(n, c) mean and m2 as (S, N, C) fp32 tensors, and the split counts (S,)."""
+    """Per-split, per-(n, c) moments as (S, N, C) fp32 tensors: shift k, mean of x - k, m2; and
+    the split counts (S,). The caller adds k to the mean in float64."""
     import torch
     BC, BHW, ncb, S, chunk = _tiling(N, C, HW, cl, x.device)
-    mean = torch.empty((S, N, C), dtype=torch.float32, device=x.device)
-    m2 = torch.empty_like(mean)
+    part = torch.empty((3, S, N, C), dtype=torch.float32, device=x.device)
     if N * C > 0:
-        _stats_kernel[(N * ncb, S)](x, mean, m2, N, C, HW, chunk, *_strides(N, C, HW, cl), ncb, BC=BC, BHW=BHW,
-                                    INT64=x.numel() >= 2**31, num_warps=4)
+        _stats_kernel[(N * ncb, S)](x, part[0], part[1], part[2], N, C, HW, chunk, *_strides(N, C, HW, cl), ncb,
+                                    BC=BC, BHW=BHW, INT64=x.numel() >= 2**31, num_warps=4)
     counts = torch.tensor([min(HW, (s + 1) * chunk) - s * chunk for s in range(S)], dtype=torch.float64,
                           device=x.device)
-    return mean, m2, counts
+    return part[0], part[1], part[2], counts
 
 
 def backward_reduce(dy, x, M, A, B, P, N, C, HW, cl, act_code, alpha):
