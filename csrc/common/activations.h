@@ -27,30 +27,30 @@ constexpr float kSqrt1_2 = 0.70710678118654752f;
 constexpr float kInvSqrt2Pi = 0.39894228040143268f;  // 1/sqrt(2*pi)
 constexpr float kSqrt2OverPi = 0.79788456080286536f;  // sqrt(2/pi)
 
-// exp(x) with a vectorizable body on the CPU (Cephes' expf polynomial, ~1 ulp), the hardware
-// path on the GPU. libm's expf would keep GCC from vectorizing the loops it appears in.
+// exp(x) with a vectorizable body on the CPU, the hardware path on the GPU. libm's expf (and
+// std::floor, which GCC emits as a call to floorf) would keep GCC from vectorizing the loops it
+// appears in. Cephes' expf polynomial (~1 ulp) with round-to-nearest by the 1.5 * 2^23 trick, and
+// 2^n applied in two steps so n = 128 (x up to log(FLT_MAX)) does not overflow the exponent
+// field. Overflow, underflow and NaN as expf. Needs -fno-trapping-math to if-convert the selects.
 GK_HOST_DEVICE inline float exp_f32(float x) {
 #if defined(__CUDA_ARCH__)
   return expf(x);
 #else
-  const float hi = 88.3762626647949f, lo = -87.3365447504019f;
+  const float hi = 88.72283905206835f, lo = -87.3365447504019f;
   float xc = x > hi ? hi : (x < lo ? lo : x);
-  if (!(xc == xc)) xc = 0.f;  // NaN: compute anything finite, fixed up below
-  float n = std::floor(xc * 1.44269504088896341f + 0.5f);
-  float r = xc - n * 0.693359375f + n * 2.12194440e-4f;
+  xc = x == x ? xc : 0.f;  // NaN: compute anything finite, fixed up below
+  const float n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // nearest integer
+  const float r = (xc - n * 0.693359375f) + n * 2.12194440e-4f;            // |r| <= ln(2) / 2
   float p = 1.9875691500E-4f;
   p = p * r + 1.3981999507E-3f;
   p = p * r + 8.3334519073E-3f;
   p = p * r + 4.1665795894E-2f;
   p = p * r + 1.6666665459E-1f;
   p = p * r + 5.0000001201E-1f;
-  float y = p * r * r + r + 1.0f;
-  std::int32_t e = (static_cast<std::int32_t>(n) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &e, sizeof(scale));
-  y *= scale;
-  y = x > hi ? INFINITY : (x < lo ? 0.f : y);
-  return x == x ? y : x;
+  const float y = p * r * r + r + 1.0f;
+  const std::int32_t ni = static_cast<std::int32_t>(n);
+  const float v = y * bits_to_f32((ni / 2 + 127) << 23) * bits_to_f32((ni - ni / 2 + 127) << 23);
+  return x != x ? x : (x > hi ? INFINITY : (x < lo ? 0.f : v));
 #endif
 }
 

@@ -1,6 +1,7 @@
 // Macros shared by every native kernel. Header-only; no torch anywhere in csrc/.
 #pragma once
 #include <cstdint>
+#include <cstring>
 #include <stdexcept>
 #include <string>
 
@@ -25,6 +26,12 @@ enum class DType : int { Float32 = 0, Float16 = 1, BFloat16 = 2 };
 
 inline void check(bool ok, const std::string& what) {
   if (!ok) throw std::invalid_argument(what);
+}
+
+GK_HOST_DEVICE inline float bits_to_f32(std::int32_t b) {
+  float f;
+  std::memcpy(&f, &b, 4);
+  return f;
 }
 
 template <typename T>

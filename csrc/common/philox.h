@@ -74,7 +74,6 @@ GK_HOST_DEVICE inline float uint_to_uniform(std::uint32_t w) {
 // algorithms (about 1 ulp on the ranges Box-Muller feeds them), branch-free so loops vectorize.
 // On the GPU the accurate CUDA logf/sincosf are used instead (never the __logf-style intrinsics).
 
-GK_HOST_DEVICE inline float bits_to_f32(std::int32_t b) { float f; std::memcpy(&f, &b, 4); return f; }
 GK_HOST_DEVICE inline std::int32_t f32_to_bits(float f) { std::int32_t b; std::memcpy(&b, &f, 4); return b; }
 
 // log(x) for positive normal x (Box-Muller passes x in [1e-7, 1)); no NaN/Inf/denormal handling.

@@ -2,23 +2,16 @@
 // where the CPU has them, else portable code GCC vectorizes); the fused ops consume a tile while it
 // is still in L1, so eps never reaches memory. OpenMP splits the elements into fixed blocks of
 // kKlBlock, which also makes the KL partial sums independent of the thread count.
-// Nothing here reads floating-point exception flags, so GCC may evaluate both sides of a float
-// select (clamp, exp's range checks) in the portable loops: without this it keeps them as branches
-// and does not vectorize those loops at all. Values are unchanged.
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC optimize("no-trapping-math")
-#endif
+// The portable loops rely on -fno-trapping-math (CMakeLists.txt) to vectorize their float selects.
 #include <algorithm>
 #include <cstring>
 
 #if defined(__GNUC__) && defined(__x86_64__)
 #include <immintrin.h>
 #endif
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
 
 #include "common/activations.h"
+#include "common/cpu_memory.h"
 #include "vae/vae.h"
 
 namespace gk::vae {
@@ -262,29 +255,6 @@ inline void randn_elements(std::uint64_t seed, std::uint64_t offset, std::int64_
   }
 }
 
-// exp(x) for the portable loops: exp_f32's Cephes polynomial, but rounding with the 1.5 * 2^23 trick
-// instead of std::floor, which GCC emits as a call to floorf (checked with -march=x86-64-v3) and
-// which therefore keeps any loop around it scalar.
-inline float exp_vec_f32(float x) {
-  const float hi = 88.72283905206835f, lo = -87.3365447504019f;
-  float xc = x > hi ? hi : (x < lo ? lo : x);
-  xc = x == x ? xc : 0.f;  // NaN: compute anything finite, fixed up below
-  const float n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // nearest integer
-  const float r = (xc - n * 0.693359375f) + n * 2.12194440e-4f;            // |r| <= ln(2) / 2
-  float p = 1.9875691500E-4f;
-  p = p * r + 1.3981999507E-3f;
-  p = p * r + 8.3334519073E-3f;
-  p = p * r + 4.1665795894E-2f;
-  p = p * r + 1.6666665459E-1f;
-  p = p * r + 5.0000001201E-1f;
-  const float y = p * r * r + r + 1.0f;
-  // 2^n in two steps, so n = 128 (x up to log(FLT_MAX)) does not overflow the exponent field.
-  const std::int32_t ni = static_cast<std::int32_t>(n);
-  const float s1 = bits_to_f32((ni / 2 + 127) << 23), s2 = bits_to_f32((ni - ni / 2 + 127) << 23);
-  const float v = y * s1 * s2;
-  return x != x ? x : (x > hi ? INFINITY : (x < lo ? 0.f : v));
-}
-
 struct Lanes {
   float v[kLanes];
 };
@@ -297,7 +267,7 @@ GK_CPU_CLONES void forward_segment_portable(const float* __restrict mu, const fl
   auto one = [&](std::int64_t i, int lane) {
     const float m = mu[i];
     const float v = clamp_lv(lv[i], lo, hi);
-    const float s = exp_vec_f32(0.5f * v);
+    const float s = exp_f32(0.5f * v);
     if constexpr (kZ) z[i] = m + s * eps[i];
     if constexpr (kKl || kSum) {
       const float t = kl_term(m, v, s * s);
@@ -320,7 +290,7 @@ GK_CPU_CLONES void backward_segment_portable(const float* __restrict dz, const f
   for (std::int64_t i = 0; i < len; ++i) {
     const float raw = lv[i];
     const float v = clamp_lv(raw, lo, hi);
-    const float s = exp_vec_f32(0.5f * v);
+    const float s = exp_f32(0.5f * v);
     float gm = 0.f, gv = 0.f;
     if constexpr (kKl) {
       const float g = kKlElem ? gscale * gkl[i] : gconst;
@@ -337,7 +307,7 @@ GK_CPU_CLONES void backward_segment_portable(const float* __restrict dz, const f
 }
 
 #ifdef GK_HAVE_AVX2_PHILOX
-// exp_vec_f32 (Cephes expf), 8 lanes, with the same overflow/underflow/NaN rules.
+// exp_f32 (Cephes expf), 8 lanes, with the same overflow/underflow/NaN rules.
 GK_AVX2_FMA inline __m256 exp8(__m256 x) {
   const __m256 hi = _mm256_set1_ps(88.72283905206835f), lo = _mm256_set1_ps(-87.3365447504019f);
   __m256 xc = _mm256_min_ps(_mm256_max_ps(x, lo), hi);
@@ -485,22 +455,6 @@ inline void parallel_blocks(std::int64_t n, F&& f) {
   const std::int64_t nblocks = (n + kKlBlock - 1) / kKlBlock;
 #pragma omp parallel for schedule(dynamic, 1) if (nblocks >= kParallelBlocks)
   for (std::int64_t blk = 0; blk < nblocks; ++blk) f(blk, blk * kKlBlock, std::min(n, (blk + 1) * kKlBlock));
-}
-
-// Large fresh outputs (malloc'd by mmap, untouched) would take one page fault per 4 KiB on first
-// write: on small VMs that cost as much as generating the normals. Asking for transparent huge
-// pages on the 2 MiB-aligned interior makes it one fault per 2 MiB. A hint: harmless where THP is
-// off or the pages already exist.
-void advise_huge_pages(void* p, std::int64_t bytes) {
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  constexpr std::uintptr_t kHuge = std::uintptr_t(1) << 21;
-  if (p == nullptr || bytes < static_cast<std::int64_t>(4 * kHuge)) return;
-  const std::uintptr_t a = (reinterpret_cast<std::uintptr_t>(p) + kHuge - 1) & ~(kHuge - 1);
-  const std::uintptr_t e = (reinterpret_cast<std::uintptr_t>(p) + static_cast<std::uintptr_t>(bytes)) & ~(kHuge - 1);
-  if (e > a) madvise(reinterpret_cast<void*>(a), e - a, MADV_HUGEPAGE);
-#else
-  (void)p, (void)bytes;
-#endif
 }
 
 }  // namespace
