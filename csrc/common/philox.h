@@ -19,6 +19,7 @@
 #include <cstring>
 
 #include "common/macros.h"
+#include "common/math.h"
 
 namespace gk {
 
@@ -69,40 +70,10 @@ GK_HOST_DEVICE inline float uint_to_uniform(std::uint32_t w) {
   return static_cast<float>(x) * kUniformScale;
 }
 
-// ---- vectorizable fp32 log and sincos for the CPU loops --------------------------------------
-// libm's logf/sincosf are calls GCC cannot vectorize; these are Cephes' single-precision
-// algorithms (about 1 ulp on the ranges Box-Muller feeds them), branch-free so loops vectorize.
-// On the GPU the accurate CUDA logf/sincosf are used instead (never the __logf-style intrinsics).
-
-GK_HOST_DEVICE inline std::int32_t f32_to_bits(float f) { std::int32_t b; std::memcpy(&b, &f, 4); return b; }
-
-// log(x) for positive normal x (Box-Muller passes x in [1e-7, 1)); no NaN/Inf/denormal handling.
-GK_HOST_DEVICE inline float log_pos_f32(float x) {
-#if defined(__CUDA_ARCH__)
-  return logf(x);
-#else
-  // x = 2^k * (1 + m) with 1 + m in [sqrt(1/2), sqrt(2)), by integer ops (musl's reduction): GCC
-  // will not if-convert float arithmetic (it could trap), and a branch would stop vectorization.
-  std::int32_t ix = f32_to_bits(x) + (0x3f800000 - 0x3f3504f3);
-  const float e = static_cast<float>((ix >> 23) - 0x7f);
-  ix = (ix & 0x007fffff) + 0x3f3504f3;
-  const float m = bits_to_f32(ix) - 1.0f;
-  const float z = m * m;
-  float p = 7.0376836292E-2f;
-  p = p * m - 1.1514610310E-1f;
-  p = p * m + 1.1676998740E-1f;
-  p = p * m - 1.2420140846E-1f;
-  p = p * m + 1.4249322787E-1f;
-  p = p * m - 1.6668057665E-1f;
-  p = p * m + 2.0000714765E-1f;
-  p = p * m - 2.4999993993E-1f;
-  p = p * m + 3.3333331174E-1f;
-  float y = p * m * z;
-  y += -2.12194440e-4f * e;  // log(2) split as 0.693359375 - 2.12194440e-4: the first part is exact
-  y += -0.5f * z;
-  return (m + y) + 0.693359375f * e;
-#endif
-}
+// ---- vectorizable fp32 sincos for the CPU loops (log: common/math.h) ------------------------
+// libm's sincosf is a call GCC cannot vectorize; this is Cephes' single-precision algorithm
+// (about 1 ulp on the range Box-Muller feeds it), branch-free so loops vectorize. On the GPU the
+// accurate CUDA sincosf is used instead (never the __sinf-style intrinsics).
 
 // Cephes' single-precision sin and cos polynomials on [-pi/4, pi/4].
 GK_HOST_DEVICE inline float sin_poly(float r, float z) {
