@@ -11,7 +11,6 @@ import math
 import pytest
 import torch
 
-import gankern
 from gankern import schedulers as GS
 from gankern.reference import random as ref_random
 

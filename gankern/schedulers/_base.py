@@ -14,7 +14,6 @@ import numpy as np
 import torch
 
 from ..ops import diffusion as D
-from ..reference import diffusion as R
 
 # Config keys diffusers stores that never change the math.
 _IGNORED_KEYS = {"_class_name", "_diffusers_version", "_use_default_values", "_name_or_path"}

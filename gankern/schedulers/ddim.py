@@ -8,7 +8,6 @@ import numpy as np
 import torch
 
 from ..ops import diffusion as D
-from ..reference import diffusion as R
 from ._alpha import AlphaScheduler
 from ._base import StepOutput, spaced_timesteps
 

@@ -8,7 +8,6 @@ import numpy as np
 import torch
 
 from ..ops import diffusion as D
-from ..reference import diffusion as R
 from ._base import (StepOutput, beta_sigmas, exponential_sigmas, karras_sigmas, sigma_to_t, spaced_timesteps)
 from ._sigma import SigmaScheduler
 
