@@ -280,6 +280,8 @@ class Scheduler:
     def _timestep_value(timestep):
         """The timestep as a Python number, or None for a CUDA tensor (reading it would synchronize
         the device; the step counter is used instead)."""
+        if type(timestep) is torch.Tensor and timestep.ndim == 0 and timestep.device.type == "cpu":
+            return timestep.item()  # the common case, first
         if isinstance(timestep, torch.Tensor):
             if timestep.numel() != 1:
                 raise ValueError(f"timestep must be a single value, got shape {tuple(timestep.shape)}")
