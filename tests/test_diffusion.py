@@ -1,6 +1,5 @@
 """Diffusion ops: every backend against the float64 reference, the per-sample helpers, the training
 ops (forward and backward), the sampling loop, custom-op checks and bad inputs."""
-import math
 
 import pytest
 import torch
@@ -332,3 +331,21 @@ def test_compile_fullgraph():
 
     out = torch.compile(f, fullgraph=True)(mo, x)
     assert_close(out, f(mo, x))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_layouts_and_empty(backend):
+    """channels_last / sliced inputs give the reference's result; empty batches give empty outputs."""
+    skip_unless_runnable("diffusion_step", backend, "cpu")
+    mo, x, h = inputs((2, 4, 6, 5), "hist", True, "cpu")
+    plan = make_plan("hist")
+    rp, rx = run("reference", mo.double(), x.double(), h.double(), plan, True)
+    cl = [t.contiguous(memory_format=torch.channels_last) for t in (mo, x, h)]
+    prev, x0 = run(backend, *cl, plan, True)
+    assert_close(prev, rp)
+    wide = torch.cat([x, x], 3)[..., :5]  # a strided view
+    prev, _ = run(backend, mo, wide, h, plan, True)
+    assert_close(prev, rp)
+    e = torch.zeros(0, 4, 6, 5)
+    prev, x0 = run(backend, torch.zeros(0, 4, 6, 5), e, e, plan, True)
+    assert prev.shape == e.shape and x0.shape == e.shape

@@ -11,7 +11,6 @@ import math
 import pytest
 import torch
 
-import gankern
 from gankern import schedulers as GS
 from gankern.reference import random as ref_random
 
@@ -382,3 +381,14 @@ def test_bad_config_and_inputs():
     e.set_timesteps(10)
     with pytest.raises(ValueError, match="not in the schedule"):
         e.step(x, torch.tensor(3.5), x)
+
+
+def test_pipeline_config_patch():
+    """Stable Diffusion's pipeline rewrites outdated configs through scheduler._internal_dict."""
+    g = GS.DDIMScheduler(clip_sample=True, steps_offset=0)
+    new = dict(g.config)
+    new["steps_offset"], new["clip_sample"] = 1, False
+    g._internal_dict = diffusers.configuration_utils.FrozenDict(new)
+    assert g.config.steps_offset == 1 and g.config.clip_sample is False
+    g.set_timesteps(10)
+    assert int(g.timesteps[-1]) == 1

@@ -73,7 +73,9 @@ void step_impl(const float* mo, const float* x, const float* hist, const float* 
   const std::int64_t S = p.per_sample, n = p.batch * S;
   const std::int64_t nchunks = (n + kChunk - 1) / kChunk;
   const float* c = p.c;
-#pragma omp parallel for schedule(static) if (n >= kParallelMin)
+  // dynamic: on shared cores one thread is often descheduled; the other then takes the remaining
+  // chunks instead of idling at the barrier (chunks are independent: results do not depend on it)
+#pragma omp parallel for schedule(dynamic, 1) if (n >= kParallelMin)
   for (std::int64_t ch = 0; ch < nchunks; ++ch) {
     alignas(64) float zbuf[kTile + 8], zs[kTile], prev_scratch[kTile], x0_scratch[kTile];
     const std::int64_t hi = std::min(n, (ch + 1) * kChunk);

@@ -155,25 +155,28 @@ def cases(device: torch.device) -> list[Case]:
 # ---- the CPU target measurement ----------------------------------------------------------------
 
 def measure(case: Case, rounds: int = 6, runs: int = 40, warmup: int = 20) -> dict:
-    """Median ms of gankern, eager, torch.compile(case.compile or case.eager) and a clone of the
-    model output (copy-bandwidth yardstick). Runs come in blocks of `runs` per contender, rotated
-    `rounds` times: load changes on a shared machine hit every contender alike, while OpenMP teams
-    are not resized between every single call (which costs more than a small step itself)."""
+    """ms of gankern, eager, torch.compile(case.compile or case.eager) and a clone of the model
+    output (copy-bandwidth yardstick). Runs come in blocks of `runs` per contender, rotated `rounds`
+    times; each contender's time is the smallest of its block medians. On a shared machine whose
+    other tenants stall the cores for milliseconds at a time, that estimates every contender in its
+    quietest period rather than whichever happened to run during a stall."""
     a = case.setup()
     fns = {"gankern": case.gankern, "eager": case.eager,
            "compile": torch.compile(case.compile or case.eager)}
     fns["clone"] = lambda a: a[0].clone()
-    times = {k: [] for k in fns}
+    best = {k: math.inf for k in fns}
     for k, f in fns.items():
         for _ in range(warmup):
             f(a)
     for _ in range(rounds):
         for k, f in fns.items():
+            block = []
             for _ in range(runs):
                 t0 = time.perf_counter()
                 f(a)
-                times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) * 1e3 for k, v in times.items()}
+                block.append(time.perf_counter() - t0)
+            best[k] = min(best[k], statistics.median(block))
+    return {k: v * 1e3 for k, v in best.items()}
 
 
 def main(argv=None):

@@ -17,7 +17,6 @@ selection pass and passed to the step as [B] tensors.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Optional
 

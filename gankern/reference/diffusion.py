@@ -47,14 +47,22 @@ def _compute_dtype(t: Tensor) -> torch.dtype:
     return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
+def _per_sample_numel(sample: Tensor) -> int:
+    n = 1
+    for s in sample.shape[1:]:
+        n *= s
+    return n
+
+
 def _noise(sample: Tensor, noise: Tensor | None, flags: int, seed: int, offset: int, dtype) -> Tensor | None:
+    S = _per_sample_numel(sample)
     if flags & NOISE_TENSOR:
-        return noise.to(dtype).reshape(sample.shape[0], -1)
+        return noise.to(dtype).reshape(sample.shape[0], S)
     if flags & NOISE_PHILOX:
         from .random import randn
         # fp32 normals as every kernel draws them, then widened
         return randn(tuple(sample.shape), seed, offset, dtype=torch.float32,
-                     device=sample.device).to(dtype).reshape(sample.shape[0], -1)
+                     device=sample.device).to(dtype).reshape(sample.shape[0], S)
     return None
 
 
@@ -65,8 +73,10 @@ def split_model_output(model_output: Tensor, sample: Tensor, flags: int, dtype) 
     diffusers' pipelines re-attach them."""
     G = 2 if flags & GUIDED else 1
     B = sample.shape[0]
-    K = model_output.numel() // max(G * sample.numel(), 1)  # 2: variance channels follow
-    mo = model_output.to(dtype).reshape(G, B, K, -1)
+    S = _per_sample_numel(sample)
+    K = model_output.numel() // max(G * sample.numel(), 1) if sample.numel() else \
+        (model_output.shape[1] // sample.shape[1] if model_output.ndim > 1 and sample.ndim > 1 and sample.shape[1] else 1)
+    mo = model_output.to(dtype).reshape(G, B, K, S)
     u = mo[0, :, 0]
     c = mo[1, :, 0] if G == 2 else None
     v = mo[G - 1, :, 1] if K == 2 and flags & VAR else None
@@ -83,8 +93,9 @@ def diffusion_step(model_output: Tensor, sample: Tensor, history: Tensor | None,
     """(prev_sample, pred_original_sample); the latter is an empty tensor unless want_x0."""
     dt = _compute_dtype(sample)
     B = sample.shape[0]
+    S = _per_sample_numel(sample)
     k = coefs
-    x = sample.to(dt).reshape(B, -1)
+    x = sample.to(dt).reshape(B, S)
     u, c, v = split_model_output(model_output, sample, flags, dt)
     m = guided(u, c, k[C_G])
     if flags & RESCALE:
@@ -103,7 +114,7 @@ def diffusion_step(model_output: Tensor, sample: Tensor, history: Tensor | None,
         eps = k[C_QX] * x + k[C_QM] * m + k[C_Q0] * x0
         prev = prev + k[C_C] * eps
     if flags & HIST:
-        prev = prev + k[C_D] * history.to(dt).reshape(B, -1)
+        prev = prev + k[C_D] * history.to(dt).reshape(B, S)
     if z is not None:
         if flags & VAR_LEARNED_RANGE:
             std = torch.exp(k[C_E0] + k[C_E1] * v)

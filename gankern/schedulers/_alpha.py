@@ -33,6 +33,9 @@ class AlphaScheduler(Scheduler):
     def _set_schedule(self, timesteps: np.ndarray, device):
         self.timesteps = torch.from_numpy(timesteps).to(device)
         self._ts_host = [int(t) for t in timesteps.tolist()]
+        self._ts_index = {}
+        for i, t in enumerate(self._ts_host):
+            self._ts_index.setdefault(t, i)
         self._plans = {}
         self._step_index = None
 

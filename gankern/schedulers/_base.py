@@ -14,7 +14,6 @@ import numpy as np
 import torch
 
 from ..ops import diffusion as D
-from ..reference import diffusion as R
 
 # Config keys diffusers stores that never change the math.
 _IGNORED_KEYS = {"_class_name", "_diffusers_version", "_use_default_values", "_name_or_path"}
@@ -226,6 +225,23 @@ class Scheduler:
     def config(self) -> Config:
         return self._config
 
+    # diffusers' pipelines patch outdated configs by assigning scheduler._internal_dict (e.g. Stable
+    # Diffusion sets steps_offset=1 and clip_sample=False); honour that the way diffusers does.
+    @property
+    def _internal_dict(self) -> Config:
+        return self._config
+
+    @_internal_dict.setter
+    def _internal_dict(self, value) -> None:
+        cfg = Config({k: v for k, v in dict(value).items() if k in self._DEFAULTS})
+        for key in ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas",
+                    "rescale_betas_zero_snr"):
+            if key in cfg and cfg[key] != self._config.get(key):
+                raise ValueError(f"changing {key} after construction is not supported; build a new scheduler "
+                                 "with from_config")
+        self._config = Config({**self._config, **cfg})
+        self._plans = {}
+
     @classmethod
     def from_config(cls, config: Mapping[str, Any] | Any, **kwargs):
         """Build from a diffusers scheduler's config (or any mapping / object with .config); options
@@ -281,6 +297,8 @@ class Scheduler:
     def _timestep_value(timestep):
         """The timestep as a Python number, or None for a CUDA tensor (reading it would synchronize
         the device; the step counter is used instead)."""
+        if type(timestep) is torch.Tensor and timestep.ndim == 0 and timestep.device.type == "cpu":
+            return timestep.item()  # the common case, first
         if isinstance(timestep, torch.Tensor):
             if timestep.numel() != 1:
                 raise ValueError(f"timestep must be a single value, got shape {tuple(timestep.shape)}")

@@ -2,7 +2,6 @@
 in diffusers' float32 values, step-index bookkeeping, input scaling and noising."""
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from ._base import Scheduler, make_betas, rescale_zero_terminal_snr

@@ -8,7 +8,6 @@ import numpy as np
 import torch
 
 from ..ops import diffusion as D
-from ..reference import diffusion as R
 from ._alpha import AlphaScheduler
 from ._base import StepOutput, spaced_timesteps
 
@@ -60,10 +59,11 @@ class DDIMScheduler(AlphaScheduler):
             if self._step_index is None or self._step_index >= len(self._ts_host):
                 self._step_index = 0
             return self._ts_host[self._step_index]
-        if float(v) != int(v) or int(v) not in self._ts_host:
+        i = self._ts_index.get(v) if float(v) == int(v) else None
+        if i is None:
             raise ValueError(f"timestep {v} is not in the schedule (first ones: {self._ts_host[:4]}); pass one of "
                              "scheduler.timesteps")
-        self._step_index = self._ts_host.index(int(v))
+        self._step_index = i
         return int(v)
 
     def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor, eta: float = 0.0,

@@ -109,10 +109,11 @@ class DDPMScheduler(AlphaScheduler):
             if not 0 <= v < self.config.num_train_timesteps:
                 raise ValueError(f"timestep {v} is outside [0, {self.config.num_train_timesteps})")
             return v
-        if v not in self._ts_host:
+        i = self._ts_index.get(v)
+        if i is None:
             raise ValueError(f"timestep {v} is not in the schedule {self._ts_host[:4]}...; pass one of "
                              "scheduler.timesteps")
-        self._step_index = self._ts_host.index(v)
+        self._step_index = i
         return v
 
     def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor, generator=None,

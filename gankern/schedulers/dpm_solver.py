@@ -100,7 +100,7 @@ class DPMSolverMultistepScheduler(SigmaScheduler):
                 raise ValueError(f"timestep_spacing must be 'linspace', 'leading' or 'trailing', got "
                                  f"{cfg.timestep_spacing!r}")
         acp = self.alphas_cumprod
-        sigmas = np.array(((1 - acp) / acp) ** 0.5)
+        sigmas = (((1 - acp) / acp) ** 0.5).numpy()
         log_sigmas = np.log(sigmas)
         if cfg.use_karras_sigmas:
             sigmas = karras_sigmas(cfg, np.flip(sigmas).copy(), num_inference_steps)

@@ -8,7 +8,6 @@ import numpy as np
 import torch
 
 from ..ops import diffusion as D
-from ..reference import diffusion as R
 from ._base import (StepOutput, beta_sigmas, exponential_sigmas, karras_sigmas, sigma_to_t, spaced_timesteps)
 from ._sigma import SigmaScheduler
 
@@ -81,7 +80,7 @@ class EulerDiscreteScheduler(SigmaScheduler):
         self.num_inference_steps = num_inference_steps
         acp = self.alphas_cumprod
         if sigmas is not None:
-            log_sigmas = np.log(np.array(((1 - acp) / acp) ** 0.5))
+            log_sigmas = np.log((((1 - acp) / acp) ** 0.5).numpy())
             sigmas = np.array(sigmas).astype(np.float32)
             timesteps = np.array([sigma_to_t(s, log_sigmas) for s in sigmas[:-1]])
         else:
@@ -89,7 +88,7 @@ class EulerDiscreteScheduler(SigmaScheduler):
                 timesteps = np.array(timesteps).astype(np.float32)
             else:
                 timesteps = spaced_timesteps(cfg, num_inference_steps, np.float32)
-            sigmas = np.array(((1 - acp) / acp) ** 0.5)
+            sigmas = (((1 - acp) / acp) ** 0.5).numpy()
             log_sigmas = np.log(sigmas)
             if cfg.interpolation_type == "linear":
                 sigmas = np.interp(timesteps, np.arange(0, len(sigmas)), sigmas)

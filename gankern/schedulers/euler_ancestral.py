@@ -23,7 +23,7 @@ class EulerAncestralDiscreteScheduler(SigmaScheduler):
     def _build(self, cfg):
         self._alphas(cfg)
         T = cfg.num_train_timesteps
-        sigmas = np.array(((1 - self.alphas_cumprod) / self.alphas_cumprod) ** 0.5)
+        sigmas = (((1 - self.alphas_cumprod) / self.alphas_cumprod) ** 0.5).numpy()
         sigmas = np.concatenate([sigmas[::-1], [0.0]]).astype(np.float32)
         self._store_sigmas(torch.from_numpy(sigmas))
         self.timesteps = torch.from_numpy(np.linspace(0, T - 1, T, dtype=float)[::-1].copy())
@@ -40,7 +40,7 @@ class EulerAncestralDiscreteScheduler(SigmaScheduler):
         self.num_inference_steps = num_inference_steps
         timesteps = spaced_timesteps(self.config, num_inference_steps, np.float32)
         acp = self.alphas_cumprod
-        sigmas = np.array(((1 - acp) / acp) ** 0.5)
+        sigmas = (((1 - acp) / acp) ** 0.5).numpy()
         sigmas = np.interp(timesteps, np.arange(0, len(sigmas)), sigmas)
         sigmas = np.concatenate([sigmas, [0.0]]).astype(np.float32)
         self._store_sigmas(torch.from_numpy(sigmas))
