@@ -558,7 +558,22 @@ class _TritonKernels:
                                     ref_acts.get(act).code, alpha)
 
 
-_register_kernels("triton", _TritonKernels())
+_register_kernels("triton", _TritonKernels(), skip_gn_forward=True)
+
+
+@register("group_norm_act", "triton")
+def _gn_forward_triton(x, G, w, b, eps, act, alpha, temb, scale, shift, residual):
+    """Three launches: statistics, a finalize kernel for the tables, the normalize pass."""
+    from ..triton import norm as tk
+    x, N, C, HW, cl = _layout(x)
+    if HW == 0:
+        return _gn_forward(_TritonKernels(), x, G, w, b, eps, act, alpha, temb, scale, shift, residual)
+    res = None if residual is None else T.like(residual.to(x.dtype), x)
+    w, b, temb, scale, shift = (_f32(t) for t in (w, b, temb, scale, shift))
+    tables, mean, rstd = tk.group_norm_tables(x, G, eps, w, b, temb, scale, shift, N, C, HW, cl)
+    y = tk.pointwise(None, x, res, T.empty_like(x), tables[0], tables[1], tables[2], None, None, None, C, HW, cl,
+                     ref_acts.get(act).code, alpha)
+    return y, mean, rstd
 
 
 # ---- cuda ------------------------------------------------------------------------------------
