@@ -11,4 +11,5 @@ from .ops.norm import batch_norm_act, group_norm_act  # noqa: E402
 from .fold import fold_batchnorm  # noqa: E402
 from . import nn  # noqa: E402
 
-__all__ = ["__version__", "backends", "use_backend", "bias_act", "group_norm_act", "batch_norm_act", "fold_batchnorm", "nn"]
+__all__ = ["__version__", "backends", "use_backend", "bias_act", "group_norm_act", "batch_norm_act", "fold_batchnorm",
+           "nn"]
