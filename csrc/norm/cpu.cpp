@@ -625,10 +625,19 @@ void group_norm_forward_cpu(const float* x, const Shape& s, std::int64_t G, doub
   const bool fused = !s.channels_last && HW > 0 && N * G >= omp_get_max_threads() &&
                      Cg * HW * static_cast<std::int64_t>(sizeof(float)) <= (std::int64_t{1} << 20);
   if (!fused) {
-    channel_stats_cpu(x, s, scratch, scratch + NC);
-    group_coefficients_cpu(scratch, scratch + NC, N, C, G, HW, eps, weight, bias, temb, scale, shift, M, A, B, gmean,
-                           grstd);
-    apply_cpu(x, M, A, B, res, y, s, act, alpha);
+    // One sample at a time when a sample is at most a few MiB: its second read then comes from
+    // the last-level cache instead of competing with the whole tensor and y for it.
+    const std::int64_t per = HW * C * static_cast<std::int64_t>(sizeof(float));
+    const std::int64_t step = (N > 1 && per <= (std::int64_t{8} << 20)) ? 1 : N;
+    for (std::int64_t n0 = 0; n0 < N; n0 += step) {
+      const Shape sn{step, C, HW, s.channels_last};
+      const std::int64_t e = n0 * HW * C, t = n0 * C;
+      auto off = [t](const float* p) { return p ? p + t : nullptr; };
+      channel_stats_cpu(x + e, sn, scratch, scratch + step * C);
+      group_coefficients_cpu(scratch, scratch + step * C, step, C, G, HW, eps, weight, bias, off(temb), off(scale),
+                             off(shift), M + t, A + t, B + t, gmean + n0 * G, grstd + n0 * G);
+      apply_cpu(x + e, M + t, A + t, B + t, res ? res + e : nullptr, y + e, sn, act, alpha);
+    }
     return;
   }
   dispatch_norm_act(act, [&](auto a) {
