@@ -152,4 +152,15 @@ PYBIND11_MODULE(_C, m) {
                                      ptr<const float>(shift), ptr<const float>(res), ptr<float>(y), ptr<float>(tables),
                                      ptr<float>(gmean), ptr<float>(grstd), ptr<double>(scratch), act, alpha);
   });
+  m.def("group_norm_backward", [](uintptr_t dy, uintptr_t x, int64_t N, int64_t C, int64_t HW, bool cl, int64_t G,
+                                  uintptr_t gmean, uintptr_t grstd, uintptr_t weight, uintptr_t bias, uintptr_t temb,
+                                  uintptr_t scale, uintptr_t shift, uintptr_t dx, uintptr_t grads, int act,
+                                  float alpha) {
+    // False: this shape takes the generic passes (norm_backward_reduce / norm_backward_apply).
+    py::gil_scoped_release nogil;
+    return gk::norm::group_norm_backward_cpu(
+        ptr<const float>(dy), ptr<const float>(x), Shape{N, C, HW, cl}, G, ptr<const float>(gmean),
+        ptr<const float>(grstd), ptr<const float>(weight), ptr<const float>(bias), ptr<const float>(temb),
+        ptr<const float>(scale), ptr<const float>(shift), ptr<float>(dx), ptr<double>(grads), act, alpha);
+  });
 }

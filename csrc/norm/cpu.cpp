@@ -379,6 +379,52 @@ GK_CPU_CLONES void bwd_apply_row(float* __restrict dx, const float* __restrict d
 
 // Calls f(n_or_row, lo, hi) for each task: NCHW: element range [lo, hi) of plane `row`;
 // channels_last: spatial rows [lo, hi) of sample n.
+// Backward pass 1 of the fused GroupNorm path: the sums of run_bwd_sums, keeping g in `gout`.
+template <int A>
+GK_CPU_CLONES void run_bwd_sums_keep(const float* __restrict dy, const float* __restrict x, std::int64_t len,
+                                     float m, float a, float b, float p, float alpha, float* __restrict gout,
+                                     double* out) {
+  double S0 = 0, S1 = 0, S2 = 0;
+  for (std::int64_t i0 = 0; i0 < len; i0 += kBlock) {
+    const std::int64_t n = std::min(kBlock, len - i0);
+    vf s0 = {}, s1 = {}, s2 = {};
+    std::int64_t i = i0;
+    for (; i + kV <= i0 + n; i += kV) {
+      const vf xv = load(x + i) - m;
+      const vf g = load(dy + i) * grad<A>(xv * a + b, alpha);
+      const vf xh = xv * p;
+      store(gout + i, g);
+      s0 += g;
+      s1 += g * xh;
+      s2 += xh;
+    }
+    float t0 = 0.f, t1 = 0.f, t2 = 0.f;
+    for (; i < i0 + n; ++i) {
+      const float xv = x[i] - m;
+      const float g = dy[i] * grad<A>(xv * a + b, alpha);
+      const float xh = xv * p;
+      gout[i] = g;
+      t0 += g;
+      t1 += g * xh;
+      t2 += xh;
+    }
+    S0 += static_cast<double>(hsum(s0)) + t0;
+    S1 += static_cast<double>(hsum(s1)) + t1;
+    S2 += static_cast<double>(hsum(s2)) + t2;
+  }
+  out[0] = S0;
+  out[1] = S1;
+  out[2] = S2;
+}
+
+// Backward pass 2 from the kept g: dx = g * a2 + (x - m) * b2 + c2, no activation derivative.
+GK_CPU_CLONES void apply_kept(float* __restrict dx, const float* __restrict g, const float* __restrict x,
+                              std::int64_t len, float m, float a2, float b2, float c2) {
+  std::int64_t i = 0;
+  for (; i + kV <= len; i += kV) store(dx + i, load(g + i) * a2 + (load(x + i) - m) * b2 + c2);
+  for (; i < len; ++i) dx[i] = g[i] * a2 + (x[i] - m) * b2 + c2;
+}
+
 // Dynamic scheduling: on a machine shared with other work a thread that loses its core would
 // otherwise hold up the whole pass with its static share. Results do not depend on the schedule:
 // every task writes its own partial.
@@ -579,10 +625,19 @@ void group_norm_forward_cpu(const float* x, const Shape& s, std::int64_t G, doub
   const bool fused = !s.channels_last && HW > 0 && N * G >= omp_get_max_threads() &&
                      Cg * HW * static_cast<std::int64_t>(sizeof(float)) <= (std::int64_t{1} << 20);
   if (!fused) {
-    channel_stats_cpu(x, s, scratch, scratch + NC);
-    group_coefficients_cpu(scratch, scratch + NC, N, C, G, HW, eps, weight, bias, temb, scale, shift, M, A, B, gmean,
-                           grstd);
-    apply_cpu(x, M, A, B, res, y, s, act, alpha);
+    // One sample at a time when a sample is at most a few MiB: its second read then comes from
+    // the last-level cache instead of competing with the whole tensor and y for it.
+    const std::int64_t per = HW * C * static_cast<std::int64_t>(sizeof(float));
+    const std::int64_t step = (N > 1 && per <= (std::int64_t{8} << 20)) ? 1 : N;
+    for (std::int64_t n0 = 0; n0 < N; n0 += step) {
+      const Shape sn{step, C, HW, s.channels_last};
+      const std::int64_t e = n0 * HW * C, t = n0 * C;
+      auto off = [t](const float* p) { return p ? p + t : nullptr; };
+      channel_stats_cpu(x + e, sn, scratch, scratch + step * C);
+      group_coefficients_cpu(scratch, scratch + step * C, step, C, G, HW, eps, weight, bias, off(temb), off(scale),
+                             off(shift), M + t, A + t, B + t, gmean + n0 * G, grstd + n0 * G);
+      apply_cpu(x + e, M + t, A + t, B + t, res ? res + e : nullptr, y + e, sn, act, alpha);
+    }
     return;
   }
   dispatch_norm_act(act, [&](auto a) {
@@ -616,6 +671,66 @@ void group_norm_forward_cpu(const float* x, const Shape& s, std::int64_t G, doub
     if (res) go(std::true_type{});
     else go(std::false_type{});
   });
+}
+
+bool group_norm_backward_cpu(const float* dy, const float* x, const Shape& s, std::int64_t G, const float* gmean,
+                             const float* grstd, const float* weight, const float* bias, const float* temb,
+                             const float* scale, const float* shift, float* dx, double* grads, int act,
+                             float alpha) {
+  const std::int64_t N = s.N, C = s.C, HW = s.HW, NC = N * C, Cg = C / G;
+  // The fused path of the forward, for the backward: one task per (n, group) keeps the group's g
+  // in a per-thread buffer, so pass 2 reads x and g from L2 and evaluates no activation
+  // derivative: DRAM traffic dy + x + dx, half the transcendental work of the generic two passes.
+  const std::int64_t group_bytes = Cg * HW * static_cast<std::int64_t>(sizeof(float));
+  if (s.channels_last || HW == 0 || N * G < omp_get_max_threads() || group_bytes > (std::int64_t{1} << 18))
+    return false;
+  double* dw = grads;  // per-(n, c) partials of the weight gradient; the caller sums over n
+  double* db = grads + NC;
+  double* dtemb = grads + 2 * NC;
+  double* dscale = grads + 3 * NC;
+  double* dshift = grads + 4 * NC;
+  dispatch_norm_act(act, [&](auto a) {
+    constexpr int K = decltype(a)::value;
+#pragma omp parallel
+    {
+      std::vector<float> gbuf(static_cast<std::size_t>(Cg * HW));
+      std::vector<double> sums(static_cast<std::size_t>(3 * Cg));
+#pragma omp for schedule(dynamic, 1)
+      for (std::int64_t task = 0; task < N * G; ++task) {
+        const std::int64_t n = task / G, g = task % G;
+        const double rstd = grstd[task];
+        double Sv = 0, Svxh = 0;
+        for (std::int64_t j = 0; j < Cg; ++j) {
+          const std::int64_t c = g * Cg + j, row = n * C + c;
+          const double wt = weight ? weight[c] : 1.0, bs = bias ? bias[c] : 0.0;
+          const double sc = 1.0 + (scale ? scale[row] : 0.0), sh = shift ? shift[row] : 0.0;
+          const float m = static_cast<float>(gmean[task] - (temb ? temb[row] : 0.0));
+          run_bwd_sums_keep<K>(dy + row * HW, x + row * HW, HW, m, static_cast<float>(rstd * wt * sc),
+                               static_cast<float>(bs * sc + sh), static_cast<float>(rstd), alpha,
+                               gbuf.data() + j * HW, &sums[3 * j]);
+          Sv += wt * sc * sums[3 * j];
+          Svxh += wt * sc * sums[3 * j + 1];
+        }
+        const double cnt = static_cast<double>(Cg * HW), c1 = Sv / cnt, c2 = Svxh / cnt;
+        for (std::int64_t j = 0; j < Cg; ++j) {
+          const std::int64_t c = g * Cg + j, row = n * C + c;
+          const double wt = weight ? weight[c] : 1.0, bs = bias ? bias[c] : 0.0;
+          const double sc = 1.0 + (scale ? scale[row] : 0.0);
+          const double Sg = sums[3 * j], Sgxh = sums[3 * j + 1], Sxh = sums[3 * j + 2];
+          const double a2 = rstd * wt * sc, b2 = -rstd * rstd * c2, c2r = -rstd * c1;
+          const float m = static_cast<float>(gmean[task] - (temb ? temb[row] : 0.0));
+          apply_kept(dx + row * HW, gbuf.data() + j * HW, x + row * HW, HW, m, static_cast<float>(a2),
+                     static_cast<float>(b2), static_cast<float>(c2r));
+          dw[row] = sc * Sgxh;
+          db[row] = sc * Sg;
+          dshift[row] = Sg;
+          dscale[row] = wt * Sgxh + bs * Sg;
+          dtemb[row] = a2 * Sg - rstd * c2 * Sxh - rstd * c1 * static_cast<double>(HW);
+        }
+      }
+    }
+  });
+  return true;
 }
 
 }  // namespace gk::norm

@@ -63,6 +63,15 @@ void group_norm_forward_cpu(const float* x, const Shape& s, std::int64_t G, doub
                             const float* res, float* y, float* tables, float* gmean, float* grstd, double* scratch,
                             int act, float alpha);
 
+// The whole GroupNorm backward in one call, when the layout allows the fused per-group path
+// (NCHW, enough (n, group) tasks, groups small enough to keep in L2); returns false otherwise and
+// writes nothing. gmean/grstd: the forward's (N, G) statistics. grads: 5 * N * C doubles, per
+// (n, c): weight-gradient and bias-gradient partials (summed over n by the caller), dtemb, dscale,
+// dshift.
+bool group_norm_backward_cpu(const float* dy, const float* x, const Shape& s, std::int64_t G, const float* gmean,
+                             const float* grstd, const float* weight, const float* bias, const float* temb,
+                             const float* scale, const float* shift, float* dx, double* grads, int act, float alpha);
+
 // CUDA: x/y/res/dy/dx in storage dtype `dtype` (gk::DType), tables fp32. The reductions split the
 // positions of each (n, c) into chunks of `chunk` positions (cuda_split_chunk picks it so the grid
 // fills the GPU) and write one fp32 partial per chunk: part[s][k][n*C + c], k = 0..2 (shift k, mean

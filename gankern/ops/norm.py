@@ -428,10 +428,12 @@ def _bn_backward_k(k: _Kernels, dy, x, mean, var, w, b, training, eps, act, alph
     return dx, Sgxh.to(_stat_dtype(x)), Sg.to(_stat_dtype(x))
 
 
-def _register_kernels(backend: str, k: _Kernels, *, skip_gn_forward: bool = False):
+def _register_kernels(backend: str, k: _Kernels, *, skip_gn_forward: bool = False,
+                      skip_gn_backward: bool = False):
     if not skip_gn_forward:
         register("group_norm_act", backend)(lambda *a: _gn_forward(k, *a))
-    register("group_norm_act_backward", backend)(lambda *a: _gn_backward_k(k, *a))
+    if not skip_gn_backward:
+        register("group_norm_act_backward", backend)(lambda *a: _gn_backward_k(k, *a))
     register("batch_norm_act", backend)(lambda *a: _bn_forward(k, *a))
     register("batch_norm_act_backward", backend)(lambda *a: _bn_backward_k(k, *a))
 
@@ -506,7 +508,8 @@ class _CpuKernels:
         return dx
 
 
-_register_kernels("cpu", _CpuKernels(), skip_gn_forward=True)
+_CPU_KERNELS = _CpuKernels()
+_register_kernels("cpu", _CPU_KERNELS, skip_gn_forward=True, skip_gn_backward=True)
 
 
 @register("group_norm_act", "cpu")
@@ -555,7 +558,22 @@ class _TritonKernels:
                                     ref_acts.get(act).code, alpha)
 
 
-_register_kernels("triton", _TritonKernels())
+_register_kernels("triton", _TritonKernels(), skip_gn_forward=True)
+
+
+@register("group_norm_act", "triton")
+def _gn_forward_triton(x, G, w, b, eps, act, alpha, temb, scale, shift, residual):
+    """Three launches: statistics, a finalize kernel for the tables, the normalize pass."""
+    from ..triton import norm as tk
+    x, N, C, HW, cl = _layout(x)
+    if HW == 0:
+        return _gn_forward(_TritonKernels(), x, G, w, b, eps, act, alpha, temb, scale, shift, residual)
+    res = None if residual is None else T.like(residual.to(x.dtype), x)
+    w, b, temb, scale, shift = (_f32(t) for t in (w, b, temb, scale, shift))
+    tables, mean, rstd = tk.group_norm_tables(x, G, eps, w, b, temb, scale, shift, N, C, HW, cl)
+    y = tk.pointwise(None, x, res, T.empty_like(x), tables[0], tables[1], tables[2], None, None, None, C, HW, cl,
+                     ref_acts.get(act).code, alpha)
+    return y, mean, rstd
 
 
 # ---- cuda ------------------------------------------------------------------------------------
@@ -612,3 +630,17 @@ class _CudaKernels:
 
 
 _register_kernels("cuda", _CudaKernels())
+
+
+@register("group_norm_act_backward", "cpu")
+def _gn_backward_cpu(dy, x, mean, rstd, G, w, b, eps, act, alpha, temb, scale, shift):
+    x, N, C, HW, cl = _layout(x)
+    dy = T.like(dy.to(x.dtype), x)
+    dx = T.empty_like(x)
+    grads = torch.empty((5, N, C), dtype=torch.float64)
+    f = [_f32(t) for t in (mean, rstd, w, b, temb, scale, shift)]  # kept alive across the call
+    if _native.cpu.group_norm_backward(dy.data_ptr(), x.data_ptr(), N, C, HW, cl, G, *map(_native.ptr, f),
+                                       dx.data_ptr(), grads.data_ptr(), ref_acts.get(act).code, alpha):
+        dw, db = grads[0].sum(0), grads[1].sum(0)  # deterministic reduction of the per-sample partials
+        return tuple([dx] + [g.to(_STAT) for g in (dw, db, grads[2], grads[3], grads[4])])
+    return _gn_backward_k(_CPU_KERNELS, dy, x, mean, rstd, G, w, b, eps, act, alpha, temb, scale, shift)
