@@ -28,6 +28,7 @@ class Case:
     compile: Callable[[Any], Any] | None = None  # what torch.compile gets, if not `eager`
     notes: str = ""
     tags: dict = field(default_factory=dict)
+    kernel: str | None = None    # the dispatched op whose backend the table names (default: op)
 
     @property
     def label(self) -> str:

@@ -92,14 +92,16 @@ def cases(device) -> list[Case]:
                 lay = "channels_last" if cl else "NCHW"
                 out.append(Case("norm", f"group_norm silu fwd {lay}", shape, dtype,
                                 _gn_setup(shape, device, dtype, cl, False), _fwd(_gn_ours), _fwd(_gn_ref),
-                                bytes=2 * n * es, quick=quick, tags={"model": tag, "layout": lay}))
+                                bytes=2 * n * es, quick=quick, tags={"model": tag, "layout": lay},
+                                kernel="group_norm_act"))
                 if tag in ("target", "vae", "beyond LLC") or shape == UNET[0]:
                     out.append(Case("norm", f"group_norm silu fwd+bwd {lay}", shape, dtype,
                                     _gn_setup(shape, device, dtype, cl, True), _fwd_bwd(_gn_ours),
                                     _fwd_bwd(_gn_ref), bytes=5 * n * es,
-                                    tags={"model": tag, "layout": lay}))
+                                    tags={"model": tag, "layout": lay}, kernel="group_norm_act"))
         for shape in DCGAN:
             n = math.prod(shape)
             out.append(Case("norm", "batch_norm relu fwd (train)", shape, dtype, _bn_setup(shape, device, dtype),
-                            _bn_ours, _bn_ref, bytes=2 * n * es, tags={"model": "dcgan"}))
+                            _bn_ours, _bn_ref, bytes=2 * n * es, tags={"model": "dcgan"},
+                            kernel="batch_norm_act"))
     return out

@@ -65,9 +65,8 @@ def _copy_ms(nbytes: int, device: torch.device, budget: float) -> float:
 
 
 def run_case(case: Case, device: torch.device, *, compile: bool, budget: float) -> Result:
-    from ..backends import which
+    from ..backends import _REGISTRY, which
     inputs = case.setup()
-    main = inputs[0] if isinstance(inputs, (tuple, list)) else next(iter(inputs.values()))
     note = case.notes
     t_gk = median_ms(lambda: case.gankern(inputs), device, budget)
     t_eager = median_ms(lambda: case.eager(inputs), device, budget)
@@ -79,14 +78,10 @@ def run_case(case: Case, device: torch.device, *, compile: bool, budget: float) 
             t_comp = median_ms(lambda: compiled(inputs), device, budget)
         except Exception as e:  # a baseline that fails to compile is reported, not fatal
             note = (note + "; " if note else "") + f"torch.compile failed: {type(e).__name__}"
-    return Result(case.op, case.variant, list(case.shape), str(case.dtype).replace("torch.", ""),
-                  which(case.op, main.detach()) if case.op in _ops_with_dispatch() else "-",
+    kernel = case.kernel or case.op
+    backend = which(kernel, torch.empty(0, device=device, dtype=case.dtype)) if kernel in _REGISTRY else "-"
+    return Result(case.op, case.variant, list(case.shape), str(case.dtype).replace("torch.", ""), backend,
                   t_gk, t_eager, t_comp, _copy_ms(case.bytes, device, budget), case.bytes, note)
-
-
-def _ops_with_dispatch():
-    from ..backends import _REGISTRY
-    return _REGISTRY
 
 
 def machine_info(device: torch.device) -> dict:

@@ -49,7 +49,7 @@ def cases(device) -> list[Case]:
             setup=lambda shape=shape: shape,
             gankern=lambda s: gankern.randn(s, 1234, 0, device=device),
             eager=lambda s: torch.randn(s, device=device),
-            bytes=4 * n, quick=quick and device.type == "cpu",
+            bytes=4 * n, quick=quick and device.type == "cpu", kernel="randn",
             notes="16M elements: the issue's >= 3x torch.randn target" if n == 1 << 24 else ""))
 
     latent_shapes = (((4096, 1024), False, True), ((16, 4, 64, 64), True, False), ((8192, 2048), False, False))
@@ -63,12 +63,12 @@ def cases(device) -> list[Case]:
             setup=lambda shape=shape, chunked=chunked: _pair(shape, device, chunked),
             gankern=lambda a: gankern.reparameterize(a[0], a[1], 1234, 0),
             eager=lambda a: eager_reparameterize(*a),
-            bytes=3 * 4 * n))
+            bytes=3 * 4 * n, kernel="vae_forward"))
         out.append(Case(
             op="vae", variant="reparameterize_kl" + tag, shape=shape, dtype=f32,
             setup=lambda shape=shape, chunked=chunked: _pair(shape, device, chunked),
             gankern=lambda a: gankern.reparameterize_kl(a[0], a[1], 1234, 0, "batchmean"),
             eager=lambda a: eager_reparameterize_kl(*a),
-            bytes=3 * 4 * n, quick=quick and device.type == "cpu",
+            bytes=3 * 4 * n, quick=quick and device.type == "cpu", kernel="vae_forward",
             notes="the issue's >= 4x eager, >= 10x torch.compile target" if shape == (4096, 1024) else ""))
     return out
