@@ -11,6 +11,7 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402
+from hypothesis import settings  # noqa: E402
 
 import gankern  # noqa: E402
 from gankern._tensors import poison_outputs  # noqa: E402
@@ -23,10 +24,23 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 TOL = {torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2, torch.float64: 1e-12}
 
 
+# CI runs are reproducible: hypothesis draws the same examples every run (CI=true is set by CI).
+settings.register_profile("ci", derandomize=True, deadline=None)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
+
+
 @pytest.fixture(autouse=True)
 def _poisoned_outputs():
     with poison_outputs():
         yield
+
+
+@pytest.fixture(autouse=True)
+def _seeded():
+    """Each test starts from the same torch RNG state, whatever ran before it."""
+    torch.manual_seed(0)
+    yield
 
 
 def skip_unless_runnable(op: str, backend: str, device, dtype=torch.float32) -> None:

@@ -1,6 +1,7 @@
 """bias_act: every backend vs the float64 reference, gradients of first and second order,
 custom-op registration, torch.compile, layouts, and input validation."""
 import math
+import zlib
 
 import pytest
 import torch
@@ -42,7 +43,7 @@ def _run(backend, *args, **kw):
 @pytest.mark.parametrize("act", ACTS)
 def test_forward_backward_every_activation(backend, device, act):
     skip_unless_runnable("bias_act", backend, device)
-    g = torch.Generator().manual_seed(hash(act) % 1000)
+    g = torch.Generator().manual_seed(zlib.crc32(act.encode()))  # hash() varies per process
     x = (torch.randn(3, 10, 5, 7, generator=g) * 3).to(device)
     b = torch.randn(10, generator=g).to(device)
     alpha, gain = _defaults(act)
