@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "common/philox.h"
+#include "vae/vae.h"
 #include "diffusion/diffusion.h"
 
 namespace gk::diffusion {
@@ -19,28 +20,12 @@ constexpr std::int64_t kTile = 1024;      // elements per inner tile: noise / sc
 constexpr std::int64_t kParallelMin = 1 << 18;
 
 // Normals for flat indices [i0, i0 + n): element i is randn4(seed, offset + i / 4)[i % 4]. The tile
-// is generated from whole counters, so buf holds (i0 % 4) leading extra values. The counter loop
-// writes four component arrays (structure of arrays) so GCC vectorizes Philox and Box-Muller
-// (widening multiplies, common/philox.h's branch-free log / sincos); a second loop interleaves.
-GK_CPU_CLONES void gen_normals(float* __restrict buf, std::uint64_t seed, std::uint64_t offset, std::int64_t i0,
-                               std::int64_t n) {
-  constexpr int kMaxCounters = kTile / 4 + 2;
-  alignas(64) float a[kMaxCounters], b[kMaxCounters], c[kMaxCounters], d[kMaxCounters];
+// is generated from whole counters, so buf holds (i0 % 4) leading extra values. The generator is
+// randn's (csrc/vae/cpu.cpp: AVX2 Philox and Box-Muller where the CPU has them).
+inline void gen_normals(float* buf, std::uint64_t seed, std::uint64_t offset, std::int64_t i0, std::int64_t n) {
   const std::int64_t c0 = i0 >> 2;
-  const int m = static_cast<int>(((i0 + n + 3) >> 2) - c0);
-  const std::uint64_t base = offset + static_cast<std::uint64_t>(c0);
-  for (int k = 0; k < m; ++k) {
-    std::uint32_t w[4];
-    philox4x32_10(seed, base + static_cast<std::uint64_t>(k), w);
-    box_muller(uint_to_uniform(w[0]), uint_to_uniform(w[1]), &a[k], &b[k]);
-    box_muller(uint_to_uniform(w[2]), uint_to_uniform(w[3]), &c[k], &d[k]);
-  }
-  for (int k = 0; k < m; ++k) {
-    buf[4 * k + 0] = a[k];
-    buf[4 * k + 1] = b[k];
-    buf[4 * k + 2] = c[k];
-    buf[4 * k + 3] = d[k];
-  }
+  const std::int64_t m = ((i0 + n + 3) >> 2) - c0;
+  vae::randn_counters_cpu(seed, offset + static_cast<std::uint64_t>(c0), m, buf);
 }
 
 // One tile: the generic step on L elements with per-sample factors k (rescale), bound and div.

@@ -461,6 +461,13 @@ inline void parallel_blocks(std::int64_t n, F&& f) {
 
 void set_cpu_simd(bool enabled) { g_allow_simd = enabled; }
 
+void randn_counters_cpu(std::uint64_t seed, std::uint64_t counter0, std::int64_t m, float* out) {
+  for (std::int64_t k = 0; k < m; k += kTileCounters) {
+    const int mk = static_cast<int>(std::min<std::int64_t>(kTileCounters, m - k));
+    randn_tile(seed, counter0 + static_cast<std::uint64_t>(k), mk, out + 4 * k);
+  }
+}
+
 void randn_cpu(float* out, std::int64_t n, std::uint64_t seed, std::uint64_t offset) {
   advise_huge_pages(out, n * 4);
   parallel_blocks(n, [&](std::int64_t, std::int64_t b0, std::int64_t b1) {

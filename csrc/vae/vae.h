@@ -44,6 +44,11 @@ void set_cpu_simd(bool enabled);
 // out[i] = normal i of (seed, offset), i < n; fp32.
 void randn_cpu(float* out, std::int64_t n, std::uint64_t seed, std::uint64_t offset);
 
+// The four normals of each of the m counters counter0, counter0 + 1, ... (interleaved, 4 * m
+// floats), single-threaded: the CPU generator (AVX2 where available) for other kernels that draw
+// noise in tiles, e.g. the diffusion step.
+void randn_counters_cpu(std::uint64_t seed, std::uint64_t counter0, std::int64_t m, float* out);
+
 // Forward. z: mu + exp(lv_c / 2) * eps (skipped if null); kl: the elementwise KL term of lv_c
 // (skipped if null); kl_partials: block sums of the KL term (skipped if null). lv_c = clamp(lv).
 void forward_cpu(const float* mu, const float* lv, float* z, float* kl, double* kl_partials, const Layout& L,
