@@ -32,6 +32,13 @@ class SigmaScheduler(Scheduler):
                              f"({len(self._sig) - 1} steps); call set_timesteps again")
         return self._step_index
 
+    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """x0 + sigma * noise in one fused pass (Euler's parameterization; DPM-Solver overrides)."""
+        idx = self._sigma_step_indices(timesteps, original_samples.shape[0])
+        sigma = self.sigmas[idx].flatten().to(original_samples.device)
+        return torch.ops.gankern.add_noise(original_samples, noise.to(original_samples.dtype),
+                                           torch.ones_like(sigma), sigma)
+
     def _sigma_step_indices(self, timesteps: torch.Tensor, n: int) -> list:
         if self._begin_index is None:
             return [self.index_for_timestep(t) for t in timesteps.reshape(-1).cpu().tolist()]

@@ -157,10 +157,3 @@ class EulerDiscreteScheduler(SigmaScheduler):
         self._step_index += 1
         out = StepOutput(prev, x0, x0_fn)
         return out if return_dict else out.to_tuple()
-
-    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        """x0 + sigma noise (one fused pass)."""
-        idx = self._sigma_step_indices(timesteps, original_samples.shape[0])
-        sigma = self.sigmas[idx].flatten().to(original_samples.device)
-        one = torch.ones_like(sigma)
-        return torch.ops.gankern.add_noise(original_samples, noise.to(original_samples.dtype), one, sigma)

@@ -82,9 +82,3 @@ class EulerAncestralDiscreteScheduler(SigmaScheduler):
         self._step_index += 1
         out = StepOutput(prev, x0, x0_fn)
         return out if return_dict else out.to_tuple()
-
-    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        idx = self._sigma_step_indices(timesteps, original_samples.shape[0])
-        sigma = self.sigmas[idx].flatten().to(original_samples.device)
-        return torch.ops.gankern.add_noise(original_samples, noise.to(original_samples.dtype),
-                                           torch.ones_like(sigma), sigma)
