@@ -527,14 +527,22 @@ def _diffusion_loss_backward_cpu(grad, model_output, x0, noise, tx, tn, weight):
 
 # ---- backends: triton ------------------------------------------------------------------------
 
-def _step_triton_impl(model_output, sample, history, noise, rescale, thresh, coefs, flags, seed, offset, want_x0,
-                      coef_dev=None, rng_dev=None, write_prev=True):
-    from ..triton import diffusion as tk
+def _step_operands(model_output, sample, history, noise, rescale, thresh, want_x0, write_prev):
+    """What the Triton and CUDA step launchers take: dense operands in the kernel's dtypes and the
+    outputs, allocated (prev may be skipped; x0 is an empty placeholder unless wanted)."""
     mo, x, B, S, mo_stride = _layout(model_output, sample)
     history, noise = _opt(history, x.dtype), _opt(noise, x.dtype)
     rescale, thresh = _opt(rescale, torch.float32), _opt(thresh, torch.float32)
     prev = T.empty_like(x) if write_prev else None
     x0 = T.empty_like(x) if want_x0 else x.new_empty((0,))
+    return mo, x, B, S, mo_stride, history, noise, rescale, thresh, prev, x0
+
+
+def _step_triton_impl(model_output, sample, history, noise, rescale, thresh, coefs, flags, seed, offset, want_x0,
+                      coef_dev=None, rng_dev=None, write_prev=True):
+    from ..triton import diffusion as tk
+    mo, x, B, S, mo_stride, history, noise, rescale, thresh, prev, x0 = _step_operands(
+        model_output, sample, history, noise, rescale, thresh, want_x0, write_prev)
     tk.step(mo, x, history, noise, rescale, thresh, prev, x0 if want_x0 else None, B, S, mo_stride, flags,
             seed, offset, coefs, coef_dev, rng_dev)
     return (prev if prev is not None else x.new_empty((0,))), x0
@@ -610,11 +618,8 @@ _RED_CHUNK = 1024  # elements per reduction block of csrc/diffusion/cuda.cu (kRe
 
 def _step_cuda_impl(model_output, sample, history, noise, rescale, thresh, coefs, flags, seed, offset, want_x0,
                     coef_dev=None, rng_dev=None, write_prev=True):
-    mo, x, B, S, mo_stride = _layout(model_output, sample)
-    history, noise = _opt(history, x.dtype), _opt(noise, x.dtype)
-    rescale, thresh = _opt(rescale, torch.float32), _opt(thresh, torch.float32)
-    prev = T.empty_like(x) if write_prev else None
-    x0 = T.empty_like(x) if want_x0 else x.new_empty((0,))
+    mo, x, B, S, mo_stride, history, noise, rescale, thresh, prev, x0 = _step_operands(
+        model_output, sample, history, noise, rescale, thresh, want_x0, write_prev)
     with torch.cuda.device(x.device):
         _native.cuda.diffusion_step(mo.data_ptr(), x.data_ptr(), _native.ptr(history), _native.ptr(noise),
                                     _native.ptr(rescale), _native.ptr(thresh), _native.ptr(prev),
