@@ -4,10 +4,13 @@
 configure CMakeLists.txt once and build:
   gankern._C     C++ CPU kernels (always)
   gankern._cuda  CUDA kernels, when a CUDA compiler is found
+  gankern._cuda_emu  the same CUDA kernels emulated on the CPU (tests), when asked for
 
 Environment:
   GANKERN_CUDA=0|1          force the CUDA module off / on (on: fail if no nvcc)
   GANKERN_CUDA_ARCHS="80;90" CMake CUDA architectures (default: sm_80 and sm_90)
+  GANKERN_BUILD_EMULATOR=1  also build gankern._cuda_emu (x86-64 Linux, no CUDA toolkit needed;
+                            tests run it with GANKERN_CUDA_EMULATOR=1, see csrc/emulator/runtime.h)
   GANKERN_BUILD_TYPE=Release|Debug|RelWithDebInfo
   GANKERN_BUILD_JOBS=N      parallel compile jobs (default: all cores)
 """
@@ -69,6 +72,7 @@ class CMakeBuild(build_ext):
             f"-DPython_EXECUTABLE={sys.executable}",
             f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
             f"-DGANKERN_CUDA={'ON' if build_cuda else 'OFF'}",
+            f"-DGANKERN_CUDA_EMULATOR={'ON' if os.environ.get('GANKERN_BUILD_EMULATOR') == '1' else 'OFF'}",
         ]
         if build_cuda:
             args += [f"-DCMAKE_CUDA_COMPILER={nvcc}",

@@ -11,11 +11,16 @@
 #include "vae/vae.h"
 #include "norm/norm.h"
 
+// gankern._cuda, or gankern._cuda_emu when built for the CUDA emulator (CMakeLists.txt).
+#ifndef GANKERN_CUDA_MODULE
+#define GANKERN_CUDA_MODULE _cuda
+#endif
+
 namespace py = pybind11;
 using gk::ptr;
 using std::uintptr_t;
 
-PYBIND11_MODULE(_cuda, m) {
+PYBIND11_MODULE(GANKERN_CUDA_MODULE, m) {
   m.doc() = "gankern CUDA kernels";
   m.def("runtime_version", []() {
     int v = 0;

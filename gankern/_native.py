@@ -5,7 +5,9 @@ is reported by `gankern.backends()`.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
+import os
 
 import torch
 
@@ -20,8 +22,19 @@ def _load(name: str):
         return None, f"gankern.{name} could not be imported ({e})"
 
 
+def cuda_emulated() -> bool:
+    """GANKERN_CUDA_EMULATOR=1: the cuda backend is gankern._cuda_emu, the CUDA kernels emulated on
+    the CPU (csrc/emulator/runtime.h), and runs on CPU tensors, as Triton's TRITON_INTERPRET=1."""
+    return os.environ.get("GANKERN_CUDA_EMULATOR", "0") not in ("", "0")
+
+
 cpu, cpu_error = _load("_C")
-cuda, cuda_error = _load("_cuda")
+if cuda_emulated():
+    cuda, cuda_error = _load("_cuda_emu")
+    if cuda is None:
+        cuda_error += "; build it with GANKERN_BUILD_EMULATOR=1 pip install -e ."
+else:
+    cuda, cuda_error = _load("_cuda")
 
 if cpu is not None:
     # One thread pool size for torch and our OpenMP kernels.
@@ -38,5 +51,13 @@ def dtype_code(t: torch.Tensor) -> int:
 
 
 def cuda_stream(t: torch.Tensor) -> int:
-    """The current CUDA stream of t's device, as the integer the native launchers take."""
+    """The current CUDA stream of t's device, as the integer the native launchers take (0 for the
+    CPU tensors of the CUDA emulator)."""
+    if t.device.type != "cuda":
+        return 0
     return torch.cuda.current_stream(t.device).cuda_stream
+
+
+def device_guard(t: torch.Tensor):
+    """Makes t's GPU the current device while a launcher runs (nothing for emulated CPU tensors)."""
+    return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()

@@ -4,7 +4,8 @@ Four backends implement every op behind one signature:
     reference  pure PyTorch (gankern/reference/): the specification, any device and dtype
     triton     Triton kernels (GPU; on CPU only under TRITON_INTERPRET=1, for tests)
     cpu        C++/OpenMP kernels in gankern._C
-    cuda       CUDA kernels in gankern._cuda
+    cuda       CUDA kernels in gankern._cuda (on CPU only under GANKERN_CUDA_EMULATOR=1, for tests:
+               the same kernels in gankern._cuda_emu, see csrc/emulator/runtime.h)
 
 Choice, in order:
     1. a forced backend: `with gankern.use_backend("triton"):` or env GANKERN_BACKEND. If it cannot
@@ -80,7 +81,11 @@ def backends() -> dict[str, BackendStatus]:
     else:
         out["cpu"] = BackendStatus("cpu", False, _native.cpu_error)
 
-    if _native.cuda is None:
+    if _native.cuda_emulated():
+        ok = _native.cuda is not None
+        out["cuda"] = BackendStatus("cuda", ok, "gankern._cuda_emu, CUDA kernels emulated on CPU "
+                                    "(GANKERN_CUDA_EMULATOR=1)" if ok else _native.cuda_error)
+    elif _native.cuda is None:
         out["cuda"] = BackendStatus("cuda", False, _native.cuda_error or "gankern._cuda was not built")
     elif not cuda_dev:
         out["cuda"] = BackendStatus("cuda", False, "gankern._cuda is built, but PyTorch sees no CUDA device")
@@ -147,9 +152,9 @@ FP32_HALF = frozenset({torch.float32, torch.float16, torch.bfloat16})
 # What each backend runs unless an op says otherwise.
 _DEFAULT_DTYPES = {
     "reference": (FLOATS, FLOATS),
-    "triton": (FP32_HALF, FP32_HALF),  # CPU only under the interpreter, checked in resolve()
+    "triton": (FP32_HALF, FP32_HALF),  # CPU only under the interpreter, checked in why_not()
     "cpu": (FP32, frozenset()),
-    "cuda": (frozenset(), FP32_HALF),
+    "cuda": (FP32_HALF, FP32_HALF),  # CPU only under the emulator, checked in why_not()
 }
 
 
@@ -193,6 +198,9 @@ def why_not(op: str, backend: str, device: torch.device | str, dtype: torch.dtyp
         return f"the {backend} backend is unavailable: {status.reason}"
     if backend == "triton" and device.type == "cpu" and not triton_interpret():
         return "triton runs CPU tensors only under TRITON_INTERPRET=1"
+    if backend == "cuda" and (device.type == "cpu") != _native.cuda_emulated():
+        return ("cuda runs CPU tensors only under GANKERN_CUDA_EMULATOR=1" if device.type == "cpu"
+                else "the CUDA emulator (GANKERN_CUDA_EMULATOR=1) runs CPU tensors only")
     if not impl.supports(device, dtype):
         return f"the {backend} backend of {op} does not support {dtype} on {device.type}"
     return None

@@ -1,7 +1,9 @@
 """Shared test setup. Conventions (docs/architecture.md, "Tests"):
 - every backend that can run here is compared with the reference run in float64;
 - kernel outputs are poisoned (NaN-filled) before kernels run, so unwritten elements fail;
-- Triton runs under TRITON_INTERPRET=1 when there is no GPU (set here, before triton is imported).
+- Triton runs under TRITON_INTERPRET=1 when there is no GPU (set here, before triton is imported);
+  the cuda backend runs its kernels on the CPU emulator (GANKERN_CUDA_EMULATOR=1) when
+  gankern._cuda_emu is built (GANKERN_BUILD_EMULATOR=1 at install).
 """
 import os
 
@@ -9,6 +11,7 @@ import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+    os.environ.setdefault("GANKERN_CUDA_EMULATOR", "1")
 
 import pytest  # noqa: E402
 from hypothesis import settings  # noqa: E402
@@ -19,6 +22,9 @@ from gankern.backends import why_not  # noqa: E402
 
 KERNEL_BACKENDS = ("reference", "cpu", "triton", "cuda")
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+# Where the triton and cuda backends run: the GPU, else the CPU (Triton's interpreter, the CUDA
+# emulator). Half-precision and layout tests run there, so they run in CI too.
+KERNEL_DEVICE = DEVICES[-1]
 
 # Error bounds against the float64 reference, relative to the reference's scale.
 TOL = {torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2, torch.float64: 1e-12}

@@ -38,9 +38,8 @@ def test_cuda_module_built_where_nvcc_exists():
         pytest.skip("no nvcc here (or GANKERN_CUDA=0): the CUDA module is not expected")
     spec = importlib.util.find_spec("gankern._cuda")
     assert spec is not None, "nvcc exists but gankern._cuda was not built"
-    from gankern import _native
-    assert _native.cuda is not None, _native.cuda_error
-    assert _native.cuda.runtime_version() >= 12000
+    cuda = importlib.import_module("gankern._cuda")  # imports without a GPU: static cudart
+    assert cuda.runtime_version() >= 12000
 
 
 def test_use_backend_forces_and_restores():
@@ -68,11 +67,20 @@ def test_unknown_backend_name():
 
 def test_forced_backend_that_cannot_run_raises():
     x = torch.randn(3, 4)
-    if not torch.cuda.is_available():
-        with gankern.use_backend("cuda"), pytest.raises(RuntimeError, match="backend 'cuda' was requested"):
-            gankern.bias_act(x)
+    with gankern.use_backend("cuda"), pytest.raises(RuntimeError, match="backend 'cuda' was requested"):
+        gankern.bias_act(x.double())  # no backend but the reference runs float64
     with gankern.use_backend("cpu"), pytest.raises(RuntimeError, match="does not support torch.float64"):
         gankern.bias_act(x.double())
+
+
+def test_cuda_backend_on_cpu_only_under_the_emulator(monkeypatch):
+    monkeypatch.setattr(B._native, "cuda_emulated", lambda: False)
+    B._available.cache_clear()
+    try:
+        assert B.why_not("bias_act", "cuda", "cpu", torch.float32) is not None
+    finally:
+        monkeypatch.undo()
+        B._available.cache_clear()
 
 
 def test_fallback_warns_once_per_reason():

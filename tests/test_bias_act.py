@@ -12,7 +12,7 @@ import gankern
 from gankern.reference import bias_act as ref
 from gankern.reference.activations import ACTIVATIONS
 
-from conftest import DEVICES, KERNEL_BACKENDS, assert_close, skip_unless_runnable
+from conftest import DEVICES, KERNEL_BACKENDS, KERNEL_DEVICE, assert_close, skip_unless_runnable
 
 ACTS = sorted(ACTIVATIONS)
 
@@ -247,41 +247,41 @@ def test_bad_inputs(call, exc, words):
         assert w in str(info.value), f"{w!r} not in {info.value!s}"
 
 
-# ---- GPU: half precision, large tensors, streams --------------------------------------------
+# ---- kernel backends: half precision, unaligned views; GPU: streams ---------------------------
 
-@pytest.mark.gpu
 @pytest.mark.parametrize("backend", ["triton", "cuda"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("act", ["lrelu", "swish", "gelu", "tanh"])
-def test_gpu_half_precision(backend, dtype, act):
-    skip_unless_runnable("bias_act", backend, "cuda", dtype)
-    x = torch.randn(4, 96, 33, 17, device="cuda").to(dtype)
-    b = torch.randn(96, device="cuda").to(dtype)
+def test_half_precision(backend, dtype, act):
+    skip_unless_runnable("bias_act", backend, KERNEL_DEVICE, dtype)
+    x = torch.randn(4, 96, 33, 17, device=KERNEL_DEVICE).to(dtype)
+    b = torch.randn(96, device=KERNEL_DEVICE).to(dtype)
     alpha, gain = _defaults(act)
     for xl in _layouts(x).values():
         want = ref.bias_act(xl.double(), b.double(), 1, act, alpha, gain, 1.5)
         xk, bk = xl.clone().requires_grad_(), b.clone().requires_grad_()
-        y = _run(backend, xk, bk, act=act, clamp=1.5)
+        dy = torch.randn(x.shape, device=KERNEL_DEVICE).to(dtype)
+        with gankern.use_backend(backend):  # the backward kernel too
+            y = gankern.bias_act(xk, bk, act=act, clamp=1.5)
+            y.backward(dy)
         assert y.dtype == dtype
         assert_close(y, want, dtype, what="forward")
-        dy = torch.randn_like(y)
-        y.backward(dy)
         xd, bd = xl.double().requires_grad_(), b.double().requires_grad_()
         ref.bias_act(xd, bd, 1, act, alpha, gain, 1.5).backward(dy.double())
         assert_close(xk.grad, xd.grad, dtype, what="dx")
         assert_close(bk.grad, bd.grad, dtype, scale=bd.grad.abs().max().item(), what="db")
 
 
-@pytest.mark.gpu
 @pytest.mark.parametrize("backend", ["triton", "cuda"])
-def test_gpu_unaligned_and_odd_sizes(backend):
-    """Views at odd offsets and sizes not divisible by the vector width take the scalar path."""
-    skip_unless_runnable("bias_act", backend, "cuda", torch.float16)
-    base = torch.randn(1 + 3 * 7 * 11, device="cuda", dtype=torch.float16)
-    x = base[1:].view(3, 7, 11)
-    b = torch.randn(7, device="cuda", dtype=torch.float16)
-    want = ref.bias_act(x.double(), b.double(), 1, "lrelu", 0.2, math.sqrt(2), None)
-    assert_close(_run(backend, x, b, act="lrelu"), want, torch.float16)
+def test_unaligned_and_odd_sizes(backend):
+    """Views at odd offsets, and sizes not divisible by the vector width, take the scalar path."""
+    skip_unless_runnable("bias_act", backend, KERNEL_DEVICE, torch.float16)
+    for shape in [(3, 7, 11), (4, 8, 16)]:  # odd size; whole vectors but a misaligned start
+        base = torch.randn(1 + math.prod(shape), device=KERNEL_DEVICE, dtype=torch.float16)
+        x = base[1:].view(shape)
+        b = torch.randn(shape[1], device=KERNEL_DEVICE, dtype=torch.float16)
+        want = ref.bias_act(x.double(), b.double(), 1, "lrelu", 0.2, math.sqrt(2), None)
+        assert_close(_run(backend, x, b, act="lrelu"), want, torch.float16)
 
 
 @pytest.mark.gpu

@@ -11,7 +11,7 @@ import gankern
 from gankern import use_backend
 from gankern.reference import norm as ref
 
-from conftest import DEVICES, KERNEL_BACKENDS, assert_close, skip_unless_runnable
+from conftest import DEVICES, KERNEL_BACKENDS, KERNEL_DEVICE, assert_close, skip_unless_runnable
 
 ACTS = ["linear", "silu", "gelu", "gelu_tanh", "relu", "lrelu"]
 SETTINGS = dict(max_examples=12, deadline=None, derandomize=True)
@@ -357,17 +357,15 @@ def test_half_precision_falls_back_or_runs(device):
 
 # ---- GPU (skipped without CUDA) ----------------------------------------------------------------
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("backend", ["triton", "cuda"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("cl", [False, True])
 @pytest.mark.parametrize("shape", [(1, 64, 64, 64), (2, 40, 7, 9), (3, 24, 5, 4, 3)])
-def test_gpu_group_norm_act(backend, dtype, cl, shape):
-    skip_unless_runnable("group_norm_act", backend, "cuda", dtype)
+def test_group_norm_act_dtypes(backend, dtype, cl, shape):
+    skip_unless_runnable("group_norm_act", backend, KERNEL_DEVICE, dtype)
     G = 8
-    x, p = _gn_inputs(shape, G, EXTRAS, cl, "cuda", dtype)
-    dy = torch.randn(shape, generator=torch.Generator().manual_seed(7)).to("cuda", dtype)
+    x, p = _gn_inputs(shape, G, EXTRAS, cl, KERNEL_DEVICE, dtype)
+    dy = torch.randn(shape, generator=torch.Generator().manual_seed(7)).to(KERNEL_DEVICE, dtype)
     with use_backend(backend):
         got = _grads(lambda t: gankern.group_norm_act(t.pop("x"), G, act="silu", **t), x, p, dy)
         y = gankern.group_norm_act(x, G, act="silu", **p)
@@ -380,15 +378,13 @@ def test_gpu_group_norm_act(backend, dtype, cl, shape):
                      scale=_grad_scale(k, want))
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("backend", ["triton", "cuda"])
 @pytest.mark.parametrize("training", [True, False])
-def test_gpu_batch_norm_act(backend, training):
-    skip_unless_runnable("batch_norm_act", backend, "cuda")
-    x = _make((16, 24, 9, 9), True, "cuda")
-    w, b = torch.randn(24, device="cuda"), torch.randn(24, device="cuda")
-    rm, rv = torch.zeros(24, device="cuda"), torch.ones(24, device="cuda")
+def test_batch_norm_act_channels_last_on_kernel_device(backend, training):
+    skip_unless_runnable("batch_norm_act", backend, KERNEL_DEVICE)
+    x = _make((16, 24, 9, 9), True, KERNEL_DEVICE)
+    w, b = torch.randn(24, device=KERNEL_DEVICE), torch.randn(24, device=KERNEL_DEVICE)
+    rm, rv = torch.zeros(24, device=KERNEL_DEVICE), torch.ones(24, device=KERNEL_DEVICE)
     trm, trv = rm.clone(), rv.clone()
     with use_backend(backend):
         y = gankern.batch_norm_act(x, rm, rv, w, b, training=training, act="relu")

@@ -57,11 +57,11 @@ step_kernel(const T* __restrict__ mo, const T* __restrict__ x, const T* __restri
     const bool vec = vec_ok && i0 + 4 <= n && r0 + 4 <= S;
     const std::int64_t vb = kGuided ? p.batch : 0;  // variance channels: conditional (or only) half
     float xv[4], u[4], cv[4] = {0.f, 0.f, 0.f, 0.f}, hv[4] = {0.f, 0.f, 0.f, 0.f}, var[4] = {0.f, 0.f, 0.f, 0.f};
-    std::int64_t bj[4], rj[4];
+    std::int64_t bj[4];  // sample of each element (per-sample rescale and threshold)
     int cnt = 4;
     if (vec) {
 #pragma unroll
-      for (int j = 0; j < 4; ++j) { bj[j] = b0; rj[j] = r0 + j; }
+      for (int j = 0; j < 4; ++j) bj[j] = b0;
       load_vec4(x + i0, xv);
       load_vec4(mo + b0 * p.mo_stride + r0, u);
       if constexpr (kGuided) load_vec4(mo + (p.batch + b0) * p.mo_stride + r0, cv);
@@ -74,7 +74,7 @@ step_kernel(const T* __restrict__ mo, const T* __restrict__ x, const T* __restri
       for (int j = 0; j < cnt; ++j) {
         std::int64_t b = b0, r = r0 + j;
         if (r >= S) { b += r / S; r -= (r / S) * S; }
-        bj[j] = b; rj[j] = r;
+        bj[j] = b;
         xv[j] = to_f32(x[i0 + j]);
         u[j] = to_f32(mo[b * p.mo_stride + r]);
         if constexpr (kGuided) cv[j] = to_f32(mo[(p.batch + b) * p.mo_stride + r]);
@@ -131,7 +131,7 @@ rescale_partials_kernel(const T* __restrict__ mo, std::int64_t B, std::int64_t S
   __shared__ float sh[4][kRedThreads];
   for (int q = 0; q < 4; ++q) sh[q][threadIdx.x] = acc[q];
   __syncthreads();
-  for (int w = kRedThreads / 2; w > 0; w >>= 1) {
+  for (unsigned w = kRedThreads / 2; w > 0; w >>= 1) {
     if (threadIdx.x < w)
       for (int q = 0; q < 4; ++q) sh[q][threadIdx.x] += sh[q][threadIdx.x + w];
     __syncthreads();
@@ -175,7 +175,7 @@ loss_partials_kernel(const T* __restrict__ mo, const T* __restrict__ x0, const T
   __shared__ float sh[kRedThreads];
   sh[threadIdx.x] = acc;
   __syncthreads();
-  for (int w = kRedThreads / 2; w > 0; w >>= 1) {
+  for (unsigned w = kRedThreads / 2; w > 0; w >>= 1) {
     if (threadIdx.x < w) sh[threadIdx.x] += sh[threadIdx.x + w];
     __syncthreads();
   }

@@ -168,7 +168,7 @@ def _bias_act_backward_cpu(dy, x, b, dim, act, alpha, gain, clamp):
 def _bias_act_cuda(x, b, dim, act, alpha, gain, clamp):
     x, bf, args = _prepare(x, b, dim, act, alpha, gain, clamp)
     y = T.empty_like(x)
-    with torch.cuda.device(x.device):
+    with _native.device_guard(x):
         _native.cuda.bias_act_forward(x.data_ptr(), _native.ptr(bf), y.data_ptr(), *args, _native.dtype_code(x),
                                       _native.cuda_stream(x))
     return y
@@ -178,7 +178,7 @@ def _bias_act_cuda(x, b, dim, act, alpha, gain, clamp):
 def _bias_act_backward_cuda(dy, x, b, dim, act, alpha, gain, clamp):
     x, bf, args = _prepare(x, b, dim, act, alpha, gain, clamp)
     dy, dx = T.like(dy.to(x.dtype), x), T.empty_like(x)
-    with torch.cuda.device(x.device):
+    with _native.device_guard(x):
         _native.cuda.bias_act_backward(dy.data_ptr(), x.data_ptr(), _native.ptr(bf), dx.data_ptr(), *args,
                                        _native.dtype_code(x), _native.cuda_stream(x))
     return dx

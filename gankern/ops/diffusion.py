@@ -620,7 +620,7 @@ def _step_cuda_impl(model_output, sample, history, noise, rescale, thresh, coefs
                     coef_dev=None, rng_dev=None, write_prev=True):
     mo, x, B, S, mo_stride, history, noise, rescale, thresh, prev, x0 = _step_operands(
         model_output, sample, history, noise, rescale, thresh, want_x0, write_prev)
-    with torch.cuda.device(x.device):
+    with _native.device_guard(x):
         _native.cuda.diffusion_step(mo.data_ptr(), x.data_ptr(), _native.ptr(history), _native.ptr(noise),
                                     _native.ptr(rescale), _native.ptr(thresh), _native.ptr(prev),
                                     x0.data_ptr() if want_x0 else 0, B, S, mo_stride, flags, seed, offset, list(coefs),
@@ -656,7 +656,7 @@ def _guidance_rescale_factors_cuda(model_output, g, rescale):
     S = mo.numel() // max(2 * B, 1)
     nchunks = max(-(-S // _RED_CHUNK), 1)
     part = T.empty((B, nchunks, 4), dtype=torch.float32, device=mo.device)
-    with torch.cuda.device(mo.device):
+    with _native.device_guard(mo):
         _native.cuda.diffusion_rescale_partials(mo.data_ptr(), B, S, S, g, part.data_ptr(), nchunks,
                                                 _native.dtype_code(mo), _native.cuda_stream(mo))
     return _rescale_from_sums(part.double().sum(1), S, rescale)
@@ -668,7 +668,7 @@ def _add_noise_cuda(x0, noise, ca, cn):
     ca, cn = _per_sample_f32(ca, cn)
     out = T.empty_like(x)
     B = x.shape[0]
-    with torch.cuda.device(x.device):
+    with _native.device_guard(x):
         _native.cuda.diffusion_lincomb(x.data_ptr(), y.data_ptr(), ca.data_ptr(), cn.data_ptr(), out.data_ptr(), B,
                                        x.numel() // max(B, 1), _native.dtype_code(x), _native.cuda_stream(x))
     return out
@@ -682,7 +682,7 @@ def _diffusion_loss_cuda(model_output, x0, noise, tx, tn, weight):
     S = mo.numel() // max(B, 1)
     nchunks = max(-(-S // _RED_CHUNK), 1)
     part = T.empty((B, nchunks), dtype=torch.float32, device=mo.device)
-    with torch.cuda.device(mo.device):
+    with _native.device_guard(mo):
         _native.cuda.diffusion_loss_partials(mo.data_ptr(), x0.data_ptr(), noise.data_ptr(), tx.data_ptr(),
                                              tn.data_ptr(), part.data_ptr(), nchunks, B, S, _native.dtype_code(mo),
                                              _native.cuda_stream(mo))
@@ -697,7 +697,7 @@ def _diffusion_loss_backward_cuda(grad, model_output, x0, noise, tx, tn, weight)
     S = mo.numel() // max(B, 1)
     k = ((2.0 / S) * grad.double() * weight.double()).float().contiguous()
     dmo = T.empty_like(mo)
-    with torch.cuda.device(mo.device):
+    with _native.device_guard(mo):
         _native.cuda.diffusion_loss_backward(mo.data_ptr(), x0.data_ptr(), noise.data_ptr(), tx.data_ptr(),
                                              tn.data_ptr(), k.data_ptr(), dmo.data_ptr(), B, S, _native.dtype_code(mo),
                                              _native.cuda_stream(mo))

@@ -591,7 +591,7 @@ class _CudaKernels:
             return z, z.clone()
         chunk, S = self._splits(N, C, HW, cl)
         part = torch.empty((S, 3, N, C), dtype=torch.float32, device=x.device)  # shift, mean of x - shift, m2
-        with torch.cuda.device(x.device):
+        with _native.device_guard(x):
             _native.cuda.norm_channel_stats(x.data_ptr(), N, C, HW, cl, chunk, part.data_ptr(), _native.dtype_code(x),
                                             _native.cuda_stream(x))
         cnt = torch.tensor([min(HW, (s + 1) * chunk) - s * chunk for s in range(S)], dtype=torch.float64,
@@ -602,7 +602,7 @@ class _CudaKernels:
 
     def apply(self, x, M, A, B, res, N, C, HW, cl, act, alpha):
         y = T.empty_like(x)
-        with torch.cuda.device(x.device):
+        with _native.device_guard(x):
             _native.cuda.norm_apply(x.data_ptr(), M.data_ptr(), A.data_ptr(), B.data_ptr(), _native.ptr(res),
                                     y.data_ptr(), N, C, HW, cl, ref_acts.get(act).code, alpha, _native.dtype_code(x),
                                     _native.cuda_stream(x))
@@ -613,7 +613,7 @@ class _CudaKernels:
             return torch.zeros((3, N, C), dtype=torch.float32, device=x.device)
         chunk, S = self._splits(N, C, HW, cl)
         part = torch.empty((S, 3, N, C), dtype=torch.float32, device=x.device)
-        with torch.cuda.device(x.device):
+        with _native.device_guard(x):
             _native.cuda.norm_backward_reduce(dy.data_ptr(), x.data_ptr(), M.data_ptr(), A.data_ptr(), B.data_ptr(),
                                               P.data_ptr(), N, C, HW, cl, ref_acts.get(act).code, alpha, chunk,
                                               part.data_ptr(), _native.dtype_code(x), _native.cuda_stream(x))
@@ -621,7 +621,7 @@ class _CudaKernels:
 
     def bwd_apply(self, dy, x, M, A, B, A2, B2, C2, N, C, HW, cl, act, alpha):
         dx = T.empty_like(x)
-        with torch.cuda.device(x.device):
+        with _native.device_guard(x):
             _native.cuda.norm_backward_apply(dy.data_ptr(), x.data_ptr(), M.data_ptr(), A.data_ptr(), B.data_ptr(),
                                              A2.data_ptr(), B2.data_ptr(), C2.data_ptr(), dx.data_ptr(), N, C, HW, cl,
                                              ref_acts.get(act).code, alpha, _native.dtype_code(x),

@@ -114,7 +114,7 @@ def _randn_cpu(shape, seed, offset, dtype, device):
 def _randn_cuda(shape, seed, offset, dtype, device):
     out = T.empty(shape, dtype=dtype, device=device)
     if out.numel():
-        with torch.cuda.device(out.device):
+        with _native.device_guard(out):
             _native.cuda.randn(out.data_ptr(), out.numel(), seed, offset, _native.dtype_code(out),
                                _native.cuda_stream(out))
     return out

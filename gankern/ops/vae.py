@@ -331,7 +331,7 @@ def _forward_cuda(mu, logvar, seed, offset, lo, hi, want_z, reduction):
     blk = _native.cuda.vae_kl_block()
     z, kl, partials = _outputs(mu, want_z, reduction, (n + blk - 1) // blk)
     if n:
-        with torch.cuda.device(mu.device):
+        with _native.device_guard(mu):
             _native.cuda.vae_forward(m.data_ptr(), v.data_ptr(), _native.ptr(z), _native.ptr(kl), _native.ptr(partials),
                                      *lay, seed, offset, lo, hi, _native.dtype_code(mu), _native.cuda_stream(mu))
     return z, (_finish_kl(partials, kl, reduction, mu) if reduction is not None else None)
@@ -345,7 +345,7 @@ def _backward_cuda(dz, gkl, mu, logvar, seed, offset, lo, hi, reduction):
     dlv = T.empty(mu.shape, dtype=mu.dtype, device=mu.device)
     dmu = dz if g is None else T.empty(mu.shape, dtype=mu.dtype, device=mu.device)
     if mu.numel():
-        with torch.cuda.device(mu.device):
+        with _native.device_guard(mu):
             _native.cuda.vae_backward(_native.ptr(dz), _native.ptr(g), elem, scale, m.data_ptr(), v.data_ptr(),
                                       0 if g is None else dmu.data_ptr(), dlv.data_ptr(), *lay, seed, offset, lo, hi,
                                       _native.dtype_code(mu), _native.cuda_stream(mu))

@@ -1,0 +1,3 @@
+// Emulator stand-in for the CUDA runtime header (csrc/emulator/runtime.h).
+#pragma once
+#include "emulator/runtime.h"
