@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Everything a GPU session should do, in one call (the device tool's `run` gives 10 minutes):
-# build for the local GPU only, run the gpu-marked tests, time the full benchmark set.
+# build for the local GPU only, run the gpu-marked tests (streams, CUDA graphs) and then the whole
+# suite on the GPU (every kernel test runs on the kernel device: the GPU here, the CPU interpreter
+# and emulator in CI), time the full benchmark set.
 # Results land in $OUT (the device tool's output folder) or ./bench-out; commit the JSON/PNG under
 # benchmarks/results/ with the device and date in the name.
 #   device run:  bash benchmarks/gpu_session.sh

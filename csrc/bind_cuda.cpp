@@ -28,6 +28,9 @@ PYBIND11_MODULE(GANKERN_CUDA_MODULE, m) {
     return v;
   });
   m.def("compiled_archs", []() { return std::string(GANKERN_CUDA_ARCHS_STR); });
+#ifdef GANKERN_CUDA_EMULATOR
+  m.def("emulator_self_test", &gk_emu::self_test);
+#endif
 
   // ---- bias_act ----
   m.def("bias_act_forward",

@@ -60,6 +60,9 @@ void run_grid(dim3 grid, dim3 block, std::size_t shmem, const std::function<void
 // GANKERN_EMULATOR_SMS.
 int sm_count();
 
+// Checks of the emulator itself (csrc/emulator/self_test.cu, tests/test_emulator.py).
+double self_test(int kind);
+
 template <typename... P>
 auto launch(void (*kernel)(P...), dim3 grid, dim3 block, std::size_t shmem = 0, const void* /*stream*/ = nullptr) {
   return [=](auto&&... args) {
