@@ -161,11 +161,16 @@ void arrive(Barrier& bar, int total) {
   t_thread->waiting = nullptr;
 }
 
-void run_block(Block& b) {
+// Threads run in index order in even blocks and in reverse order in odd ones: a missing barrier
+// between a shared-memory write and another thread's read shows up in one of the two orders,
+// whichever of the two threads has the lower index.
+void run_block(Block& b, bool reverse) {
   std::size_t remaining = b.threads.size();
+  const std::size_t n = b.threads.size();
   while (remaining > 0) {
     bool progress = false;
-    for (Thread& t : b.threads) {
+    for (std::size_t k = 0; k < n; ++k) {
+      Thread& t = b.threads[reverse ? n - 1 - k : k];
       if (t.done || (t.waiting && t.waiting->generation == t.waiting_generation)) continue;
       progress = true;
       t_thread = &t;
@@ -301,7 +306,7 @@ void run_grid(dim3 grid, dim3 block, std::size_t shmem, const std::function<void
               t.lane = static_cast<int>(i % kWarp);
               t.sp = prepare_stack(t_stacks[i]);
             }
-        run_block(b);
+        run_block(b, (bx + by + bz) % 2 == 1);
         if (!b.error.empty())
           throw std::runtime_error("CUDA emulator, block " + name(dim3(bx, by, bz)) + ": " + b.error);
       }

@@ -8,8 +8,10 @@
 // csrc/common). What it checks on top of a GPU: a barrier or full-mask shuffle that not every live
 // thread reaches (divergence, or threads that returned early) is an error, not a hang; with the
 // sanitizer build, misaligned vector accesses and out-of-range indexing of fixed-size arrays abort.
-// What it cannot show: speed, the memory model (blocks run one after another, threads interleave
-// only at barriers), nvcc's code generation, and the hardware's fast-math ulps.
+// Threads of a block interleave only at barriers, in index order in even blocks and reverse order
+// in odd ones, so a missing barrier between a shared-memory write and another thread's read gives
+// wrong results. What it cannot show: speed, the memory model beyond that (blocks run one after
+// another), nvcc's code generation, and the hardware's ulps.
 //
 // Kernels launch through gk_emu::launch(kernel, grid, block, shmem, stream)(args...), which
 // csrc/emulator/translate.py writes in place of kernel<<<grid, block, shmem, stream>>>(args...).

@@ -58,7 +58,7 @@ __global__ void deadlock(float* out) {
 
 }  // namespace
 
-// Runs self-test `kind` (0 block_sum over 3 blocks, 1 divergent_barrier, 2 shuffle_after_return,
+// Runs self-test `kind` (0 block_sum over 3 blocks, so both thread orders run, 1 divergent_barrier, 2 shuffle_after_return,
 // 3 deadlock); returns the sum of the outputs, or throws the emulator's error.
 double self_test(int kind) {
   float out[3 * kThreads] = {};
