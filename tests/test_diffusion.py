@@ -236,11 +236,13 @@ def var_model(x, t):
     return torch.cat([tiny_model(x, t), torch.tanh(0.5 * x)], 1)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("cls", ["DDIMScheduler", "DDPMScheduler", "EulerAncestralDiscreteScheduler",
                                  "DPMSolverMultistepScheduler", "EulerDiscreteScheduler", "DDPM learned_range"])
-def test_sample_deterministic_and_table_path(cls):
+def test_sample_deterministic_and_table_path(cls, backend):
     """Same seed -> same result; the graph-replay tables (coefficients and noise offsets per step,
-    read from device buffers) reproduce the eager loop (run here without capture, on the CPU)."""
+    read by the kernel from device buffers) reproduce the eager loop (run here without capture)."""
+    skip_unless_runnable("diffusion_step_dev", backend, KERNEL_DEVICE)
     from gankern.sampling import step_tables
     model = tiny_model
     if cls == "DDPM learned_range":
@@ -267,8 +269,9 @@ def test_sample_deterministic_and_table_path(cls):
         c[R.C_G] = 3.0
         out = model(torch.cat([x, x]) * float(scales[i]), t)
         rng = torch.tensor([5, int(offsets[i])])
-        x, x0 = torch.ops.gankern.diffusion_step_dev(out, x, hist if flags & R.HIST else None, c.float(), rng, flags,
-                                                     bool(flags & R.HIST))
+        with gankern.use_backend(backend):
+            x, x0 = torch.ops.gankern.diffusion_step_dev(out, x, hist if flags & R.HIST else None, c.float(), rng,
+                                                         flags, bool(flags & R.HIST))
         if flags & R.HIST:
             hist = x0
     assert_close(x, a)
