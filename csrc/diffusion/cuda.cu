@@ -71,7 +71,13 @@ step_kernel(const T* __restrict__ mo, const T* __restrict__ x, const T* __restri
         load_vec4(mo + (vb + b0) * p.mo_stride + S + r0, var);
     } else {
       cnt = static_cast<int>(n - i0 < 4 ? n - i0 : 4);
-      for (int j = 0; j < cnt; ++j) {
+      // A fixed trip count with a predicate, not j < cnt: the arrays stay in registers (a runtime
+      // bound makes nvcc index them, i.e. put them in local memory, for the vector path too).
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        bj[j] = b0;
+        xv[j] = u[j] = 0.f;
+        if (j >= cnt) continue;
         std::int64_t b = b0, r = r0 + j;
         if (r >= S) { b += r / S; r -= (r / S) * S; }
         bj[j] = b;
@@ -87,7 +93,7 @@ step_kernel(const T* __restrict__ mo, const T* __restrict__ x, const T* __restri
     float pv[4], x0v[4];
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
-      const std::int64_t b = j < cnt ? bj[j] : b0;
+      const std::int64_t b = bj[j];
       float m = u[j];
       if constexpr (kGuided) m = m + c[cG] * (cv[j] - m);
       if (p.flags & kRescale) m *= __ldg(rescale + b);
@@ -104,7 +110,9 @@ step_kernel(const T* __restrict__ mo, const T* __restrict__ x, const T* __restri
       if (prev) store_vec4(prev + i0, pv);
       if (x0out) store_vec4(x0out + i0, x0v);
     } else {
-      for (int j = 0; j < cnt; ++j) {
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        if (j >= cnt) continue;
         if (prev) prev[i0 + j] = from_f32<T>(pv[j]);
         if (x0out) x0out[i0 + j] = from_f32<T>(x0v[j]);
       }
