@@ -548,24 +548,27 @@ def _step_triton_impl(model_output, sample, history, noise, rescale, thresh, coe
     return (prev if prev is not None else x.new_empty((0,))), x0
 
 
-@register("diffusion_step", "triton")
-def _diffusion_step_triton(model_output, sample, history, noise, rescale, thresh, coefs, flags, seed, offset,
-                           want_x0):
-    return _step_triton_impl(model_output, sample, history, noise, rescale, thresh, coefs, flags, seed, offset,
-                             want_x0)
+def _register_step_kernels(backend: str, impl) -> None:
+    """diffusion_step, its graph-replay form (coefficients and RNG state read from device buffers)
+    and the dynamic-thresholding scales, all on one step launcher (Triton's or CUDA's)."""
+    @register("diffusion_step", backend)
+    def step(model_output, sample, history, noise, rescale, thresh, coefs, flags, seed, offset, want_x0):
+        return impl(model_output, sample, history, noise, rescale, thresh, coefs, flags, seed, offset, want_x0)
+
+    @register("diffusion_step_dev", backend)
+    def step_dev(model_output, sample, history, coefs, rng, flags, want_x0):
+        return impl(model_output, sample, history, None, None, None, [0.0] * R.NCOEF, flags, 0, 0, want_x0,
+                    coef_dev=coefs.float().contiguous(), rng_dev=rng.contiguous())
+
+    @register("diffusion_threshold_scales", backend)
+    def threshold_scales(model_output, sample, rescale, coefs, flags, rank_lo, rank_w, max_value):
+        # x0 by the step kernel with prev compiled out, then two radix selections (torch.kthvalue)
+        x0 = _x0_before_clamp(_x0_only(impl), model_output, sample, rescale, coefs, flags)
+        a = x0.reshape(x0.shape[0], -1).abs().float()
+        return _lerp_sorted(a, rank_lo, rank_w).clamp(min=1.0, max=max_value)
 
 
-@register("diffusion_step_dev", "triton")
-def _diffusion_step_dev_triton(model_output, sample, history, coefs, rng, flags, want_x0):
-    return _step_triton_impl(model_output, sample, history, None, None, None, [0.0] * R.NCOEF, flags, 0, 0, want_x0,
-                             coef_dev=coefs.float().contiguous(), rng_dev=rng.contiguous())
-
-
-@register("diffusion_threshold_scales", "triton")
-def _threshold_scales_triton(model_output, sample, rescale, coefs, flags, rank_lo, rank_w, max_value):
-    x0 = _x0_before_clamp(_x0_only(_step_triton_impl), model_output, sample, rescale, coefs, flags)
-    a = x0.reshape(x0.shape[0], -1).abs().float()
-    return _lerp_sorted(a, rank_lo, rank_w).clamp(min=1.0, max=max_value)
+_register_step_kernels("triton", _step_triton_impl)
 
 
 @register("guidance_rescale_factors", "triton")
@@ -629,24 +632,7 @@ def _step_cuda_impl(model_output, sample, history, noise, rescale, thresh, coefs
     return (prev if prev is not None else x.new_empty((0,))), x0
 
 
-@register("diffusion_step", "cuda")
-def _diffusion_step_cuda(model_output, sample, history, noise, rescale, thresh, coefs, flags, seed, offset, want_x0):
-    return _step_cuda_impl(model_output, sample, history, noise, rescale, thresh, coefs, flags, seed, offset,
-                           want_x0)
-
-
-@register("diffusion_step_dev", "cuda")
-def _diffusion_step_dev_cuda(model_output, sample, history, coefs, rng, flags, want_x0):
-    return _step_cuda_impl(model_output, sample, history, None, None, None, [0.0] * R.NCOEF, flags, 0, 0, want_x0,
-                           coef_dev=coefs.float().contiguous(), rng_dev=rng.contiguous())
-
-
-@register("diffusion_threshold_scales", "cuda")
-def _threshold_scales_cuda(model_output, sample, rescale, coefs, flags, rank_lo, rank_w, max_value):
-    # x0 by the step kernel with prev compiled out, then two radix selections (torch.kthvalue)
-    x0 = _x0_before_clamp(_x0_only(_step_cuda_impl), model_output, sample, rescale, coefs, flags)
-    a = x0.reshape(x0.shape[0], -1).abs().float()
-    return _lerp_sorted(a, rank_lo, rank_w).clamp(min=1.0, max=max_value)
+_register_step_kernels("cuda", _step_cuda_impl)
 
 
 @register("guidance_rescale_factors", "cuda")
