@@ -489,6 +489,19 @@ def _per_sample_f32(*ts):
     return [t.to(torch.float32).contiguous() for t in ts]
 
 
+def _loss_operands(model_output, x0, noise, tx, tn):
+    """What every diffusion_loss kernel takes: contiguous operands, fp32 per-sample target
+    coefficients, the batch B and the per-sample size S."""
+    mo = model_output.contiguous()
+    B = mo.shape[0]
+    return (mo, x0.contiguous(), noise.contiguous(), *_per_sample_f32(tx, tn), B, mo.numel() // max(B, 1))
+
+
+def _loss_grad_scale(grad, weight, S):
+    """d loss_b / d model_output = k_b (model_output - target), k_b = 2 grad_b weight_b / S."""
+    return ((2.0 / S) * grad.double() * weight.double()).float().contiguous()
+
+
 @register("add_noise", "cpu")
 def _add_noise_cpu(x0, noise, ca, cn):
     x, y = x0.contiguous(), noise.contiguous()
@@ -502,10 +515,7 @@ def _add_noise_cpu(x0, noise, ca, cn):
 
 @register("diffusion_loss", "cpu")
 def _diffusion_loss_cpu(model_output, x0, noise, tx, tn, weight):
-    mo, x0, noise = model_output.contiguous(), x0.contiguous(), noise.contiguous()
-    tx, tn = _per_sample_f32(tx, tn)
-    B = mo.shape[0]
-    S = mo.numel() // max(B, 1)
+    mo, x0, noise, tx, tn, B, S = _loss_operands(model_output, x0, noise, tx, tn)
     sums = T.empty((B,), dtype=torch.float64, device=mo.device)
     _native.cpu.diffusion_loss_sums(mo.data_ptr(), x0.data_ptr(), noise.data_ptr(), tx.data_ptr(), tn.data_ptr(),
                                     sums.data_ptr(), B, S)
@@ -514,11 +524,8 @@ def _diffusion_loss_cpu(model_output, x0, noise, tx, tn, weight):
 
 @register("diffusion_loss_backward", "cpu")
 def _diffusion_loss_backward_cpu(grad, model_output, x0, noise, tx, tn, weight):
-    mo, x0, noise = model_output.contiguous(), x0.contiguous(), noise.contiguous()
-    tx, tn = _per_sample_f32(tx, tn)
-    B = mo.shape[0]
-    S = mo.numel() // max(B, 1)
-    k = ((2.0 / S) * grad.double() * weight.double()).float().contiguous()
+    mo, x0, noise, tx, tn, B, S = _loss_operands(model_output, x0, noise, tx, tn)
+    k = _loss_grad_scale(grad, weight, S)
     dmo = T.empty_like(mo)
     _native.cpu.diffusion_loss_backward(mo.data_ptr(), x0.data_ptr(), noise.data_ptr(), tx.data_ptr(), tn.data_ptr(),
                                         k.data_ptr(), dmo.data_ptr(), B, S)
@@ -594,10 +601,7 @@ def _add_noise_triton(x0, noise, ca, cn):
 @register("diffusion_loss", "triton")
 def _diffusion_loss_triton(model_output, x0, noise, tx, tn, weight):
     from ..triton import diffusion as tk
-    mo, x0, noise = model_output.contiguous(), x0.contiguous(), noise.contiguous()
-    tx, tn = _per_sample_f32(tx, tn)
-    B = mo.shape[0]
-    S = mo.numel() // max(B, 1)
+    mo, x0, noise, tx, tn, B, S = _loss_operands(model_output, x0, noise, tx, tn)
     part = T.empty((B, max(-(-S // tk.BLOCK), 1)), dtype=torch.float32, device=mo.device)
     tk.loss_partials(mo, x0, noise, tx, tn, part, B, S)
     return (weight.double() * part.double().sum(1) / S).float()
@@ -606,11 +610,8 @@ def _diffusion_loss_triton(model_output, x0, noise, tx, tn, weight):
 @register("diffusion_loss_backward", "triton")
 def _diffusion_loss_backward_triton(grad, model_output, x0, noise, tx, tn, weight):
     from ..triton import diffusion as tk
-    mo, x0, noise = model_output.contiguous(), x0.contiguous(), noise.contiguous()
-    tx, tn = _per_sample_f32(tx, tn)
-    B = mo.shape[0]
-    S = mo.numel() // max(B, 1)
-    k = ((2.0 / S) * grad.double() * weight.double()).float().contiguous()
+    mo, x0, noise, tx, tn, B, S = _loss_operands(model_output, x0, noise, tx, tn)
+    k = _loss_grad_scale(grad, weight, S)
     return tk.lincomb(x0, noise, tx, tn, T.empty_like(mo), B, S, m=mo, k=k)
 
 
@@ -662,10 +663,7 @@ def _add_noise_cuda(x0, noise, ca, cn):
 
 @register("diffusion_loss", "cuda")
 def _diffusion_loss_cuda(model_output, x0, noise, tx, tn, weight):
-    mo, x0, noise = model_output.contiguous(), x0.contiguous(), noise.contiguous()
-    tx, tn = _per_sample_f32(tx, tn)
-    B = mo.shape[0]
-    S = mo.numel() // max(B, 1)
+    mo, x0, noise, tx, tn, B, S = _loss_operands(model_output, x0, noise, tx, tn)
     nchunks = max(-(-S // _RED_CHUNK), 1)
     part = T.empty((B, nchunks), dtype=torch.float32, device=mo.device)
     with _native.device_guard(mo):
@@ -677,11 +675,8 @@ def _diffusion_loss_cuda(model_output, x0, noise, tx, tn, weight):
 
 @register("diffusion_loss_backward", "cuda")
 def _diffusion_loss_backward_cuda(grad, model_output, x0, noise, tx, tn, weight):
-    mo, x0, noise = model_output.contiguous(), x0.contiguous(), noise.contiguous()
-    tx, tn = _per_sample_f32(tx, tn)
-    B = mo.shape[0]
-    S = mo.numel() // max(B, 1)
-    k = ((2.0 / S) * grad.double() * weight.double()).float().contiguous()
+    mo, x0, noise, tx, tn, B, S = _loss_operands(model_output, x0, noise, tx, tn)
+    k = _loss_grad_scale(grad, weight, S)
     dmo = T.empty_like(mo)
     with _native.device_guard(mo):
         _native.cuda.diffusion_loss_backward(mo.data_ptr(), x0.data_ptr(), noise.data_ptr(), tx.data_ptr(),
