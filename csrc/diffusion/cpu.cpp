@@ -176,7 +176,10 @@ void threshold_cpu(const float* x0, std::int64_t B, std::int64_t S, std::int64_t
     // torch.lerp's rounding
     const float d = v_hi - v_lo;
     float q = w < 0.5f ? v_lo + w * d : v_hi - d * (1.f - w);
-    q = q < 1.f ? 1.f : (q > max_value ? max_value : q);
+    // torch.clamp(q, min=1, max=max_value): the max bound is applied last, so max_value < 1 gives
+    // max_value (diffusers' _threshold_sample relies on it)
+    q = q < 1.f ? 1.f : q;
+    q = q > max_value ? max_value : q;
     s[b] = q;
   }
 }

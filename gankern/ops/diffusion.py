@@ -178,8 +178,10 @@ def _timestep_coefs(x0: Tensor, timesteps: Tensor, alphas_cumprod: Tensor) -> tu
     if not isinstance(timesteps, Tensor) or timesteps.dtype.is_floating_point or timesteps.dtype == torch.bool:
         raise TypeError(f"timesteps must be an integer tensor, got "
                         f"{timesteps.dtype if isinstance(timesteps, Tensor) else type(timesteps).__name__}")
+    if timesteps.numel() == 1 and x0.shape[0] != 1:  # one timestep for the batch, as diffusers broadcasts it
+        timesteps = timesteps.reshape(1).expand(x0.shape[0])
     if timesteps.numel() != x0.shape[0]:
-        raise ValueError(f"timesteps must hold one timestep per sample ({x0.shape[0]}), got shape "
+        raise ValueError(f"timesteps must hold one timestep per sample ({x0.shape[0]}) or one for all, got shape "
                          f"{tuple(timesteps.shape)}")
     if alphas_cumprod.ndim != 1:
         raise ValueError(f"alphas_cumprod must be 1-D, got shape {tuple(alphas_cumprod.shape)}")
@@ -241,10 +243,76 @@ def diffusion_loss(model_output: Tensor, x0: Tensor, noise: Tensor, timesteps: T
 
 # ---- custom ops ------------------------------------------------------------------------------
 
+# Every custom op checks its own operands before any kernel runs: torch.ops.gankern.* are public
+# (users, opcheck and torch.compile call them directly, the schedulers call add_noise directly), and
+# the kernels index per-sample vectors and optional operands without bounds checks.
+
+def _per_sample_vector(t, name: str, B: int, device) -> None:
+    V.tensor(t, name)
+    if t.numel() != B or t.ndim > 1:
+        raise ValueError(f"{name} must hold one value per sample: shape [{B}], got {tuple(t.shape)}")
+    if t.device != device:
+        raise ValueError(f"{name} is on {t.device} but the samples are on {device}")
+
+
+def _check_step_op(model_output, sample, history, noise, rescale, thresh, coefs, flags) -> None:
+    if not isinstance(flags, int) or flags < 0 or flags & ~_ALL_FLAGS:
+        raise ValueError(f"flags must be a combination of gankern.reference.diffusion's flags, got {flags!r}")
+    if len(coefs) != R.NCOEF:
+        raise ValueError(f"coefs must hold {R.NCOEF} coefficients, got {len(coefs)}")
+    V.tensor(model_output, "model_output", ndim_min=1)
+    V.tensor(sample, "sample", ndim_min=1)
+    # variance channels after the prediction: read with a VAR flag, skipped (stride) without one
+    var_channels = model_output.ndim >= 2 and sample.ndim >= 2 and model_output.shape[1] == 2 * sample.shape[1]
+    _check_step_inputs(model_output, sample, bool(flags & R.GUIDED), history, noise,
+                       flags | (R.HAS_VAR_CHANNELS if var_channels else 0))
+    if model_output.dtype != sample.dtype:
+        raise TypeError(f"model_output dtype {model_output.dtype} must equal sample dtype {sample.dtype}")
+    B = sample.shape[0]
+    for name, t, flag in (("history", history, R.HIST), ("noise", noise, R.NOISE_TENSOR)):
+        if bool(flags & flag) != (t is not None):
+            raise ValueError(f"{name} must be given exactly when its flag is set (flags={flags})")
+    for name, t, flag in (("rescale", rescale, R.RESCALE), ("thresh", thresh, R.THRESH)):
+        if bool(flags & flag) != (t is not None):
+            raise ValueError(f"{name} must be given exactly when its flag is set (flags={flags})")
+        if t is not None:
+            _per_sample_vector(t, name, B, sample.device)
+
+
+def _check_guided_output(model_output) -> None:
+    V.tensor(model_output, "model_output", ndim_min=1)
+    if model_output.shape[0] % 2:
+        raise ValueError(f"model_output must hold 2*B samples (unconditional half first), got batch "
+                         f"{model_output.shape[0]}")
+
+
+def _check_lincomb(x0, noise, ca, cn, x_name="x0", noise_name="noise") -> None:
+    V.tensor(x0, x_name, ndim_min=1)
+    V.tensor(noise, noise_name)
+    V.same_device(x0, x_name, **{noise_name: noise})
+    if noise.shape != x0.shape or noise.dtype != x0.dtype:
+        raise ValueError(f"{noise_name} ({tuple(noise.shape)}, {noise.dtype}) must have {x_name}'s shape and dtype "
+                         f"({tuple(x0.shape)}, {x0.dtype})")
+    for name, t in (("ca", ca), ("cn", cn)):
+        _per_sample_vector(t, name, x0.shape[0], x0.device)
+
+
+def _check_loss_op(model_output, x0, noise, tx, tn, weight, grad=None) -> None:
+    _check_lincomb(model_output, x0, tx, tn, "model_output", "x0")
+    _check_lincomb(model_output, noise, tx, tn, "model_output", "noise")
+    _per_sample_vector(weight, "weight", model_output.shape[0], model_output.device)
+    if grad is not None:
+        _per_sample_vector(grad, "grad", model_output.shape[0], model_output.device)
+
+
+_ALL_FLAGS = (R.GUIDED | R.CLIP | R.THRESH | R.HIST | R.NOISE | R.VAR | R.RESCALE | R.HAS_VAR_CHANNELS)
+
+
 @torch.library.custom_op("gankern::diffusion_step", mutates_args=())
 def _diffusion_step(model_output: Tensor, sample: Tensor, history: Optional[Tensor], noise: Optional[Tensor],
                     rescale: Optional[Tensor], thresh: Optional[Tensor], coefs: list[float], flags: int, seed: int,
                     offset: int, want_x0: bool) -> tuple[Tensor, Tensor]:
+    _check_step_op(model_output, sample, history, noise, rescale, thresh, coefs, flags)
     return resolve("diffusion_step", sample)(model_output, sample, history, noise, rescale, thresh, coefs, flags,
                                               seed, offset, want_x0)
 
@@ -256,6 +324,7 @@ def _(model_output, sample, history, noise, rescale, thresh, coefs, flags, seed,
 
 @torch.library.custom_op("gankern::guidance_rescale_factors", mutates_args=())
 def _guidance_rescale_factors(model_output: Tensor, g: float, rescale: float) -> Tensor:
+    _check_guided_output(model_output)
     return resolve("guidance_rescale_factors", model_output)(model_output, g, rescale)
 
 
@@ -268,6 +337,10 @@ def _(model_output, g, rescale):
 @torch.library.custom_op("gankern::diffusion_threshold_scales", mutates_args=())
 def _diffusion_threshold_scales(model_output: Tensor, sample: Tensor, rescale: Optional[Tensor], coefs: list[float],
                                 flags: int, rank_lo: int, rank_w: float, max_value: float) -> Tensor:
+    _check_step_op(model_output, sample, None, None, rescale, None, coefs, flags & (R.GUIDED | R.RESCALE | R.VAR))
+    S = sample[0].numel() if sample.shape[0] else 1
+    if not (0 <= rank_lo < S and 0.0 <= rank_w <= 1.0):
+        raise ValueError(f"rank_lo must be in [0, {S}) and rank_w in [0, 1], got {rank_lo}, {rank_w}")
     return resolve("diffusion_threshold_scales", sample)(model_output, sample, rescale, coefs, flags, rank_lo, rank_w,
                                                           max_value)
 
@@ -280,6 +353,7 @@ def _(model_output, sample, rescale, coefs, flags, rank_lo, rank_w, max_value):
 
 @torch.library.custom_op("gankern::add_noise", mutates_args=())
 def _add_noise(x0: Tensor, noise: Tensor, ca: Tensor, cn: Tensor) -> Tensor:
+    _check_lincomb(x0, noise, ca, cn)
     return resolve("add_noise", x0)(x0, noise, ca, cn)
 
 
@@ -307,6 +381,7 @@ _add_noise.register_autograd(_add_noise_backward, setup_context=_add_noise_setup
 
 @torch.library.custom_op("gankern::diffusion_loss", mutates_args=())
 def _diffusion_loss(model_output: Tensor, x0: Tensor, noise: Tensor, tx: Tensor, tn: Tensor, weight: Tensor) -> Tensor:
+    _check_loss_op(model_output, x0, noise, tx, tn, weight)
     return resolve("diffusion_loss", model_output)(model_output, x0, noise, tx, tn, weight)
 
 
@@ -319,6 +394,7 @@ def _(model_output, x0, noise, tx, tn, weight):
 @torch.library.custom_op("gankern::diffusion_loss_backward", mutates_args=())
 def _diffusion_loss_backward(grad: Tensor, model_output: Tensor, x0: Tensor, noise: Tensor, tx: Tensor, tn: Tensor,
                              weight: Tensor) -> Tensor:
+    _check_loss_op(model_output, x0, noise, tx, tn, weight, grad)
     return resolve("diffusion_loss_backward", model_output)(grad, model_output, x0, noise, tx, tn, weight)
 
 
@@ -396,6 +472,13 @@ def _diffusion_step_dev(model_output: Tensor, sample: Tensor, history: Optional[
                         flags: int, want_x0: bool) -> tuple[Tensor, Tensor]:
     """diffusion_step with coefs (float32 [NCOEF]) and rng (int64 [seed, offset]) in device memory,
     so a captured CUDA graph can be replayed with new values (gankern.sample(cuda_graph=True))."""
+    _check_step_op(model_output, sample, history, None, None, None, [0.0] * R.NCOEF, flags & ~R.NOISE_TENSOR)
+    if coefs.numel() != R.NCOEF or not coefs.dtype.is_floating_point or coefs.device != sample.device:
+        raise ValueError(f"coefs must be a floating tensor of {R.NCOEF} values on {sample.device}, got "
+                         f"{tuple(coefs.shape)} {coefs.dtype} on {coefs.device}")
+    if rng.numel() != 2 or rng.dtype != torch.int64 or rng.device != sample.device:
+        raise ValueError(f"rng must be an int64 tensor [seed, offset] on {sample.device}, got {tuple(rng.shape)} "
+                         f"{rng.dtype} on {rng.device}")
     return resolve("diffusion_step_dev", sample)(model_output, sample, history, coefs, rng, flags, want_x0)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import sys
+import warnings
 from typing import Any, Mapping
 
 import numpy as np
@@ -281,6 +282,17 @@ class Scheduler(ConfigIO):
         _register_with_diffusers_if_loaded()
 
     _PREDICTION_TYPES = D.PREDICTION_TYPES
+
+    def __getattr__(self, name):
+        # only reached when normal lookup fails: config entries read as attributes still work, with
+        # diffusers' FutureWarning (use scheduler.config.<name>)
+        cfg = self.__dict__.get("_config")
+        if cfg is not None and name in cfg and not name.startswith("__"):
+            warnings.warn(f"Accessing config attribute `{name}` directly via '{type(self).__name__}' object "
+                          f"attribute is deprecated. Please access '{name}' over '{type(self).__name__}'s config "
+                          f"object instead, e.g. 'scheduler.config.{name}'.", FutureWarning, stacklevel=2)
+            return cfg[name]
+        raise AttributeError(f"'{type(self).__name__}' object has no attribute '{name}'")
 
     @property
     def config(self) -> Config:

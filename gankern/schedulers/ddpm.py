@@ -98,7 +98,10 @@ class DDPMScheduler(AlphaScheduler):
         a_t = self._acp[t]
         a_prev = self._acp[prev_t] if prev_t >= 0 else 1.0
         b_t, b_prev = 1.0 - a_t, 1.0 - a_prev
-        cur_alpha = a_t / a_prev
+        # alpha_t / alpha_prev rounded to float32 as diffusers computes it: beta = 1 - that ratio is
+        # tiny near t = 0, so its rounding shows in the trajectory (float64 here moved a 2-step
+        # trajectory by 5e-5 relative from diffusers')
+        cur_alpha = float(np.float32(a_t) / np.float32(a_prev))
         cur_beta = 1.0 - cur_alpha
         plan = self._prediction(D.StepPlan(), cfg.prediction_type, a_t)
         self._clamping(plan)

@@ -58,11 +58,19 @@ class DPMSolverMultistepScheduler(SigmaScheduler):
             raise ValueError(f"final_sigmas_type='zero' is not supported with algorithm_type="
                              f"{cfg.algorithm_type!r} (its update divides by the final sigma, as in diffusers); "
                              "use final_sigmas_type='sigma_min'")
-        if cfg.variance_type not in (None, "learned", "learned_range"):
-            raise ValueError(f"variance_type must be None, 'learned' or 'learned_range', got {cfg.variance_type!r}")
+        # variance_type: only "learned" / "learned_range" change anything (the model output carries
+        # variance channels); diffusers ignores any other value, e.g. DDPM's "fixed_small" when a DDPM
+        # config is converted, and so does gankern
         if cfg.thresholding and not 0 <= cfg.dynamic_thresholding_ratio <= 1:
             raise ValueError(f"dynamic_thresholding_ratio must be in [0, 1] (a quantile), got "
                              f"{cfg.dynamic_thresholding_ratio}")
+
+    def index_for_timestep(self, timestep, schedule_timesteps=None) -> int:
+        """As diffusers' DPM-Solver: a timestep missing from the schedule maps to the last step."""
+        try:
+            return super().index_for_timestep(timestep, schedule_timesteps)
+        except ValueError:
+            return len(self._ts_host) - 1 if schedule_timesteps is None else len(schedule_timesteps) - 1
 
     def _fused(self) -> bool:
         """Whether steps run the fused kernel (DPM-Solver++ / SDE-DPM-Solver++ of order <= 2); the
