@@ -13,6 +13,8 @@ Environment:
                             tests run it with GANKERN_CUDA_EMULATOR=1, see csrc/emulator/runtime.h)
   GANKERN_BUILD_TYPE=Release|Debug|RelWithDebInfo
   GANKERN_BUILD_JOBS=N      parallel compile jobs (default: all cores)
+  GANKERN_SANITIZE=address  build gankern._C with AddressSanitizer (tests only: load it with libasan
+                            preloaded, see .ci/asan)
 """
 import os
 import shutil
@@ -73,6 +75,7 @@ class CMakeBuild(build_ext):
             f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
             f"-DGANKERN_CUDA={'ON' if build_cuda else 'OFF'}",
             f"-DGANKERN_CUDA_EMULATOR={'ON' if os.environ.get('GANKERN_BUILD_EMULATOR') == '1' else 'OFF'}",
+            f"-DGANKERN_SANITIZE={os.environ.get('GANKERN_SANITIZE', '')}",
         ]
         if build_cuda:
             args += [f"-DCMAKE_CUDA_COMPILER={nvcc}",
