@@ -49,12 +49,14 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline")
     b.add_argument("--budget", type=float, help="seconds of timing per measurement")
     b.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    b.add_argument("--standalone", action="store_true",
+                   help="also time each gankern call alone in a fresh process (the 'fresh-process ms' column)")
     args = parser.parse_args(argv)
     if args.cmd == "info":
         return info()
     from gankern.bench.runner import run
     run(args.device, args.ops.split(",") if args.ops else None, args.out, args.full, not args.no_compile,
-        args.budget, not args.no_progress)
+        args.budget, not args.no_progress, args.standalone)
     return 0
 
 
