@@ -5,6 +5,7 @@
 #include <pybind11/stl.h>
 
 #include "bias_act/bias_act.h"
+#include "common/cpu_memory.h"
 #include "diffusion/diffusion.h"
 #include "vae/vae.h"
 #include "norm/norm.h"
@@ -17,6 +18,10 @@ PYBIND11_MODULE(_C, m) {
   m.doc() = "gankern CPU kernels (C++/OpenMP)";
   m.def("set_num_threads", [](int n) { omp_set_num_threads(n); });
   m.def("get_max_threads", []() { return omp_get_max_threads(); });
+  m.def("huge_pages", []() { return gk::huge_pages_pay(); },
+        "whether large fresh outputs get the huge-page hint in this process (measured at first use)");
+  m.def("cpu_clone", []() { return std::string(gk::cpu_clone()); },
+        "the GK_CPU_CLONES version the kernels run on this CPU (GANKERN_CPU_CLONES build switch)");
 
   // ---- bias_act ----
   m.def(

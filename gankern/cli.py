@@ -24,7 +24,9 @@ def info() -> int:
     for status in gankern.backends().values():
         print(f"  {status}")
     print("\ndevices:")
-    print(f"  cpu     {_cpu_name()}, {torch.get_num_threads()} threads")
+    clone = (f", kernels: {_native.cpu.cpu_clone()} clone, huge-page hint "
+             f"{'on' if _native.cpu.huge_pages() else 'off'}") if _native.cpu is not None else ""
+    print(f"  cpu     {_cpu_name()}, {torch.get_num_threads()} threads{clone}")
     if torch.cuda.is_available():
         for i in range(torch.cuda.device_count()):
             p = torch.cuda.get_device_properties(i)

@@ -35,7 +35,9 @@ GK_CPU_CLONES void run_vector_bias(float* __restrict out, const float* __restric
 template <typename ScalarRun, typename VectorRun>
 void for_each_run(const Params& p, const float* b, ScalarRun scalar_run, VectorRun vector_run) {
   const std::int64_t nblocks = (p.n + kBlock - 1) / kBlock;
-#pragma omp parallel for schedule(static)
+  // Dynamic, 2 MiB (one huge page) per grab: a thread that loses its core to another process
+  // leaves its unstarted blocks to the others instead of holding up the pass with a static half.
+#pragma omp parallel for schedule(dynamic, 32)
   for (std::int64_t blk = 0; blk < nblocks; ++blk) {
     const std::int64_t hi = std::min(p.n, (blk + 1) * kBlock);
     std::int64_t pos = blk * kBlock;

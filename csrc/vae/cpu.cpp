@@ -209,7 +209,7 @@ GK_AVX2_FMA void box_muller_interleave_avx2(const Uniforms* __restrict U, int m,
   }
 }
 
-const bool kCpuHasAvx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+const bool kCpuHasAvx2 = GK_CPU_HAND_SIMD && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 #endif
 
 // Tests switch the SIMD paths off to check the portable code on AVX2 machines too.

@@ -124,6 +124,10 @@ def machine_info(device: torch.device) -> dict:
         "platform": platform.platform(), "cpu": _cpu_name(), "cpu_threads": torch.get_num_threads(),
         "device": str(device),
     }
+    from .. import _native
+    if device.type == "cpu" and _native.cpu is not None:
+        info["cpu_clone"] = _native.cpu.cpu_clone()
+        info["huge_pages"] = _native.cpu.huge_pages()
     try:
         import triton
         info["triton"] = triton.__version__
