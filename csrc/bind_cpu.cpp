@@ -1,11 +1,11 @@
 // gankern._C: the CPU kernels. Functions take raw addresses (tensor.data_ptr()), sizes, strides and
 // scalars; Python validates and allocates (gankern/ops/). One section per op family.
-#include <omp.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
 #include "bias_act/bias_act.h"
 #include "common/cpu_memory.h"
+#include "common/thread_pool.h"
 #include "diffusion/diffusion.h"
 #include "vae/vae.h"
 #include "norm/norm.h"
@@ -15,9 +15,9 @@ using gk::ptr;
 using std::uintptr_t;
 
 PYBIND11_MODULE(_C, m) {
-  m.doc() = "gankern CPU kernels (C++/OpenMP)";
-  m.def("set_num_threads", [](int n) { omp_set_num_threads(n); });
-  m.def("get_max_threads", []() { return omp_get_max_threads(); });
+  m.doc() = "gankern CPU kernels (C++, csrc/common/thread_pool.h)";
+  m.def("set_num_threads", [](int n) { gk::ThreadPool::get().set_threads(n); });
+  m.def("get_max_threads", []() { return gk::cpu_threads(); });
   m.def("huge_pages", []() { return gk::huge_pages_pay(); },
         "whether large fresh outputs get the huge-page hint in this process (measured at first use)");
   m.def("cpu_clone", []() { return std::string(gk::cpu_clone()); },

@@ -1,9 +1,10 @@
-// bias_act on the CPU: one pass over memory, OpenMP over fixed-size blocks, vectorized loops.
+// bias_act on the CPU: one pass over memory, the thread pool (common/thread_pool.h) over fixed-size blocks, vectorized loops.
 #include <algorithm>
 #include <limits>
 
 #include "bias_act/bias_act.h"
 #include "common/cpu_memory.h"
+#include "common/thread_pool.h"
 
 namespace gk::bias_act {
 namespace {
@@ -35,10 +36,11 @@ GK_CPU_CLONES void run_vector_bias(float* __restrict out, const float* __restric
 template <typename ScalarRun, typename VectorRun>
 void for_each_run(const Params& p, const float* b, ScalarRun scalar_run, VectorRun vector_run) {
   const std::int64_t nblocks = (p.n + kBlock - 1) / kBlock;
-  // Dynamic, 2 MiB (one huge page) per grab: a thread that loses its core to another process
-  // leaves its unstarted blocks to the others instead of holding up the pass with a static half.
-#pragma omp parallel for schedule(dynamic, 32)
-  for (std::int64_t blk = 0; blk < nblocks; ++blk) {
+  // Claimed up to 2 MiB (one huge page) at a time, at least 4 claims per thread: a thread that
+  // loses its core to another process leaves its unstarted blocks to the others instead of
+  // holding up the pass with a static share (csrc/common/thread_pool.h).
+  const std::int64_t grain = std::clamp<std::int64_t>(nblocks / (4 * cpu_threads()), 1, 32);
+  parallel_for(nblocks, grain, [&](std::int64_t blk) {
     const std::int64_t hi = std::min(p.n, (blk + 1) * kBlock);
     std::int64_t pos = blk * kBlock;
     while (pos < hi) {
@@ -57,7 +59,7 @@ void for_each_run(const Params& p, const float* b, ScalarRun scalar_run, VectorR
         pos += len;
       }
     }
-  }
+  });
 }
 
 template <bool kBwd>

@@ -1,6 +1,6 @@
 // VAE sampling on the CPU. Normals are made in L1-sized tiles of kTile elements (AVX2 intrinsics
 // where the CPU has them, else portable code GCC vectorizes); the fused ops consume a tile while it
-// is still in L1, so eps never reaches memory. OpenMP splits the elements into fixed blocks of
+// is still in L1, so eps never reaches memory. The thread pool splits the elements into fixed blocks of
 // kKlBlock, which also makes the KL partial sums independent of the thread count.
 // The portable loops rely on -fno-trapping-math (CMakeLists.txt) to vectorize their float selects.
 #include <algorithm>
@@ -12,6 +12,7 @@
 
 #include "common/activations.h"
 #include "common/cpu_memory.h"
+#include "common/thread_pool.h"
 #include "vae/vae.h"
 
 namespace gk::vae {
@@ -453,8 +454,8 @@ constexpr std::int64_t kParallelBlocks = 64;
 template <typename F>
 inline void parallel_blocks(std::int64_t n, F&& f) {
   const std::int64_t nblocks = (n + kKlBlock - 1) / kKlBlock;
-#pragma omp parallel for schedule(dynamic, 1) if (nblocks >= kParallelBlocks)
-  for (std::int64_t blk = 0; blk < nblocks; ++blk) f(blk, blk * kKlBlock, std::min(n, (blk + 1) * kKlBlock));
+  parallel_for(nblocks, 1, [&](std::int64_t blk) { f(blk, blk * kKlBlock, std::min(n, (blk + 1) * kKlBlock)); },
+               nblocks >= kParallelBlocks);
 }
 
 }  // namespace
