@@ -50,9 +50,6 @@ GK_HOST_DEVICE inline float bits_to_f32(std::int32_t b) {
   return f;
 }
 
-template <typename T>
-inline T* ptr(std::uintptr_t p) { return reinterpret_cast<T*>(p); }
-
 #if !defined(__CUDACC__)
 // Which GK_CPU_CLONES version this CPU runs, given the clones this module was built with.
 inline const char* cpu_clone() {
