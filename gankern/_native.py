@@ -51,7 +51,7 @@ else:
     cuda, cuda_error = _load("_cuda")
 
 if cpu is not None:
-    # One thread pool size for torch and our OpenMP kernels.
+    # One thread count for torch and our kernels (csrc/common/thread_pool.h).
     cpu.set_num_threads(torch.get_num_threads())
 
 

@@ -60,3 +60,13 @@ def like(t: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     out = torch.empty_like(ref, dtype=t.dtype)
     out.copy_(t)
     return out
+
+
+def autocast_input(x: torch.Tensor) -> torch.Tensor:
+    """Under torch.autocast for x's device, x in the autocast dtype (bf16/fp16), so a gankern layer
+    runs its kernels in that dtype as torch's own autocast-listed layers do; otherwise x unchanged.
+    gankern's ops are custom ops, which autocast does not cast by itself."""
+    dev = x.device.type
+    if x.is_floating_point() and torch.is_autocast_enabled(dev):
+        return x.to(torch.get_autocast_dtype(dev))
+    return x

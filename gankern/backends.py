@@ -3,7 +3,7 @@
 Four backends implement every op behind one signature:
     reference  pure PyTorch (gankern/reference/): the specification, any device and dtype
     triton     Triton kernels (GPU; on CPU only under TRITON_INTERPRET=1, for tests)
-    cpu        C++/OpenMP kernels in gankern._C
+    cpu        C++ kernels in gankern._C (own thread pool)
     cuda       CUDA kernels in gankern._cuda (on CPU only under GANKERN_CUDA_EMULATOR=1, for tests:
                the same kernels in gankern._cuda_emu, see csrc/emulator/runtime.h)
 
@@ -77,7 +77,7 @@ def backends() -> dict[str, BackendStatus]:
     out["triton"] = BackendStatus("triton", ok, why)
 
     if _native.cpu is not None:
-        out["cpu"] = BackendStatus("cpu", True, f"gankern._C, {_native.cpu.get_max_threads()} OpenMP threads")
+        out["cpu"] = BackendStatus("cpu", True, f"gankern._C, {_native.cpu.get_max_threads()} threads")
     else:
         out["cpu"] = BackendStatus("cpu", False, _native.cpu_error)
 

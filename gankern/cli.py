@@ -24,7 +24,9 @@ def info() -> int:
     for status in gankern.backends().values():
         print(f"  {status}")
     print("\ndevices:")
-    print(f"  cpu     {_cpu_name()}, {torch.get_num_threads()} threads")
+    clone = (f", kernels: {_native.cpu.cpu_clone()} clone, huge-page hint "
+             f"{'on' if _native.cpu.huge_pages() else 'off'}") if _native.cpu is not None else ""
+    print(f"  cpu     {_cpu_name()}, {torch.get_num_threads()} threads{clone}")
     if torch.cuda.is_available():
         for i in range(torch.cuda.device_count()):
             p = torch.cuda.get_device_properties(i)
@@ -49,12 +51,14 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline")
     b.add_argument("--budget", type=float, help="seconds of timing per measurement")
     b.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    b.add_argument("--standalone", action="store_true",
+                   help="also time each gankern call alone in a fresh process (the 'fresh-process ms' column)")
     args = parser.parse_args(argv)
     if args.cmd == "info":
         return info()
     from gankern.bench.runner import run
     run(args.device, args.ops.split(",") if args.ops else None, args.out, args.full, not args.no_compile,
-        args.budget, not args.no_progress)
+        args.budget, not args.no_progress, args.standalone)
     return 0
 
 

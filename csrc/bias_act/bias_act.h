@@ -14,7 +14,7 @@ namespace gk::bias_act {
 
 // One pass (forward or backward) over n = x.numel elements.
 #define GK_BIAS_ACT_PARAMS(X)                                                          \
-  X(gk::View, x, "input; dense, any permutation; float32 (CPU), float32/16/bf16 (CUDA)") \
+  X(gk::View, x, "input; dense, any permutation; float32, float16 or bfloat16") \
   X(gk::View, b, "bias: float32 [C], or None")                                          \
   X(gk::View, dy, "backward: gradient of y, x's dtype and strides; forward: None")      \
   X(gk::View, out, "y (forward) or dx (backward): x's dtype and strides")               \

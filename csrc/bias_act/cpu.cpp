@@ -1,14 +1,16 @@
-// bias_act on the CPU: one pass over memory, OpenMP over fixed-size blocks, vectorized loops.
+// bias_act on the CPU: one pass over memory, the thread pool (common/thread_pool.h) over fixed-size blocks, vectorized loops.
 #include <algorithm>
 #include <limits>
 
 #include "bias_act/bias_act.h"
+#include "common/cpu_dtypes.h"
 #include "common/cpu_memory.h"
+#include "common/thread_pool.h"
 
 namespace gk::bias_act {
 namespace {
 
-constexpr std::int64_t kBlock = 1 << 14;  // 64 KiB of fp32 per task: fits L2, amortizes scheduling
+constexpr std::int64_t kBlock = 1 << 14;  // elements per block (64 KiB of fp32): fits L2, amortizes scheduling
 
 // The two vectorizable run shapes: one bias for the whole run (channel not innermost), or one bias
 // per element (channels innermost, e.g. channels_last). kBwd: out = dL/dx from dy, else out = y.
@@ -42,8 +44,11 @@ GK_CPU_CLONES void run_vector_bias(T* __restrict out, const T* __restrict dy, co
 template <typename ScalarRun, typename VectorRun>
 void for_each_run(std::int64_t n, const Params& p, const float* b, ScalarRun scalar_run, VectorRun vector_run) {
   const std::int64_t nblocks = (n + kBlock - 1) / kBlock;
-#pragma omp parallel for schedule(static)
-  for (std::int64_t blk = 0; blk < nblocks; ++blk) {
+  // Claimed up to 2 MiB of fp32 (one huge page) at a time, at least 4 claims per thread: a thread
+  // that loses its core to another process leaves its unstarted blocks to the others instead of
+  // holding up the pass with a static share (csrc/common/thread_pool.h).
+  const std::int64_t grain = std::clamp<std::int64_t>(nblocks / (4 * cpu_threads()), 1, 32);
+  parallel_for(nblocks, grain, [&](std::int64_t blk) {
     const std::int64_t hi = std::min(n, (blk + 1) * kBlock);
     std::int64_t pos = blk * kBlock;
     while (pos < hi) {
@@ -62,7 +67,7 @@ void for_each_run(std::int64_t n, const Params& p, const float* b, ScalarRun sca
         pos += len;
       }
     }
-  }
+  });
 }
 
 template <typename T, bool kBwd>
@@ -93,12 +98,12 @@ void run(const Params& p) {
   });
 }
 
-// The storage types the CPU kernels take (a CPU bf16/fp16 type joins this list).
+// The storage types the CPU kernels take: fp32, bf16, fp16 (common/cpu_dtypes.h), math in fp32.
 template <bool kBwd>
 void dispatch(const Params& p) {
   const char* op = kBwd ? "bias_act_backward" : "bias_act";
   check_args(op, p, kBwd);
-  dispatch_types<float>(p.x.dtype, op, [&](auto tag) { run<decltype(tag), kBwd>(p); });
+  dispatch_types<float, bf16, fp16>(p.x.dtype, op, [&](auto tag) { run<decltype(tag), kBwd>(p); });
 }
 
 }  // namespace

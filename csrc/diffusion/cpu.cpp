@@ -1,4 +1,4 @@
-// Diffusion kernels on the CPU: OpenMP over fixed-size chunks of the flat [B, S] index space, each
+// Diffusion kernels on the CPU: the thread pool (common/thread_pool.h) over fixed-size chunks of the flat [B, S] index space, each
 // chunk split at sample boundaries into runs with constant per-sample factors, each run processed in
 // L1-sized tiles by one branch-free, vectorized loop. Noise is generated per tile into a stack
 // buffer (never materialized in memory).
@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "common/philox.h"
+#include "common/thread_pool.h"
 #include "random/random.h"
 #include "diffusion/diffusion.h"
 
@@ -15,7 +16,7 @@ namespace {
 
 constexpr std::int64_t kChunk = 1 << 15;  // elements per parallel task (128 KiB of fp32 per stream)
 constexpr std::int64_t kTile = 1024;      // elements per inner tile: noise / scratch buffers stay in L1
-// Below this many elements one thread streams the data faster than waking the OpenMP team costs
+// Below this many elements one thread streams the data faster than waking a pool thread costs
 // on shared, loaded cores (a futex wake-up can take milliseconds there).
 constexpr std::int64_t kParallelMin = 1 << 18;
 
@@ -60,8 +61,7 @@ void step_impl(const float* mo, const float* x, const float* hist, const float* 
   const float* c = p.c;
   // dynamic: on shared cores one thread is often descheduled; the other then takes the remaining
   // chunks instead of idling at the barrier (chunks are independent: results do not depend on it)
-#pragma omp parallel for schedule(dynamic, 1) if (n >= kParallelMin)
-  for (std::int64_t ch = 0; ch < nchunks; ++ch) {
+  parallel_for(nchunks, 1, [&](std::int64_t ch) {
     alignas(64) float zbuf[kTile + 8], zs[kTile], prev_scratch[kTile], x0_scratch[kTile];
     const std::int64_t hi = std::min(n, (ch + 1) * kChunk);
     std::int64_t pos = ch * kChunk;
@@ -99,7 +99,7 @@ void step_impl(const float* mo, const float* x, const float* hist, const float* 
       }
       pos = run_end;
     }
-  }
+  }, n >= kParallelMin);
 }
 
 template <typename F>
@@ -136,8 +136,7 @@ void step_cpu(const float* mo, const float* x, const float* hist, const float* n
 void rescale_sums_cpu(const float* mo, std::int64_t B, std::int64_t S, std::int64_t mo_stride, float g, double* out) {
   const std::int64_t per = (S + kSumChunk - 1) / kSumChunk, tasks = B * per;
   std::vector<double> part(static_cast<std::size_t>(tasks) * 4);
-#pragma omp parallel for schedule(static) if (B * S >= kParallelMin)
-  for (std::int64_t t = 0; t < tasks; ++t) {
+  parallel_for(tasks, 1, [&](std::int64_t t) {
     const std::int64_t b = t / per, j = t - b * per;
     const std::int64_t lo = j * kSumChunk, hi = std::min(S, lo + kSumChunk);
     const float* u = mo + b * mo_stride;
@@ -150,7 +149,7 @@ void rescale_sums_cpu(const float* mo, std::int64_t B, std::int64_t S, std::int6
     }
     double* o = part.data() + 4 * t;
     o[0] = sc; o[1] = sc2; o[2] = sm; o[3] = sm2;
-  }
+  }, B * S >= kParallelMin);
   for (std::int64_t b = 0; b < B; ++b) {
     double acc[4] = {0, 0, 0, 0};
     for (std::int64_t j = 0; j < per; ++j)
@@ -161,8 +160,7 @@ void rescale_sums_cpu(const float* mo, std::int64_t B, std::int64_t S, std::int6
 
 void threshold_cpu(const float* x0, std::int64_t B, std::int64_t S, std::int64_t lo, float w, float max_value,
                    float* s) {
-#pragma omp parallel for schedule(dynamic, 1) if (B > 1 && B * S >= kParallelMin)
-  for (std::int64_t b = 0; b < B; ++b) {
+  parallel_for(B, 1, [&](std::int64_t b) {
     std::vector<float> a(static_cast<std::size_t>(S));
     const float* src = x0 + b * S;
     for (std::int64_t i = 0; i < S; ++i) a[i] = std::fabs(src[i]);
@@ -178,14 +176,13 @@ void threshold_cpu(const float* x0, std::int64_t B, std::int64_t S, std::int64_t
     q = q < 1.f ? 1.f : q;
     q = q > max_value ? max_value : q;
     s[b] = q;
-  }
+  }, B > 1 && B * S >= kParallelMin);
 }
 
 void lincomb_cpu(const float* x, const float* y, const float* ca, const float* cb, float* out, std::int64_t B,
                  std::int64_t S) {
   const std::int64_t n = B * S, nchunks = (n + kChunk - 1) / kChunk;
-#pragma omp parallel for schedule(static) if (n >= kParallelMin)
-  for (std::int64_t ch = 0; ch < nchunks; ++ch) {
+  parallel_for(nchunks, 1, [&](std::int64_t ch) {
     const std::int64_t hi = std::min(n, (ch + 1) * kChunk);
     for (std::int64_t pos = ch * kChunk; pos < hi;) {
       const std::int64_t b = pos / S, end = std::min(hi, (b + 1) * S);
@@ -196,15 +193,14 @@ void lincomb_cpu(const float* x, const float* y, const float* ca, const float* c
       for (std::int64_t i = 0; i < end - pos; ++i) o[i] = a * xs[i] + c * ys[i];
       pos = end;
     }
-  }
+  }, n >= kParallelMin);
 }
 
 void loss_sums_cpu(const float* mo, const float* x0, const float* noise, const float* tx, const float* tn,
                    double* sums, std::int64_t B, std::int64_t S) {
   const std::int64_t per = (S + kSumChunk - 1) / kSumChunk, tasks = B * per;
   std::vector<double> part(static_cast<std::size_t>(tasks));
-#pragma omp parallel for schedule(static) if (B * S >= kParallelMin)
-  for (std::int64_t t = 0; t < tasks; ++t) {
+  parallel_for(tasks, 1, [&](std::int64_t t) {
     const std::int64_t b = t / per, j = t - b * per;
     const std::int64_t lo = b * S + j * kSumChunk, hi = b * S + std::min(S, (j + 1) * kSumChunk);
     const float a = tx[b], c = tn[b];
@@ -220,7 +216,7 @@ void loss_sums_cpu(const float* mo, const float* x0, const float* noise, const f
       acc += f;
     }
     part[t] = acc;
-  }
+  }, B * S >= kParallelMin);
   for (std::int64_t b = 0; b < B; ++b) {
     double acc = 0;
     for (std::int64_t j = 0; j < per; ++j) acc += part[b * per + j];
@@ -231,8 +227,7 @@ void loss_sums_cpu(const float* mo, const float* x0, const float* noise, const f
 void loss_backward_cpu(const float* mo, const float* x0, const float* noise, const float* tx, const float* tn,
                        const float* k, float* dmo, std::int64_t B, std::int64_t S) {
   const std::int64_t n = B * S, nchunks = (n + kChunk - 1) / kChunk;
-#pragma omp parallel for schedule(static) if (n >= kParallelMin)
-  for (std::int64_t ch = 0; ch < nchunks; ++ch) {
+  parallel_for(nchunks, 1, [&](std::int64_t ch) {
     const std::int64_t hi = std::min(n, (ch + 1) * kChunk);
     for (std::int64_t pos = ch * kChunk; pos < hi;) {
       const std::int64_t b = pos / S, end = std::min(hi, (b + 1) * S);
@@ -240,7 +235,7 @@ void loss_backward_cpu(const float* mo, const float* x0, const float* noise, con
       for (std::int64_t i = pos; i < end; ++i) dmo[i] = s * (mo[i] - (a * x0[i] + c * noise[i]));
       pos = end;
     }
-  }
+  }, n >= kParallelMin);
 }
 
 }  // namespace

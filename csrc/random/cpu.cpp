@@ -10,6 +10,7 @@
 #endif
 
 #include "common/cpu_memory.h"
+#include "common/thread_pool.h"
 #include "random/random.h"
 
 namespace gk::random {
@@ -204,7 +205,7 @@ GK_AVX2_FMA void box_muller_interleave_avx2(const Uniforms* __restrict U, int m,
   }
 }
 
-const bool kCpuHasAvx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+const bool kCpuHasAvx2 = GK_CPU_HAND_SIMD && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 #endif
 
 // Tests switch the SIMD paths off to check the portable code on AVX2 machines too.
@@ -274,12 +275,11 @@ void randn(const Params& p, Stream) {
   const auto seed = static_cast<std::uint64_t>(p.seed), offset = static_cast<std::uint64_t>(p.offset);
   advise_huge_pages(out, n * 4);
   const std::int64_t nblocks = (n + kBlock - 1) / kBlock;
-#pragma omp parallel for schedule(dynamic, 1) if (nblocks >= kParallelBlocks)
-  for (std::int64_t blk = 0; blk < nblocks; ++blk) {
+  parallel_for(nblocks, 1, [&](std::int64_t blk) {
     const std::int64_t b1 = std::min(n, (blk + 1) * kBlock);
     for (std::int64_t t = blk * kBlock; t < b1; t += kTile)
       randn_elements(seed, offset, t, std::min<std::int64_t>(kTile, b1 - t), out + t);
-  }
+  }, nblocks >= kParallelBlocks);
 }
 
 void set_simd(const SimdParams& p, Stream) { set_cpu_simd(p.enabled); }

@@ -1,5 +1,5 @@
 // VAE sampling on the CPU. Normals come in L1-sized tiles (csrc/random/cpu.cpp); the fused ops
-// consume a tile while it is still in L1, so eps never reaches memory. OpenMP splits the elements
+// consume a tile while it is still in L1, so eps never reaches memory. The thread pool (common/thread_pool.h) splits the elements
 // into fixed blocks of kKlBlockCpu, which also makes the KL partial sums independent of the thread
 // count.
 // The portable loops rely on -fno-trapping-math (CMakeLists.txt) to vectorize their float selects.
@@ -12,6 +12,7 @@
 
 #include "common/activations.h"
 #include "common/cpu_memory.h"
+#include "common/thread_pool.h"
 #include "random/random.h"
 #include "vae/vae.h"
 
@@ -221,8 +222,8 @@ constexpr std::int64_t kParallelBlocks = 64;
 template <typename F>
 inline void parallel_blocks(std::int64_t n, F&& f) {
   const std::int64_t nblocks = (n + kKlBlockCpu - 1) / kKlBlockCpu;
-#pragma omp parallel for schedule(dynamic, 1) if (nblocks >= kParallelBlocks)
-  for (std::int64_t blk = 0; blk < nblocks; ++blk) f(blk, blk * kKlBlockCpu, std::min(n, (blk + 1) * kKlBlockCpu));
+  parallel_for(nblocks, 1, [&](std::int64_t blk) { f(blk, blk * kKlBlockCpu, std::min(n, (blk + 1) * kKlBlockCpu)); },
+               nblocks >= kParallelBlocks);
 }
 
 }  // namespace

@@ -149,7 +149,10 @@ def _prepare(x, b, dim, act, clamp):
 
 def _register_native(backend):
     """The cpu and cuda backends: the same Params to the same entry points of either module."""
-    @register("bias_act", backend)
+    # the CPU kernels load and store fp32, bf16 or fp16 (csrc/common/cpu_dtypes.h), math in fp32
+    dtypes = dict(cpu_dtypes=(torch.float32, torch.bfloat16, torch.float16)) if backend == "cpu" else {}
+
+    @register("bias_act", backend, **dtypes)
     def forward(x, b, dim, act, alpha, gain, clamp):
         x, bf, C, cstride, code, clamp = _prepare(x, b, dim, act, clamp)
         y = T.empty_like(x)
@@ -157,7 +160,7 @@ def _register_native(backend):
                                                    alpha=alpha, gain=gain, clamp=clamp)
         return y
 
-    @register("bias_act_backward", backend)
+    @register("bias_act_backward", backend, **dtypes)
     def backward(dy, x, b, dim, act, alpha, gain, clamp):
         x, bf, C, cstride, code, clamp = _prepare(x, b, dim, act, clamp)
         dx = T.empty_like(x)
