@@ -129,9 +129,9 @@ def _layer_norm_backward_ref(dy, dh, h, mean, rstd, weight):
     dx = rstd.to(hf.dtype)[..., None] * (g - g.mean(-1, keepdim=True) - xhat * (g * xhat).mean(-1, keepdim=True))
     if dh is not None:
         dx = dx + dh.to(hf.dtype)
-    rows = tuple(range(h.ndim - 1))
     sd = _stat_dtype(h)
-    return dx.to(h.dtype), (dyf * xhat).sum(rows).to(sd), dyf.sum(rows).to(sd)
+    flat = h.shape[-1]  # rows flattened: .sum(()) over no dims would reduce everything
+    return (dx.to(h.dtype), (dyf * xhat).reshape(-1, flat).sum(0).to(sd), dyf.reshape(-1, flat).sum(0).to(sd))
 
 
 def _rows(x):
