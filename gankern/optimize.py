@@ -64,6 +64,8 @@ class OptimizeReport:
 # model class name -> (use channels_last, why). Models not listed stay in their layout.
 _CHANNELS_LAST = {
     "AutoencoderKL": (True, "decode 1.15-1.25x faster with NHWC convolutions"),
+    "Decoder": (True, "as AutoencoderKL"),
+    "Encoder": (True, "as AutoencoderKL"),
     "UNet2DModel": (True, "convolutions dominate; NHWC convolutions faster"),
     "UNet2DConditionModel": (False, "measured 0.93-1.01x: attention and matmuls dominate"),
 }
@@ -82,8 +84,9 @@ def _act_of(m: nn.Module) -> tuple[str, float | None] | None:
 
 
 def _has_hooks(m: nn.Module) -> bool:
-    return any(getattr(m, a, None) for a in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks",
-                                             "_backward_pre_hooks"))
+    """Hooks the user registered (optimize's own dtype-casting pre-hook does not count)."""
+    pre = [h for h in getattr(m, "_forward_pre_hooks", {}).values() if h is not _cast_inputs]
+    return bool(pre) or any(getattr(m, a, None) for a in ("_forward_hooks", "_backward_hooks", "_backward_pre_hooks"))
 
 
 class _Walk:
@@ -275,23 +278,31 @@ def _remaining_group_norms(w: _Walk) -> None:
 
 
 def _apply_channels_last(model: nn.Module, w: _Walk, channels_last: bool | None) -> bool:
-    decision = _CHANNELS_LAST.get(type(model).__name__)
-    if channels_last is None:
-        if decision is None:
-            w.report.layouts.append((w.name(model), "unchanged (no measurement for this model class)"))
-            return False
-        channels_last, why = decision
+    """Decide the layout of each measured model class inside `model` (the outermost match wins)
+    and give the chosen ones NHWC convolution weights; True if any went channels_last."""
+    if channels_last is not None:
+        targets = [(model, channels_last, f"asked for (channels_last={channels_last})")]
     else:
-        why = "asked for (channels_last=True)" if channels_last else "asked for (channels_last=False)"
-    if not channels_last:
-        w.report.layouts.append((w.name(model), f"NCHW kept: {why}"))
-        return False
-    # Module._apply assigns param.data: the Parameter objects themselves are kept.
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d | nn.ConvTranspose2d) and m.weight.ndim == 4:
-            m.weight.data = m.weight.data.contiguous(memory_format=torch.channels_last)
-    w.report.layouts.append((w.name(model), f"channels_last convolution weights: {why}"))
-    return True
+        targets, inside = [], set()
+        for m in model.modules():
+            decision = _CHANNELS_LAST.get(type(m).__name__)
+            if decision is not None and id(m) not in inside:
+                targets.append((m, *decision))
+                inside.update(id(s) for s in m.modules())
+        if not targets:
+            w.report.layouts.append((w.name(model), "unchanged (no measurement for this model class)"))
+    any_cl = False
+    for m, cl, why in targets:
+        if not cl:
+            w.report.layouts.append((w.name(m), f"NCHW kept: {why}"))
+            continue
+        # Assigning .data keeps the Parameter objects (optimizers and ties stay valid).
+        for conv in m.modules():
+            if isinstance(conv, (nn.Conv2d, nn.ConvTranspose2d)) and conv.weight.ndim == 4:
+                conv.weight.data = conv.weight.data.contiguous(memory_format=torch.channels_last)
+        w.report.layouts.append((w.name(m), f"channels_last convolution weights: {why}"))
+        any_cl = True
+    return any_cl
 
 
 def _optimize_module(model: nn.Module, report: OptimizeReport, prefix: str, fold_bn: bool,
@@ -339,8 +350,35 @@ def _swap_scheduler(pipe, report: OptimizeReport) -> None:
     report.scheduler = f"{name} -> gankern.schedulers.{name} (same config, fused step)"
 
 
+def _cast_inputs(module, args, kwargs):
+    """Forward pre-hook of a model optimized with dtype=: floating-point tensor arguments are cast
+    to the model's compute dtype (module-level, so the hooked model still pickles)."""
+    dtype = module.gankern_dtype
+
+    def cast(v):
+        return v.to(dtype) if isinstance(v, torch.Tensor) and v.is_floating_point() and v.dtype != dtype else v
+    return tuple(cast(a) for a in args), {k: cast(v) for k, v in kwargs.items()}
+
+
+def _convert_dtype(model: nn.Module, dtype: torch.dtype, name: str, report: OptimizeReport, hook: bool) -> None:
+    """Parameters and floating buffers to `dtype` through .data (the objects are kept)."""
+    for t in list(model.parameters()) + list(model.buffers()):
+        if t.is_floating_point() and t.dtype != dtype:
+            t.data = t.data.to(dtype)
+    if hook:
+        # The model's forward and its direct children: other entry points such as
+        # AutoencoderKL.decode start with a child (post_quant_conv, decoder).
+        for m in (model, *model.children()):
+            if getattr(m, "gankern_dtype", None) is None:
+                m.register_forward_pre_hook(_cast_inputs, with_kwargs=True)
+            object.__setattr__(m, "gankern_dtype", dtype)
+    object.__setattr__(model, "gankern_dtype", dtype)
+    report.layouts.append((name or "<root>", f"parameters in {dtype} (opt-in: numerics change, relative error "
+                                              f"~1e-2 against float32{'; inputs cast by a pre-hook' if hook else ''})"))
+
+
 def optimize(obj, *, fold_bn: bool = False, channels_last: bool | None = None, inplace: bool = True,
-             swap_scheduler: bool = True):
+             swap_scheduler: bool = True, dtype: torch.dtype | None = None):
     """Swap the hot paths of a model or pipeline for gankern's fused layers.
 
     Args:
@@ -352,6 +390,11 @@ def optimize(obj, *, fold_bn: bool = False, channels_last: bool | None = None, i
             forces NHWC convolution weights on or leaves the layout alone.
         inplace: False optimizes a deep copy and returns it (the original is untouched).
         swap_scheduler: for pipelines, replace the scheduler with gankern.schedulers' equivalent.
+        dtype: opt-in compute dtype, e.g. torch.bfloat16 on CPUs with bf16 units (AVX512-BF16,
+            AMX): parameters are converted in place (same Parameter objects) and a module's
+            floating-point inputs are cast by a forward pre-hook; outputs come back in `dtype`.
+            This changes the numerics (bf16 keeps 8 bits of mantissa). Pipelines convert their
+            module components and handle their latents' dtype themselves.
     Returns:
         the OptimizeReport (inplace=True), or the optimized copy (inplace=False). Either way the
         report is also kept as `obj.gankern_report`.
@@ -362,14 +405,20 @@ def optimize(obj, *, fold_bn: bool = False, channels_last: bool | None = None, i
         raise TypeError(f"fold_bn must be a bool, got {type(fold_bn).__name__}")
     if channels_last is not None and not isinstance(channels_last, bool):
         raise TypeError(f"channels_last must be None or a bool, got {type(channels_last).__name__}")
+    if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
+        raise TypeError(f"dtype must be None or a floating-point torch.dtype, got {dtype!r}")
     if not inplace:
         obj = copy.deepcopy(obj)
     report = OptimizeReport()
     if isinstance(obj, nn.Module):
+        if dtype is not None:
+            _convert_dtype(obj, dtype, "", report, hook=True)
         _optimize_module(obj, report, "", fold_bn, channels_last)
     else:
         for name, comp in obj.components.items():
             if isinstance(comp, nn.Module):
+                if dtype is not None:
+                    _convert_dtype(comp, dtype, name, report, hook=False)
                 _optimize_module(comp, report, name, fold_bn, channels_last)
         if swap_scheduler:
             _swap_scheduler(obj, report)

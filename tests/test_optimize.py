@@ -427,3 +427,21 @@ def test_ddim_pipeline_same_images_and_scheduler_swap():
     got = fast(batch_size=2, num_inference_steps=4, generator=torch.Generator().manual_seed(0),
                output_type="np").images
     assert_close(torch.from_numpy(got), torch.from_numpy(want).double(), what="pipeline images")
+
+
+def test_bf16_opt_in_keeps_parameters_and_pickles():
+    vae = _vae().eval()
+    want = copy.deepcopy(vae)
+    params = list(vae.parameters())
+    report = gankern.optimize(vae, dtype=torch.bfloat16)
+    assert all(p is q and p.dtype == torch.bfloat16 for p, q in zip(vae.parameters(), params))
+    assert any("bfloat16" in what for _, what in report.layouts)
+    z = torch.randn(1, 4, 8, 8)
+    with torch.no_grad():
+        got = vae.decode(z).sample  # a float32 latent, cast by the pre-hook of post_quant_conv
+        ref = want.decode(z).sample
+        assert got.dtype == torch.bfloat16
+        assert_close(got, ref.double(), dtype=torch.bfloat16, scale=ref.abs().max().item(), what="bf16 decode")
+        assert _save_load(vae).decode(z).sample.dtype == torch.bfloat16
+    with pytest.raises(TypeError, match="dtype"):
+        gankern.optimize(nn.Linear(2, 2), dtype=torch.int8)
