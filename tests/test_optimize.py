@@ -411,6 +411,10 @@ def test_torch_compile_adds_no_graph_breaks():
     assert_close(torch.compile(block, fullgraph=True)(x, temb), want.double(), what="compiled fused block")
     explain = torch._dynamo.explain(model)(torch.randn(2, 3, 8, 8))
     assert explain.graph_break_count == 0
+    unet = gankern.optimize(_unet_cond(), inplace=False)
+    torch._dynamo.reset()
+    explain = torch._dynamo.explain(unet)(torch.randn(2, 4, 8, 8), torch.tensor([10, 500]), torch.randn(2, 7, 32))
+    assert explain.graph_break_count == 0, [r.reason for r in explain.break_reasons]
 
 
 def test_ddim_pipeline_same_images_and_scheduler_swap():
