@@ -122,37 +122,25 @@ def _geglu_backward_triton(dy, x, approximate):
     return tk.launch(dy.to(x.dtype).contiguous(), x, T.empty_like(x), rows, D, approximate == "tanh")
 
 
-if _native.cpu is not None and hasattr(_native.cpu, "geglu_forward"):
-    @register("geglu", "cpu")
-    def _geglu_cpu(x, approximate):
+def _register_native(backend):
+    """The cpu and cuda backends: the same Params (csrc/geglu/geglu.h) to either module."""
+    @register("geglu", backend)
+    def forward(x, approximate):
         x, rows, D = _rows(x)
         y = _out(x)
-        _native.cpu.geglu_forward(x.data_ptr(), y.data_ptr(), rows, D, approximate == "tanh")
+        _native.entry(backend, "geglu.forward")(x, x=x, dy=None, out=y, rows=rows, D=D, tanh=approximate == "tanh")
         return y
 
-    @register("geglu_backward", "cpu")
-    def _geglu_backward_cpu(dy, x, approximate):
+    @register("geglu_backward", backend)
+    def backward(dy, x, approximate):
         x, rows, D = _rows(x)
-        dy, dx = dy.to(x.dtype).contiguous(), T.empty_like(x)
-        _native.cpu.geglu_backward(dy.data_ptr(), x.data_ptr(), dx.data_ptr(), rows, D, approximate == "tanh")
+        dx = T.empty_like(x)
+        _native.entry(backend, "geglu.backward")(x, x=x, dy=dy.to(x.dtype).contiguous(), out=dx, rows=rows, D=D,
+                                                 tanh=approximate == "tanh")
         return dx
 
 
-if _native.cuda is not None and hasattr(_native.cuda, "geglu_forward"):
-    @register("geglu", "cuda")
-    def _geglu_cuda(x, approximate):
-        x, rows, D = _rows(x)
-        y = _out(x)
-        with _native.device_guard(x):
-            _native.cuda.geglu_forward(x.data_ptr(), y.data_ptr(), rows, D, approximate == "tanh",
-                                       _native.dtype_code(x), _native.cuda_stream(x))
-        return y
-
-    @register("geglu_backward", "cuda")
-    def _geglu_backward_cuda(dy, x, approximate):
-        x, rows, D = _rows(x)
-        dy, dx = dy.to(x.dtype).contiguous(), T.empty_like(x)
-        with _native.device_guard(x):
-            _native.cuda.geglu_backward(dy.data_ptr(), x.data_ptr(), dx.data_ptr(), rows, D, approximate == "tanh",
-                                        _native.dtype_code(x), _native.cuda_stream(x))
-        return dx
+# Registered only where the built module has the family (a module built before it existed lacks it).
+for _backend, _module in (("cpu", _native.cpu), ("cuda", _native.cuda)):
+    if _module is not None and hasattr(_module, "geglu"):
+        _register_native(_backend)

@@ -173,30 +173,40 @@ def _layer_norm_backward_triton(dy, dh, h, mean, rstd, weight):
     return dx, dw.to(sd), db.to(sd)
 
 
-if _native.cpu is not None and hasattr(_native.cpu, "layer_norm_forward"):
-    @register("layer_norm", "cpu")
-    def _layer_norm_cpu(x, residual, weight, bias, eps):
+def _parts(rows: int) -> int:
+    """Row partitions of the parameter gradients: fixed by the shape (never by the thread count),
+    so results are deterministic; enough to spread over threads / SMs, few enough to sum cheaply."""
+    return max(1, min(rows, 256))
+
+
+def _register_native(backend):
+    """The cpu and cuda backends: the same Params (csrc/layer_norm/layer_norm.h) to either module."""
+    @register("layer_norm", backend)
+    def forward(x, residual, weight, bias, eps):
         x, rows, D = _rows(x)
         y = T.empty_like(x)
-        h = T.empty_like(x) if residual is not None else x.new_empty(0)
-        mean, rstd = _stats(x, rows)
+        h = T.empty_like(x) if residual is not None else None
+        mean, rstd = (T.empty(x.shape[:-1], dtype=torch.float32, device=x.device) for _ in range(2))
         res = residual.to(x.dtype).contiguous() if residual is not None else None
-        wf, bf = _param(weight), _param(bias)
-        _native.cpu.layer_norm_forward(x.data_ptr(), _native.ptr(res), _native.ptr(wf), _native.ptr(bf), y.data_ptr(),
-                                       _native.ptr(h if residual is not None else None), mean.data_ptr(),
-                                       rstd.data_ptr(), rows, D, eps)
-        return y, h, mean, rstd
+        _native.entry(backend, "layer_norm.forward")(x, x=x, residual=res, weight=_param(weight), bias=_param(bias),
+                                                     y=y, h=h, mean=mean, rstd=rstd, rows=rows, D=D, eps=eps)
+        return y, (h if h is not None else x.new_empty(0)), mean, rstd
 
-    @register("layer_norm_backward", "cpu")
-    def _layer_norm_backward_cpu(dy, dh, h, mean, rstd, weight):
+    @register("layer_norm_backward", backend)
+    def backward(dy, dh, h, mean, rstd, weight):
         h, rows, D = _rows(h)
-        dy = dy.to(h.dtype).contiguous()
-        dh = dh.to(h.dtype).contiguous() if dh is not None else None
+        parts = _parts(rows)
         dx = T.empty_like(h)
-        parts = _native.cpu.layer_norm_partitions(rows)
-        dwp = torch.empty(parts, D, dtype=torch.float32)
-        dbp = torch.empty(parts, D, dtype=torch.float32)
-        _native.cpu.layer_norm_backward(dy.data_ptr(), _native.ptr(dh), h.data_ptr(), mean.contiguous().data_ptr(),
-                                        rstd.contiguous().data_ptr(), _native.ptr(_param(weight)), dx.data_ptr(),
-                                        dwp.data_ptr(), dbp.data_ptr(), rows, D, parts)
+        dwp = torch.empty(parts, D, dtype=torch.float32, device=h.device)
+        dbp = torch.empty_like(dwp)
+        _native.entry(backend, "layer_norm.backward")(
+            h, dy=dy.to(h.dtype).contiguous(), dh=dh.to(h.dtype).contiguous() if dh is not None else None, h=h,
+            mean=mean.float().contiguous(), rstd=rstd.float().contiguous(), weight=_param(weight), dx=dx,
+            dweight=dwp, dbias=dbp, rows=rows, D=D, parts=parts)
         return dx, dwp.sum(0), dbp.sum(0)
+
+
+# Registered only where the built module has the family (a module built before it existed lacks it).
+for _backend, _module in (("cpu", _native.cpu), ("cuda", _native.cuda)):
+    if _module is not None and hasattr(_module, "layer_norm"):
+        _register_native(_backend)
