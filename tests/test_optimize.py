@@ -428,9 +428,10 @@ def test_ddim_pipeline_same_images_and_scheduler_swap():
     assert type(pipe.scheduler) is DDIMScheduler and type(pipe.unet.mid_block.resnets[0]).__name__ == "ResnetBlock2D"
     assert isinstance(fast.scheduler, gankern.schedulers.DDIMScheduler)
     assert "DDIMScheduler -> gankern.schedulers.DDIMScheduler" in fast.gankern_report.scheduler
-    got = fast(batch_size=2, num_inference_steps=4, generator=torch.Generator().manual_seed(0),
-               output_type="np").images
-    assert_close(torch.from_numpy(got), torch.from_numpy(want).double(), what="pipeline images")
+    for p in (fast, copy.deepcopy(fast)):  # an optimized pipeline deep-copies (gankern scheduler included)
+        got = p(batch_size=2, num_inference_steps=4, generator=torch.Generator().manual_seed(0),
+                output_type="np").images
+        assert_close(torch.from_numpy(got), torch.from_numpy(want).double(), what="pipeline images")
 
 
 def test_bf16_opt_in_keeps_parameters_and_pickles():

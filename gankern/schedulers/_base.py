@@ -32,6 +32,10 @@ class Config(dict):
     def __setitem__(self, key, value):
         raise TypeError("scheduler configs are read-only; build a new scheduler with from_config(config, key=value)")
 
+    def __reduce__(self):
+        # pickle / deepcopy rebuild through the constructor (dict's default goes through __setitem__)
+        return (Config, (dict(self),))
+
 
 class StepOutput:
     """diffusers' SchedulerOutput: .prev_sample and .pred_original_sample; indexable like the
