@@ -11,6 +11,7 @@ FAMILIES = [
     "norm",
     "vae",
     "diffusion",
+    "transformer",
 ]
 
 __all__ = ["Case", "FAMILIES"]
