@@ -1,0 +1,5 @@
+"""Models whose hot paths run through gankern's fused ops. Every model takes fused=True|False with
+the same state_dict keys either way (docs/models.md)."""
+from .dcgan import DCGAN, DCGANDiscriminator, DCGANGenerator
+from .vae import Autoencoder, ConvVAE
+from .vaegan import VAEGAN, PatchDiscriminator
