@@ -1,6 +1,6 @@
 """Training, sampling and evaluation of gankern.models (what `gankern train|sample|eval` run)."""
 from .errors import UsageError
-from .evaluate import evaluate
+from .quality import evaluate
 from .loop import sample, train
 from .tasks import SCHEDULERS, TASKS
 
