@@ -88,7 +88,7 @@ def _adam(params, lr, betas=(0.5, 0.999)):
 class DCGANTask(Task):
     name = "dcgan"
     defaults = dict(nz=64, ngf=32, ndf=32)
-    train_defaults = dict(epochs=15, batch_size=64, lr=2e-4)
+    train_defaults = dict(epochs=10, batch_size=64, lr=2e-4)
 
     def build(self):
         c = self.config
@@ -133,7 +133,7 @@ class VAETask(Task):
     name = "vae"
     model_cls = M.ConvVAE
     defaults = dict(latent_dim=16, widths=[16, 32, 64], num_groups=8, beta=1.0)
-    train_defaults = dict(epochs=20, batch_size=64, lr=1e-3)
+    train_defaults = dict(epochs=10, batch_size=64, lr=1e-3)
     reconstructs = True
 
     def build(self):
@@ -184,7 +184,7 @@ class AutoencoderTask(VAETask):
 class VAEGANTask(VAETask):
     name = "vaegan"
     defaults = dict(latent_dim=16, widths=[16, 32, 64], num_groups=8, beta=1.0, ndf=32, adv_weight=0.05)
-    train_defaults = dict(epochs=15, batch_size=64, lr=5e-4)
+    train_defaults = dict(epochs=10, batch_size=64, lr=5e-4)
 
     def build(self):
         c = self.config
@@ -230,7 +230,7 @@ class DDPMTask(Task):
                     down_block_types=["DownBlock2D", "DownBlock2D", "AttnDownBlock2D"],
                     up_block_types=["AttnUpBlock2D", "UpBlock2D", "UpBlock2D"], norm_num_groups=8,
                     num_train_timesteps=1000, sample_steps=50)
-    train_defaults = dict(epochs=20, batch_size=64, lr=2e-3)
+    train_defaults = dict(epochs=15, batch_size=64, lr=2e-3)
 
     def build(self):
         c = self.config
