@@ -141,3 +141,30 @@ def test_cli_subprocess_exit_code(tmp_path):
     r = subprocess.run([sys.executable, "-m", "gankern", "train", "dcgan", "--data", str(empty)],
                        capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
     assert r.returncode == 2 and "no images in" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_image_folder_any_size(tmp_path):
+    """Images of several sizes and modes in two class folders: resized, center-cropped, loaded by workers."""
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    for i in range(16):
+        folder = tmp_path / "imgs" / ("cats" if i % 2 else "dogs")
+        folder.mkdir(parents=True, exist_ok=True)
+        w, h = (20 + 3 * i, 12 + 2 * i)
+        mode = "RGB" if i % 3 else "L"
+        arr = rng.integers(0, 255, (h, w, 3) if mode == "RGB" else (h, w), dtype=np.uint8)
+        Image.fromarray(arr, mode).save(folder / f"{i}.{'png' if i % 4 else 'jpg'}")
+    ds, spec = D.load(str(tmp_path / "imgs"), 16)
+    assert spec.channels == 3 and spec.num_classes == 2 and len(ds) == 16
+    x, y = ds[3]
+    assert x.shape == (3, 16, 16) and -1 <= x.min() and x.max() <= 1 and y == 0   # sorted: cats/ first
+    out = tmp_path / "run"
+    assert cli.main(["train", "dcgan", "--data", str(tmp_path / "imgs"), "--out", str(out), "--workers", "1",
+                     "--image-size", "16", "--batch-size", "4", "--epochs", "1", "--no-progress"]) == 0
+    assert C.load(out / "checkpoint.pt")["config"]["channels"] == 3
+
+
+def test_bf16_precision(tiny_npz, tmp_path):
+    ckpt = C.load(train("autoencoder", data=str(tiny_npz), epochs=1, batch_size=8, image_size=16,
+                        out=str(tmp_path / "bf16"), precision="bf16", progress=False))
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
