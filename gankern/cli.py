@@ -78,7 +78,7 @@ def _add_model_commands(sub) -> None:
     t.add_argument("--epochs", type=_positive_int, help="epochs in total (default: per model; with --resume, "
                    "as the run was started)")
     t.add_argument("--batch-size", type=_positive_int, help="global batch size, split across processes "
-                   "(default: 64)")
+                   "(default: per model, 64; dcgan 16)")
     t.add_argument("--out", default=None, help="run folder (default: runs/MODEL)")
     t.add_argument("--fused", action=argparse.BooleanOptionalAction, default=True,
                    help="gankern's fused ops (default) or plain torch layers (--no-fused)")
