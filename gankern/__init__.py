@@ -19,6 +19,7 @@ from . import nn  # noqa: E402
 from .ops.diffusion import add_noise, diffusion_loss  # noqa: E402
 from . import schedulers  # noqa: E402
 from .sampling import sample  # noqa: E402
+from . import models  # noqa: E402
 
 __all__ = [
     "__version__", "backends", "use_backend", "nn",
@@ -28,4 +29,5 @@ __all__ = [
     "randn", "randn_like", "random_seed",                           # counter-based RNG
     "reparameterize", "kl_normal", "reparameterize_kl", "DiagonalGaussian",  # VAE
     "add_noise", "diffusion_loss", "schedulers", "sample",          # diffusion
+    "models",
 ]
