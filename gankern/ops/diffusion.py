@@ -22,10 +22,11 @@ from typing import Optional
 
 import torch
 from torch import Tensor
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from .. import _native
 from .. import _tensors as T
-from ..backends import register, resolve
+from ..backends import register, resolve, resolve_nonempty
 from ..reference import diffusion as ref
 from . import _validate as V
 
@@ -74,10 +75,10 @@ def draw_seed(generator: torch.Generator | None = None) -> int:
 def _call(op: str, probe: Tensor, *args):
     """Run a custom op. Eagerly, on plain tensors, the backend is called directly: the Python
     custom-op dispatch costs ~0.15 ms, as much as the step kernel itself at SD latent sizes. Under
-    torch.compile / export / tracing (fake or subclass tensors) it goes through torch.ops so the
-    graph sees the op."""
-    if type(probe) is Tensor and not torch.compiler.is_compiling():
-        return resolve(op, probe)(*args)
+    torch.compile / export / tracing (fake or subclass tensors) or a dispatch mode (opcheck, flop
+    counters) it goes through torch.ops so the graph or the mode sees the op."""
+    if type(probe) is Tensor and not torch.compiler.is_compiling() and _get_current_dispatch_mode() is None:
+        return resolve_nonempty(op, probe)(*args)
     return getattr(torch.ops.gankern, op)(*args)
 
 
@@ -130,6 +131,12 @@ def fused_step(model_output: Tensor, sample: Tensor, plan: StepPlan, *, guidance
     elif flags & R.HIST:
         raise ValueError("this step needs the previous step's x0 (history) but none was given")
     _check_step_inputs(model_output, sample, guided, history, noise, flags)
+    if torch.is_grad_enabled():
+        for name, t in (("model_output", model_output), ("sample", sample), ("history", history), ("noise", noise)):
+            if t is not None and t.requires_grad:
+                raise ValueError(f"{name} requires grad, but the fused sampling step is not differentiable (its "
+                                 "gradient would be silently missing); sample under torch.no_grad() or pass "
+                                 f"{name}.detach()")
     coefs = list(plan.coefs)
     coefs[R.C_G] = V.real(guidance_scale, "guidance_scale") if guided else 1.0
     guidance_rescale = V.real(guidance_rescale, "guidance_rescale", min_value=0.0)
@@ -153,7 +160,11 @@ def fused_step(model_output: Tensor, sample: Tensor, plan: StepPlan, *, guidance
         rescale = _call("guidance_rescale_factors", mo_pred, mo_pred, coefs[R.C_G], guidance_rescale)
         flags |= R.RESCALE
     thresh = None
-    if plan.threshold is not None:
+    if plan.threshold is not None and sample.numel() == 0:
+        # nothing to take a quantile of (and nothing to scale): every scale is the clamp's lower bound
+        thresh = torch.ones(sample.shape[0], dtype=torch.float32, device=sample.device)
+        flags |= R.THRESH
+    elif plan.threshold is not None:
         ratio, max_value = plan.threshold
         lo, w = ref.quantile_rank(ratio, sample[0].numel())
         thresh = _call("diffusion_threshold_scales", sample, model_output, sample, rescale, coefs, flags, lo, w,
@@ -178,6 +189,11 @@ def _timestep_coefs(x0: Tensor, timesteps: Tensor, alphas_cumprod: Tensor) -> tu
     if not isinstance(timesteps, Tensor) or timesteps.dtype.is_floating_point or timesteps.dtype == torch.bool:
         raise TypeError(f"timesteps must be an integer tensor, got "
                         f"{timesteps.dtype if isinstance(timesteps, Tensor) else type(timesteps).__name__}")
+    for name, t in (("timesteps", timesteps), ("alphas_cumprod", alphas_cumprod)):
+        # schedule tables may stay on the CPU (diffusers keeps them there); they are moved to x0's device
+        if t.device != x0.device and t.device.type != "cpu":
+            raise ValueError(f"{name} is on {t.device} but the latents are on {x0.device}; "
+                             f"{name} must be on the CPU or on the latents' device")
     if timesteps.numel() != x0.shape[0]:
         raise ValueError(f"timesteps must hold one timestep per sample ({x0.shape[0]}), got shape "
                          f"{tuple(timesteps.shape)}")
@@ -211,6 +227,8 @@ def diffusion_loss(model_output: Tensor, x0: Tensor, noise: Tensor, timesteps: T
     V.tensor(model_output, "model_output", ndim_min=1)
     V.tensor(x0, "x0")
     V.tensor(noise, "noise")
+    if weighting is not None:
+        V.tensor(weighting, "weighting")
     V.same_device(model_output, "model_output", x0=x0, noise=noise, weighting=weighting)
     for name, t in (("x0", x0), ("noise", noise)):
         if t.shape != model_output.shape:
@@ -229,7 +247,6 @@ def diffusion_loss(model_output: Tensor, x0: Tensor, noise: Tensor, timesteps: T
     if weighting is None:
         w = torch.ones_like(sa)
     else:
-        V.tensor(weighting, "weighting")
         if weighting.numel() != model_output.shape[0]:
             raise ValueError(f"weighting must hold one weight per sample ({model_output.shape[0]}), got shape "
                              f"{tuple(weighting.shape)}")
@@ -245,7 +262,7 @@ def diffusion_loss(model_output: Tensor, x0: Tensor, noise: Tensor, timesteps: T
 def _diffusion_step(model_output: Tensor, sample: Tensor, history: Optional[Tensor], noise: Optional[Tensor],
                     rescale: Optional[Tensor], thresh: Optional[Tensor], coefs: list[float], flags: int, seed: int,
                     offset: int, want_x0: bool) -> tuple[Tensor, Tensor]:
-    return resolve("diffusion_step", sample)(model_output, sample, history, noise, rescale, thresh, coefs, flags,
+    return resolve_nonempty("diffusion_step", sample)(model_output, sample, history, noise, rescale, thresh, coefs, flags,
                                               seed, offset, want_x0)
 
 
@@ -256,7 +273,7 @@ def _(model_output, sample, history, noise, rescale, thresh, coefs, flags, seed,
 
 @torch.library.custom_op("gankern::guidance_rescale_factors", mutates_args=())
 def _guidance_rescale_factors(model_output: Tensor, g: float, rescale: float) -> Tensor:
-    return resolve("guidance_rescale_factors", model_output)(model_output, g, rescale)
+    return resolve_nonempty("guidance_rescale_factors", model_output)(model_output, g, rescale)
 
 
 @_guidance_rescale_factors.register_fake
@@ -268,7 +285,7 @@ def _(model_output, g, rescale):
 @torch.library.custom_op("gankern::diffusion_threshold_scales", mutates_args=())
 def _diffusion_threshold_scales(model_output: Tensor, sample: Tensor, rescale: Optional[Tensor], coefs: list[float],
                                 flags: int, rank_lo: int, rank_w: float, max_value: float) -> Tensor:
-    return resolve("diffusion_threshold_scales", sample)(model_output, sample, rescale, coefs, flags, rank_lo, rank_w,
+    return resolve_nonempty("diffusion_threshold_scales", sample)(model_output, sample, rescale, coefs, flags, rank_lo, rank_w,
                                                           max_value)
 
 
@@ -280,7 +297,7 @@ def _(model_output, sample, rescale, coefs, flags, rank_lo, rank_w, max_value):
 
 @torch.library.custom_op("gankern::add_noise", mutates_args=())
 def _add_noise(x0: Tensor, noise: Tensor, ca: Tensor, cn: Tensor) -> Tensor:
-    return resolve("add_noise", x0)(x0, noise, ca, cn)
+    return resolve_nonempty("add_noise", x0)(x0, noise, ca, cn)
 
 
 @_add_noise.register_fake
@@ -290,16 +307,25 @@ def _(x0, noise, ca, cn):
 
 def _add_noise_setup(ctx, inputs, output):
     x0, noise, ca, cn = inputs
-    ctx.save_for_backward(ca, cn)
-    ctx.dtypes = (x0.dtype, noise.dtype)
+    # x0 and noise are needed only for the coefficients' gradients (a learned schedule)
+    ctx.save_for_backward(ca, cn, x0 if ca.requires_grad else None, noise if cn.requires_grad else None)
+
+
+def _sample_sums(g: Tensor, t: Tensor, like: Tensor) -> Tensor:
+    """sum over each sample of g * t, in the coefficient's dtype (float32 at least)."""
+    dt = torch.promote_types(like.dtype, torch.float32)
+    return (g.to(dt) * t.to(dt)).reshape(g.shape[0], ref._per_sample_numel(g)).sum(1).to(like.dtype)
 
 
 def _add_noise_backward(ctx, g):
-    ca, cn = ctx.saved_tensors
+    ca, cn, x0, noise = ctx.saved_tensors
+    need = ctx.needs_input_grad
     # linear in x0 and noise: the gradients are the same op with one input zeroed out
-    gx = ref.per_sample(ca, g.ndim).to(g.dtype) * g if ctx.needs_input_grad[0] else None
-    gn = ref.per_sample(cn, g.ndim).to(g.dtype) * g if ctx.needs_input_grad[1] else None
-    return gx, gn, None, None
+    gx = ref.per_sample(ca, g.ndim).to(g.dtype) * g if need[0] else None
+    gn = ref.per_sample(cn, g.ndim).to(g.dtype) * g if need[1] else None
+    gca = _sample_sums(g, x0, ca) if need[2] else None
+    gcn = _sample_sums(g, noise, cn) if need[3] else None
+    return gx, gn, gca, gcn
 
 
 _add_noise.register_autograd(_add_noise_backward, setup_context=_add_noise_setup)
@@ -307,7 +333,7 @@ _add_noise.register_autograd(_add_noise_backward, setup_context=_add_noise_setup
 
 @torch.library.custom_op("gankern::diffusion_loss", mutates_args=())
 def _diffusion_loss(model_output: Tensor, x0: Tensor, noise: Tensor, tx: Tensor, tn: Tensor, weight: Tensor) -> Tensor:
-    return resolve("diffusion_loss", model_output)(model_output, x0, noise, tx, tn, weight)
+    return resolve_nonempty("diffusion_loss", model_output)(model_output, x0, noise, tx, tn, weight)
 
 
 @_diffusion_loss.register_fake
@@ -319,7 +345,7 @@ def _(model_output, x0, noise, tx, tn, weight):
 @torch.library.custom_op("gankern::diffusion_loss_backward", mutates_args=())
 def _diffusion_loss_backward(grad: Tensor, model_output: Tensor, x0: Tensor, noise: Tensor, tx: Tensor, tn: Tensor,
                              weight: Tensor) -> Tensor:
-    return resolve("diffusion_loss_backward", model_output)(grad, model_output, x0, noise, tx, tn, weight)
+    return resolve_nonempty("diffusion_loss_backward", model_output)(grad, model_output, x0, noise, tx, tn, weight)
 
 
 @_diffusion_loss_backward.register_fake
@@ -333,11 +359,16 @@ def _loss_setup(ctx, inputs, output):
 
 def _loss_backward(ctx, grad):
     mo, x0, noise, tx, tn, w = ctx.saved_tensors
+    need = ctx.needs_input_grad
     dmo = torch.ops.gankern.diffusion_loss_backward(grad, mo, x0, noise, tx, tn, w)
     # target = tx x0 + tn noise enters with a minus sign; rarely needed, so plain torch ops
-    dx0 = -ref.per_sample(tx, mo.ndim).to(dmo.dtype) * dmo if ctx.needs_input_grad[1] else None
-    dn = -ref.per_sample(tn, mo.ndim).to(dmo.dtype) * dmo if ctx.needs_input_grad[2] else None
-    return dmo, dx0, dn, None, None, None
+    dx0 = -ref.per_sample(tx, mo.ndim).to(dmo.dtype) * dmo if need[1] else None
+    dn = -ref.per_sample(tn, mo.ndim).to(dmo.dtype) * dmo if need[2] else None
+    dtx = -_sample_sums(dmo, x0, tx) if need[3] else None  # learned schedules (v-prediction target)
+    dtn = -_sample_sums(dmo, noise, tn) if need[4] else None
+    # d loss_b / d w_b = the unweighted per-sample loss: one more pass, only for learned weightings
+    dw = (grad * ref.diffusion_loss(mo, x0, noise, tx, tn, torch.ones_like(w))).to(w.dtype) if need[5] else None
+    return dmo, dx0, dn, dtx, dtn, dw
 
 
 _diffusion_loss.register_autograd(_loss_backward, setup_context=_loss_setup)
@@ -396,7 +427,7 @@ def _diffusion_step_dev(model_output: Tensor, sample: Tensor, history: Optional[
                         flags: int, want_x0: bool) -> tuple[Tensor, Tensor]:
     """diffusion_step with coefs (float32 [NCOEF]) and rng (int64 [seed, offset]) in device memory,
     so a captured CUDA graph can be replayed with new values (gankern.sample(cuda_graph=True))."""
-    return resolve("diffusion_step_dev", sample)(model_output, sample, history, coefs, rng, flags, want_x0)
+    return resolve_nonempty("diffusion_step_dev", sample)(model_output, sample, history, coefs, rng, flags, want_x0)
 
 
 @_diffusion_step_dev.register_fake
