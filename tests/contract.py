@@ -15,9 +15,9 @@ interpreter and the CUDA emulator). The checks:
   where they are empty), gradients of the input's shape (zero when every output is empty);
 - opcheck: every custom op the call runs (forward and backward, recorded by a dispatch mode), with
   every layout;
-- torch.compile(fullgraph=True), forward and backward, with a representative subset of layouts
-  (COMPILE_LAYOUTS; compiling is the slow part): the compiled graph asserts that each custom op's
-  output strides are the ones its fake kernel stated, on every backend;
+- torch.compile(fullgraph=True), forward and backward, every layout in one graph (one compilation
+  per case: compiling is the slow part): the compiled graph asserts that each custom op's output
+  strides are the ones its fake kernel stated, on every backend;
 - torch.export, strict and non-strict;
 - gradients: every floating tensor argument gets its gradient (kernels against the reference, the
   reference against finite differences in float64), or is listed in `no_grad` and refused with a
@@ -119,8 +119,6 @@ def _expanded(t):
 
 
 LAYOUTS = ("contiguous", "channels_last", "permuted", "offset", "mixed", "expanded")
-# compile/export are the expensive checks: these layouts cover the three stride orders kernels see
-COMPILE_LAYOUTS = ("contiguous", "channels_last", "permuted")
 
 
 def apply_layout(case: Case, tensors: dict, layout: str) -> dict:
@@ -211,6 +209,10 @@ class RecordCustomOps(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func.namespace == "gankern":
+            if not torch.is_grad_enabled():
+                # a call inside backward: autograd runs it without a graph (no double backward),
+                # so it is checked as it runs, on detached tensors
+                args, kwargs = torch.utils._pytree.tree_map_only(torch.Tensor, lambda t: t.detach(), (args, kwargs))
             self.calls.append((func, args, kwargs))
         return func(*args, **kwargs)
 

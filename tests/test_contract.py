@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import TOL, assert_close
-from contract import (BACKENDS, COMPILE_LAYOUTS, RecordCustomOps, apply_layout, as_float64, layouts_for, leaves,
+from contract import (BACKENDS, RecordCustomOps, apply_layout, as_float64, layouts_for, leaves,
                       nonfinite_variants, outputs, record_ops, run, skip_reason)
 from contract_cases import all_cases
 
@@ -91,8 +91,10 @@ OPCHECK_PARAMS = [(c, lay) for c in CASES for lay in layouts_for(c)]
 
 @pytest.mark.parametrize("case,layout", OPCHECK_PARAMS, ids=[f"{c}-{lay}" for c, lay in OPCHECK_PARAMS])
 def test_opcheck(case, layout):
-    """torch.library.opcheck of every custom op the call runs (forward and backward), each backend:
-    in particular the fake kernel's output strides must be the real ones."""
+    """torch.library.opcheck of every custom op the call runs (forward and backward) on each backend:
+    the schema and the fake kernel (its output strides must be the real ones) with every layout; the
+    autograd registration and AOT dispatch (the slow utilities, backend-independent) with the
+    contiguous layout, on the default backend."""
     t = apply_layout(case, _tensors(case), layout)
     ran = 0
     for backend in BACKENDS:
@@ -102,31 +104,51 @@ def test_opcheck(case, layout):
             calls = record_ops(case, t)
             assert calls, f"{case} ran no gankern custom op"
             for func, args, kwargs in calls:
-                torch.library.opcheck(func, args, kwargs)
+                torch.library.opcheck(func, args, kwargs, test_utils=("test_schema", "test_faketensor"))
         ran += 1
     assert ran
+    if layout == "contiguous":
+        for func, args, kwargs in record_ops(case, t):
+            torch.library.opcheck(func, args, kwargs)
 
 
-COMPILE_PARAMS = [(c, lay) for c in CASES for lay in COMPILE_LAYOUTS]
-
-
-@pytest.mark.parametrize("case,layout", COMPILE_PARAMS, ids=[f"{c}-{lay}" for c, lay in COMPILE_PARAMS])
-def test_compile_fullgraph(case, layout):
-    """torch.compile(fullgraph=True) of the call with a consumer after it (Inductor asserts each
-    custom op's output strides): compiled once, run on every backend, forward and backward."""
+@pytest.mark.parametrize("case", CASES, ids=_ids(CASES))
+def test_compile_fullgraph(case):
+    """torch.compile(fullgraph=True) of the call with every layout in one graph (one compilation per
+    case keeps CI time in check), each output consumed by a multiplication (Inductor asserts the
+    strides the fake kernels state); compiled once, run on every backend, forward and backward.
+    Inductor's RNG is set to eager's, so a seed drawn in the graph (seed=None) is eager's."""
     torch._dynamo.reset()
-    t = apply_layout(case, _tensors(case), layout)
-    fn = case.traceable(t)
+    base = _tensors(case)
+    variants = [apply_layout(case, base, lay) for lay in layouts_for(case)]
+    fn = case.traceable(base)
+    names = list(base)
 
-    def body(**kw):
-        return [o * 2 for o in outputs(fn(**kw))]
+    def body(**flat):
+        outs = []
+        for i in range(len(variants)):
+            outs += [o * 2 for o in outputs(fn(**{k: flat[f"{k}_{i}"] for k in names}))]
+        return outs
 
-    compiled = torch.compile(body, fullgraph=True)
-    want = _reference(case, t, fn=body)
-    for backend in BACKENDS:
-        if skip_reason(case, backend):
-            continue
-        _compare(case, run(case, backend, t, grad=True, fn=compiled), want, f"compiled {case} {layout} on {backend}")
+    flat = {f"{k}_{i}": v[k] for i, v in enumerate(variants) for k in names}
+
+    class _FlatCase:  # run() on the flattened arguments, with the case's differentiation rules
+        no_grad = {f"{k}_{i}": r for k, r in case.no_grad.items() for i in range(len(variants))}
+
+        @staticmethod
+        def grad_args(tensors):
+            return [k for k, t in tensors.items() if t.is_floating_point() and k not in _FlatCase.no_grad]
+
+        call = staticmethod(body)
+
+    with torch._inductor.config.patch(fallback_random=True):
+        compiled = torch.compile(body, fullgraph=True)
+        want = run(_FlatCase, "reference", as_float64(flat), grad=True)
+        for backend in BACKENDS:
+            if skip_reason(case, backend):
+                continue
+            _compare(case, run(_FlatCase, backend, flat, grad=True, fn=compiled), want,
+                     f"compiled {case} on {backend}")
 
 
 @pytest.mark.parametrize("strict", [False, True], ids=["nonstrict", "strict"])

@@ -78,8 +78,19 @@ def _call(op: str, probe: Tensor, *args):
     torch.compile / export / tracing (fake or subclass tensors) or a dispatch mode (opcheck, flop
     counters) it goes through torch.ops so the graph or the mode sees the op."""
     if type(probe) is Tensor and not torch.compiler.is_compiling() and _get_current_dispatch_mode() is None:
-        return resolve_nonempty(op, probe)(*args)
+        return _contiguous(resolve_nonempty(op, probe)(*args), probe)
     return getattr(torch.ops.gankern, op)(*args)
+
+
+def _contiguous(out, like: Tensor):
+    """Full-size outputs of every diffusion op are contiguous on every backend: the kernels index
+    [B, S] row-major (the noise contract numbers elements that way), so a channels_last input is
+    read through a contiguous copy. The fakes state it (torch.compile / export trust them)."""
+    return T.restride(out, like, T.contiguous_strides(like.shape))
+
+
+def _empty_contiguous(like: Tensor) -> Tensor:
+    return T.empty_strided_like(like, T.contiguous_strides(like.shape))
 
 
 def _check_step_inputs(model_output, sample, guided, history, noise, flags):
@@ -262,13 +273,13 @@ def diffusion_loss(model_output: Tensor, x0: Tensor, noise: Tensor, timesteps: T
 def _diffusion_step(model_output: Tensor, sample: Tensor, history: Optional[Tensor], noise: Optional[Tensor],
                     rescale: Optional[Tensor], thresh: Optional[Tensor], coefs: list[float], flags: int, seed: int,
                     offset: int, want_x0: bool) -> tuple[Tensor, Tensor]:
-    return resolve_nonempty("diffusion_step", sample)(model_output, sample, history, noise, rescale, thresh, coefs, flags,
-                                              seed, offset, want_x0)
+    return _contiguous(resolve_nonempty("diffusion_step", sample)(model_output, sample, history, noise, rescale, thresh,
+                                                                  coefs, flags, seed, offset, want_x0), sample)
 
 
 @_diffusion_step.register_fake
 def _(model_output, sample, history, noise, rescale, thresh, coefs, flags, seed, offset, want_x0):
-    return torch.empty_like(sample), (torch.empty_like(sample) if want_x0 else sample.new_empty((0,)))
+    return _empty_contiguous(sample), (_empty_contiguous(sample) if want_x0 else sample.new_empty((0,)))
 
 
 @torch.library.custom_op("gankern::guidance_rescale_factors", mutates_args=())
@@ -297,12 +308,12 @@ def _(model_output, sample, rescale, coefs, flags, rank_lo, rank_w, max_value):
 
 @torch.library.custom_op("gankern::add_noise", mutates_args=())
 def _add_noise(x0: Tensor, noise: Tensor, ca: Tensor, cn: Tensor) -> Tensor:
-    return resolve_nonempty("add_noise", x0)(x0, noise, ca, cn)
+    return _contiguous(resolve_nonempty("add_noise", x0)(x0, noise, ca, cn), x0)
 
 
 @_add_noise.register_fake
 def _(x0, noise, ca, cn):
-    return torch.empty_like(x0)
+    return _empty_contiguous(x0)
 
 
 def _add_noise_setup(ctx, inputs, output):
@@ -345,12 +356,13 @@ def _(model_output, x0, noise, tx, tn, weight):
 @torch.library.custom_op("gankern::diffusion_loss_backward", mutates_args=())
 def _diffusion_loss_backward(grad: Tensor, model_output: Tensor, x0: Tensor, noise: Tensor, tx: Tensor, tn: Tensor,
                              weight: Tensor) -> Tensor:
-    return resolve_nonempty("diffusion_loss_backward", model_output)(grad, model_output, x0, noise, tx, tn, weight)
+    return _contiguous(resolve_nonempty("diffusion_loss_backward", model_output)(grad, model_output, x0, noise, tx, tn,
+                                                                                 weight), model_output)
 
 
 @_diffusion_loss_backward.register_fake
 def _(grad, model_output, x0, noise, tx, tn, weight):
-    return torch.empty_like(model_output)
+    return _empty_contiguous(model_output)
 
 
 def _loss_setup(ctx, inputs, output):
@@ -427,12 +439,13 @@ def _diffusion_step_dev(model_output: Tensor, sample: Tensor, history: Optional[
                         flags: int, want_x0: bool) -> tuple[Tensor, Tensor]:
     """diffusion_step with coefs (float32 [NCOEF]) and rng (int64 [seed, offset]) in device memory,
     so a captured CUDA graph can be replayed with new values (gankern.sample(cuda_graph=True))."""
-    return resolve_nonempty("diffusion_step_dev", sample)(model_output, sample, history, coefs, rng, flags, want_x0)
+    return _contiguous(resolve_nonempty("diffusion_step_dev", sample)(model_output, sample, history, coefs, rng, flags,
+                                                                      want_x0), sample)
 
 
 @_diffusion_step_dev.register_fake
 def _(model_output, sample, history, coefs, rng, flags, want_x0):
-    return torch.empty_like(sample), (torch.empty_like(sample) if want_x0 else sample.new_empty((0,)))
+    return _empty_contiguous(sample), (_empty_contiguous(sample) if want_x0 else sample.new_empty((0,)))
 
 
 def _step_dev_via_host(step_fn):

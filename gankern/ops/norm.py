@@ -164,17 +164,28 @@ def _stat_dtype(x):
     return torch.float64 if x.dtype == torch.float64 else _STAT
 
 
+def _channels_last(x) -> bool:
+    return x.ndim > 2 and x.movedim(1, -1).is_contiguous() and not x.is_contiguous()
+
+
+def _out_strides(x) -> tuple:
+    """y and dx: NCHW or channels_last as x (the kernels read and write both natively); any other
+    layout is copied to contiguous first (_layout), so its outputs are contiguous."""
+    return tuple(x.stride()) if x.is_contiguous() or _channels_last(x) else T.contiguous_strides(x.shape)
+
+
 @torch.library.custom_op("gankern::group_norm_act", mutates_args=())
 def _group_norm_act(x: Tensor, num_groups: int, weight: Optional[Tensor], bias: Optional[Tensor], eps: float,
                     act: str, alpha: float, temb: Optional[Tensor], scale: Optional[Tensor], shift: Optional[Tensor],
                     residual: Optional[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
-    return resolve_nonempty("group_norm_act", x)(x, num_groups, weight, bias, eps, act, alpha, temb, scale, shift, residual)
+    return T.restride(resolve_nonempty("group_norm_act", x)(x, num_groups, weight, bias, eps, act, alpha, temb, scale,
+                                                          shift, residual), x, _out_strides(x))
 
 
 @_group_norm_act.register_fake
 def _(x, num_groups, weight, bias, eps, act, alpha, temb, scale, shift, residual):
     st = x.new_empty((x.shape[0], num_groups), dtype=_stat_dtype(x))
-    return torch.empty_like(x), st, torch.empty_like(st)
+    return T.empty_strided_like(x, _out_strides(x)), st, torch.empty_like(st)
 
 
 @torch.library.custom_op("gankern::group_norm_act_backward", mutates_args=())
@@ -184,8 +195,8 @@ def _group_norm_act_backward(dy: Tensor, x: Tensor, mean: Tensor, rstd: Tensor, 
                              shift: Optional[Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(dx, dweight [C], dbias [C], dtemb [N, C], dscale [N, C], dshift [N, C]); parameter gradients
     in the statistics dtype, computed whether or not the parameter is given (they are O(N * C))."""
-    return resolve_nonempty("group_norm_act_backward", x)(dy, x, mean, rstd, num_groups, weight, bias, eps, act, alpha,
-                                                 temb, scale, shift)
+    return T.restride(resolve_nonempty("group_norm_act_backward", x)(dy, x, mean, rstd, num_groups, weight, bias, eps,
+                                                                     act, alpha, temb, scale, shift), x, _out_strides(x))
 
 
 @_group_norm_act_backward.register_fake
@@ -194,7 +205,8 @@ def _(dy, x, mean, rstd, num_groups, weight, bias, eps, act, alpha, temb, scale,
     sd = _stat_dtype(x)
     pc = x.new_empty((C,), dtype=sd)
     ps = x.new_empty((N, C), dtype=sd)
-    return (torch.empty_like(x), pc, torch.empty_like(pc), ps, torch.empty_like(ps), torch.empty_like(ps))
+    return (T.empty_strided_like(x, _out_strides(x)), pc, torch.empty_like(pc), ps, torch.empty_like(ps),
+            torch.empty_like(ps))
 
 
 @torch.library.custom_op("gankern::batch_norm_act", mutates_args=())
@@ -202,14 +214,14 @@ def _batch_norm_act(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
                     running_var: Optional[Tensor], training: bool, eps: float, act: str, alpha: float,
                     residual: Optional[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
     """(y, mean [C], var [C]): the statistics used; var is biased in training mode."""
-    return resolve_nonempty("batch_norm_act", x)(x, weight, bias, running_mean, running_var, training, eps, act, alpha,
-                                        residual)
+    return T.restride(resolve_nonempty("batch_norm_act", x)(x, weight, bias, running_mean, running_var, training, eps,
+                                                            act, alpha, residual), x, _out_strides(x))
 
 
 @_batch_norm_act.register_fake
 def _(x, weight, bias, running_mean, running_var, training, eps, act, alpha, residual):
     st = x.new_empty((x.shape[1],), dtype=_stat_dtype(x))
-    return torch.empty_like(x), st, torch.empty_like(st)
+    return T.empty_strided_like(x, _out_strides(x)), st, torch.empty_like(st)
 
 
 @torch.library.custom_op("gankern::batch_norm_act_backward", mutates_args=())
@@ -217,13 +229,14 @@ def _batch_norm_act_backward(dy: Tensor, x: Tensor, mean: Tensor, var: Tensor, w
                              bias: Optional[Tensor], training: bool, eps: float, act: str,
                              alpha: float) -> tuple[Tensor, Tensor, Tensor]:
     """(dx, dweight [C], dbias [C]) in the statistics dtype."""
-    return resolve_nonempty("batch_norm_act_backward", x)(dy, x, mean, var, weight, bias, training, eps, act, alpha)
+    return T.restride(resolve_nonempty("batch_norm_act_backward", x)(dy, x, mean, var, weight, bias, training, eps,
+                                                                     act, alpha), x, _out_strides(x))
 
 
 @_batch_norm_act_backward.register_fake
 def _(dy, x, mean, var, weight, bias, training, eps, act, alpha):
     pc = x.new_empty((x.shape[1],), dtype=_stat_dtype(x))
-    return torch.empty_like(x), pc, torch.empty_like(pc)
+    return T.empty_strided_like(x, _out_strides(x)), pc, torch.empty_like(pc)
 
 
 # ---- autograd --------------------------------------------------------------------------------
