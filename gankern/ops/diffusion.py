@@ -149,7 +149,7 @@ def fused_step(model_output: Tensor, sample: Tensor, plan: StepPlan, *, guidance
                                  "gradient would be silently missing); sample under torch.no_grad() or pass "
                                  f"{name}.detach()")
     coefs = list(plan.coefs)
-    coefs[R.C_G] = V.real(guidance_scale, "guidance_scale") if guided else 1.0
+    coefs[R.C_G] = V.real(guidance_scale, "guidance_scale", finite=True) if guided else 1.0
     guidance_rescale = V.real(guidance_rescale, "guidance_rescale", min_value=0.0)
     if guidance_rescale > 1.0:
         raise ValueError(f"guidance_rescale must be in [0, 1], got {guidance_rescale}")
