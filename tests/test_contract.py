@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import TOL, assert_close
-from contract import (BACKENDS, RecordCustomOps, apply_layout, as_float64, layouts_for, leaves,
+from contract import (TARGET_IDS, TARGETS, RecordCustomOps, apply_layout, as_float64, layouts_for, leaves,
                       nonfinite_variants, outputs, record_ops, run, skip_reason)
 from contract_cases import all_cases
 
@@ -16,12 +16,13 @@ import gankern
 CASES = all_cases()
 
 
-def _tensors(case, shape=None):
-    return case.make(tuple(shape or case.shape), torch.Generator().manual_seed(0))
+def _tensors(case, shape=None, device="cpu"):
+    t = case.make(tuple(shape or case.shape), torch.Generator().manual_seed(0))
+    return {k: v.to(device) for k, v in t.items()}
 
 
-def _skip(case, backend):
-    why = skip_reason(case, backend)
+def _skip(case, backend, device="cpu"):
+    why = skip_reason(case, backend, device)
     if why is not None:
         pytest.skip(why)
 
@@ -53,27 +54,27 @@ def _ids(params):
 LAYOUT_PARAMS = [(c, lay) for c in CASES for lay in layouts_for(c)]
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend,device", TARGETS, ids=TARGET_IDS)
 @pytest.mark.parametrize("case,layout", LAYOUT_PARAMS, ids=[f"{c}-{lay}" for c, lay in LAYOUT_PARAMS])
-def test_layouts(case, layout, backend):
+def test_layouts(case, layout, backend, device):
     """Every dense layout, forward and gradients, against the float64 reference."""
-    _skip(case, backend)
-    t = apply_layout(case, _tensors(case), layout)
+    _skip(case, backend, device)
+    t = apply_layout(case, _tensors(case, device=device), layout)
     _compare(case, run(case, backend, t, grad=True), _reference(case, t), f"{case} {layout} on {backend}")
 
 
 EMPTY_PARAMS = [(c, d) for c in CASES for d in range(len(c.shape))]
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend,device", TARGETS, ids=TARGET_IDS)
 @pytest.mark.parametrize("case,dim", EMPTY_PARAMS, ids=[f"{c}-dim{d}" for c, d in EMPTY_PARAMS])
-def test_empty(case, dim, backend):
+def test_empty(case, dim, backend, device):
     """A size-0 dimension: outputs as the reference's, gradients of each input's shape (zero when
     every output is empty), on every backend."""
-    _skip(case, backend)
+    _skip(case, backend, device)
     shape = list(case.shape)
     shape[dim] = 0
-    t = _tensors(case, shape)
+    t = _tensors(case, shape, device)
     if case.empty_refused(tuple(shape)):
         with pytest.raises(ValueError):
             run(case, backend, t, grad=True)
@@ -95,11 +96,11 @@ def test_opcheck(case, layout):
     the schema and the fake kernel (its output strides must be the real ones) with every layout; the
     autograd registration and AOT dispatch (the slow utilities, backend-independent) with the
     contiguous layout, on the default backend."""
-    t = apply_layout(case, _tensors(case), layout)
     ran = 0
-    for backend in BACKENDS:
-        if skip_reason(case, backend):
+    for backend, device in TARGETS:
+        if skip_reason(case, backend, device):
             continue
+        t = apply_layout(case, _tensors(case, device=device), layout)
         with gankern.use_backend(backend):
             calls = record_ops(case, t)
             assert calls, f"{case} ran no gankern custom op"
@@ -108,6 +109,7 @@ def test_opcheck(case, layout):
         ran += 1
     assert ran
     if layout == "contiguous":
+        t = _tensors(case)
         for func, args, kwargs in record_ops(case, t):
             torch.library.opcheck(func, args, kwargs)
 
@@ -120,20 +122,22 @@ def test_compile_fullgraph(case):
     Inductor's RNG is set to eager's, so a seed drawn in the graph (seed=None) is eager's."""
     torch._dynamo.reset()
     base = _tensors(case)
-    variants = [apply_layout(case, base, lay) for lay in layouts_for(case)]
     fn = case.traceable(base)
     names = list(base)
+    n_layouts = len(layouts_for(case))
 
     def body(**flat):
         outs = []
-        for i in range(len(variants)):
+        for i in range(n_layouts):
             outs += [o * 2 for o in outputs(fn(**{k: flat[f"{k}_{i}"] for k in names}))]
         return outs
 
-    flat = {f"{k}_{i}": v[k] for i, v in enumerate(variants) for k in names}
+    def flat_inputs(device):
+        variants = [apply_layout(case, _tensors(case, device=device), lay) for lay in layouts_for(case)]
+        return {f"{k}_{i}": v[k] for i, v in enumerate(variants) for k in names}
 
     class _FlatCase:  # run() on the flattened arguments, with the case's differentiation rules
-        no_grad = {f"{k}_{i}": r for k, r in case.no_grad.items() for i in range(len(variants))}
+        no_grad = {f"{k}_{i}": r for k, r in case.no_grad.items() for i in range(n_layouts)}
 
         @staticmethod
         def grad_args(tensors):
@@ -143,12 +147,13 @@ def test_compile_fullgraph(case):
 
     with torch._inductor.config.patch(fallback_random=True):
         compiled = torch.compile(body, fullgraph=True)
-        want = run(_FlatCase, "reference", as_float64(flat), grad=True)
-        for backend in BACKENDS:
-            if skip_reason(case, backend):
+        for backend, device in TARGETS:
+            if skip_reason(case, backend, device):
                 continue
+            flat = flat_inputs(device)
+            want = run(_FlatCase, "reference", as_float64(flat), grad=True)
             _compare(case, run(_FlatCase, backend, flat, grad=True, fn=compiled), want,
-                     f"compiled {case} on {backend}")
+                     f"compiled {case} on {backend} ({device})")
 
 
 @pytest.mark.parametrize("strict", [False, True], ids=["nonstrict", "strict"])
@@ -256,13 +261,13 @@ NONFINITE_PARAMS = [(c, k) for c in CASES
                     for k in (c.nonfinite_args if c.nonfinite_args is not None else c.floating(_tensors(c)))]
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend,device", TARGETS, ids=TARGET_IDS)
 @pytest.mark.parametrize("case,arg", NONFINITE_PARAMS, ids=[f"{c}-{k}" for c, k in NONFINITE_PARAMS])
-def test_nonfinite(case, arg, backend):
+def test_nonfinite(case, arg, backend, device):
     """NaN, +inf and -inf in one element of each floating input: every backend gives what the float64
     reference gives (the same NaN and infinity pattern, the same finite values)."""
-    _skip(case, backend)
-    t = _tensors(case)
+    _skip(case, backend, device)
+    t = _tensors(case, device=device)
     for label, bad in nonfinite_variants(t[arg]):
         u = dict(t)
         u[arg] = bad
