@@ -1,13 +1,11 @@
 """The contract suite: every registered case (tests/contract_cases/) through every check of
 tests/contract.py, on every backend that can run here. See tests/contract.py for what each check
 means and how a family registers its ops."""
-import math
-
 import pytest
 import torch
 
-from conftest import TOL, assert_close
-from contract import (TARGET_IDS, TARGETS, RecordCustomOps, apply_layout, as_float64, layouts_for, leaves,
+from conftest import assert_close
+from contract import (TARGET_IDS, TARGETS, apply_layout, as_float64, layouts_for, leaves,
                       nonfinite_variants, outputs, record_ops, run, skip_reason)
 from contract_cases import all_cases
 
@@ -277,10 +275,9 @@ def test_nonfinite(case, arg, backend, device):
             assert_close(o, r, what=f"{case} with {arg}[0] = {label} on {backend}: output {i}")
 
 
-def test_case_count():
-    """The suite's size, printed for the CI log (and a guard that every family registered)."""
+def test_every_family_registered():
+    """A guard that no family's cases went missing (and unique ids, so every test id is one case)."""
     families = {c.ops[0] for c in CASES}
     assert {"bias_act", "group_norm_act", "batch_norm_act", "vae_forward", "add_noise", "diffusion_loss",
             "diffusion_step"} <= families
-    assert not math.isnan(TOL[torch.float32])
-    assert RecordCustomOps
+    assert len({c.id for c in CASES}) == len(CASES)

@@ -26,7 +26,7 @@ from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from .. import _native
 from .. import _tensors as T
-from ..backends import register, resolve, resolve_nonempty
+from ..backends import register, resolve_nonempty
 from ..reference import diffusion as ref
 from . import _validate as V
 
@@ -296,8 +296,8 @@ def _(model_output, g, rescale):
 @torch.library.custom_op("gankern::diffusion_threshold_scales", mutates_args=())
 def _diffusion_threshold_scales(model_output: Tensor, sample: Tensor, rescale: Optional[Tensor], coefs: list[float],
                                 flags: int, rank_lo: int, rank_w: float, max_value: float) -> Tensor:
-    return resolve_nonempty("diffusion_threshold_scales", sample)(model_output, sample, rescale, coefs, flags, rank_lo, rank_w,
-                                                          max_value)
+    return resolve_nonempty("diffusion_threshold_scales", sample)(model_output, sample, rescale, coefs, flags, rank_lo,
+                                                                  rank_w, max_value)
 
 
 @_diffusion_threshold_scales.register_fake

@@ -195,8 +195,9 @@ def _group_norm_act_backward(dy: Tensor, x: Tensor, mean: Tensor, rstd: Tensor, 
                              shift: Optional[Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(dx, dweight [C], dbias [C], dtemb [N, C], dscale [N, C], dshift [N, C]); parameter gradients
     in the statistics dtype, computed whether or not the parameter is given (they are O(N * C))."""
-    return T.restride(resolve_nonempty("group_norm_act_backward", x)(dy, x, mean, rstd, num_groups, weight, bias, eps,
-                                                                     act, alpha, temb, scale, shift), x, _out_strides(x))
+    dx_etc = resolve_nonempty("group_norm_act_backward", x)(dy, x, mean, rstd, num_groups, weight, bias, eps, act,
+                                                            alpha, temb, scale, shift)
+    return T.restride(dx_etc, x, _out_strides(x))
 
 
 @_group_norm_act_backward.register_fake
