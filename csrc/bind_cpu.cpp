@@ -4,7 +4,8 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
-#include "bias_act/bias_act.h"
+#include "common/bind.h"
+
 #include "diffusion/diffusion.h"
 #include "vae/vae.h"
 #include "norm/norm.h"
@@ -17,28 +18,7 @@ PYBIND11_MODULE(_C, m) {
   m.doc() = "gankern CPU kernels (C++/OpenMP)";
   m.def("set_num_threads", [](int n) { omp_set_num_threads(n); });
   m.def("get_max_threads", []() { return omp_get_max_threads(); });
-
-  // ---- bias_act ----
-  m.def(
-      "bias_act_forward",
-      [](uintptr_t x, uintptr_t b, uintptr_t y, int64_t n, int64_t C, int64_t cstride, int act, float alpha,
-         float gain, float clamp) {
-        py::gil_scoped_release nogil;
-        gk::bias_act::forward_cpu(ptr<const float>(x), ptr<const float>(b), ptr<float>(y),
-                                  {n, C, cstride, act, alpha, gain, clamp});
-      },
-      py::arg("x"), py::arg("b"), py::arg("y"), py::arg("n"), py::arg("C"), py::arg("cstride"), py::arg("act"),
-      py::arg("alpha"), py::arg("gain"), py::arg("clamp"));
-  m.def(
-      "bias_act_backward",
-      [](uintptr_t dy, uintptr_t x, uintptr_t b, uintptr_t dx, int64_t n, int64_t C, int64_t cstride, int act,
-         float alpha, float gain, float clamp) {
-        py::gil_scoped_release nogil;
-        gk::bias_act::backward_cpu(ptr<const float>(dy), ptr<const float>(x), ptr<const float>(b), ptr<float>(dx),
-                                   {n, C, cstride, act, alpha, gain, clamp});
-      },
-      py::arg("dy"), py::arg("x"), py::arg("b"), py::arg("dx"), py::arg("n"), py::arg("C"), py::arg("cstride"),
-      py::arg("act"), py::arg("alpha"), py::arg("gain"), py::arg("clamp"));
+  gk::bind::bind_families(m);  // every csrc/<family>/bind.cpp
 
   // ---- vae: counter-based randn, fused reparameterization and KL (csrc/vae/vae.h) ----
   // seed and offset arrive as int64 bit patterns of the uint64 Philox key and counter.

@@ -6,7 +6,8 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
-#include "bias_act/bias_act.h"
+#include "common/bind.h"
+
 #include "diffusion/diffusion.h"
 #include "vae/vae.h"
 #include "norm/norm.h"
@@ -31,20 +32,7 @@ PYBIND11_MODULE(GANKERN_CUDA_MODULE, m) {
 #ifdef GANKERN_CUDA_EMULATOR
   m.def("emulator_self_test", &gk_emu::self_test);
 #endif
-
-  // ---- bias_act ----
-  m.def("bias_act_forward",
-        [](uintptr_t x, uintptr_t b, uintptr_t y, int64_t n, int64_t C, int64_t cstride, int act, float alpha,
-           float gain, float clamp, int dtype, uintptr_t stream) {
-          gk::bias_act::forward_cuda(ptr<const void>(x), ptr<const float>(b), ptr<void>(y),
-                                     {n, C, cstride, act, alpha, gain, clamp}, dtype, stream);
-        });
-  m.def("bias_act_backward",
-        [](uintptr_t dy, uintptr_t x, uintptr_t b, uintptr_t dx, int64_t n, int64_t C, int64_t cstride, int act,
-           float alpha, float gain, float clamp, int dtype, uintptr_t stream) {
-          gk::bias_act::backward_cuda(ptr<const void>(dy), ptr<const void>(x), ptr<const float>(b), ptr<void>(dx),
-                                      {n, C, cstride, act, alpha, gain, clamp}, dtype, stream);
-        });
+  gk::bind::bind_families(m);  // every csrc/<family>/bind.cpp
 
   // ---- vae: counter-based randn, fused reparameterization and KL (csrc/vae/vae.h) ----
   // seed and offset arrive as int64 bit patterns of the uint64 Philox key and counter.

@@ -21,11 +21,17 @@
 
 namespace gk {
 
-// Storage type codes shared with Python (gankern/_native.py: DTYPE_CODES).
-enum class DType : int { Float32 = 0, Float16 = 1, BFloat16 = 2 };
-
 inline void check(bool ok, const std::string& what) {
   if (!ok) throw std::invalid_argument(what);
+}
+
+// "<op>: <what>" as a ValueError in Python. The three-argument check builds no string unless it
+// fails: use it in checks that run on every call.
+[[noreturn]] inline void fail(const char* op, const std::string& what) {
+  throw std::invalid_argument(std::string(op) + ": " + what);
+}
+inline void check(bool ok, const char* op, const char* what) {
+  if (!ok) fail(op, what);
 }
 
 GK_HOST_DEVICE inline float bits_to_f32(std::int32_t b) {

@@ -10,19 +10,12 @@
 #include <cstdint>
 
 #include "common/macros.h"
+#include "gk_tables.h"
 
 namespace gk::diffusion {
 
-// Flags: the values of gankern/reference/diffusion.py.
-enum Flag : int {
-  kGuided = 1, kClip = 2, kThresh = 4, kHist = 8, kNoiseTensor = 16, kNoisePhilox = 32,
-  kVarLearnedRange = 64, kVarLearned = 128, kRescale = 256,
-};
-
-// Coefficient slots (C_* in the reference).
-enum Coef : int {
-  cG = 0, cPre, cPx, cPm, cClip, cQx, cQm, cQ0, cA, cB, cC, cD, cS, cE0, cE1, kNumCoefs = 16,
-};
+// Flags (gk::diffusion::Flag: kGuided, kClip, ...), coefficient slots (Coef: cG, cPre, ...) and
+// kNumCoefs are generated from gankern/_tables.py (DIFFUSION_FLAGS, DIFFUSION_COEFS).
 
 struct StepParams {
   std::int64_t batch;       // B

@@ -302,7 +302,7 @@ void with_vec(int dtype, bool vec_ok, F&& f) {
   });
 }
 
-int vec_width(int dtype) { return dtype == static_cast<int>(DType::Float32) ? 4 : 8; }
+int vec_width(int dtype) { return dtype == kFloat32 ? 4 : 8; }
 
 // The layout keeps each vector inside one table run, and every pointer is 16-byte aligned.
 bool vectorizable(const Shape& s, int dtype, std::initializer_list<const void*> ptrs) {

@@ -139,61 +139,47 @@ register("bias_act", "reference")(ref.bias_act)
 register("bias_act_backward", "reference")(ref.bias_act_backward)
 
 
-def _prepare(x, b, dim, act, alpha, gain, clamp):
-    """Dense x, fp32 bias, and the scalar arguments every native/Triton launcher takes:
-    (n, C, cstride, act code, alpha, gain, clamp) with the flat-memory bias indexing of
-    csrc/bias_act/bias_act.h and clamp < 0 meaning none."""
+def _prepare(x, b, dim, act, clamp):
+    """Dense x, fp32 bias, and the scalars of csrc/bias_act/bias_act.h's Params that are not the
+    user's: (C, cstride) of the flat-memory bias indexing, the activation code, clamp (< 0: none)."""
     x = T.dense(x)
     bf = b.float().contiguous() if b is not None else None
     C, cstride = (1, 1) if b is None or x.shape[dim] == 1 else (x.shape[dim], x.stride(dim))
-    return x, bf, (x.numel(), C, cstride, ref_acts.get(act).code, alpha, gain, -1.0 if clamp is None else clamp)
+    return x, bf, C, cstride, ref_acts.get(act).code, -1.0 if clamp is None else clamp
 
 
-@register("bias_act", "cpu")
-def _bias_act_cpu(x, b, dim, act, alpha, gain, clamp):
-    x, bf, args = _prepare(x, b, dim, act, alpha, gain, clamp)
-    y = T.empty_like(x)
-    _native.cpu.bias_act_forward(x.data_ptr(), _native.ptr(bf), y.data_ptr(), *args)
-    return y
+def _register_native(backend):
+    """The cpu and cuda backends: the same Params to the same entry points of either module."""
+    @register("bias_act", backend)
+    def forward(x, b, dim, act, alpha, gain, clamp):
+        x, bf, C, cstride, code, clamp = _prepare(x, b, dim, act, clamp)
+        y = T.empty_like(x)
+        _native.entry(backend, "bias_act.forward")(x, x=x, b=bf, dy=None, out=y, C=C, cstride=cstride, act=code,
+                                                   alpha=alpha, gain=gain, clamp=clamp)
+        return y
+
+    @register("bias_act_backward", backend)
+    def backward(dy, x, b, dim, act, alpha, gain, clamp):
+        x, bf, C, cstride, code, clamp = _prepare(x, b, dim, act, clamp)
+        dx = T.empty_like(x)
+        _native.entry(backend, "bias_act.backward")(x, x=x, b=bf, dy=T.like(dy.to(x.dtype), x), out=dx, C=C,
+                                                    cstride=cstride, act=code, alpha=alpha, gain=gain, clamp=clamp)
+        return dx
 
 
-@register("bias_act_backward", "cpu")
-def _bias_act_backward_cpu(dy, x, b, dim, act, alpha, gain, clamp):
-    x, bf, args = _prepare(x, b, dim, act, alpha, gain, clamp)
-    dy, dx = T.like(dy.to(x.dtype), x), T.empty_like(x)
-    _native.cpu.bias_act_backward(dy.data_ptr(), x.data_ptr(), _native.ptr(bf), dx.data_ptr(), *args)
-    return dx
-
-
-@register("bias_act", "cuda")
-def _bias_act_cuda(x, b, dim, act, alpha, gain, clamp):
-    x, bf, args = _prepare(x, b, dim, act, alpha, gain, clamp)
-    y = T.empty_like(x)
-    with _native.device_guard(x):
-        _native.cuda.bias_act_forward(x.data_ptr(), _native.ptr(bf), y.data_ptr(), *args, _native.dtype_code(x),
-                                      _native.cuda_stream(x))
-    return y
-
-
-@register("bias_act_backward", "cuda")
-def _bias_act_backward_cuda(dy, x, b, dim, act, alpha, gain, clamp):
-    x, bf, args = _prepare(x, b, dim, act, alpha, gain, clamp)
-    dy, dx = T.like(dy.to(x.dtype), x), T.empty_like(x)
-    with _native.device_guard(x):
-        _native.cuda.bias_act_backward(dy.data_ptr(), x.data_ptr(), _native.ptr(bf), dx.data_ptr(), *args,
-                                       _native.dtype_code(x), _native.cuda_stream(x))
-    return dx
+_register_native("cpu")
+_register_native("cuda")
 
 
 @register("bias_act", "triton")
 def _bias_act_triton(x, b, dim, act, alpha, gain, clamp):
     from ..triton import bias_act as tk
-    x, bf, args = _prepare(x, b, dim, act, alpha, gain, clamp)
-    return tk.launch(None, x, bf, T.empty_like(x), *args)
+    x, bf, C, cstride, code, clamp = _prepare(x, b, dim, act, clamp)
+    return tk.launch(None, x, bf, T.empty_like(x), C, cstride, code, alpha, gain, clamp)
 
 
 @register("bias_act_backward", "triton")
 def _bias_act_backward_triton(dy, x, b, dim, act, alpha, gain, clamp):
     from ..triton import bias_act as tk
-    x, bf, args = _prepare(x, b, dim, act, alpha, gain, clamp)
-    return tk.launch(T.like(dy.to(x.dtype), x), x, bf, T.empty_like(x), *args)
+    x, bf, C, cstride, code, clamp = _prepare(x, b, dim, act, clamp)
+    return tk.launch(T.like(dy.to(x.dtype), x), x, bf, T.empty_like(x), C, cstride, code, alpha, gain, clamp)
