@@ -4,11 +4,11 @@ Loading: each module is imported once; why one could not be (not built, or built
 tables than gankern/_tables.py: a stale build) is reported by `gankern.backends()`. Nothing here
 compiles.
 
-Calling: every native entry point is `<module>.<family>.<pass>(stream, **fields)` with the fields
-of its C++ Params struct (csrc/common/view.h, GK_STRUCT) by name; a tensor field takes the tensor
+Calling: every native entry point is `<module>.<family>.<pass>(stream, *fields)`, the fields of
+its C++ Params struct (csrc/common/view.h, GK_STRUCT) in order; a tensor field takes the tensor
 itself (or None), which the binding reads as a gk::View (address, dtype code, numel: the layout is
-the family's contract). `entry` makes the only callers: they pick the module of the backend, the
-device and the stream.
+the family's contract). `entry` makes the only callers, keyword-only functions that pick the
+module of the backend, the device and the stream.
 """
 from __future__ import annotations
 
@@ -83,22 +83,3 @@ def entry(backend: str, name: str):
 
 _ENTRIES: dict = {}
 
-
-# ---- old positional convention, until every family is converted ---------------------------------
-import contextlib  # noqa: E402
-
-
-def ptr(t):
-    return 0 if t is None else t.data_ptr()
-
-
-def dtype_code(t):
-    return DTYPE_CODES[t.dtype]
-
-
-def cuda_stream(t):
-    return 0 if t.device.type != "cuda" else torch.cuda.current_stream(t.device).cuda_stream
-
-
-def device_guard(t):
-    return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()

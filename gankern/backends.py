@@ -172,16 +172,19 @@ def _no_alias(fn: Callable) -> Callable:
     return wrapper
 
 
-def register(op: str, backend: str, *, cpu_dtypes: Iterable | None = None, cuda_dtypes: Iterable | None = None):
-    """Decorator: `fn` implements `op` on `backend`."""
+def register(op: str | tuple[str, ...], backend: str, *, cpu_dtypes: Iterable | None = None,
+             cuda_dtypes: Iterable | None = None):
+    """Decorator: `fn` implements `op` (the custom op's name, or several ops served by one function)
+    on `backend`."""
     _check_name(backend)
     cpu_d, cuda_d = _DEFAULT_DTYPES[backend]
 
     def deco(fn):
         impl = _no_alias(fn) if backend == "reference" else fn
-        _REGISTRY.setdefault(op, {})[backend] = Impl(
-            impl, frozenset(cpu_dtypes) if cpu_dtypes is not None else cpu_d,
-            frozenset(cuda_dtypes) if cuda_dtypes is not None else cuda_d)
+        for name in (op,) if isinstance(op, str) else op:
+            _REGISTRY.setdefault(name, {})[backend] = Impl(
+                impl, frozenset(cpu_dtypes) if cpu_dtypes is not None else cpu_d,
+                frozenset(cuda_dtypes) if cuda_dtypes is not None else cuda_d)
         return fn
 
     return deco

@@ -278,6 +278,6 @@ def test_nonfinite(case, arg, backend, device):
 def test_every_family_registered():
     """A guard that no family's cases went missing (and unique ids, so every test id is one case)."""
     families = {c.ops[0] for c in CASES}
-    assert {"bias_act", "group_norm_act", "batch_norm_act", "vae_forward", "add_noise", "diffusion_loss",
+    assert {"bias_act", "group_norm_act", "batch_norm_act", "reparameterize", "add_noise", "diffusion_loss",
             "diffusion_step"} <= families
     assert len({c.id for c in CASES}) == len(CASES)

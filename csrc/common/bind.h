@@ -18,6 +18,7 @@
 // (address, dtype code, numel) tuple. The GIL is released while the entry point runs.
 #pragma once
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>  // std::array fields (diffusion coefficients)
 
 #include <string>
 #include <utility>

@@ -28,14 +28,21 @@ struct alignas(sizeof(T) * N) Vec {
 // The 16-byte vector paths need every pointer they touch aligned (nullptr: not touched).
 inline bool aligned16(const void* p) { return p == nullptr || reinterpret_cast<std::uintptr_t>(p) % 16 == 0; }
 
-// Enough blocks to fill every SM several times over; grid-stride loops cover the rest.
-inline int grid_size(std::int64_t work_items, int threads) {
-  static int sms = [] {
+// Streaming multiprocessors of the current device (the emulator reports the H200's 132, or
+// GANKERN_EMULATOR_SMS). Read once per process.
+inline int sm_count() {
+  static const int sms = [] {
     int dev = 0, n = 0;
     cudaGetDevice(&dev);
     cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev);
     return n > 0 ? n : 80;
   }();
+  return sms;
+}
+
+// Enough blocks to fill every SM several times over; grid-stride loops cover the rest.
+inline int grid_size(std::int64_t work_items, int threads) {
+  const int sms = sm_count();
   std::int64_t want = (work_items + threads - 1) / threads;
   std::int64_t cap = static_cast<std::int64_t>(sms) * 16;
   return static_cast<int>(want < cap ? (want > 0 ? want : 1) : cap);

@@ -40,9 +40,6 @@ GK_HOST_DEVICE inline float bits_to_f32(std::int32_t b) {
   return f;
 }
 
-template <typename T>
-inline T* ptr(std::uintptr_t p) { return reinterpret_cast<T*>(p); }
-
 }  // namespace gk
 
 #if defined(__CUDACC__)

@@ -7,7 +7,7 @@
 #include <vector>
 
 #include "common/philox.h"
-#include "vae/vae.h"
+#include "random/random.h"
 #include "diffusion/diffusion.h"
 
 namespace gk::diffusion {
@@ -21,11 +21,11 @@ constexpr std::int64_t kParallelMin = 1 << 18;
 
 // Normals for flat indices [i0, i0 + n): element i is randn4(seed, offset + i / 4)[i % 4]. The tile
 // is generated from whole counters, so buf holds (i0 % 4) leading extra values. The generator is
-// randn's (csrc/vae/cpu.cpp: AVX2 Philox and Box-Muller where the CPU has them).
+// randn's (csrc/random/cpu.cpp: AVX2 Philox and Box-Muller where the CPU has them).
 inline void gen_normals(float* buf, std::uint64_t seed, std::uint64_t offset, std::int64_t i0, std::int64_t n) {
   const std::int64_t c0 = i0 >> 2;
   const std::int64_t m = ((i0 + n + 3) >> 2) - c0;
-  vae::randn_counters_cpu(seed, offset + static_cast<std::uint64_t>(c0), m, buf);
+  random::randn_counters_cpu(seed, offset + static_cast<std::uint64_t>(c0), m, buf);
 }
 
 // One tile: the generic step on L elements with per-sample factors k (rescale), bound and div.
@@ -54,7 +54,7 @@ GK_CPU_CLONES void step_tile(float* __restrict prev, float* __restrict x0o, cons
 
 template <bool kGuided, bool kClamp, bool kHasHist, bool kNoise>
 void step_impl(const float* mo, const float* x, const float* hist, const float* noise, const float* rescale,
-               const float* thresh, float* prev, float* x0, const StepParams& p) {
+               const float* thresh, float* prev, float* x0, const StepScalars& p) {
   const std::int64_t S = p.per_sample, n = p.batch * S;
   const std::int64_t nchunks = (n + kChunk - 1) / kChunk;
   const float* c = p.c;
@@ -103,7 +103,7 @@ void step_impl(const float* mo, const float* x, const float* hist, const float* 
 }
 
 template <typename F>
-void dispatch_step(const StepParams& p, const float* hist, F&& f) {
+void dispatch_step(const StepScalars& p, const float* hist, F&& f) {
   const bool guided = p.flags & kGuided, clamp = p.flags & (kClip | kThresh), h = hist != nullptr,
              noise = p.flags & (kNoiseTensor | kNoisePhilox);
   auto b = [](bool v) { return v; };
@@ -125,11 +125,8 @@ void dispatch_step(const StepParams& p, const float* hist, F&& f) {
 // Deterministic two-stage sums: fixed chunks per sample, combined in order.
 constexpr std::int64_t kSumChunk = 1 << 14;
 
-}  // namespace
-
 void step_cpu(const float* mo, const float* x, const float* hist, const float* noise, const float* rescale,
-              const float* thresh, float* prev, float* x0, const StepParams& p) {
-  if (p.batch * p.per_sample == 0) return;
+              const float* thresh, float* prev, float* x0, const StepScalars& p) {
   dispatch_step(p, hist, [&](auto G, auto C, auto H, auto N) {
     step_impl<decltype(G)::value, decltype(C)::value, decltype(H)::value, decltype(N)::value>(
         mo, x, hist, noise, rescale, thresh, prev, x0, p);
@@ -241,6 +238,58 @@ void loss_backward_cpu(const float* mo, const float* x0, const float* noise, con
       pos = end;
     }
   }
+}
+
+}  // namespace
+
+void step(const StepParams& sp, Stream) {
+  check_step(sp);
+  check(sp.coef_dev.is_none() && sp.rng_dev.is_none(), "diffusion_step", "the CPU reads coefs and seed, not buffers");
+  const StepScalars p = step_scalars(sp);
+  if (p.batch * p.per_sample == 0) return;
+  step_cpu(sp.model_output.as<const float>("model_output"), sp.sample.as<const float>("sample"),
+           sp.history.as<const float>("history"), sp.noise.as<const float>("noise"),
+           sp.rescale.as<const float>("rescale"), sp.thresh.as<const float>("thresh"), sp.prev.as<float>("prev"),
+           sp.x0.as<float>("x0"), p);
+}
+
+void rescale_partials(const RescaleParams& p, Stream) {
+  check(p.partials.numel == 4 * p.batch && p.model_output.numel >= 2 * p.batch * p.per_sample,
+        "guidance_rescale_factors", "the CPU writes partials [B, 1, 4] of model_output [2B, S]");
+  rescale_sums_cpu(p.model_output.as<const float>("model_output"), p.batch, p.per_sample, p.per_sample, p.guidance,
+                   p.partials.as<double>("partials"));
+}
+
+void threshold(const ThresholdParams& p, Stream) {
+  check(p.x0.numel == p.batch * p.per_sample && p.scales.numel == p.batch && p.rank_lo >= 0 &&
+            (p.per_sample == 0 || p.rank_lo < p.per_sample),
+        "diffusion_threshold_scales", "x0 must be [B, S], scales [B], 0 <= rank_lo < S");
+  threshold_cpu(p.x0.as<const float>("x0"), p.batch, p.per_sample, p.rank_lo, p.rank_w, p.max_value,
+                p.scales.as<float>("scales"));
+}
+
+void lincomb(const LincombParams& p, Stream) {
+  check_same("add_noise", p.x, {&p.y, &p.out});
+  check(p.x.numel == p.batch * p.per_sample && p.ca.numel == p.batch && p.cb.numel == p.batch, "add_noise",
+        "x, y, out must be [B, S] and ca, cb [B]");
+  lincomb_cpu(p.x.as<const float>("x"), p.y.as<const float>("y"), p.ca.as<const float>("ca"),
+              p.cb.as<const float>("cb"), p.out.as<float>("out"), p.batch, p.per_sample);
+}
+
+void loss_partials(const LossParams& p, Stream) {
+  check_loss("diffusion_loss", p);
+  check(p.partials.numel == p.batch, "diffusion_loss", "the CPU writes partials [B, 1]");
+  loss_sums_cpu(p.model_output.as<const float>("model_output"), p.x0.as<const float>("x0"),
+                p.noise.as<const float>("noise"), p.tx.as<const float>("tx"), p.tn.as<const float>("tn"),
+                p.partials.as<double>("partials"), p.batch, p.per_sample);
+}
+
+void loss_backward(const LossParams& p, Stream) {
+  check_loss("diffusion_loss_backward", p);
+  check_same("diffusion_loss_backward", p.model_output, {&p.dmo});
+  loss_backward_cpu(p.model_output.as<const float>("model_output"), p.x0.as<const float>("x0"),
+                    p.noise.as<const float>("noise"), p.tx.as<const float>("tx"), p.tn.as<const float>("tn"),
+                    p.k.as<const float>("k"), p.dmo.as<float>("dmo"), p.batch, p.per_sample);
 }
 
 }  // namespace gk::diffusion

@@ -733,4 +733,65 @@ bool group_norm_backward_cpu(const float* dy, const float* x, const Shape& s, st
   return true;
 }
 
+// ---- entry points -----------------------------------------------------------------------------
+
+std::int64_t split_chunk(const SplitParams& p, Stream) { return std::max<std::int64_t>(p.HW, 1); }
+
+void channel_stats(const StatsParams& p, Stream) {
+  const Shape s = shape_of(p);
+  const std::int64_t NC = s.N * s.C;
+  check_operands("norm statistics", p.x, {}, {}, NC);
+  check(p.partials.numel == 3 * NC, "norm statistics", "the CPU writes partials [1][3][N*C] (chunk = HW)");
+  double* part = p.partials.as<double>("partials");
+  std::fill(part, part + NC, 0.0);  // shift
+  channel_stats_cpu(p.x.as<const float>("x"), s, part + NC, part + 2 * NC);
+}
+
+void apply(const PointwiseParams& p, Stream) {
+  const Shape s = shape_of(p);
+  check_operands("norm apply", p.x, {&p.residual, &p.out}, {&p.M, &p.A, &p.B}, s.N * s.C);
+  apply_cpu(p.x.as<const float>("x"), p.M.as<const float>("M"), p.A.as<const float>("A"), p.B.as<const float>("B"),
+            p.residual.as<const float>("residual"), p.out.as<float>("out"), s, p.act, p.alpha);
+}
+
+void backward_apply(const PointwiseParams& p, Stream) {
+  const Shape s = shape_of(p);
+  check_operands("norm backward", p.x, {&p.dy, &p.out}, {&p.M, &p.A, &p.B, &p.A2, &p.B2, &p.C2}, s.N * s.C);
+  backward_apply_cpu(p.dy.as<const float>("dy"), p.x.as<const float>("x"), p.M.as<const float>("M"),
+                     p.A.as<const float>("A"), p.B.as<const float>("B"), p.A2.as<const float>("A2"),
+                     p.B2.as<const float>("B2"), p.C2.as<const float>("C2"), p.out.as<float>("out"), s, p.act,
+                     p.alpha);
+}
+
+void backward_reduce(const ReduceParams& p, Stream) {
+  const Shape s = shape_of(p);
+  check_operands("norm backward reduction", p.x, {&p.dy}, {&p.M, &p.A, &p.B, &p.P}, s.N * s.C);
+  check(p.partials.numel == 3 * s.N * s.C, "norm backward reduction", "the CPU writes partials [1][3][N*C]");
+  backward_reduce_cpu(p.dy.as<const float>("dy"), p.x.as<const float>("x"), p.M.as<const float>("M"),
+                      p.A.as<const float>("A"), p.B.as<const float>("B"), p.P.as<const float>("P"), s, p.act,
+                      p.alpha, p.partials.as<double>("partials"));
+}
+
+void group_norm_forward(const GroupForwardParams& p, Stream) {
+  const Shape s = shape_of(p);
+  check_operands("group_norm_act", p.x, {&p.residual, &p.y}, {&p.temb, &p.scale, &p.shift}, s.N * s.C);
+  group_norm_forward_cpu(p.x.as<const float>("x"), s, p.G, p.eps, p.weight.as<const float>("weight"),
+                         p.bias.as<const float>("bias"), p.temb.as<const float>("temb"),
+                         p.scale.as<const float>("scale"), p.shift.as<const float>("shift"),
+                         p.residual.as<const float>("residual"), p.y.as<float>("y"), p.tables.as<float>("tables"),
+                         p.gmean.as<float>("gmean"), p.grstd.as<float>("grstd"), p.scratch.as<double>("scratch"),
+                         p.act, p.alpha);
+}
+
+bool group_norm_backward(const GroupBackwardParams& p, Stream) {
+  const Shape s = shape_of(p);
+  check_operands("group_norm_act_backward", p.x, {&p.dy, &p.dx}, {&p.temb, &p.scale, &p.shift}, s.N * s.C);
+  return group_norm_backward_cpu(p.dy.as<const float>("dy"), p.x.as<const float>("x"), s, p.G,
+                                 p.gmean.as<const float>("gmean"), p.grstd.as<const float>("grstd"),
+                                 p.weight.as<const float>("weight"), p.bias.as<const float>("bias"),
+                                 p.temb.as<const float>("temb"), p.scale.as<const float>("scale"),
+                                 p.shift.as<const float>("shift"), p.dx.as<float>("dx"), p.grads.as<double>("grads"),
+                                 p.act, p.alpha);
+}
+
 }  // namespace gk::norm

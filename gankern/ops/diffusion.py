@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
-from .. import _native
+from .. import _native, _tables
 from .. import _tensors as T
 from ..backends import register, resolve_nonempty
 from ..reference import diffusion as ref
@@ -460,9 +460,9 @@ def _step_dev_via_host(step_fn):
 register("diffusion_step_dev", "reference")(_step_dev_via_host(ref.diffusion_step))
 
 
-# ---- backends: cpu ---------------------------------------------------------------------------
+# ---- backends: shared operand preparation -----------------------------------------------------
 
-def _layout(model_output: Tensor, sample: Tensor):
+def _sample_layout(model_output: Tensor, sample: Tensor):
     """Contiguous [B, S] views and model_output's per-sample stride (K * S) for the kernels; the
     noise contract numbers elements row-major, so other layouts are copied."""
     x = sample.contiguous()
@@ -480,32 +480,15 @@ def _opt(t: Tensor | None, dtype=None) -> Tensor | None:
     return t.contiguous() if dtype is None else t.to(dtype).contiguous()
 
 
-def _step_cpu_impl(model_output, sample, history, noise, rescale, thresh, coefs, flags, seed, offset, want_x0,
-                   write_prev=True):
-    mo, x, B, S, mo_stride = _layout(model_output, sample)
+def _step_operands(model_output, sample, history, noise, rescale, thresh, want_x0, write_prev):
+    """What every step launcher takes: dense operands in the kernel's dtypes and the outputs,
+    allocated (prev may be skipped; x0 is an empty placeholder unless wanted)."""
+    mo, x, B, S, mo_stride = _sample_layout(model_output, sample)
     history, noise = _opt(history, x.dtype), _opt(noise, x.dtype)
     rescale, thresh = _opt(rescale, torch.float32), _opt(thresh, torch.float32)
     prev = T.empty_like(x) if write_prev else None
     x0 = T.empty_like(x) if want_x0 else x.new_empty((0,))
-    _native.cpu.diffusion_step(mo.data_ptr(), x.data_ptr(), _native.ptr(history), _native.ptr(noise),
-                               _native.ptr(rescale), _native.ptr(thresh), _native.ptr(prev),
-                               x0.data_ptr() if want_x0 else 0, B, S, mo_stride, flags, seed, offset, coefs)
-    return (prev if prev is not None else x.new_empty((0,))), x0
-
-
-@register("diffusion_step", "cpu")
-def _diffusion_step_cpu(model_output, sample, history, noise, rescale, thresh, coefs, flags, seed, offset, want_x0):
-    return _step_cpu_impl(model_output, sample, history, noise, rescale, thresh, coefs, flags, seed, offset, want_x0)
-
-
-@register("diffusion_threshold_scales", "cpu")
-def _threshold_scales_cpu(model_output, sample, rescale, coefs, flags, rank_lo, rank_w, max_value):
-    x0 = _x0_before_clamp(_x0_only(_step_cpu_impl), model_output, sample, rescale, coefs, flags)
-    B = x0.shape[0]
-    s = T.empty((B,), dtype=torch.float32, device=x0.device)
-    _native.cpu.diffusion_threshold(x0.data_ptr(), B, x0.numel() // max(B, 1), rank_lo, rank_w, max_value,
-                                    s.data_ptr())
-    return s
+    return mo, x, B, S, mo_stride, history, noise, rescale, thresh, prev, x0
 
 
 def _rescale_from_sums(sums: Tensor, S: int, rescale: float) -> Tensor:
@@ -514,19 +497,6 @@ def _rescale_from_sums(sums: Tensor, S: int, rescale: float) -> Tensor:
     var_c = (sc2 - sc * sc / S) / (S - 1)
     var_m = (sm2 - sm * sm / S) / (S - 1)
     return ((1 - rescale) + rescale * (var_c / var_m).sqrt()).float()
-
-
-@register("guidance_rescale_factors", "cpu")
-def _guidance_rescale_factors_cpu(model_output, g, rescale):
-    mo = model_output.contiguous()
-    B = mo.shape[0] // 2
-    S = mo.numel() // max(2 * B, 1)
-    sums = T.empty((B, 4), dtype=torch.float64, device=mo.device)
-    _native.cpu.diffusion_rescale_sums(mo.data_ptr(), B, S, S, g, sums.data_ptr())
-    return _rescale_from_sums(sums, S, rescale)
-
-
-register("diffusion_step_dev", "cpu")(_step_dev_via_host(_diffusion_step_cpu))
 
 
 def _per_sample_f32(*ts):
@@ -546,48 +516,109 @@ def _loss_grad_scale(grad, weight, S):
     return ((2.0 / S) * grad.double() * weight.double()).float().contiguous()
 
 
-@register("add_noise", "cpu")
-def _add_noise_cpu(x0, noise, ca, cn):
-    x, y = x0.contiguous(), noise.contiguous()
-    ca, cn = _per_sample_f32(ca, cn)
-    out = T.empty_like(x)
-    B = x.shape[0]
-    _native.cpu.diffusion_lincomb(x.data_ptr(), y.data_ptr(), ca.data_ptr(), cn.data_ptr(), out.data_ptr(), B,
-                                  x.numel() // max(B, 1))
-    return out
+def _register_step_kernels(backend: str, impl) -> None:
+    """diffusion_step, its graph-replay form (coefficients and RNG state read from device buffers)
+    and the dynamic-thresholding scales, all on one step launcher."""
+    @register("diffusion_step", backend)
+    def step(model_output, sample, history, noise, rescale, thresh, coefs, flags, seed, offset, want_x0):
+        return impl(model_output, sample, history, noise, rescale, thresh, coefs, flags, seed, offset, want_x0)
+
+    if backend == "cpu":  # host memory: read the buffers, then the plain step
+        register("diffusion_step_dev", backend)(_step_dev_via_host(step))
+    else:
+        @register("diffusion_step_dev", backend)
+        def step_dev(model_output, sample, history, coefs, rng, flags, want_x0):
+            return impl(model_output, sample, history, None, None, None, [0.0] * R.NCOEF, flags, 0, 0, want_x0,
+                        coef_dev=coefs.float().contiguous(), rng_dev=rng.contiguous())
+
+    if backend != "cpu":  # the CPU selects in C++ (_threshold_scales_cpu below)
+        @register("diffusion_threshold_scales", backend)
+        def threshold_scales(model_output, sample, rescale, coefs, flags, rank_lo, rank_w, max_value):
+            # x0 by the step kernel with prev compiled out, then two radix selections (torch.kthvalue)
+            x0 = _x0_before_clamp(_x0_only(impl), model_output, sample, rescale, coefs, flags)
+            a = x0.reshape(x0.shape[0], -1).abs().float()
+            return _lerp_sorted(a, rank_lo, rank_w).clamp(min=1.0, max=max_value)
 
 
-@register("diffusion_loss", "cpu")
-def _diffusion_loss_cpu(model_output, x0, noise, tx, tn, weight):
-    mo, x0, noise, tx, tn, B, S = _loss_operands(model_output, x0, noise, tx, tn)
-    sums = T.empty((B,), dtype=torch.float64, device=mo.device)
-    _native.cpu.diffusion_loss_sums(mo.data_ptr(), x0.data_ptr(), noise.data_ptr(), tx.data_ptr(), tn.data_ptr(),
-                                    sums.data_ptr(), B, S)
-    return (weight.double() * sums / S).float()
+# ---- backends: cpu and cuda (csrc/diffusion/diffusion.h), one launcher per pass ------------------
+
+# Per-sample partial sums: the CPU sums a whole sample in float64 (one chunk), CUDA writes float32
+# sums of DIFFUSION_REDUCTION_CHUNK elements; the caller adds the chunks in order.
+_RED_CHUNK = _tables.scalar("DIFFUSION_REDUCTION_CHUNK")
 
 
-@register("diffusion_loss_backward", "cpu")
-def _diffusion_loss_backward_cpu(grad, model_output, x0, noise, tx, tn, weight):
-    mo, x0, noise, tx, tn, B, S = _loss_operands(model_output, x0, noise, tx, tn)
-    k = _loss_grad_scale(grad, weight, S)
-    dmo = T.empty_like(mo)
-    _native.cpu.diffusion_loss_backward(mo.data_ptr(), x0.data_ptr(), noise.data_ptr(), tx.data_ptr(), tn.data_ptr(),
-                                        k.data_ptr(), dmo.data_ptr(), B, S)
-    return dmo
+def _partials(backend, B, S, width, device):
+    if backend == "cpu":
+        return T.empty((B, 1) + width, dtype=torch.float64, device=device)
+    return T.empty((B, max(-(-S // _RED_CHUNK), 1)) + width, dtype=torch.float32, device=device)
+
+
+def _register_native(backend: str) -> None:
+    def step_impl(model_output, sample, history, noise, rescale, thresh, coefs, flags, seed, offset, want_x0,
+                  coef_dev=None, rng_dev=None, write_prev=True):
+        mo, x, B, S, mo_stride, history, noise, rescale, thresh, prev, x0 = _step_operands(
+            model_output, sample, history, noise, rescale, thresh, want_x0, write_prev)
+        _native.entry(backend, "diffusion.step")(
+            x, model_output=mo, sample=x, history=history, noise=noise, rescale=rescale, thresh=thresh, prev=prev,
+            x0=x0 if want_x0 else None, coef_dev=coef_dev, rng_dev=rng_dev, batch=B, per_sample=S,
+            mo_stride=mo_stride, flags=flags, seed=seed, offset=offset, coefs=coefs)
+        return (prev if prev is not None else x.new_empty((0,))), x0
+
+    _register_step_kernels(backend, step_impl)
+
+    @register("guidance_rescale_factors", backend)
+    def rescale_factors(model_output, g, rescale):
+        mo = model_output.contiguous()
+        B = mo.shape[0] // 2
+        S = mo.numel() // max(2 * B, 1)
+        part = _partials(backend, B, S, (4,), mo.device)
+        _native.entry(backend, "diffusion.rescale_partials")(mo, model_output=mo, batch=B, per_sample=S, guidance=g,
+                                                            partials=part)
+        return _rescale_from_sums(part.double().sum(1), S, rescale)
+
+    @register("add_noise", backend)
+    def add_noise(x0, noise, ca, cn):
+        x, y = x0.contiguous(), noise.contiguous()
+        ca, cn = _per_sample_f32(ca, cn)
+        out = T.empty_like(x)
+        B = x.shape[0]
+        _native.entry(backend, "diffusion.lincomb")(x, x=x, y=y, ca=ca, cb=cn, out=out, batch=B,
+                                                   per_sample=x.numel() // max(B, 1))
+        return out
+
+    @register("diffusion_loss", backend)
+    def loss(model_output, x0, noise, tx, tn, weight):
+        mo, x0, noise, tx, tn, B, S = _loss_operands(model_output, x0, noise, tx, tn)
+        part = _partials(backend, B, S, (), mo.device)
+        _native.entry(backend, "diffusion.loss_partials")(mo, model_output=mo, x0=x0, noise=noise, tx=tx, tn=tn,
+                                                         k=None, partials=part, dmo=None, batch=B, per_sample=S)
+        return (weight.double() * part.double().sum(1) / S).float()
+
+    @register("diffusion_loss_backward", backend)
+    def loss_backward(grad, model_output, x0, noise, tx, tn, weight):
+        mo, x0, noise, tx, tn, B, S = _loss_operands(model_output, x0, noise, tx, tn)
+        k = _loss_grad_scale(grad, weight, S)
+        dmo = T.empty_like(mo)
+        _native.entry(backend, "diffusion.loss_backward")(mo, model_output=mo, x0=x0, noise=noise, tx=tx, tn=tn,
+                                                         k=k, partials=None, dmo=dmo, batch=B, per_sample=S)
+        return dmo
+
+    if backend == "cpu":
+        @register("diffusion_threshold_scales", "cpu")
+        def threshold_scales_cpu(model_output, sample, rescale, coefs, flags, rank_lo, rank_w, max_value):
+            x0 = _x0_before_clamp(_x0_only(step_impl), model_output, sample, rescale, coefs, flags)
+            B = x0.shape[0]
+            s = T.empty((B,), dtype=torch.float32, device=x0.device)
+            _native.entry("cpu", "diffusion.threshold")(x0, x0=x0, batch=B, per_sample=x0.numel() // max(B, 1),
+                                                       rank_lo=rank_lo, rank_w=rank_w, max_value=max_value, scales=s)
+            return s
+
+
+_register_native("cpu")
+_register_native("cuda")
 
 
 # ---- backends: triton ------------------------------------------------------------------------
-
-def _step_operands(model_output, sample, history, noise, rescale, thresh, want_x0, write_prev):
-    """What the Triton and CUDA step launchers take: dense operands in the kernel's dtypes and the
-    outputs, allocated (prev may be skipped; x0 is an empty placeholder unless wanted)."""
-    mo, x, B, S, mo_stride = _layout(model_output, sample)
-    history, noise = _opt(history, x.dtype), _opt(noise, x.dtype)
-    rescale, thresh = _opt(rescale, torch.float32), _opt(thresh, torch.float32)
-    prev = T.empty_like(x) if write_prev else None
-    x0 = T.empty_like(x) if want_x0 else x.new_empty((0,))
-    return mo, x, B, S, mo_stride, history, noise, rescale, thresh, prev, x0
-
 
 def _step_triton_impl(model_output, sample, history, noise, rescale, thresh, coefs, flags, seed, offset, want_x0,
                       coef_dev=None, rng_dev=None, write_prev=True):
@@ -597,26 +628,6 @@ def _step_triton_impl(model_output, sample, history, noise, rescale, thresh, coe
     tk.step(mo, x, history, noise, rescale, thresh, prev, x0 if want_x0 else None, B, S, mo_stride, flags,
             seed, offset, coefs, coef_dev, rng_dev)
     return (prev if prev is not None else x.new_empty((0,))), x0
-
-
-def _register_step_kernels(backend: str, impl) -> None:
-    """diffusion_step, its graph-replay form (coefficients and RNG state read from device buffers)
-    and the dynamic-thresholding scales, all on one step launcher (Triton's or CUDA's)."""
-    @register("diffusion_step", backend)
-    def step(model_output, sample, history, noise, rescale, thresh, coefs, flags, seed, offset, want_x0):
-        return impl(model_output, sample, history, noise, rescale, thresh, coefs, flags, seed, offset, want_x0)
-
-    @register("diffusion_step_dev", backend)
-    def step_dev(model_output, sample, history, coefs, rng, flags, want_x0):
-        return impl(model_output, sample, history, None, None, None, [0.0] * R.NCOEF, flags, 0, 0, want_x0,
-                    coef_dev=coefs.float().contiguous(), rng_dev=rng.contiguous())
-
-    @register("diffusion_threshold_scales", backend)
-    def threshold_scales(model_output, sample, rescale, coefs, flags, rank_lo, rank_w, max_value):
-        # x0 by the step kernel with prev compiled out, then two radix selections (torch.kthvalue)
-        x0 = _x0_before_clamp(_x0_only(impl), model_output, sample, rescale, coefs, flags)
-        a = x0.reshape(x0.shape[0], -1).abs().float()
-        return _lerp_sorted(a, rank_lo, rank_w).clamp(min=1.0, max=max_value)
 
 
 _register_step_kernels("triton", _step_triton_impl)
@@ -659,71 +670,3 @@ def _diffusion_loss_backward_triton(grad, model_output, x0, noise, tx, tn, weigh
     return tk.lincomb(x0, noise, tx, tn, T.empty_like(mo), B, S, m=mo, k=k)
 
 
-# ---- backends: cuda --------------------------------------------------------------------------
-
-_RED_CHUNK = 1024  # elements per reduction block of csrc/diffusion/cuda.cu (kRedThreads * kRedItems)
-
-
-def _step_cuda_impl(model_output, sample, history, noise, rescale, thresh, coefs, flags, seed, offset, want_x0,
-                    coef_dev=None, rng_dev=None, write_prev=True):
-    mo, x, B, S, mo_stride, history, noise, rescale, thresh, prev, x0 = _step_operands(
-        model_output, sample, history, noise, rescale, thresh, want_x0, write_prev)
-    with _native.device_guard(x):
-        _native.cuda.diffusion_step(mo.data_ptr(), x.data_ptr(), _native.ptr(history), _native.ptr(noise),
-                                    _native.ptr(rescale), _native.ptr(thresh), _native.ptr(prev),
-                                    x0.data_ptr() if want_x0 else 0, B, S, mo_stride, flags, seed, offset, list(coefs),
-                                    _native.ptr(coef_dev), _native.ptr(rng_dev), _native.dtype_code(x),
-                                    _native.cuda_stream(x))
-    return (prev if prev is not None else x.new_empty((0,))), x0
-
-
-_register_step_kernels("cuda", _step_cuda_impl)
-
-
-@register("guidance_rescale_factors", "cuda")
-def _guidance_rescale_factors_cuda(model_output, g, rescale):
-    mo = model_output.contiguous()
-    B = mo.shape[0] // 2
-    S = mo.numel() // max(2 * B, 1)
-    nchunks = max(-(-S // _RED_CHUNK), 1)
-    part = T.empty((B, nchunks, 4), dtype=torch.float32, device=mo.device)
-    with _native.device_guard(mo):
-        _native.cuda.diffusion_rescale_partials(mo.data_ptr(), B, S, S, g, part.data_ptr(), nchunks,
-                                                _native.dtype_code(mo), _native.cuda_stream(mo))
-    return _rescale_from_sums(part.double().sum(1), S, rescale)
-
-
-@register("add_noise", "cuda")
-def _add_noise_cuda(x0, noise, ca, cn):
-    x, y = x0.contiguous(), noise.contiguous()
-    ca, cn = _per_sample_f32(ca, cn)
-    out = T.empty_like(x)
-    B = x.shape[0]
-    with _native.device_guard(x):
-        _native.cuda.diffusion_lincomb(x.data_ptr(), y.data_ptr(), ca.data_ptr(), cn.data_ptr(), out.data_ptr(), B,
-                                       x.numel() // max(B, 1), _native.dtype_code(x), _native.cuda_stream(x))
-    return out
-
-
-@register("diffusion_loss", "cuda")
-def _diffusion_loss_cuda(model_output, x0, noise, tx, tn, weight):
-    mo, x0, noise, tx, tn, B, S = _loss_operands(model_output, x0, noise, tx, tn)
-    nchunks = max(-(-S // _RED_CHUNK), 1)
-    part = T.empty((B, nchunks), dtype=torch.float32, device=mo.device)
-    with _native.device_guard(mo):
-        _native.cuda.diffusion_loss_partials(mo.data_ptr(), x0.data_ptr(), noise.data_ptr(), tx.data_ptr(),
-                                             tn.data_ptr(), part.data_ptr(), nchunks, B, S, _native.dtype_code(mo),
-                                             _native.cuda_stream(mo))
-    return (weight.double() * part.double().sum(1) / S).float()
-
-
-@register("diffusion_loss_backward", "cuda")
-def _diffusion_loss_backward_cuda(grad, model_output, x0, noise, tx, tn, weight):
-    mo, x0, noise, tx, tn, B, S = _loss_operands(model_output, x0, noise, tx, tn)
-    k = _loss_grad_scale(grad, weight, S)
-    dmo = T.empty_like(mo)
-    with _native.device_guard(mo):
-        _native.cuda.diffusion_loss_backward(mo.data_ptr(), x0.data_ptr(), noise.data_ptr(), tx.data_ptr(),
-                                             tn.data_ptr(), k.data_ptr(), dmo.data_ptr(), B, S, _native.dtype_code(mo),
-                                             _native.cuda_stream(mo))
-    return dmo

@@ -4,9 +4,17 @@ time-embedding bias, scale-shift and residual of diffusion UNets).
 Kernels see both norms as the same passes (csrc/norm/norm.h): per-(n, c) statistics of x; then
 y = act((x - M) * A + B) with small per-(n, c) coefficient tables M, A, B folding mean, rstd,
 weight, bias, temb, scale and shift; backward recomputes h instead of saving it, reduces per-(n, c)
-sums of g = dy * act'(h), and applies dx = g * A2 + (x - M) * B2 + C2. The table arithmetic is O(N * C)
-and lives here in torch (float64), shared by the triton and cuda backends; the CPU forward of
-GroupNorm does it in C++ to avoid a dozen small torch calls on a path that takes ~1 ms.
+sums of g = dy * act'(h), and applies dx = g * A2 + (x - M) * B2 + C2.
+
+Where the O(N * C) table arithmetic is done (each a route to gankern/reference/norm.py's formulas,
+which the tests compare every backend with):
+  - here in torch, float64 (_gn_tables, _gn_backward_k, the BatchNorm helpers): BatchNorm on every
+    backend, GroupNorm on the cuda backend, and the GroupNorm backward of the triton backend and
+    of the CPU shapes the fused C++ backward does not take;
+  - the Triton GroupNorm forward: its finalize kernel (gankern/triton/norm.py);
+  - the CPU GroupNorm forward, and its backward where the layout allows: C++
+    (csrc/norm/cpu.cpp: group_coefficients_cpu, group_norm_backward_cpu), to avoid a dozen small
+    torch calls on a path that takes ~1 ms.
 
 Weight/bias gradients are per-(n, c) partial sums reduced over n by torch: deterministic, no atomics.
 """
@@ -300,8 +308,8 @@ register("batch_norm_act", "reference")(ref.batch_norm_act)
 
 # ---- kernel backends: shared table arithmetic ------------------------------------------------
 
-def _layout(x):
-    """(dense x, N, C, HW, channels_last)."""
+def _norm_layout(x):
+    """(dense x, N, C, HW, channels_last): the Shape of csrc/norm/norm.h."""
     N, C = x.shape[:2]
     HW = math.prod(x.shape[2:])
     if x.is_contiguous():
@@ -382,7 +390,7 @@ def _f32(t, like=None):
 
 
 def _gn_forward(k: _Kernels, x, G, w, b, eps, act, alpha, temb, scale, shift, residual):
-    x, N, C, HW, cl = _layout(x)
+    x, N, C, HW, cl = _norm_layout(x)
     mean_c, m2_c = k.stats(x, N, C, HW, cl)
     dt = torch.float64
     mean_c, m2_c = mean_c.to(dt), m2_c.to(dt)
@@ -398,7 +406,7 @@ def _gn_forward(k: _Kernels, x, G, w, b, eps, act, alpha, temb, scale, shift, re
 
 
 def _gn_backward_k(k: _Kernels, dy, x, mean, rstd, G, w, b, eps, act, alpha, temb, scale, shift):
-    x, N, C, HW, cl = _layout(x)
+    x, N, C, HW, cl = _norm_layout(x)
     if x.numel() == 0:  # no output element: every gradient is zero (the statistics may be NaN)
         pc, ps = (torch.zeros(s, dtype=_stat_dtype(x), device=x.device) for s in ((C,), (N, C)))
         return (torch.zeros_like(x), pc, pc.clone(), ps, ps.clone(), ps.clone())
@@ -413,7 +421,7 @@ def _gn_backward_k(k: _Kernels, dy, x, mean, rstd, G, w, b, eps, act, alpha, tem
 
 
 def _bn_forward(k: _Kernels, x, w, b, rm, rv, training, eps, act, alpha, residual):
-    x, N, C, HW, cl = _layout(x)
+    x, N, C, HW, cl = _norm_layout(x)
     dt = torch.float64
     if training:
         mean_c, m2_c = k.stats(x, N, C, HW, cl)
@@ -432,7 +440,7 @@ def _bn_forward(k: _Kernels, x, w, b, rm, rv, training, eps, act, alpha, residua
 
 
 def _bn_backward_k(k: _Kernels, dy, x, mean, var, w, b, training, eps, act, alpha):
-    x, N, C, HW, cl = _layout(x)
+    x, N, C, HW, cl = _norm_layout(x)
     if x.numel() == 0:  # no output element: every gradient is zero (the statistics may be NaN)
         z = torch.zeros((C,), dtype=_stat_dtype(x), device=x.device)
         return torch.zeros_like(x), z, z.clone()
@@ -507,53 +515,98 @@ register("group_norm_act_backward", "reference")(lambda *a: _gn_backward_k(_Torc
 register("batch_norm_act_backward", "reference")(lambda *a: _bn_backward_k(_TorchKernels(), *a))
 
 
-# ---- cpu -------------------------------------------------------------------------------------
+# ---- cpu and cuda (csrc/norm/norm.h): the same passes of either module -------------------------
 
-class _CpuKernels:
+class _NativeKernels:
+    """Launchers of the norm entry points of one native backend. The reductions return partials
+    [S][3][N*C] over splits of `chunk` positions (norm.split_chunk: one split on the CPU, in
+    float64; enough to fill the GPU on CUDA, in float32), merged here in fixed order."""
+
+    def __init__(self, backend):
+        self.backend = backend
+
+    def _run(self, name, device_of, **fields):
+        return _native.entry(self.backend, "norm." + name)(device_of, **fields)
+
+    def _splits(self, x, N, C, HW, cl):
+        chunk = self._run("split_chunk", x, N=N, C=C, HW=HW, channels_last=cl)
+        return chunk, -(-HW // chunk)
+
+    def _partials(self, x, S, N, C):
+        dtype = torch.float64 if self.backend == "cpu" else torch.float32
+        return torch.empty((S, 3, N, C), dtype=dtype, device=x.device)
+
     def stats(self, x, N, C, HW, cl):
-        st = torch.empty((2, N, C), dtype=torch.float64)
-        _native.cpu.norm_channel_stats(x.data_ptr(), N, C, HW, cl, st[0].data_ptr(), st[1].data_ptr())
-        return st[0], st[1]
+        if HW == 0 or N * C == 0:
+            z = torch.zeros((N, C), dtype=torch.float64, device=x.device)
+            return z, z.clone()
+        chunk, S = self._splits(x, N, C, HW, cl)
+        part = self._partials(x, S, N, C)  # shift, mean of x - shift, m2
+        self._run("channel_stats", x, x=x, chunk=chunk, partials=part, N=N, C=C, HW=HW, channels_last=cl)
+        mean_s, m2_s = part[:, 0].double() + part[:, 1].double(), part[:, 2].double()
+        if S == 1:
+            return mean_s[0], m2_s[0]
+        cnt = torch.tensor([min(HW, (s + 1) * chunk) - s * chunk for s in range(S)], dtype=torch.float64,
+                           device=x.device)[:, None, None]
+        mean = (cnt * mean_s).sum(0) / HW  # Chan's merge of the splits
+        return mean, m2_s.sum(0) + (cnt * (mean_s - mean).pow(2)).sum(0)
 
     def apply(self, x, M, A, B, res, N, C, HW, cl, act, alpha):
         y = T.empty_like(x)
-        _native.cpu.norm_apply(x.data_ptr(), M.data_ptr(), A.data_ptr(), B.data_ptr(), _native.ptr(res), y.data_ptr(),
-                               N, C, HW, cl, ref_acts.get(act).code, alpha)
+        self._run("apply", x, dy=None, x=x, residual=res, out=y, M=M, A=A, B=B, A2=None, B2=None, C2=None,
+                  act=ref_acts.get(act).code, alpha=alpha, N=N, C=C, HW=HW, channels_last=cl)
         return y
 
     def bwd_reduce(self, dy, x, M, A, B, P, N, C, HW, cl, act, alpha):
-        sums = torch.empty((3, N, C), dtype=torch.float64)
-        _native.cpu.norm_backward_reduce(dy.data_ptr(), x.data_ptr(), M.data_ptr(), A.data_ptr(), B.data_ptr(),
-                                         P.data_ptr(), N, C, HW, cl, ref_acts.get(act).code, alpha,
-                                         sums.data_ptr())
-        return sums
+        if HW == 0 or N * C == 0:
+            return torch.zeros((3, N, C), dtype=self._partials(x, 0, N, C).dtype, device=x.device)
+        chunk, S = self._splits(x, N, C, HW, cl)
+        part = self._partials(x, S, N, C)
+        self._run("backward_reduce", x, dy=dy, x=x, M=M, A=A, B=B, P=P, chunk=chunk, partials=part,
+                  act=ref_acts.get(act).code, alpha=alpha, N=N, C=C, HW=HW, channels_last=cl)
+        return part[0] if S == 1 else part.sum(0)
 
     def bwd_apply(self, dy, x, M, A, B, A2, B2, C2, N, C, HW, cl, act, alpha):
         dx = T.empty_like(x)
-        _native.cpu.norm_backward_apply(dy.data_ptr(), x.data_ptr(), M.data_ptr(), A.data_ptr(), B.data_ptr(),
-                                        A2.data_ptr(), B2.data_ptr(), C2.data_ptr(), dx.data_ptr(), N, C, HW, cl,
-                                        ref_acts.get(act).code, alpha)
+        self._run("backward_apply", x, dy=dy, x=x, residual=None, out=dx, M=M, A=A, B=B, A2=A2, B2=B2, C2=C2,
+                  act=ref_acts.get(act).code, alpha=alpha, N=N, C=C, HW=HW, channels_last=cl)
         return dx
 
 
-_CPU_KERNELS = _CpuKernels()
+_CPU_KERNELS = _NativeKernels("cpu")
 _register_kernels("cpu", _CPU_KERNELS, skip_gn_forward=True, skip_gn_backward=True)
+_register_kernels("cuda", _NativeKernels("cuda"))
 
 
 @register("group_norm_act", "cpu")
 def _gn_forward_cpu(x, G, w, b, eps, act, alpha, temb, scale, shift, residual):
-    x, N, C, HW, cl = _layout(x)
+    x, N, C, HW, cl = _norm_layout(x)
     res = None if residual is None else T.like(residual.to(x.dtype), x)
     y = T.empty_like(x)
     tables = torch.empty((3, N, C), dtype=torch.float32)
     mean, rstd = torch.empty((N, G), dtype=torch.float32), torch.empty((N, G), dtype=torch.float32)
     scratch = torch.empty((2, N, C), dtype=torch.float64)
-    w, b, temb, scale, shift = (_f32(t) for t in (w, b, temb, scale, shift))  # kept alive across the call
-    _native.cpu.group_norm_forward(x.data_ptr(), N, C, HW, cl, G, eps, _native.ptr(w), _native.ptr(b),
-                                   _native.ptr(temb), _native.ptr(scale), _native.ptr(shift), _native.ptr(res),
-                                   y.data_ptr(), tables.data_ptr(), mean.data_ptr(),
-                                   rstd.data_ptr(), scratch.data_ptr(), ref_acts.get(act).code, alpha)
+    w, b, temb, scale, shift = (_f32(t) for t in (w, b, temb, scale, shift))
+    _native.entry("cpu", "norm.group_norm_forward")(
+        x, x=x, weight=w, bias=b, temb=temb, scale=scale, shift=shift, residual=res, y=y, tables=tables, gmean=mean,
+        grstd=rstd, scratch=scratch, G=G, eps=eps, act=ref_acts.get(act).code, alpha=alpha, N=N, C=C, HW=HW,
+        channels_last=cl)
     return y, mean, rstd
+
+
+@register("group_norm_act_backward", "cpu")
+def _gn_backward_cpu(dy, x, mean, rstd, G, w, b, eps, act, alpha, temb, scale, shift):
+    x, N, C, HW, cl = _norm_layout(x)
+    dy = T.like(dy.to(x.dtype), x)
+    dx = T.empty_like(x)
+    grads = torch.empty((5, N, C), dtype=torch.float64)
+    fmean, frstd, fw, fb, ftemb, fscale, fshift = (_f32(t) for t in (mean, rstd, w, b, temb, scale, shift))
+    if _native.entry("cpu", "norm.group_norm_backward")(
+            x, dy=dy, x=x, gmean=fmean, grstd=frstd, weight=fw, bias=fb, temb=ftemb, scale=fscale, shift=fshift,
+            dx=dx, grads=grads, G=G, act=ref_acts.get(act).code, alpha=alpha, N=N, C=C, HW=HW, channels_last=cl):
+        dw, db = grads[0].sum(0), grads[1].sum(0)  # deterministic reduction of the per-sample partials
+        return tuple([dx] + [g.to(_STAT) for g in (dw, db, grads[2], grads[3], grads[4])])
+    return _gn_backward_k(_CPU_KERNELS, dy, x, mean, rstd, G, w, b, eps, act, alpha, temb, scale, shift)
 
 
 # ---- triton ----------------------------------------------------------------------------------
@@ -593,7 +646,7 @@ _register_kernels("triton", _TritonKernels(), skip_gn_forward=True)
 def _gn_forward_triton(x, G, w, b, eps, act, alpha, temb, scale, shift, residual):
     """Three launches: statistics, a finalize kernel for the tables, the normalize pass."""
     from ..triton import norm as tk
-    x, N, C, HW, cl = _layout(x)
+    x, N, C, HW, cl = _norm_layout(x)
     if HW == 0:
         return _gn_forward(_TritonKernels(), x, G, w, b, eps, act, alpha, temb, scale, shift, residual)
     res = None if residual is None else T.like(residual.to(x.dtype), x)
@@ -602,73 +655,3 @@ def _gn_forward_triton(x, G, w, b, eps, act, alpha, temb, scale, shift, residual
     y = tk.pointwise(None, x, res, T.empty_like(x), tables[0], tables[1], tables[2], None, None, None, C, HW, cl,
                      ref_acts.get(act).code, alpha)
     return y, mean, rstd
-
-
-# ---- cuda ------------------------------------------------------------------------------------
-
-class _CudaKernels:
-    """Launchers of csrc/norm/cuda.cu. Reductions return per-split fp32 partials, merged here."""
-
-    def _splits(self, N, C, HW, cl):
-        chunk = _native.cuda.norm_split_chunk(N, C, HW, cl)
-        return chunk, -(-HW // chunk)
-
-    def stats(self, x, N, C, HW, cl):
-        if HW == 0 or N * C == 0:
-            z = torch.zeros((N, C), dtype=torch.float64, device=x.device)
-            return z, z.clone()
-        chunk, S = self._splits(N, C, HW, cl)
-        part = torch.empty((S, 3, N, C), dtype=torch.float32, device=x.device)  # shift, mean of x - shift, m2
-        with _native.device_guard(x):
-            _native.cuda.norm_channel_stats(x.data_ptr(), N, C, HW, cl, chunk, part.data_ptr(), _native.dtype_code(x),
-                                            _native.cuda_stream(x))
-        cnt = torch.tensor([min(HW, (s + 1) * chunk) - s * chunk for s in range(S)], dtype=torch.float64,
-                           device=x.device)[:, None, None]
-        mean_s, m2_s = part[:, 0].double() + part[:, 1].double(), part[:, 2].double()
-        mean = (cnt * mean_s).sum(0) / HW  # Chan's merge of the splits
-        return mean, m2_s.sum(0) + (cnt * (mean_s - mean).pow(2)).sum(0)
-
-    def apply(self, x, M, A, B, res, N, C, HW, cl, act, alpha):
-        y = T.empty_like(x)
-        with _native.device_guard(x):
-            _native.cuda.norm_apply(x.data_ptr(), M.data_ptr(), A.data_ptr(), B.data_ptr(), _native.ptr(res),
-                                    y.data_ptr(), N, C, HW, cl, ref_acts.get(act).code, alpha, _native.dtype_code(x),
-                                    _native.cuda_stream(x))
-        return y
-
-    def bwd_reduce(self, dy, x, M, A, B, P, N, C, HW, cl, act, alpha):
-        if HW == 0 or N * C == 0:
-            return torch.zeros((3, N, C), dtype=torch.float32, device=x.device)
-        chunk, S = self._splits(N, C, HW, cl)
-        part = torch.empty((S, 3, N, C), dtype=torch.float32, device=x.device)
-        with _native.device_guard(x):
-            _native.cuda.norm_backward_reduce(dy.data_ptr(), x.data_ptr(), M.data_ptr(), A.data_ptr(), B.data_ptr(),
-                                              P.data_ptr(), N, C, HW, cl, ref_acts.get(act).code, alpha, chunk,
-                                              part.data_ptr(), _native.dtype_code(x), _native.cuda_stream(x))
-        return part.sum(0)
-
-    def bwd_apply(self, dy, x, M, A, B, A2, B2, C2, N, C, HW, cl, act, alpha):
-        dx = T.empty_like(x)
-        with _native.device_guard(x):
-            _native.cuda.norm_backward_apply(dy.data_ptr(), x.data_ptr(), M.data_ptr(), A.data_ptr(), B.data_ptr(),
-                                             A2.data_ptr(), B2.data_ptr(), C2.data_ptr(), dx.data_ptr(), N, C, HW, cl,
-                                             ref_acts.get(act).code, alpha, _native.dtype_code(x),
-                                             _native.cuda_stream(x))
-        return dx
-
-
-_register_kernels("cuda", _CudaKernels())
-
-
-@register("group_norm_act_backward", "cpu")
-def _gn_backward_cpu(dy, x, mean, rstd, G, w, b, eps, act, alpha, temb, scale, shift):
-    x, N, C, HW, cl = _layout(x)
-    dy = T.like(dy.to(x.dtype), x)
-    dx = T.empty_like(x)
-    grads = torch.empty((5, N, C), dtype=torch.float64)
-    f = [_f32(t) for t in (mean, rstd, w, b, temb, scale, shift)]  # kept alive across the call
-    if _native.cpu.group_norm_backward(dy.data_ptr(), x.data_ptr(), N, C, HW, cl, G, *map(_native.ptr, f),
-                                       dx.data_ptr(), grads.data_ptr(), ref_acts.get(act).code, alpha):
-        dw, db = grads[0].sum(0), grads[1].sum(0)  # deterministic reduction of the per-sample partials
-        return tuple([dx] + [g.to(_STAT) for g in (dw, db, grads[2], grads[3], grads[4])])
-    return _gn_backward_k(_CPU_KERNELS, dy, x, mean, rstd, G, w, b, eps, act, alpha, temb, scale, shift)

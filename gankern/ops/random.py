@@ -109,17 +109,14 @@ def _randn_reference(shape, seed, offset, dtype, device):
 @register("randn", "cpu", cpu_dtypes=FP32_HALF)
 def _randn_cpu(shape, seed, offset, dtype, device):
     out = T.empty(shape, dtype=torch.float32, device=device)
-    _native.cpu.randn(out.data_ptr(), out.numel(), seed, offset)
+    _native.entry("cpu", "random.randn")(out, out=out, seed=seed, offset=offset)
     return out if dtype == torch.float32 else out.to(dtype)  # generated in fp32, then rounded
 
 
 @register("randn", "cuda")
 def _randn_cuda(shape, seed, offset, dtype, device):
     out = T.empty(shape, dtype=dtype, device=device)
-    if out.numel():
-        with _native.device_guard(out):
-            _native.cuda.randn(out.data_ptr(), out.numel(), seed, offset, _native.dtype_code(out),
-                               _native.cuda_stream(out))
+    _native.entry("cuda", "random.randn")(out, out=out, seed=seed, offset=offset)
     return out
 
 

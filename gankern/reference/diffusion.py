@@ -32,21 +32,27 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-# Coefficient slots of the generic step (the kernels use the same indices).
-NCOEF = 16
-(C_G, C_PRE, C_PX, C_PM, C_CLIP, C_QX, C_QM, C_Q0, C_A, C_B, C_C, C_D, C_S, C_E0, C_E1) = range(15)
+from .. import _tables
 
-# Flags of the generic step.
-GUIDED = 1          # model_output holds 2B samples: unconditional half first
-CLIP = 2            # clamp x0 to [-coef[C_CLIP], coef[C_CLIP]]
-THRESH = 4          # dynamic thresholding with per-sample scales
-HIST = 8            # history tensor (multistep solvers)
-NOISE_TENSOR = 16   # noise given as a tensor
-NOISE_PHILOX = 32   # noise generated from (seed, offset), element i = randn(shape, seed, offset)[i]
-VAR_LEARNED_RANGE = 64   # std = exp(e0 + e1 v), v = variance channels of model_output
-VAR_LEARNED = 128        # std = cs * sqrt(v)
-RESCALE = 256       # per-sample guidance-rescale factors k_b
-HAS_VAR_CHANNELS = 512  # plan-level only: model_output carries 2C channels the step ignores
+# Coefficient slots and flags of the generic step: gankern/_tables.py is their one definition
+# (the kernels are built from it).
+_SLOT = {name: i for i, name in enumerate(_tables.DIFFUSION_COEFS)}
+NCOEF = _tables.scalar("DIFFUSION_NUM_COEFS")
+(C_G, C_PRE, C_PX, C_PM, C_CLIP, C_QX, C_QM, C_Q0, C_A, C_B, C_C, C_D, C_S, C_E0, C_E1) = (
+    _SLOT[n] for n in ("g", "pre", "px", "pm", "clip", "qx", "qm", "q0", "a", "b", "c", "d", "s", "e0", "e1"))
+
+_FLAG = _tables.DIFFUSION_FLAGS
+GUIDED = _FLAG["guided"]                    # model_output holds 2B samples: unconditional half first
+CLIP = _FLAG["clip"]                        # clamp x0 to [-coef[C_CLIP], coef[C_CLIP]]
+THRESH = _FLAG["thresh"]                    # dynamic thresholding with per-sample scales
+HIST = _FLAG["hist"]                        # history tensor (multistep solvers)
+NOISE_TENSOR = _FLAG["noise_tensor"]        # noise given as a tensor
+NOISE_PHILOX = _FLAG["noise_philox"]        # noise from (seed, offset): element i = randn(shape, seed, offset)[i]
+VAR_LEARNED_RANGE = _FLAG["var_learned_range"]  # std = exp(e0 + e1 v), v = variance channels of model_output
+VAR_LEARNED = _FLAG["var_learned"]          # std = cs * sqrt(v)
+RESCALE = _FLAG["rescale"]                  # per-sample guidance-rescale factors k_b
+HAS_VAR_CHANNELS = 2 * max(_FLAG.values())  # plan-level only (never reaches a kernel): model_output
+                                            # carries 2C channels the step ignores
 NOISE = NOISE_TENSOR | NOISE_PHILOX
 VAR = VAR_LEARNED_RANGE | VAR_LEARNED
 

@@ -4,7 +4,7 @@ import torch
 import gankern
 from contract import Case
 
-VAE_OPS = ("vae_forward", "vae_backward")
+VAE_OPS = ("reparameterize", "kl_normal", "reparameterize_kl", "vae_backward", "reparameterize_backward")
 
 
 def _make(shape, gen):
