@@ -246,6 +246,16 @@ def resolve(op: str, x: torch.Tensor) -> Callable:
     raise RuntimeError(f"gankern.{op}: no backend can run {dtype} on {device}")
 
 
+def resolve_nonempty(op: str, x: torch.Tensor) -> Callable:
+    """resolve(op, x), except that size-0 inputs run the reference implementation on every backend:
+    there is nothing to compute, and kernels and launchers never see size-0 grids (Triton's arange,
+    split counts, divisions by a size). The reference defines the outputs (empty, or NaN statistics
+    of empty sets) and the zero gradients."""
+    if x.numel() == 0:
+        return _REGISTRY[op]["reference"].fn
+    return resolve(op, x)
+
+
 def which(op: str, x: torch.Tensor) -> str:
     """Name of the backend `resolve(op, x)` picks (for reports and tests)."""
     fn = resolve(op, x)

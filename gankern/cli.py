@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import platform
 import sys
 
@@ -149,6 +150,18 @@ def _run_model_command(args) -> int:
     return 0
 
 
+def positive_seconds(text: str) -> float:
+    """argparse type of --budget: a finite number of seconds > 0 (argparse turns the error into a
+    usage message naming the option)."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not math.isfinite(v) or v <= 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number of seconds > 0, got {text!r}")
+    return v
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gankern", description="Fused kernels for generative models.")
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -159,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--out", default="bench-out", help="folder for the JSON results and PNG chart")
     b.add_argument("--full", action="store_true", help="every case and shape, not just the quick set")
     b.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline")
-    b.add_argument("--budget", type=float, help="seconds of timing per measurement")
+    b.add_argument("--budget", type=positive_seconds, help="seconds of timing per measurement (> 0)")
     b.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     b.add_argument("--standalone", action="store_true",
                    help="also time each gankern call alone in a fresh process (the 'fresh-process ms' column)")

@@ -42,11 +42,11 @@ GK_CPU_CLONES void step_tile(float* __restrict prev, float* __restrict x0o, cons
     if constexpr (kGuided) m = m + g * (cnd[i] - m);
     m *= k;
     float xp = x[i];
-    if constexpr (kNoise) xp += pre * z[i];
+    if constexpr (kNoise) xp += term(pre, z[i]);
     const float x0 = step_x0<kClamp>(xp, m, px, pm, bound, div);
-    const float eps = qx * xp + qm * m + q0 * x0;
-    float p = ca * xp + cb * x0 + cc * eps;
-    if constexpr (kHasHist) p += cd * h[i];
+    const float eps = term(qx, xp) + term(qm, m) + term(q0, x0);
+    float p = term(ca, xp) + term(cb, x0) + term(cc, eps);
+    if constexpr (kHasHist) p += term(cd, h[i]);
     if constexpr (kNoise) p += zs[i];
     prev[i] = p;
     x0o[i] = x0;
@@ -87,10 +87,10 @@ void step_impl(const float* mo, const float* x, const float* hist, const float* 
             z = noise + t0;
           }
           if (p.flags & (kVarLearnedRange | kVarLearned)) {
-            for (std::int64_t i = 0; i < L; ++i) zs[i] = noise_std(p.flags, var[o + i], c) * z[i];
+            for (std::int64_t i = 0; i < L; ++i) zs[i] = term(noise_std(p.flags, var[o + i], c), z[i]);
           } else {
             const float s = c[cS];
-            for (std::int64_t i = 0; i < L; ++i) zs[i] = s * z[i];
+            for (std::int64_t i = 0; i < L; ++i) zs[i] = term(s, z[i]);
           }
         }
         step_tile<kGuided, kClamp, kHasHist, kNoise>(

@@ -100,13 +100,13 @@ step_kernel(const T* __restrict__ mo, const T* __restrict__ x, const T* __restri
       float m = u[j];
       if constexpr (kGuided) m = m + c[cG] * (cv[j] - m);
       if (p.flags & kRescale) m *= __ldg(rescale + b);
-      const float xp = kNoise != 0 ? xv[j] + c[cPre] * z[j] : xv[j];
+      const float xp = kNoise != 0 ? xv[j] + term(c[cPre], z[j]) : xv[j];
       float bound = c[cClip], div = 1.f;
       if (p.flags & kThresh) bound = div = __ldg(thresh + b);
       x0v[j] = step_x0<kClamp>(xp, m, c[cPx], c[cPm], bound, div);
       float q = step_prev(xp, m, x0v[j], c);
-      if constexpr (kHasHist) q += c[cD] * hv[j];
-      if constexpr (kNoise != 0) q += noise_std(p.flags, var[j], c) * z[j];
+      if constexpr (kHasHist) q += term(c[cD], hv[j]);
+      if constexpr (kNoise != 0) q += term(noise_std(p.flags, var[j], c), z[j]);
       pv[j] = q;
     }
     if (vec) {

@@ -112,18 +112,22 @@ struct StepScalars {
   float c[kNumCoefs];
 };
 
+// c * v, or exactly 0 when the coefficient is 0: a term the step does not have contributes nothing,
+// even when its operand is inf or NaN (0 * inf would be NaN). The rule of gankern/reference/diffusion.py.
+GK_HOST_DEVICE inline float term(float c, float v) { return c != 0.f ? c * v : 0.f; }
+
 // Per element: everything after loading. m: guided (and rescaled) model output, xp: the sample
 // after pre-noise, bound / div: clamp bound and divisor of x0 (clip: c, 1; threshold: s_b, s_b).
 template <bool kClamp>
 GK_HOST_DEVICE inline float step_x0(float xp, float m, float px, float pm, float bound, float div) {
-  float x0 = px * xp + pm * m;
+  float x0 = term(px, xp) + term(pm, m);
   if constexpr (kClamp) x0 = (x0 < -bound ? -bound : (x0 > bound ? bound : x0)) / div;  // NaN passes, as torch.clamp
   return x0;
 }
 
 GK_HOST_DEVICE inline float step_prev(float xp, float m, float x0, const float* c) {
-  const float eps = c[cQx] * xp + c[cQm] * m + c[cQ0] * x0;
-  return c[cA] * xp + c[cB] * x0 + c[cC] * eps;
+  const float eps = term(c[cQx], xp) + term(c[cQm], m) + term(c[cQ0], x0);
+  return term(c[cA], xp) + term(c[cB], x0) + term(c[cC], eps);
 }
 
 // Noise standard deviation of one element: constant, or from the model's variance channel v.

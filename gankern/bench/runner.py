@@ -197,6 +197,8 @@ def run(device: str | None = None, ops: list[str] | None = None, out: str = "ben
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("gankern bench: --device cuda requested but PyTorch sees no CUDA device")
     budget = budget if budget is not None else (0.4 if dev.type == "cpu" else 0.2)
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not 0 < budget < float("inf"):
+        raise ValueError(f"budget must be a finite number of seconds > 0, got {budget!r}")
     cases = collect(dev, ops, full)
     if not cases:
         raise SystemExit("gankern bench: no cases selected")

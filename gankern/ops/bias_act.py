@@ -17,7 +17,7 @@ from torch import Tensor
 
 from .. import _native
 from .. import _tensors as T
-from ..backends import register, resolve
+from ..backends import register, resolve_nonempty
 from ..reference import activations as ref_acts
 from ..reference import bias_act as ref
 from . import _validate as V
@@ -59,23 +59,25 @@ def bias_act(x: Tensor, b: Tensor | None = None, dim: int = 1, act: str = "linea
 @torch.library.custom_op("gankern::bias_act", mutates_args=())
 def _bias_act(x: Tensor, b: Optional[Tensor], dim: int, act: str, alpha: float, gain: float,
               clamp: Optional[float]) -> Tensor:
-    return resolve("bias_act", x)(x, b, dim, act, alpha, gain, clamp)
+    return T.restride(resolve_nonempty("bias_act", x)(x, b, dim, act, alpha, gain, clamp), x, T.kept_strides(x))
 
 
+# Outputs keep a dense input's layout (the kernels are elementwise over flat memory).
 @_bias_act.register_fake
 def _(x, b, dim, act, alpha, gain, clamp):
-    return torch.empty_like(x)
+    return T.empty_strided_like(x, T.kept_strides(x))
 
 
 @torch.library.custom_op("gankern::bias_act_backward", mutates_args=())
 def _bias_act_backward(dy: Tensor, x: Tensor, b: Optional[Tensor], dim: int, act: str, alpha: float,
                        gain: float, clamp: Optional[float]) -> Tensor:
-    return resolve("bias_act_backward", x)(dy, x, b, dim, act, alpha, gain, clamp)
+    dx = resolve_nonempty("bias_act_backward", x)(dy, x, b, dim, act, alpha, gain, clamp)
+    return T.restride(dx, x, T.kept_strides(x))
 
 
 @_bias_act_backward.register_fake
 def _(dy, x, b, dim, act, alpha, gain, clamp):
-    return torch.empty_like(x)
+    return T.empty_strided_like(x, T.kept_strides(x))
 
 
 # ---- autograd --------------------------------------------------------------------------------

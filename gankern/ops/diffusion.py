@@ -22,10 +22,11 @@ from typing import Optional
 
 import torch
 from torch import Tensor
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from .. import _native, _tables
 from .. import _tensors as T
-from ..backends import register, resolve
+from ..backends import register, resolve_nonempty
 from ..reference import diffusion as ref
 from . import _validate as V
 
@@ -74,11 +75,22 @@ def draw_seed(generator: torch.Generator | None = None) -> int:
 def _call(op: str, probe: Tensor, *args):
     """Run a custom op. Eagerly, on plain tensors, the backend is called directly: the Python
     custom-op dispatch costs ~0.15 ms, as much as the step kernel itself at SD latent sizes. Under
-    torch.compile / export / tracing (fake or subclass tensors) it goes through torch.ops so the
-    graph sees the op."""
-    if type(probe) is Tensor and not torch.compiler.is_compiling():
-        return resolve(op, probe)(*args)
+    torch.compile / export / tracing (fake or subclass tensors) or a dispatch mode (opcheck, flop
+    counters) it goes through torch.ops so the graph or the mode sees the op."""
+    if type(probe) is Tensor and not torch.compiler.is_compiling() and _get_current_dispatch_mode() is None:
+        return _contiguous(resolve_nonempty(op, probe)(*args), probe)
     return getattr(torch.ops.gankern, op)(*args)
+
+
+def _contiguous(out, like: Tensor):
+    """Full-size outputs of every diffusion op are contiguous on every backend: the kernels index
+    [B, S] row-major (the noise contract numbers elements that way), so a channels_last input is
+    read through a contiguous copy. The fakes state it (torch.compile / export trust them)."""
+    return T.restride(out, like, T.contiguous_strides(like.shape))
+
+
+def _empty_contiguous(like: Tensor) -> Tensor:
+    return T.empty_strided_like(like, T.contiguous_strides(like.shape))
 
 
 def _check_step_inputs(model_output, sample, guided, history, noise, flags):
@@ -130,8 +142,14 @@ def fused_step(model_output: Tensor, sample: Tensor, plan: StepPlan, *, guidance
     elif flags & R.HIST:
         raise ValueError("this step needs the previous step's x0 (history) but none was given")
     _check_step_inputs(model_output, sample, guided, history, noise, flags)
+    if torch.is_grad_enabled():
+        for name, t in (("model_output", model_output), ("sample", sample), ("history", history), ("noise", noise)):
+            if t is not None and t.requires_grad:
+                raise ValueError(f"{name} requires grad, but the fused sampling step is not differentiable (its "
+                                 "gradient would be silently missing); sample under torch.no_grad() or pass "
+                                 f"{name}.detach()")
     coefs = list(plan.coefs)
-    coefs[R.C_G] = V.real(guidance_scale, "guidance_scale") if guided else 1.0
+    coefs[R.C_G] = V.real(guidance_scale, "guidance_scale", finite=True) if guided else 1.0
     guidance_rescale = V.real(guidance_rescale, "guidance_rescale", min_value=0.0)
     if guidance_rescale > 1.0:
         raise ValueError(f"guidance_rescale must be in [0, 1], got {guidance_rescale}")
@@ -153,7 +171,11 @@ def fused_step(model_output: Tensor, sample: Tensor, plan: StepPlan, *, guidance
         rescale = _call("guidance_rescale_factors", mo_pred, mo_pred, coefs[R.C_G], guidance_rescale)
         flags |= R.RESCALE
     thresh = None
-    if plan.threshold is not None:
+    if plan.threshold is not None and sample.numel() == 0:
+        # nothing to take a quantile of (and nothing to scale): every scale is the clamp's lower bound
+        thresh = torch.ones(sample.shape[0], dtype=torch.float32, device=sample.device)
+        flags |= R.THRESH
+    elif plan.threshold is not None:
         ratio, max_value = plan.threshold
         lo, w = ref.quantile_rank(ratio, sample[0].numel())
         thresh = _call("diffusion_threshold_scales", sample, model_output, sample, rescale, coefs, flags, lo, w,
@@ -180,6 +202,11 @@ def _timestep_coefs(x0: Tensor, timesteps: Tensor, alphas_cumprod: Tensor) -> tu
                         f"{timesteps.dtype if isinstance(timesteps, Tensor) else type(timesteps).__name__}")
     if timesteps.numel() == 1 and x0.shape[0] != 1:  # one timestep for the batch, as diffusers broadcasts it
         timesteps = timesteps.reshape(1).expand(x0.shape[0])
+    for name, t in (("timesteps", timesteps), ("alphas_cumprod", alphas_cumprod)):
+        # schedule tables may stay on the CPU (diffusers keeps them there); they are moved to x0's device
+        if t.device != x0.device and t.device.type != "cpu":
+            raise ValueError(f"{name} is on {t.device} but the latents are on {x0.device}; "
+                             f"{name} must be on the CPU or on the latents' device")
     if timesteps.numel() != x0.shape[0]:
         raise ValueError(f"timesteps must hold one timestep per sample ({x0.shape[0]}) or one for all, got shape "
                          f"{tuple(timesteps.shape)}")
@@ -213,6 +240,8 @@ def diffusion_loss(model_output: Tensor, x0: Tensor, noise: Tensor, timesteps: T
     V.tensor(model_output, "model_output", ndim_min=1)
     V.tensor(x0, "x0")
     V.tensor(noise, "noise")
+    if weighting is not None:
+        V.tensor(weighting, "weighting")
     V.same_device(model_output, "model_output", x0=x0, noise=noise, weighting=weighting)
     for name, t in (("x0", x0), ("noise", noise)):
         if t.shape != model_output.shape:
@@ -231,7 +260,6 @@ def diffusion_loss(model_output: Tensor, x0: Tensor, noise: Tensor, timesteps: T
     if weighting is None:
         w = torch.ones_like(sa)
     else:
-        V.tensor(weighting, "weighting")
         if weighting.numel() != model_output.shape[0]:
             raise ValueError(f"weighting must hold one weight per sample ({model_output.shape[0]}), got shape "
                              f"{tuple(weighting.shape)}")
@@ -313,19 +341,19 @@ def _diffusion_step(model_output: Tensor, sample: Tensor, history: Optional[Tens
                     rescale: Optional[Tensor], thresh: Optional[Tensor], coefs: list[float], flags: int, seed: int,
                     offset: int, want_x0: bool) -> tuple[Tensor, Tensor]:
     _check_step_op(model_output, sample, history, noise, rescale, thresh, coefs, flags)
-    return resolve("diffusion_step", sample)(model_output, sample, history, noise, rescale, thresh, coefs, flags,
-                                              seed, offset, want_x0)
+    return _contiguous(resolve_nonempty("diffusion_step", sample)(model_output, sample, history, noise, rescale, thresh,
+                                                                  coefs, flags, seed, offset, want_x0), sample)
 
 
 @_diffusion_step.register_fake
 def _(model_output, sample, history, noise, rescale, thresh, coefs, flags, seed, offset, want_x0):
-    return torch.empty_like(sample), (torch.empty_like(sample) if want_x0 else sample.new_empty((0,)))
+    return _empty_contiguous(sample), (_empty_contiguous(sample) if want_x0 else sample.new_empty((0,)))
 
 
 @torch.library.custom_op("gankern::guidance_rescale_factors", mutates_args=())
 def _guidance_rescale_factors(model_output: Tensor, g: float, rescale: float) -> Tensor:
     _check_guided_output(model_output)
-    return resolve("guidance_rescale_factors", model_output)(model_output, g, rescale)
+    return resolve_nonempty("guidance_rescale_factors", model_output)(model_output, g, rescale)
 
 
 @_guidance_rescale_factors.register_fake
@@ -341,8 +369,8 @@ def _diffusion_threshold_scales(model_output: Tensor, sample: Tensor, rescale: O
     S = sample[0].numel() if sample.shape[0] else 1
     if not (0 <= rank_lo < S and 0.0 <= rank_w <= 1.0):
         raise ValueError(f"rank_lo must be in [0, {S}) and rank_w in [0, 1], got {rank_lo}, {rank_w}")
-    return resolve("diffusion_threshold_scales", sample)(model_output, sample, rescale, coefs, flags, rank_lo, rank_w,
-                                                          max_value)
+    return resolve_nonempty("diffusion_threshold_scales", sample)(model_output, sample, rescale, coefs, flags, rank_lo,
+                                                                  rank_w, max_value)
 
 
 @_diffusion_threshold_scales.register_fake
@@ -354,26 +382,35 @@ def _(model_output, sample, rescale, coefs, flags, rank_lo, rank_w, max_value):
 @torch.library.custom_op("gankern::add_noise", mutates_args=())
 def _add_noise(x0: Tensor, noise: Tensor, ca: Tensor, cn: Tensor) -> Tensor:
     _check_lincomb(x0, noise, ca, cn)
-    return resolve("add_noise", x0)(x0, noise, ca, cn)
+    return _contiguous(resolve_nonempty("add_noise", x0)(x0, noise, ca, cn), x0)
 
 
 @_add_noise.register_fake
 def _(x0, noise, ca, cn):
-    return torch.empty_like(x0)
+    return _empty_contiguous(x0)
 
 
 def _add_noise_setup(ctx, inputs, output):
     x0, noise, ca, cn = inputs
-    ctx.save_for_backward(ca, cn)
-    ctx.dtypes = (x0.dtype, noise.dtype)
+    # x0 and noise are needed only for the coefficients' gradients (a learned schedule)
+    ctx.save_for_backward(ca, cn, x0 if ca.requires_grad else None, noise if cn.requires_grad else None)
+
+
+def _sample_sums(g: Tensor, t: Tensor, like: Tensor) -> Tensor:
+    """sum over each sample of g * t, in the coefficient's dtype (float32 at least)."""
+    dt = torch.promote_types(like.dtype, torch.float32)
+    return (g.to(dt) * t.to(dt)).reshape(g.shape[0], ref._per_sample_numel(g)).sum(1).to(like.dtype)
 
 
 def _add_noise_backward(ctx, g):
-    ca, cn = ctx.saved_tensors
+    ca, cn, x0, noise = ctx.saved_tensors
+    need = ctx.needs_input_grad
     # linear in x0 and noise: the gradients are the same op with one input zeroed out
-    gx = ref.per_sample(ca, g.ndim).to(g.dtype) * g if ctx.needs_input_grad[0] else None
-    gn = ref.per_sample(cn, g.ndim).to(g.dtype) * g if ctx.needs_input_grad[1] else None
-    return gx, gn, None, None
+    gx = ref.per_sample(ca, g.ndim).to(g.dtype) * g if need[0] else None
+    gn = ref.per_sample(cn, g.ndim).to(g.dtype) * g if need[1] else None
+    gca = _sample_sums(g, x0, ca) if need[2] else None
+    gcn = _sample_sums(g, noise, cn) if need[3] else None
+    return gx, gn, gca, gcn
 
 
 _add_noise.register_autograd(_add_noise_backward, setup_context=_add_noise_setup)
@@ -382,7 +419,7 @@ _add_noise.register_autograd(_add_noise_backward, setup_context=_add_noise_setup
 @torch.library.custom_op("gankern::diffusion_loss", mutates_args=())
 def _diffusion_loss(model_output: Tensor, x0: Tensor, noise: Tensor, tx: Tensor, tn: Tensor, weight: Tensor) -> Tensor:
     _check_loss_op(model_output, x0, noise, tx, tn, weight)
-    return resolve("diffusion_loss", model_output)(model_output, x0, noise, tx, tn, weight)
+    return resolve_nonempty("diffusion_loss", model_output)(model_output, x0, noise, tx, tn, weight)
 
 
 @_diffusion_loss.register_fake
@@ -395,12 +432,13 @@ def _(model_output, x0, noise, tx, tn, weight):
 def _diffusion_loss_backward(grad: Tensor, model_output: Tensor, x0: Tensor, noise: Tensor, tx: Tensor, tn: Tensor,
                              weight: Tensor) -> Tensor:
     _check_loss_op(model_output, x0, noise, tx, tn, weight, grad)
-    return resolve("diffusion_loss_backward", model_output)(grad, model_output, x0, noise, tx, tn, weight)
+    return _contiguous(resolve_nonempty("diffusion_loss_backward", model_output)(grad, model_output, x0, noise, tx, tn,
+                                                                                 weight), model_output)
 
 
 @_diffusion_loss_backward.register_fake
 def _(grad, model_output, x0, noise, tx, tn, weight):
-    return torch.empty_like(model_output)
+    return _empty_contiguous(model_output)
 
 
 def _loss_setup(ctx, inputs, output):
@@ -409,11 +447,16 @@ def _loss_setup(ctx, inputs, output):
 
 def _loss_backward(ctx, grad):
     mo, x0, noise, tx, tn, w = ctx.saved_tensors
+    need = ctx.needs_input_grad
     dmo = torch.ops.gankern.diffusion_loss_backward(grad, mo, x0, noise, tx, tn, w)
     # target = tx x0 + tn noise enters with a minus sign; rarely needed, so plain torch ops
-    dx0 = -ref.per_sample(tx, mo.ndim).to(dmo.dtype) * dmo if ctx.needs_input_grad[1] else None
-    dn = -ref.per_sample(tn, mo.ndim).to(dmo.dtype) * dmo if ctx.needs_input_grad[2] else None
-    return dmo, dx0, dn, None, None, None
+    dx0 = -ref.per_sample(tx, mo.ndim).to(dmo.dtype) * dmo if need[1] else None
+    dn = -ref.per_sample(tn, mo.ndim).to(dmo.dtype) * dmo if need[2] else None
+    dtx = -_sample_sums(dmo, x0, tx) if need[3] else None  # learned schedules (v-prediction target)
+    dtn = -_sample_sums(dmo, noise, tn) if need[4] else None
+    # d loss_b / d w_b = the unweighted per-sample loss: one more pass, only for learned weightings
+    dw = (grad * ref.diffusion_loss(mo, x0, noise, tx, tn, torch.ones_like(w))).to(w.dtype) if need[5] else None
+    return dmo, dx0, dn, dtx, dtn, dw
 
 
 _diffusion_loss.register_autograd(_loss_backward, setup_context=_loss_setup)
@@ -479,12 +522,13 @@ def _diffusion_step_dev(model_output: Tensor, sample: Tensor, history: Optional[
     if rng.numel() != 2 or rng.dtype != torch.int64 or rng.device != sample.device:
         raise ValueError(f"rng must be an int64 tensor [seed, offset] on {sample.device}, got {tuple(rng.shape)} "
                          f"{rng.dtype} on {rng.device}")
-    return resolve("diffusion_step_dev", sample)(model_output, sample, history, coefs, rng, flags, want_x0)
+    return _contiguous(resolve_nonempty("diffusion_step_dev", sample)(model_output, sample, history, coefs, rng, flags,
+                                                                      want_x0), sample)
 
 
 @_diffusion_step_dev.register_fake
 def _(model_output, sample, history, coefs, rng, flags, want_x0):
-    return torch.empty_like(sample), (torch.empty_like(sample) if want_x0 else sample.new_empty((0,)))
+    return _empty_contiguous(sample), (_empty_contiguous(sample) if want_x0 else sample.new_empty((0,)))
 
 
 def _step_dev_via_host(step_fn):

@@ -28,7 +28,7 @@ from torch import Tensor
 
 from .. import _native
 from .. import _tensors as T
-from ..backends import register, resolve
+from ..backends import register, resolve_nonempty
 from ..reference import activations as ref_acts
 from ..reference import norm as ref
 from . import _validate as V
@@ -144,15 +144,21 @@ def batch_norm_act(x: Tensor, running_mean: Tensor | None, running_var: Tensor |
     eps = _eps(eps)
     if residual is not None:
         V.tensor(residual, "residual")
+        V.same_device(x, "x", residual=residual)
         if residual.shape != x.shape:
             raise ValueError(f"residual must have x's shape {tuple(x.shape)}, got {tuple(residual.shape)}")
+    if torch.is_grad_enabled():
+        for name, t in (("running_mean", running_mean), ("running_var", running_var)):
+            if t is not None and t.requires_grad:
+                raise ValueError(f"{name} requires grad, but the running statistics are not differentiable (as "
+                                 "in torch); pass a buffer or a detached tensor")
     count = x.numel() // max(C, 1)
-    if training and count <= 1:
+    if training and count == 1:  # torch's rule; an empty batch gives an empty output (and no update)
         raise ValueError(f"batch_norm_act in training mode needs more than 1 value per channel, got x of shape "
                          f"{tuple(x.shape)}")
     y, mean, var = torch.ops.gankern.batch_norm_act(x, weight, bias, running_mean, running_var, training, eps, act,
                                                     alpha, residual)
-    if training and running_mean is not None:
+    if training and running_mean is not None and count > 0:
         with torch.no_grad():
             running_mean.mul_(1 - momentum).add_(mean.to(running_mean.dtype), alpha=momentum)
             unbiased = var * (count / (count - 1))
@@ -166,17 +172,28 @@ def _stat_dtype(x):
     return torch.float64 if x.dtype == torch.float64 else _STAT
 
 
+def _channels_last(x) -> bool:
+    return x.ndim > 2 and x.movedim(1, -1).is_contiguous() and not x.is_contiguous()
+
+
+def _out_strides(x) -> tuple:
+    """y and dx: NCHW or channels_last as x (the kernels read and write both natively); any other
+    layout is copied to contiguous first (_layout), so its outputs are contiguous."""
+    return tuple(x.stride()) if x.is_contiguous() or _channels_last(x) else T.contiguous_strides(x.shape)
+
+
 @torch.library.custom_op("gankern::group_norm_act", mutates_args=())
 def _group_norm_act(x: Tensor, num_groups: int, weight: Optional[Tensor], bias: Optional[Tensor], eps: float,
                     act: str, alpha: float, temb: Optional[Tensor], scale: Optional[Tensor], shift: Optional[Tensor],
                     residual: Optional[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
-    return resolve("group_norm_act", x)(x, num_groups, weight, bias, eps, act, alpha, temb, scale, shift, residual)
+    return T.restride(resolve_nonempty("group_norm_act", x)(x, num_groups, weight, bias, eps, act, alpha, temb, scale,
+                                                          shift, residual), x, _out_strides(x))
 
 
 @_group_norm_act.register_fake
 def _(x, num_groups, weight, bias, eps, act, alpha, temb, scale, shift, residual):
     st = x.new_empty((x.shape[0], num_groups), dtype=_stat_dtype(x))
-    return torch.empty_like(x), st, torch.empty_like(st)
+    return T.empty_strided_like(x, _out_strides(x)), st, torch.empty_like(st)
 
 
 @torch.library.custom_op("gankern::group_norm_act_backward", mutates_args=())
@@ -186,8 +203,9 @@ def _group_norm_act_backward(dy: Tensor, x: Tensor, mean: Tensor, rstd: Tensor, 
                              shift: Optional[Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(dx, dweight [C], dbias [C], dtemb [N, C], dscale [N, C], dshift [N, C]); parameter gradients
     in the statistics dtype, computed whether or not the parameter is given (they are O(N * C))."""
-    return resolve("group_norm_act_backward", x)(dy, x, mean, rstd, num_groups, weight, bias, eps, act, alpha,
-                                                 temb, scale, shift)
+    dx_etc = resolve_nonempty("group_norm_act_backward", x)(dy, x, mean, rstd, num_groups, weight, bias, eps, act,
+                                                            alpha, temb, scale, shift)
+    return T.restride(dx_etc, x, _out_strides(x))
 
 
 @_group_norm_act_backward.register_fake
@@ -196,7 +214,8 @@ def _(dy, x, mean, rstd, num_groups, weight, bias, eps, act, alpha, temb, scale,
     sd = _stat_dtype(x)
     pc = x.new_empty((C,), dtype=sd)
     ps = x.new_empty((N, C), dtype=sd)
-    return (torch.empty_like(x), pc, torch.empty_like(pc), ps, torch.empty_like(ps), torch.empty_like(ps))
+    return (T.empty_strided_like(x, _out_strides(x)), pc, torch.empty_like(pc), ps, torch.empty_like(ps),
+            torch.empty_like(ps))
 
 
 @torch.library.custom_op("gankern::batch_norm_act", mutates_args=())
@@ -204,14 +223,14 @@ def _batch_norm_act(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
                     running_var: Optional[Tensor], training: bool, eps: float, act: str, alpha: float,
                     residual: Optional[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
     """(y, mean [C], var [C]): the statistics used; var is biased in training mode."""
-    return resolve("batch_norm_act", x)(x, weight, bias, running_mean, running_var, training, eps, act, alpha,
-                                        residual)
+    return T.restride(resolve_nonempty("batch_norm_act", x)(x, weight, bias, running_mean, running_var, training, eps,
+                                                            act, alpha, residual), x, _out_strides(x))
 
 
 @_batch_norm_act.register_fake
 def _(x, weight, bias, running_mean, running_var, training, eps, act, alpha, residual):
     st = x.new_empty((x.shape[1],), dtype=_stat_dtype(x))
-    return torch.empty_like(x), st, torch.empty_like(st)
+    return T.empty_strided_like(x, _out_strides(x)), st, torch.empty_like(st)
 
 
 @torch.library.custom_op("gankern::batch_norm_act_backward", mutates_args=())
@@ -219,13 +238,14 @@ def _batch_norm_act_backward(dy: Tensor, x: Tensor, mean: Tensor, var: Tensor, w
                              bias: Optional[Tensor], training: bool, eps: float, act: str,
                              alpha: float) -> tuple[Tensor, Tensor, Tensor]:
     """(dx, dweight [C], dbias [C]) in the statistics dtype."""
-    return resolve("batch_norm_act_backward", x)(dy, x, mean, var, weight, bias, training, eps, act, alpha)
+    return T.restride(resolve_nonempty("batch_norm_act_backward", x)(dy, x, mean, var, weight, bias, training, eps,
+                                                                     act, alpha), x, _out_strides(x))
 
 
 @_batch_norm_act_backward.register_fake
 def _(dy, x, mean, var, weight, bias, training, eps, act, alpha):
     pc = x.new_empty((x.shape[1],), dtype=_stat_dtype(x))
-    return torch.empty_like(x), pc, torch.empty_like(pc)
+    return T.empty_strided_like(x, _out_strides(x)), pc, torch.empty_like(pc)
 
 
 # ---- autograd --------------------------------------------------------------------------------
@@ -302,7 +322,7 @@ def _norm_layout(x):
 def _nc_or(t, N, C, fill, dtype, device):
     if t is None:
         return torch.full((N, C), fill, dtype=dtype, device=device)
-    return t.to(dtype).reshape(-1, C).expand(N, C) if t.ndim == 1 else t.to(dtype)
+    return t.to(dtype).reshape(1, C).expand(N, C) if t.ndim == 1 else t.to(dtype)
 
 
 def _gn_tables(x, mean, rstd, G, w, b, temb, scale, shift, dt):
@@ -332,8 +352,8 @@ def _gn_param_grads(sums, tb, x, G):
     dw = Suxh.sum(0)
     db = Su.sum(0)
     cnt = max((C // G) * HW, 1)
-    c1 = (wt * Su).reshape(N, G, -1).sum(-1).repeat_interleave(C // G, dim=1) / cnt
-    c2 = (wt * Suxh).reshape(N, G, -1).sum(-1).repeat_interleave(C // G, dim=1) / cnt
+    c1 = (wt * Su).reshape(N, G, C // G).sum(-1).repeat_interleave(C // G, dim=1) / cnt
+    c2 = (wt * Suxh).reshape(N, G, C // G).sum(-1).repeat_interleave(C // G, dim=1) / cnt
     # dx = rs * (wt * sc1 * g - c1 - c2 * xhat), xhat = (x - M) * P
     A2 = rs * wt * sc1
     B2 = -rs * c2 * tb["P"]
@@ -376,8 +396,8 @@ def _gn_forward(k: _Kernels, x, G, w, b, eps, act, alpha, temb, scale, shift, re
     mean_c, m2_c = mean_c.to(dt), m2_c.to(dt)
     if temb is not None:
         mean_c = mean_c + temb.to(dt)
-    mg = mean_c.reshape(N, G, -1).mean(-1)
-    m2g = m2_c.reshape(N, G, -1).sum(-1) + HW * (mean_c.reshape(N, G, -1) - mg[..., None]).pow(2).sum(-1)
+    mg = mean_c.reshape(N, G, C // G).mean(-1)
+    m2g = m2_c.reshape(N, G, C // G).sum(-1) + HW * (mean_c.reshape(N, G, C // G) - mg[..., None]).pow(2).sum(-1)
     rstd = torch.rsqrt(m2g / max((C // G) * HW, 1) + eps)
     tb = _gn_tables(x, mg, rstd, G, w, b, temb, scale, shift, dt)
     res = None if residual is None else T.like(residual.to(x.dtype), x)
@@ -387,6 +407,9 @@ def _gn_forward(k: _Kernels, x, G, w, b, eps, act, alpha, temb, scale, shift, re
 
 def _gn_backward_k(k: _Kernels, dy, x, mean, rstd, G, w, b, eps, act, alpha, temb, scale, shift):
     x, N, C, HW, cl = _norm_layout(x)
+    if x.numel() == 0:  # no output element: every gradient is zero (the statistics may be NaN)
+        pc, ps = (torch.zeros(s, dtype=_stat_dtype(x), device=x.device) for s in ((C,), (N, C)))
+        return (torch.zeros_like(x), pc, pc.clone(), ps, ps.clone(), ps.clone())
     dy = T.like(dy.to(x.dtype), x)
     dt = torch.float64
     tb = _gn_tables(x, mean, rstd, G, w, b, temb, scale, shift, dt)
@@ -405,6 +428,7 @@ def _bn_forward(k: _Kernels, x, w, b, rm, rv, training, eps, act, alpha, residua
         mean_c, m2_c = mean_c.to(dt), m2_c.to(dt)
         mean = mean_c.mean(0)
         var = (m2_c.sum(0) + HW * (mean_c - mean).pow(2).sum(0)) / max(N * HW, 1)
+        mean = torch.where(torch.isnan(var), var, mean)  # non-finite sets: gankern/reference/norm.py
     else:
         mean, var = rm.to(dt), rv.to(dt)
         if mean.dtype == _stat_dtype(x):  # outputs must not alias the inputs
@@ -417,6 +441,9 @@ def _bn_forward(k: _Kernels, x, w, b, rm, rv, training, eps, act, alpha, residua
 
 def _bn_backward_k(k: _Kernels, dy, x, mean, var, w, b, training, eps, act, alpha):
     x, N, C, HW, cl = _norm_layout(x)
+    if x.numel() == 0:  # no output element: every gradient is zero (the statistics may be NaN)
+        z = torch.zeros((C,), dtype=_stat_dtype(x), device=x.device)
+        return torch.zeros_like(x), z, z.clone()
     dy = T.like(dy.to(x.dtype), x)
     dt = torch.float64
     tb = _bn_tables(x, mean, var, w, b, eps, dt)
@@ -456,21 +483,22 @@ class _TorchKernels:
         return t.reshape(N, C, 1)
 
     def stats(self, x, N, C, HW, cl):
-        xf = ref._upcast(x).reshape(N, C, -1)
+        xf = ref._upcast(x).reshape(N, C, HW)
         mean = xf.mean(-1)
         return mean, (xf - mean[..., None]).pow(2).sum(-1)
 
     def apply(self, x, M, A, B, res, N, C, HW, cl, act, alpha):
-        u = ref._upcast(x).reshape(N, C, -1) - self._v(M, N, C)
+        u = ref._upcast(x).reshape(N, C, HW) - self._v(M, N, C)
         y = ref_acts.get(act).fn(u * self._v(A, N, C) + self._v(B, N, C), alpha)
         if res is not None:
-            y = y + ref._upcast(res).reshape(N, C, -1)
+            y = y + ref._upcast(res).reshape(N, C, HW)
         return y.to(x.dtype).reshape(x.shape)
 
     def _g(self, dy, x, M, A, B, N, C, act, alpha):
-        u = ref._upcast(x).reshape(N, C, -1) - self._v(M, N, C)
+        HW = math.prod(x.shape[2:])
+        u = ref._upcast(x).reshape(N, C, HW) - self._v(M, N, C)
         h = u * self._v(A, N, C) + self._v(B, N, C)
-        return u, ref._upcast(dy).reshape(N, C, -1) * ref_acts.get(act).grad(h, alpha)
+        return u, ref._upcast(dy).reshape(N, C, HW) * ref_acts.get(act).grad(h, alpha)
 
     def bwd_reduce(self, dy, x, M, A, B, P, N, C, HW, cl, act, alpha):
         u, g = self._g(dy, x, M, A, B, N, C, act, alpha)

@@ -26,8 +26,11 @@ U64 = 1 << 64
 
 def random_seed() -> int:
     """A fresh 63-bit seed drawn from torch's default CPU generator, so torch.manual_seed governs
-    every gankern op called with seed=None."""
-    return int(torch.randint(0, 2**63 - 1, (), dtype=torch.int64).item())
+    every gankern op called with seed=None. Under tracing (torch.export, torch.compile with captured
+    scalars) it is the symbolic value of .item(), which int() would have to specialize: the drawn
+    seed then stays a graph input of the custom op, drawn anew on every run of the program."""
+    seed = torch.randint(0, 2**63 - 1, (), dtype=torch.int64).item()
+    return seed if isinstance(seed, torch.SymInt) else int(seed)
 
 
 def seed_bits(seed, name: str = "seed") -> int:

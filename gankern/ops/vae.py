@@ -120,13 +120,19 @@ def reparameterize_kl(mu: Tensor, logvar: Tensor, seed: int | None = None, offse
 
 # ---- custom ops -----------------------------------------------------------------------------------
 
+def _contiguous(out, mu):
+    """Full-size outputs are contiguous on every backend (the noise contract numbers elements
+    row-major, so the kernels write row-major); the fakes below say so."""
+    return T.restride(out, mu, T.contiguous_strides(mu.shape))
+
+
 def _kl_shape(mu, reduction):
     return mu.shape if reduction == "none" else ()
 
 
 @torch.library.custom_op("gankern::reparameterize", mutates_args=())
 def _reparameterize(mu: Tensor, logvar: Tensor, seed: int, offset: int, lo: float, hi: float) -> Tensor:
-    return resolve("reparameterize", mu)(mu, logvar, seed, offset, lo, hi, True, None)[0]
+    return _contiguous(resolve("reparameterize", mu)(mu, logvar, seed, offset, lo, hi, True, None)[0], mu)
 
 
 @_reparameterize.register_fake
@@ -136,7 +142,7 @@ def _(mu, logvar, seed, offset, lo, hi):
 
 @torch.library.custom_op("gankern::kl_normal", mutates_args=())
 def _kl_normal(mu: Tensor, logvar: Tensor, reduction: str, lo: float, hi: float) -> Tensor:
-    return resolve("kl_normal", mu)(mu, logvar, 0, 0, lo, hi, False, reduction)[1]
+    return _contiguous(resolve("kl_normal", mu)(mu, logvar, 0, 0, lo, hi, False, reduction)[1], mu)
 
 
 @_kl_normal.register_fake
@@ -147,7 +153,7 @@ def _(mu, logvar, reduction, lo, hi):
 @torch.library.custom_op("gankern::reparameterize_kl", mutates_args=())
 def _reparameterize_kl(mu: Tensor, logvar: Tensor, seed: int, offset: int, lo: float, hi: float,
                        reduction: str) -> tuple[Tensor, Tensor]:
-    return resolve("reparameterize_kl", mu)(mu, logvar, seed, offset, lo, hi, True, reduction)
+    return _contiguous(resolve("reparameterize_kl", mu)(mu, logvar, seed, offset, lo, hi, True, reduction), mu)
 
 
 @_reparameterize_kl.register_fake
@@ -159,7 +165,7 @@ def _(mu, logvar, seed, offset, lo, hi, reduction):
 @torch.library.custom_op("gankern::vae_backward", mutates_args=())
 def _vae_backward(dz: Optional[Tensor], gkl: Optional[Tensor], mu: Tensor, logvar: Tensor, seed: int, offset: int,
                   lo: float, hi: float, reduction: str) -> tuple[Tensor, Tensor]:
-    return resolve("vae_backward", mu)(dz, gkl, mu, logvar, seed, offset, lo, hi, reduction)
+    return _contiguous(resolve("vae_backward", mu)(dz, gkl, mu, logvar, seed, offset, lo, hi, reduction), mu)
 
 
 @_vae_backward.register_fake
@@ -172,7 +178,7 @@ def _(dz, gkl, mu, logvar, seed, offset, lo, hi, reduction):
 def _reparameterize_backward(dz: Tensor, mu: Tensor, logvar: Tensor, seed: int, offset: int, lo: float,
                              hi: float) -> Tensor:
     """dlogvar of reparameterize alone (its dmu is dz itself, which a custom op may not return)."""
-    return resolve("reparameterize_backward", mu)(dz, None, mu, logvar, seed, offset, lo, hi, "sum")[1]
+    return _contiguous(resolve("reparameterize_backward", mu)(dz, None, mu, logvar, seed, offset, lo, hi, "sum")[1], mu)
 
 
 @_reparameterize_backward.register_fake

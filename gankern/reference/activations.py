@@ -59,7 +59,10 @@ _LIST = [
                lambda z, a: torch.where(z > 20, torch.ones_like(z), _sig(z))),
     Activation("swish", CODES["swish"], lambda z, a: z * torch.sigmoid(z),
                lambda z, a: _sig(z) * (1 + z * (1 - _sig(z))), def_gain=math.sqrt(2)),
-    Activation("gelu", CODES["gelu"], lambda z, a: F.gelu(z), lambda z, a: 0.5 * (1 + torch.erf(z / math.sqrt(2))) + z * _phi(z)),
+    # x * Phi(x) as written, on every dtype: gelu(+inf) = +inf, gelu(-inf) = -inf * 0 = NaN (torch's
+    # float32 CPU kernel gives NaN for +inf, its float64 one +inf; the kernels follow this formula)
+    Activation("gelu", CODES["gelu"], lambda z, a: z * (0.5 * (1 + torch.erf(z * (1 / math.sqrt(2))))),
+               lambda z, a: 0.5 * (1 + torch.erf(z / math.sqrt(2))) + z * _phi(z)),
     Activation("gelu_tanh", CODES["gelu_tanh"], lambda z, a: F.gelu(z, approximate="tanh"), _gelu_tanh_grad),
 ]
 

@@ -361,7 +361,14 @@ class Scheduler(ConfigIO):
     @staticmethod
     def _timestep_value(timestep):
         """The timestep as a Python number, or None for a CUDA tensor (reading it would synchronize
-        the device; the step counter is used instead)."""
+        the device; the step counter is used instead). NaN and infinities are refused."""
+        v = Scheduler._timestep_number(timestep)
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ValueError(f"timestep must be a finite number (one of scheduler.timesteps), got {v}")
+        return v
+
+    @staticmethod
+    def _timestep_number(timestep):
         if type(timestep) is torch.Tensor and timestep.ndim == 0 and timestep.device.type == "cpu":
             return timestep.item()  # the common case, first
         if isinstance(timestep, torch.Tensor):
