@@ -14,7 +14,7 @@ Environment:
   GANKERN_BUILD_TYPE=Release|Debug|RelWithDebInfo
   GANKERN_BUILD_JOBS=N      parallel compile jobs (default: all cores)
   GANKERN_SANITIZE=address  build gankern._C with AddressSanitizer (tests only: load it with libasan
-                            preloaded, see .ci/asan)
+                            preloaded, see .ci/cpu_variant)
   GANKERN_CPU_CLONES=v4,v3|v3|none  CPU versions compiled for the hot loops (default v4,v3: AVX-512,
                             AVX2+FMA and baseline, picked at load); v3 drops AVX-512, none builds
                             baseline x86-64 only. CI builds `none` once to test that path.
