@@ -140,10 +140,11 @@ GK_LANES_INLINE T tanh_f32(T x) {
 
 // tanh as a [13/6] rational function on [-7.9053, 7.9053] (Eigen's generic_fast_tanh_float; tanh
 // rounds to +-1 in fp32 outside): |error| < 4e-7 ABSOLUTE, ~14 vector ops against ~25 for the
-// exp-based tanh_f32, so only for callers that need absolute accuracy (sigmoid_fast). NaN maps to a
-// bound in the clamps (the caller restores it). Horner's rule on purpose: Estrin's scheme forms
-// x^16, which is subnormal for |x| < 0.004 and costs a microcode assist per vector (30x slower on
-// random data). The same rational on the GPU (no libm call to prefer there).
+// exp-based tanh_f32, so only for callers that need no more than absolute accuracy (activations.h:
+// tanh_fast_f32, sigmoid_fast_f32, which use tanhf / expf on the GPU). At +-lim the value is within
+// 4e-7 of +-1, not exactly +-1, and NaN maps to a bound in the clamps: callers fix both up.
+// Horner's rule on purpose: Estrin's scheme forms x^16, which is subnormal for |x| < 0.004 and
+// costs a microcode assist per vector (30x slower on random data).
 template <typename T>
 GK_LANES_INLINE T tanh_rational_f32(T x) {
   const float lim = 7.90531110763549805f;
