@@ -46,7 +46,8 @@ def sample(model: Callable[[Tensor, Tensor], Tensor], scheduler, shape, num_infe
     [uncond_emb, cond_emb] as diffusers' pipelines do); the step combines them.
     scheduler: a gankern.schedulers scheduler (set_timesteps is called here).
     seed: Philox seed of the initial latents and of every stochastic step (None: drawn from torch's
-    global generator), so one seed gives one trajectory on every backend.
+    global generator; else an int in [-2^63, 2^64), as every seeded op), so one seed gives one
+    trajectory on every backend.
     cuda_graph: capture model + guidance + step in one CUDA graph replayed every step (CUDA only;
     the model must be capturable: static shapes, no host synchronization).
     latents: initial noise of `shape` instead of gankern.randn(shape, seed) (scaled by the

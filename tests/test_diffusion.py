@@ -276,6 +276,24 @@ def test_sample_deterministic_and_table_path(cls, backend):
     assert_close(x, a)
 
 
+def test_seed_range_edges():
+    # the one seed check of every seeded op: [-2^63, 2^64), negative = two's complement
+    x = torch.randn(2, 3, 4, 4)
+    plan = make_plan("noise")
+    a, _ = D.fused_step(x, x, plan, seed=2**64 - 1, offset=2**64 - 1)
+    b, _ = D.fused_step(x, x, plan, seed=-1, offset=-1)
+    assert torch.equal(a, b)
+    for seed, offset in [(2**64, 0), (-(2**63) - 1, 0), (0, 2**64)]:
+        with pytest.raises(ValueError, match="seed|offset"):
+            D.fused_step(x, x, plan, seed=seed, offset=offset)
+    with pytest.raises(TypeError, match="seed"):
+        D.fused_step(x, x, plan, seed=1.0)
+    s = gankern.schedulers.DDPMScheduler()
+    s.manual_seed(2**64 - 1)
+    with pytest.raises(ValueError, match="seed"):
+        s.manual_seed(2**64)
+
+
 def test_sample_errors():
     with pytest.raises(ValueError, match="cuda_graph"):
         gankern.sample(tiny_model, gankern.schedulers.DDIMScheduler(), (1, 3, 4, 4), 2, cuda_graph=True,

@@ -218,6 +218,15 @@ def test_bad_arguments(bad, exc):
         gankern.randn(**args)
 
 
+def test_seed_range_edges():
+    # one documented range for seeds and offsets, [-2^63, 2^64), negative = two's complement
+    assert torch.equal(gankern.randn((9,), -(2**63), -1), gankern.randn((9,), 2**63, U64 - 1))
+    assert torch.equal(gankern.randn((9,), U64 - 1, 0), gankern.randn((9,), -1, 0))
+    for seed, offset in [(-(2**63) - 1, 0), (U64, 0), (0, -(2**63) - 1), (0, U64)]:
+        with pytest.raises(ValueError, match="seed|offset"):
+            gankern.randn((3,), seed, offset)
+
+
 def test_torch_compile_fullgraph():
     f = torch.compile(lambda x: x + gankern.randn(x.shape, 3, 4), fullgraph=True)
     x = torch.zeros(5, 6)

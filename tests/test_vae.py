@@ -9,7 +9,7 @@ from hypothesis import given, settings, strategies as st
 import gankern
 from gankern import _native
 from gankern.backends import use_backend
-from gankern.ops.random import seed_bits
+from gankern.ops._validate import seed_bits
 from gankern.reference import vae as ref
 
 from conftest import DEVICES, KERNEL_BACKENDS, assert_close, skip_unless_runnable
@@ -384,6 +384,16 @@ def test_torch_compile_fullgraph_seed_none():
 
 # ---- bad inputs ---------------------------------------------------------------------------------
 
+def test_seed_range_edges():
+    # the range every seeded op shares (ops/_validate.py: seed_bits); the ends equal their
+    # two's-complement twins and match gankern.randn's noise
+    mu, lv = torch.zeros(7), torch.zeros(7)
+    for seed, twin in [(-(2**63), 2**63), (2**64 - 1, -1)]:
+        z = gankern.reparameterize(mu, lv, seed=seed, offset=2**64 - 1)
+        assert torch.equal(z, gankern.reparameterize(mu, lv, seed=twin, offset=-1))
+        assert torch.equal(z, gankern.randn((7,), seed, 2**64 - 1))
+
+
 @pytest.mark.parametrize("call,exc", [
     (lambda: gankern.reparameterize(torch.zeros(3), torch.zeros(4)), ValueError),
     (lambda: gankern.reparameterize(torch.zeros(3, dtype=torch.int64), torch.zeros(3, dtype=torch.int64)), TypeError),
@@ -395,6 +405,9 @@ def test_torch_compile_fullgraph_seed_none():
     (lambda: gankern.reparameterize(torch.zeros(3), torch.zeros(3), logvar_clamp=3.0), TypeError),
     (lambda: gankern.reparameterize(torch.zeros(3), torch.zeros(3), seed="x"), TypeError),
     (lambda: gankern.reparameterize(torch.zeros(3), torch.zeros(3), offset=-(2**64)), ValueError),
+    (lambda: gankern.reparameterize(torch.zeros(3), torch.zeros(3), seed=2**64), ValueError),
+    (lambda: gankern.reparameterize_kl(torch.zeros(3), torch.zeros(3), seed=-(2**63) - 1), ValueError),
+    (lambda: gankern.reparameterize_kl(torch.zeros(3), torch.zeros(3), offset=2**64), ValueError),
     (lambda: gankern.reparameterize([1.0], torch.zeros(1)), TypeError),
     (lambda: gankern.randn((4, -2), 1), ValueError),
     (lambda: gankern.DiagonalGaussian(torch.zeros(2, 3)), ValueError),

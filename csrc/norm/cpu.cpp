@@ -3,27 +3,18 @@
 // partial per task and merge them in a fixed order afterwards, so results do not depend on the
 // thread count or schedule.
 //
-// Vectorization is explicit, with GCC vector extensions (8 floats; AVX2 in the x86-64-v3/v4 clones,
-// two SSE registers in the baseline one). Auto-vectorization fails here: under the default
-// -ftrapping-math GCC will not if-convert the NaN/overflow selects of an exp polynomial (nor
-// vectorize floor), so silu ran scalar, ~10x slower. The activations are written once as templates
-// over float and the vector type, with gk::act_forward / act_derivative's semantics.
+// Vectorization is explicit, with GCC vector extensions (gk::vf, common/cpu_vec.h): GCC would not
+// vectorize these loops with their reductions and activations on its own. The activations are
+// gk::act_forward / act_derivative (common/activations.h) instantiated for float and gk::vf.
 // Reductions keep fp32 vector accumulators for at most kBlock elements, then fold into double.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <vector>
 
+#include "common/cpu_vec.h"
 #include "common/thread_pool.h"
 #include "norm/norm.h"
-
-// Every helper taking or returning a vector is force-inlined: an out-of-line call from an AVX clone
-// into a helper compiled for the baseline target passes 32-byte vectors by a different ABI and
-// reads garbage (GCC's -Wpsabi warning). Inlined, each clone compiles the helper for its own ISA.
-#define GK_VINLINE inline __attribute__((always_inline))
-#if defined(__GNUC__)
-#pragma GCC diagnostic ignored "-Wpsabi"
-#endif
 
 namespace gk::norm {
 namespace {
@@ -32,128 +23,6 @@ constexpr std::int64_t kChunk = 1 << 14;  // elements per task
 constexpr std::int64_t kBlock = 1 << 10;  // elements per fp32 partial sum
 
 using W = Welford<double>;
-
-// ---- activations over float or vf (semantics of gk::act_forward / act_derivative) --------------
-
-typedef float vf __attribute__((vector_size(32)));
-typedef std::int32_t vi __attribute__((vector_size(32)));
-constexpr int kV = 8;
-
-GK_VINLINE vf load(const float* p) {
-  vf v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
-}
-GK_VINLINE void store(float* p, vf v) { std::memcpy(p, &v, sizeof(v)); }
-GK_VINLINE vi to_int(vf x) { return __builtin_convertvector(x, vi); }
-GK_VINLINE std::int32_t to_int(float x) { return static_cast<std::int32_t>(x); }
-GK_VINLINE vf bits_to_float(vi x) { return (vf)x; }  // a vector cast reinterprets the bits
-GK_VINLINE float bits_to_float(std::int32_t x) {
-  float f;
-  std::memcpy(&f, &x, sizeof(f));
-  return f;
-}
-GK_VINLINE float hsum(vf v) {
-  float s = 0.f;
-  for (int l = 0; l < kV; ++l) s += v[l];
-  return s;
-}
-
-// Cephes expf polynomial as gk::exp_f32, with round-to-nearest by the 1.5 * 2^23 trick instead of
-// floor (same reduction range, and vectorizable).
-template <typename T>
-GK_VINLINE T vexp(T x) {
-  const float hi = 88.3762626647949f, lo = -87.3365447504019f;
-  T xc = x > hi ? T{} + hi : x;
-  xc = xc < lo ? T{} + lo : xc;
-  xc = x == x ? xc : T{};  // NaN: compute anything finite, fixed up below
-  const T n = (xc * 1.44269504088896341f + 12582912.f) - 12582912.f;
-  const T r = xc - n * 0.693359375f + n * 2.12194440e-4f;
-  T p = r * 1.9875691500E-4f + 1.3981999507E-3f;
-  p = p * r + 8.3334519073E-3f;
-  p = p * r + 4.1665795894E-2f;
-  p = p * r + 1.6666665459E-1f;
-  p = p * r + 5.0000001201E-1f;
-  T y = p * r * r + r + 1.0f;
-  y *= bits_to_float((to_int(n) + 127) << 23);
-  y = x > hi ? T{} + INFINITY : y;
-  y = x < lo ? T{} : y;
-  return x == x ? y : x;
-}
-
-// tanh as a [13/6] rational function on [-7.9053, 7.9053] (Eigen's generic_fast_tanh_float; tanh
-// rounds to +-1 in fp32 outside), |error| < 4e-7 and ~14 vector ops against ~25 for an exp-based
-// form: silu spends most of its time here. NaN maps to a bound in the clamps and is restored by
-// the caller's multiply by z. Horner's rule on purpose: Estrin's scheme forms x^16, which is
-// subnormal for |x| < 0.004 and costs a microcode assist per vector (30x slower on random data).
-template <typename T>
-GK_VINLINE T tanh_rational(T x) {
-  const float lim = 7.90531110763549805f;
-  x = x < lim ? x : T{} + lim;
-  x = x > -lim ? x : T{} - lim;
-  const T x2 = x * x;
-  T p = x2 * -2.76076847742355e-16f + 2.00018790482477e-13f;
-  p = p * x2 + -8.60467152213735e-11f;
-  p = p * x2 + 5.12229709037114e-08f;
-  p = p * x2 + 1.48572235717979e-05f;
-  p = p * x2 + 6.37261928875436e-04f;
-  p = p * x2 + 4.89352455891786e-03f;
-  p = p * x;
-  T q = x2 * 1.19825839466702e-06f + 1.18534705686654e-04f;
-  q = q * x2 + 2.26843463243900e-03f;
-  q = q * x2 + 4.89352518554385e-03f;
-  return p / q;
-}
-
-// sigmoid(z) = (1 + tanh(z / 2)) / 2; |error| < 2e-7 absolute. Exactly 0 below -2 * lim (where
-// the rational form stops at ~3e-8), so silu(-inf) = -inf * 0 = NaN as in torch.
-template <typename T>
-GK_VINLINE T vsigmoid(T z) {
-  const T s = tanh_rational(z * 0.5f) * 0.5f + 0.5f;
-  return z > -15.8106222f ? s : T{};
-}
-
-template <typename T>
-GK_VINLINE T vtanh(T u) { return 1.f - 2.f / (vexp(u * 2.f) + 1.f); }
-
-// erf by Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7), odd extension.
-template <typename T>
-GK_VINLINE T verf(T x) {
-  const T a = x < 0.f ? -x : x;
-  const T t = 1.f / (a * 0.3275911f + 1.f);
-  const T p = t * (0.254829592f + t * (-0.284496736f + t * (1.421413741f + t * (-1.453152027f + t * 1.061405429f))));
-  const T r = 1.f - p * vexp(-a * a);
-  return x < 0.f ? -r : r;
-}
-
-template <int A, typename T>
-GK_VINLINE T fwd(T z, float alpha) {
-  const T zero = T{};
-  if constexpr (A == kRelu) return z > 0.f ? z : (z != z ? z : zero);
-  if constexpr (A == kLrelu) return z > 0.f ? z : z * alpha;
-  if constexpr (A == kSwish) return z * vsigmoid(z);
-  if constexpr (A == kGelu) return 0.5f * z * (1.f + verf(z * kSqrt1_2));
-  if constexpr (A == kGeluTanh) return 0.5f * z * (1.f + vtanh(kSqrt2OverPi * (z + 0.044715f * z * z * z)));
-  return z;
-}
-
-template <int A, typename T>
-GK_VINLINE T grad(T z, float alpha) {
-  const T zero = T{}, one = T{} + 1.f;
-  if constexpr (A == kRelu) return z > 0.f ? one : zero;
-  if constexpr (A == kLrelu) return z > 0.f ? one : zero + alpha;
-  if constexpr (A == kSwish) {
-    const T s = vsigmoid(z);
-    return s * (1.f + z * (1.f - s));
-  }
-  if constexpr (A == kGelu) return 0.5f * (1.f + verf(z * kSqrt1_2)) + z * kInvSqrt2Pi * vexp(-0.5f * z * z);
-  if constexpr (A == kGeluTanh) {
-    const T z2 = z * z;
-    const T t = vtanh(kSqrt2OverPi * (z + 0.044715f * z2 * z));
-    return 0.5f * (1.f + t) + 0.5f * z * (1.f - t * t) * kSqrt2OverPi * (1.f + 3.f * 0.044715f * z2);
-  }
-  return one;
-}
 
 // How tasks cover x. NCHW: task t is chunk (t % per_row) of row (t / per_row). Channels_last: task t
 // is rows [r0, r1) of sample t / per_row, each row C consecutive channels.
@@ -253,12 +122,12 @@ GK_CPU_CLONES void apply_run(float* __restrict y, const float* __restrict x, con
                              std::int64_t len, float m, float a, float b, float alpha) {
   std::int64_t i = 0;
   for (; i + kV <= len; i += kV) {
-    vf v = fwd<A>((load(x + i) - m) * a + b, alpha);
+    vf v = act_forward<A>((load(x + i) - m) * a + b, alpha);
     if constexpr (R) v += load(r + i);
     store(y + i, v);
   }
   for (; i < len; ++i) {
-    float v = fwd<A>((x[i] - m) * a + b, alpha);
+    float v = act_forward<A>((x[i] - m) * a + b, alpha);
     if constexpr (R) v += r[i];
     y[i] = v;
   }
@@ -270,12 +139,12 @@ GK_CPU_CLONES void apply_row(float* __restrict y, const float* __restrict x, con
                              const float* __restrict b, float alpha) {
   std::int64_t c = 0;
   for (; c + kV <= C; c += kV) {
-    vf v = fwd<A>((load(x + c) - load(m + c)) * load(a + c) + load(b + c), alpha);
+    vf v = act_forward<A>((load(x + c) - load(m + c)) * load(a + c) + load(b + c), alpha);
     if constexpr (R) v += load(r + c);
     store(y + c, v);
   }
   for (; c < C; ++c) {
-    float v = fwd<A>((x[c] - m[c]) * a[c] + b[c], alpha);
+    float v = act_forward<A>((x[c] - m[c]) * a[c] + b[c], alpha);
     if constexpr (R) v += r[c];
     y[c] = v;
   }
@@ -293,7 +162,7 @@ GK_CPU_CLONES void run_bwd_sums(const float* __restrict dy, const float* __restr
     std::int64_t i = i0;
     for (; i + kV <= i0 + n; i += kV) {
       const vf xv = load(x + i) - m;
-      const vf g = load(dy + i) * grad<A>(xv * a + b, alpha);
+      const vf g = load(dy + i) * act_derivative<A>(xv * a + b, alpha);
       const vf xh = xv * p;
       s0 += g;
       s1 += g * xh;
@@ -302,7 +171,7 @@ GK_CPU_CLONES void run_bwd_sums(const float* __restrict dy, const float* __restr
     float t0 = 0.f, t1 = 0.f, t2 = 0.f;
     for (; i < i0 + n; ++i) {
       const float xv = x[i] - m;
-      const float g = dy[i] * grad<A>(xv * a + b, alpha);
+      const float g = dy[i] * act_derivative<A>(xv * a + b, alpha);
       const float xh = xv * p;
       t0 += g;
       t1 += g * xh;
@@ -325,7 +194,7 @@ GK_CPU_CLONES void row_bwd_sums(const float* __restrict dy, const float* __restr
   std::int64_t c = 0;
   for (; c + kV <= C; c += kV) {
     const vf xv = load(x + c) - load(m + c);
-    const vf g = load(dy + c) * grad<A>(xv * load(a + c) + load(b + c), alpha);
+    const vf g = load(dy + c) * act_derivative<A>(xv * load(a + c) + load(b + c), alpha);
     const vf xh = xv * load(p + c);
     store(s0 + c, load(s0 + c) + g);
     store(s1 + c, load(s1 + c) + g * xh);
@@ -333,7 +202,7 @@ GK_CPU_CLONES void row_bwd_sums(const float* __restrict dy, const float* __restr
   }
   for (; c < C; ++c) {
     const float xv = x[c] - m[c];
-    const float g = dy[c] * grad<A>(xv * a[c] + b[c], alpha);
+    const float g = dy[c] * act_derivative<A>(xv * a[c] + b[c], alpha);
     const float xh = xv * p[c];
     s0[c] += g;
     s1[c] += g * xh;
@@ -348,12 +217,12 @@ GK_CPU_CLONES void bwd_apply_run(float* __restrict dx, const float* __restrict d
   std::int64_t i = 0;
   for (; i + kV <= len; i += kV) {
     const vf xv = load(x + i) - m;
-    const vf g = load(dy + i) * grad<A>(xv * a + b, alpha);
+    const vf g = load(dy + i) * act_derivative<A>(xv * a + b, alpha);
     store(dx + i, g * a2 + xv * b2 + c2);
   }
   for (; i < len; ++i) {
     const float xv = x[i] - m;
-    const float g = dy[i] * grad<A>(xv * a + b, alpha);
+    const float g = dy[i] * act_derivative<A>(xv * a + b, alpha);
     dx[i] = g * a2 + xv * b2 + c2;
   }
 }
@@ -366,12 +235,12 @@ GK_CPU_CLONES void bwd_apply_row(float* __restrict dx, const float* __restrict d
   std::int64_t c = 0;
   for (; c + kV <= C; c += kV) {
     const vf xv = load(x + c) - load(m + c);
-    const vf g = load(dy + c) * grad<A>(xv * load(a + c) + load(b + c), alpha);
+    const vf g = load(dy + c) * act_derivative<A>(xv * load(a + c) + load(b + c), alpha);
     store(dx + c, g * load(a2 + c) + xv * load(b2 + c) + load(c2 + c));
   }
   for (; c < C; ++c) {
     const float xv = x[c] - m[c];
-    const float g = dy[c] * grad<A>(xv * a[c] + b[c], alpha);
+    const float g = dy[c] * act_derivative<A>(xv * a[c] + b[c], alpha);
     dx[c] = g * a2[c] + xv * b2[c] + c2[c];
   }
 }
@@ -390,7 +259,7 @@ GK_CPU_CLONES void run_bwd_sums_keep(const float* __restrict dy, const float* __
     std::int64_t i = i0;
     for (; i + kV <= i0 + n; i += kV) {
       const vf xv = load(x + i) - m;
-      const vf g = load(dy + i) * grad<A>(xv * a + b, alpha);
+      const vf g = load(dy + i) * act_derivative<A>(xv * a + b, alpha);
       const vf xh = xv * p;
       store(gout + i, g);
       s0 += g;
@@ -400,7 +269,7 @@ GK_CPU_CLONES void run_bwd_sums_keep(const float* __restrict dy, const float* __
     float t0 = 0.f, t1 = 0.f, t2 = 0.f;
     for (; i < i0 + n; ++i) {
       const float xv = x[i] - m;
-      const float g = dy[i] * grad<A>(xv * a + b, alpha);
+      const float g = dy[i] * act_derivative<A>(xv * a + b, alpha);
       const float xh = xv * p;
       gout[i] = g;
       t0 += g;
@@ -490,7 +359,7 @@ void apply_cpu(const float* x, const float* M, const float* A, const float* B, c
                const Shape& s, int act, float alpha) {
   if (s.HW == 0 || s.N * s.C == 0) return;
   const Tiling t(s);
-  dispatch_norm_act(act, [&](auto a) {
+  dispatch_act(NormActs{}, act, [&](auto a) {
     constexpr int K = decltype(a)::value;
     auto go = [&](auto r) {
       constexpr bool R = decltype(r)::value;
@@ -518,7 +387,7 @@ void backward_reduce_cpu(const float* dy, const float* x, const float* M, const 
   std::fill(sums, sums + 3 * NC, 0.0);
   if (s.HW == 0 || NC == 0) return;
   const Tiling t(s);
-  dispatch_norm_act(act, [&](auto a) {
+  dispatch_act(NormActs{}, act, [&](auto a) {
     constexpr int K = decltype(a)::value;
     if (!s.channels_last) {
       std::vector<double> part(3 * t.tasks);
@@ -560,7 +429,7 @@ void backward_apply_cpu(const float* dy, const float* x, const float* M, const f
                         float alpha) {
   if (s.HW == 0 || s.N * s.C == 0) return;
   const Tiling t(s);
-  dispatch_norm_act(act, [&](auto a) {
+  dispatch_act(NormActs{}, act, [&](auto a) {
     constexpr int K = decltype(a)::value;
     for_each_task(s, t, [&](std::int64_t, std::int64_t row, std::int64_t lo, std::int64_t hi) {
       if (!s.channels_last) {
@@ -635,7 +504,7 @@ void group_norm_forward_cpu(const float* x, const Shape& s, std::int64_t G, doub
     }
     return;
   }
-  dispatch_norm_act(act, [&](auto a) {
+  dispatch_act(NormActs{}, act, [&](auto a) {
     constexpr int K = decltype(a)::value;
     auto go = [&](auto r) {
       constexpr bool R = decltype(r)::value;
@@ -683,7 +552,7 @@ bool group_norm_backward_cpu(const float* dy, const float* x, const Shape& s, st
   double* dtemb = grads + 2 * NC;
   double* dscale = grads + 3 * NC;
   double* dshift = grads + 4 * NC;
-  dispatch_norm_act(act, [&](auto a) {
+  dispatch_act(NormActs{}, act, [&](auto a) {
     constexpr int K = decltype(a)::value;
     // per-thread scratch, indexed by the pool's slot of the running thread
     std::vector<std::vector<float>> gbufs(static_cast<std::size_t>(cpu_threads()));

@@ -311,7 +311,7 @@ void pointwise(const void* dy, const void* x, const void* res, void* out, const 
   with_vec(dtype, vectorizable(s, dtype, {dy, x, res, out}), [&](auto tag, auto vec) {
     using T = decltype(tag);
     constexpr int V = decltype(vec)::value;
-    dispatch_norm_act(act, [&](auto a) {
+    dispatch_act(NormActs{}, act, [&](auto a) {
       constexpr int K = decltype(a)::value;
       auto go = [&](auto r, auto cl, auto idx) {
         constexpr bool R = decltype(r)::value, CL = decltype(cl)::value;
@@ -391,7 +391,7 @@ void backward_reduce_cuda(const void* dy, const void* x, const float* M, const f
     using T = decltype(tag);
     constexpr int V = decltype(vec)::value;
     const dim3 grid = reduce_grid(s, chunk, V);
-    dispatch_norm_act(act, [&](auto a) {
+    dispatch_act(NormActs{}, act, [&](auto a) {
       constexpr int K = decltype(a)::value;
       if (s.channels_last)
         bwd_reduce_cl_kernel<T, K, V><<<grid, dim3(32, kClRows), 0, st>>>(

@@ -27,19 +27,8 @@ struct Shape {
   bool channels_last;
 };
 
-// The activations the norm kernels support (gankern/ops/norm.py: ACTS), as compile-time constants.
-template <typename F>
-inline void dispatch_norm_act(int act, F&& f) {
-  switch (act) {
-    case kLinear: f(std::integral_constant<int, kLinear>{}); break;
-    case kRelu: f(std::integral_constant<int, kRelu>{}); break;
-    case kLrelu: f(std::integral_constant<int, kLrelu>{}); break;
-    case kSwish: f(std::integral_constant<int, kSwish>{}); break;
-    case kGelu: f(std::integral_constant<int, kGelu>{}); break;
-    case kGeluTanh: f(std::integral_constant<int, kGeluTanh>{}); break;
-    default: throw std::invalid_argument("gankern norm: unsupported activation code " + std::to_string(act));
-  }
-}
+// The activations the norm kernels support (gankern/ops/norm.py: ACTS), for gk::dispatch_act.
+using NormActs = ActList<kLinear, kRelu, kLrelu, kSwish, kGelu, kGeluTanh>;
 
 // ---- entry points (cpu.cpp for gankern._C, cuda.cu for gankern._cuda) ---------------------------
 // x, y, residual, dy, dx: float32 (CPU), float32/16/bf16 (CUDA), one dtype; tables float32 [N*C].

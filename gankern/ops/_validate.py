@@ -47,3 +47,20 @@ def real(v, name: str, *, min_value: float | None = None, min_inclusive: bool = 
         op = ">=" if min_inclusive else ">"
         raise ValueError(f"{name} must be {op} {min_value}, got {v}")
     return v
+
+
+SEED_MIN, SEED_END = -(1 << 63), 1 << 64
+
+
+def seed_bits(v, name: str = "seed") -> int:
+    """The one check of a Philox seed or offset (randn, the VAE ops, diffusion steps, schedulers'
+    manual_seed): an int (or a one-element integer tensor) in [-2^63, 2^64), the range
+    torch.manual_seed takes; a negative value means its 64-bit two's complement (-1 is 2^64 - 1).
+    Returns the int64 bit pattern the custom ops carry (idempotent: a returned value passes again)."""
+    if isinstance(v, torch.Tensor) and v.numel() == 1 and not v.is_floating_point() and v.dtype != torch.bool:
+        v = int(v.item())
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise TypeError(f"{name} must be an int, got {type(v).__name__}")
+    if not SEED_MIN <= v < SEED_END:
+        raise ValueError(f"{name} must be an int in [-2^63, 2^64) (negative = two's complement), got {v}")
+    return v - SEED_END if v >= (1 << 63) else v

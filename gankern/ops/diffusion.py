@@ -132,7 +132,8 @@ def fused_step(model_output: Tensor, sample: Tensor, plan: StepPlan, *, guidance
     model_output: [B, ...] or, with guidance_scale, [2B, ...] (unconditional half first); with a
     learned variance the channel dim is 2C (prediction, then variance). noise: an explicit noise
     tensor (else, if the plan is stochastic, noise element i is gankern.randn(sample.shape, seed,
-    offset)[i], generated in the kernel)."""
+    offset)[i], generated in the kernel; seed and offset: ints in [-2^63, 2^64), checked by
+    _validate.seed_bits like every seeded op)."""
     flags = plan.flags
     guided = guidance_scale is not None
     if guided:
@@ -158,8 +159,7 @@ def fused_step(model_output: Tensor, sample: Tensor, plan: StepPlan, *, guidance
             flags |= R.NOISE_TENSOR
         else:
             flags |= R.NOISE_PHILOX
-            if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
-                raise ValueError(f"seed must be an int in [0, 2**63), got {seed!r}")
+            seed, offset = V.seed_bits(seed), V.seed_bits(offset, "offset")
     flags &= ~R.HAS_VAR_CHANNELS
     if model_output.dtype != sample.dtype:
         model_output = model_output.to(sample.dtype)

@@ -18,10 +18,9 @@ from torch import Tensor
 
 from .. import _native
 from .. import _tensors as T
+from ._validate import seed_bits
 from ..backends import FLOATS, FP32_HALF, register, resolve
 from ..reference import random as ref
-
-U64 = 1 << 64
 
 
 def random_seed() -> int:
@@ -31,18 +30,6 @@ def random_seed() -> int:
     seed then stays a graph input of the custom op, drawn anew on every run of the program."""
     seed = torch.randint(0, 2**63 - 1, (), dtype=torch.int64).item()
     return seed if isinstance(seed, torch.SymInt) else int(seed)
-
-
-def seed_bits(seed, name: str = "seed") -> int:
-    """Validate a 64-bit seed or offset (an int in [0, 2^64), or negative down to -2^63 meaning
-    its two's complement) and return the int64 bit pattern the custom ops carry."""
-    if isinstance(seed, torch.Tensor) and seed.numel() == 1 and not seed.is_floating_point():
-        seed = int(seed.item())
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"{name} must be an int, got {type(seed).__name__}")
-    if not -(1 << 63) <= seed < U64:
-        raise ValueError(f"{name} must be in [0, 2^64), got {seed}")
-    return ref._wrap64(seed)
 
 
 def check_shape(shape) -> tuple[int, ...]:
@@ -64,8 +51,9 @@ def randn(shape, seed: int | None = None, offset: int = 0, device=None, dtype: t
 
     Args:
         shape: sizes (non-negative ints).
-        seed: 64-bit Philox key, an int in [0, 2^64).
-        offset: first Philox counter, an int in [0, 2^64); the call uses ceil(numel / 4) counters.
+        seed: 64-bit Philox key, an int in [-2^63, 2^64) (negative = two's complement, as
+            torch.manual_seed; ops/_validate.py: seed_bits).
+        offset: first Philox counter, same range; the call uses ceil(numel / 4) counters.
         device: where the tensor is made (default: CPU).
         dtype: float32, float16, bfloat16 (generated in float32 and rounded) or float64.
     """

@@ -29,7 +29,8 @@ from .. import _tensors as T
 from ..backends import register, resolve
 from ..reference import vae as ref
 from . import _validate as V
-from .random import random_seed, seed_bits
+from ._validate import seed_bits
+from .random import random_seed
 
 REDUCTIONS = ref.REDUCTIONS
 DEFAULT_CLAMP = (-30.0, 20.0)

@@ -80,12 +80,6 @@ def box_muller(u1: Tensor, u2: Tensor) -> tuple[Tensor, Tensor]:
     return r * torch.cos(th), r * torch.sin(th)
 
 
-def _wrap64(v: int) -> int:
-    """An integer modulo 2^64, as the int64 holding its bit pattern."""
-    v %= 1 << 64
-    return v - (1 << 64) if v >= 1 << 63 else v
-
-
 def counter_tensor(offset: int, count: int, device=None) -> Tensor:
     """int64 bit patterns of the counters offset, offset + 1, ..., offset + count - 1 (mod 2^64)."""
     off = offset % (1 << 64)

@@ -15,6 +15,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
+from ..ops import _validate as V
 from ..ops import diffusion as D
 from ._config import _META_KEYS, Config, ConfigIO, _plain
 
@@ -190,11 +191,6 @@ def spaced_timesteps(cfg, n: int, dtype, last: int | None = None):
     raise ValueError(f"timestep_spacing must be 'linspace', 'leading' or 'trailing', got {cfg.timestep_spacing!r}")
 
 
-def f64(v) -> float:
-    """A float32 schedule value (tensor / numpy scalar) as a Python float (float64)."""
-    return float(v.item() if hasattr(v, "item") else v)
-
-
 # ---- the scheduler base ----------------------------------------------------------------------
 
 def randn_tensor(shape: tuple, generator, device, dtype) -> torch.Tensor:
@@ -323,9 +319,7 @@ class Scheduler(ConfigIO):
     # -- random numbers --------------------------------------------------------------------------
     def manual_seed(self, seed: int) -> "Scheduler":
         """Fix the Philox seed of the stochastic steps (offsets restart at 0)."""
-        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
-            raise ValueError(f"seed must be an int in [0, 2**63), got {seed!r}")
-        self._seed, self._offset = seed, 0
+        self._seed, self._offset = V.seed_bits(seed), 0
         return self
 
     def _next_noise(self, sample: torch.Tensor) -> tuple[int, int]:
