@@ -2,6 +2,7 @@
 #include <algorithm>
 
 #include "common/cpu_memory.h"
+#include "common/thread_pool.h"
 #include "geglu/geglu.h"
 
 namespace gk::geglu {
@@ -31,11 +32,10 @@ void for_each_span(const Params& p, F&& f) {
   const std::int64_t chunk = std::max<std::int64_t>(1, std::min(p.D, kBlock));
   const std::int64_t per_row = (p.D + chunk - 1) / chunk;
   const std::int64_t tasks = p.rows * per_row;
-#pragma omp parallel for schedule(static)
-  for (std::int64_t t = 0; t < tasks; ++t) {
+  parallel_for(tasks, std::max<std::int64_t>(1, tasks / (4 * cpu_threads())), [&](std::int64_t t) {
     const std::int64_t r = t / per_row, j0 = (t % per_row) * chunk;
     f(r, j0, std::min(p.D, j0 + chunk) - j0);
-  }
+  });
 }
 
 template <typename T, bool kBwd>

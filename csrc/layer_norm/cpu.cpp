@@ -7,6 +7,7 @@
 #include <cmath>
 
 #include "common/cpu_memory.h"
+#include "common/thread_pool.h"
 #include "layer_norm/layer_norm.h"
 
 namespace gk::layer_norm {
@@ -103,8 +104,8 @@ void forward(const ForwardParams& p, Stream) {
   const std::int64_t D = p.D;
   advise_huge_pages(y, p.y.numel * static_cast<std::int64_t>(sizeof(float)));
   if (h) advise_huge_pages(h, p.h.numel * static_cast<std::int64_t>(sizeof(float)));
-#pragma omp parallel for schedule(static)
-  for (std::int64_t row = 0; row < p.rows; ++row) {
+  // rows claimed in chunks, at least 4 per thread (csrc/common/thread_pool.h)
+  parallel_for(p.rows, std::max<std::int64_t>(1, p.rows / (4 * cpu_threads())), [&](std::int64_t row) {
     const float* src = x + row * D;
     if (r) {
       add_rows(h + row * D, src, r + row * D, D);
@@ -116,7 +117,7 @@ void forward(const ForwardParams& p, Stream) {
     mean[row] = static_cast<float>(m);
     rstd[row] = rs;
     normalize_row(y + row * D, src, D, static_cast<float>(m), rs, w, b);
-  }
+  });
 }
 
 void backward(const BackwardParams& p, Stream) {
@@ -129,8 +130,8 @@ void backward(const BackwardParams& p, Stream) {
   float *dx = p.dx.as<float>("dx"), *dw = p.dweight.as<float>("dweight"), *db = p.dbias.as<float>("dbias");
   const std::int64_t D = p.D;
   advise_huge_pages(dx, p.dx.numel * static_cast<std::int64_t>(sizeof(float)));
-#pragma omp parallel for schedule(static)
-  for (std::int64_t k = 0; k < p.parts; ++k) {
+  // one task per part: the parts (and so the summation order) do not depend on the thread count
+  parallel_for(p.parts, 1, [&](std::int64_t k) {
     float* dwk = dw + k * D;
     float* dbk = db + k * D;
     std::fill(dwk, dwk + D, 0.f);
@@ -142,7 +143,7 @@ void backward(const BackwardParams& p, Stream) {
       const float inv = D ? 1.f / static_cast<float>(D) : 0.f;
       backward_apply(dx + o, dy + o, dh ? dh + o : nullptr, h + o, w, D, mean[row], rstd[row], s[0] * inv, s[1] * inv);
     }
-  }
+  });
 }
 
 }  // namespace gk::layer_norm
