@@ -19,11 +19,6 @@ from ..ops import diffusion as D
 from ._config import _META_KEYS, Config, ConfigIO, _plain
 
 
-    def __reduce__(self):
-        # pickle / deepcopy rebuild through the constructor (dict's default goes through __setitem__)
-        return (Config, (dict(self),))
-
-
 class StepOutput:
     """diffusers' SchedulerOutput: .prev_sample and .pred_original_sample, and dict-like as
     diffusers' BaseOutput is (out["prev_sample"], .keys(), .values(), .items(), out[0], to_tuple(),
