@@ -7,7 +7,7 @@ A suite is a function `(device, scale) -> list[ModelCase]`, scale being "tiny" (
 smallest configs, seconds), "quick" (the default set) or "full"; SUITES lists them by import path,
 so other modules add cases with one line here and nothing else. The variants of a case are timed
 interleaved, round after round, in one process (on a shared machine the load drifts; the ratio
-within a round is what counts) and the median over rounds is reported.
+within a round is what counts) and the median of all calls is reported (timing.interleaved).
 
 Peak memory, one definition for every case: what one call adds on top of what was resident before
 it (weights, gradients, optimizer state). On CUDA from torch.cuda.max_memory_allocated; on a Linux
@@ -21,7 +21,6 @@ import datetime as _dt
 import gc
 import importlib
 import json
-import statistics
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,7 +29,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from .timing import median_ms, sync
+from .timing import interleaved, sync
 
 SCALES = ("tiny", "quick", "full")
 
@@ -215,9 +214,8 @@ def _ddpm_sample(device, batch, steps, guidance=3.0):
 
 
 def gankern_models(device, scale: str) -> list[ModelCase]:
-    tiny = scale == "tiny"
-    b, size, steps = (2, 32, 2) if tiny else (64, 64, 50)
-    ub = 2 if tiny else 16
+    # full: the published sizes; quick: small batches (the default run takes minutes on 2 CPU cores)
+    b, size, ub, steps = {"tiny": (2, 32, 2, 2), "quick": (8, 64, 4, 10), "full": (64, 64, 16, 50)}[scale]
     return [
         ModelCase("dcgan", "train step (G + D)", (b, 3, size, size), _dcgan_step(device, size, b), compare=True,
                   notes="classic DCGAN, nz 100, ngf = ndf = 64"),
@@ -318,11 +316,8 @@ def run_case(case: ModelCase, device, budget: float, rounds: int, compile: bool 
     if case.compare and case.baseline in first:
         res.err = {v: rel_err(o, first[case.baseline]) for v, o in first.items()}
     del first
-    times = {v: [] for v in fns}
-    for _ in range(rounds):
-        for v, fn in fns.items():
-            times[v].append(median_ms(fn, device, budget, min_reps=2, max_reps=20))
-    res.ms = {v: statistics.median(t) for v, t in times.items()}
+    timed = interleaved(fns, device, budget, min_reps=rounds, max_reps=20, rounds=rounds)
+    res.ms = {v: t.ms for v, t in timed.items()}
     res.peak_mb = {v: peak_mb(fn, device) for v, fn in fns.items()}
     del fns
     torch._dynamo.reset()
