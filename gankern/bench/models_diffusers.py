@@ -14,7 +14,6 @@ Pipelines compile their denoiser, not the whole pipeline object.
 """
 from __future__ import annotations
 
-import copy
 from typing import Any, Callable
 
 import torch
@@ -31,7 +30,8 @@ SD15_UNET = dict(sample_size=64, in_channels=4, out_channels=4, layers_per_block
                                    "DownBlock2D"),
                  up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"))
 DDPM_CIFAR10 = dict(sample_size=32, in_channels=3, out_channels=3, block_out_channels=(128, 256, 256, 256),
-                    layers_per_block=2, down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
+                    layers_per_block=2,
+                    down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
                     up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"), attention_head_dim=None,
                     downsample_padding=0, flip_sin_to_cos=False, freq_shift=1, norm_eps=1e-6, norm_num_groups=32)
 # A small DDIM pipeline: DDPM-CIFAR10's UNet narrowed.
@@ -43,7 +43,8 @@ TINY_VAE = dict(SD_VAE, **_TINY, block_out_channels=(16, 32), down_block_types=(
 TINY_COND_UNET = dict(SD15_UNET, **_TINY, block_out_channels=(16, 32), cross_attention_dim=16, attention_head_dim=4,
                       down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
                       up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"))
-TINY_UNET = dict(DDPM_CIFAR10, **_TINY, block_out_channels=(16, 32), down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+TINY_UNET = dict(DDPM_CIFAR10, **_TINY, block_out_channels=(16, 32),
+                 down_block_types=("DownBlock2D", "AttnDownBlock2D"),
                  up_block_types=("AttnUpBlock2D", "UpBlock2D"))
 
 INFERENCE = ("eager", "compile", "optimize", "optimize+compile", "optimize(bf16)")
