@@ -178,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="also time each gankern call alone in a fresh process (the 'fresh-process ms' column)")
     b.add_argument("--models", action="store_true", help="end-to-end model cases (training steps, sampling) "
                    "instead of single ops")
+    b.add_argument("--profile", action="store_true", help="with --models: also print the torch.profiler "
+                   "breakdown (convolution, matmul, attention, gankern ops, other, layout copies) per variant")
     _add_model_commands(sub)
     args = parser.parse_args(argv)
     if args.cmd == "info":
@@ -186,7 +188,8 @@ def main(argv: list[str] | None = None) -> int:
         return _run_model_command(args)
     if args.models:
         from gankern.bench.models import run_models
-        run_models(args.device, args.out, not args.no_compile, args.budget, not args.no_progress, args.full)
+        run_models(args.device, args.out, not args.no_compile, args.budget, not args.no_progress, args.full,
+                   profile=args.profile)
         return 0
     from gankern.bench.runner import run
     run(args.device, args.ops.split(",") if args.ops else None, args.out, args.full, not args.no_compile,

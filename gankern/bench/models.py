@@ -1,22 +1,26 @@
-"""`gankern bench --models`: end-to-end model cases, fused (gankern) vs eager (the same model
-unfused, plain torch / diffusers) vs torch.compile of the eager model, with peak memory.
+"""`gankern bench --models`: end-to-end model cases, each timed as a list of variants (gankern's
+fused model, the eager model users run, torch.compile of it, gankern.optimize, ...), with speed-up
+ratios against the eager baseline and against torch.compile, peak memory and, where the variants
+compute the same thing, the output error against the baseline.
 
-A suite is a function `(device, full) -> list[ModelCase]`; SUITES lists them by import path, so
-other modules (e.g. cases of whole diffusers models) add a line here and nothing else. Each case
-builds its timed callable per variant; the variants are timed interleaved, round after round, in
-one process (on a shared machine the load drifts; the ratio within a round is what counts) and
-the median over rounds is reported.
+A suite is a function `(device, scale) -> list[ModelCase]`, scale being "tiny" (the tests: the
+smallest configs, seconds), "quick" (the default set) or "full"; SUITES lists them by import path,
+so other modules add cases with one line here and nothing else. The variants of a case are timed
+interleaved, round after round, in one process (on a shared machine the load drifts; the ratio
+within a round is what counts) and the median of all calls is reported (timing.interleaved).
 
-Peak memory: on CUDA, torch.cuda.max_memory_allocated above the level before the call. On the
-CPU there is no allocator peak counter, so training steps report the bytes autograd saves for
-backward (the activation memory that a fused layer cuts), and other cases report none.
+Peak memory, one definition for every case: what one call adds on top of what was resident before
+it (weights, gradients, optimizer state). On CUDA from torch.cuda.max_memory_allocated; on a Linux
+CPU from the process's peak RSS (VmHWM, reset through /proc/self/clear_refs after malloc_trim has
+returned freed heap), so allocator caching can hide reuse but never invent memory; elsewhere none.
 """
 from __future__ import annotations
 
+import ctypes
 import datetime as _dt
+import gc
 import importlib
 import json
-import statistics
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,38 +29,47 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from .timing import median_ms, sync
+from .timing import interleaved, sync
 
-VARIANTS = ("fused", "eager", "compile")
+SCALES = ("tiny", "quick", "full")
 
 # "module:function" of every suite; one line each.
 SUITES = [
     "gankern.bench.models:gankern_models",
+    "gankern.bench.models_diffusers:diffusers_models",
 ]
 
 
 @dataclass
 class ModelCase:
     model: str                                   # e.g. "dcgan"
-    variant: str                                 # what is timed, e.g. "train step"
+    what: str                                    # what is timed, e.g. "train step"
     shape: tuple                                 # input batch shape, for the table
     build: Callable[[str], Callable[[], Any]]    # variant name -> the timed zero-argument callable
-    training: bool = False                       # measure saved-for-backward bytes on the CPU
+    variants: tuple = ("fused", "eager", "compile")  # the contenders, in table order
+    baseline: str = "eager"                      # what users run: the ratios are baseline ms / variant ms
+    compiled: str = "compile"                    # torch.compile of the baseline: the second ratio
+    compare: bool = False                        # variants compute the same output: report error vs baseline
     notes: str = ""
-    quick: bool = True
+    quick: bool = True                           # in the default set
 
 
 @dataclass
 class ModelResult:
     model: str
-    variant: str
+    what: str
     shape: list
     ms: dict = field(default_factory=dict)       # variant -> median ms
-    peak_mb: dict = field(default_factory=dict)  # variant -> MB (None where not measured)
+    peak_mb: dict = field(default_factory=dict)  # variant -> MB added by one call (None: not measurable)
+    err: dict = field(default_factory=dict)      # variant -> max |out - baseline| / max |baseline|
+    baseline: str = "eager"
+    compiled: str = "compile"
     notes: str = ""
 
-    def ratio(self, a="eager", b="fused"):
-        return self.ms[a] / self.ms[b] if self.ms.get(a) and self.ms.get(b) else None
+    def ratio(self, variant, vs=None):
+        """Speed-up of `variant` over `vs` (default: the baseline), > 1 is faster."""
+        a, b = self.ms.get(vs or self.baseline), self.ms.get(variant)
+        return a / b if a and b else None
 
 
 # ---- the cases of gankern.models ---------------------------------------------------------------
@@ -90,6 +103,7 @@ def _dcgan_step(device, size, batch):
             og.zero_grad(set_to_none=True)
             loss_g.backward()
             og.step()
+            return loss_d.detach()
         return step
     return build
 
@@ -113,6 +127,7 @@ def _vae_step(device, batch):
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            return loss.detach()
         return step
     return build
 
@@ -164,6 +179,7 @@ def _ddpm_step(device, batch):
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            return loss.detach()
         return step
     return build
 
@@ -172,19 +188,21 @@ def _ddpm_sample(device, batch, steps, guidance=3.0):
     def build(variant):
         unet = _unet(device, variant).eval()
         net = torch.compile(unet) if variant == "compile" else unet
+        # both start from the same noise, so they compute the same samples
+        noise = torch.randn((batch, 1, 32, 32), generator=torch.Generator(device=device).manual_seed(0),
+                            device=device)
         if variant == "fused":
             from ..sampling import sample
             from ..schedulers import DDIMScheduler
             sched = DDIMScheduler()
             return lambda: sample(lambda x, t: net(x, t).sample, sched, (batch, 1, 32, 32), steps,
-                                  guidance_scale=guidance, seed=0, progress=False, device=device)
+                                  guidance_scale=guidance, progress=False, device=device, latents=noise)
         from diffusers import DDIMScheduler as DiffusersDDIM
         sched = DiffusersDDIM()
 
         @torch.no_grad()
         def run():   # diffusers' pipeline loop: guidance in eager torch, diffusers' step
-            g = torch.Generator(device=device).manual_seed(0)
-            x = torch.randn((batch, 1, 32, 32), generator=g, device=device)
+            x = noise
             sched.set_timesteps(steps, device=device)
             for t in sched.timesteps:
                 out = net(torch.cat([x, x]), t).sample
@@ -195,79 +213,152 @@ def _ddpm_sample(device, batch, steps, guidance=3.0):
     return build
 
 
-def gankern_models(device, full: bool) -> list[ModelCase]:
-    cases = [
-        ModelCase("dcgan", "train step (G + D)", (64, 3, 64, 64), _dcgan_step(device, 64, 64), training=True,
-                  notes="classic DCGAN 64x64, nz 100, ngf = ndf = 64"),
-        ModelCase("vae", "train step", (64, 1, 32, 32), _vae_step(device, 64), training=True),
-        ModelCase("vae", "encode", (64, 1, 32, 32), _vae_codec(device, 64, "encode")),
-        ModelCase("vae", "decode", (64, 16), _vae_codec(device, 64, "decode")),
-        ModelCase("ddpm", "UNet train step", (16, 1, 32, 32), _ddpm_step(device, 16), training=True,
+def gankern_models(device, scale: str) -> list[ModelCase]:
+    # full: the published sizes; quick: small batches (the default run takes minutes on 2 CPU cores)
+    b, size, ub, steps = {"tiny": (2, 32, 2, 2), "quick": (8, 64, 4, 10), "full": (64, 64, 16, 50)}[scale]
+    return [
+        ModelCase("dcgan", "train step (G + D)", (b, 3, size, size), _dcgan_step(device, size, b), compare=True,
+                  notes="classic DCGAN, nz 100, ngf = ndf = 64"),
+        ModelCase("vae", "train step", (b, 1, 32, 32), _vae_step(device, b),
+                  notes="no error column: the fused reparameterization draws its own noise"),
+        ModelCase("vae", "encode", (b, 1, 32, 32), _vae_codec(device, b, "encode"), compare=True),
+        ModelCase("vae", "decode", (b, 16), _vae_codec(device, b, "decode"), compare=True),
+        ModelCase("ddpm", "UNet train step", (ub, 1, 32, 32), _ddpm_step(device, ub), compare=True,
                   notes="the `gankern train ddpm` UNet"),
-        ModelCase("ddpm", "50-step DDIM sampling, guidance 3", (16, 1, 32, 32), _ddpm_sample(device, 16, 50),
+        ModelCase("ddpm", f"{steps}-step DDIM sampling, guidance 3", (ub, 1, 32, 32),
+                  _ddpm_sample(device, ub, steps), compare=True,
                   notes="eager: diffusers' DDIMScheduler, guidance in torch"),
     ]
-    return cases
-
 
 # ---- the runner ---------------------------------------------------------------------------------
 
-def _saved_bytes(fn) -> int:
-    seen, total = set(), 0
-
-    def pack(t):
-        nonlocal total
-        try:
-            key = (t.untyped_storage().data_ptr(), t.device)
-            if key not in seen:
-                seen.add(key)
-                total += t.untyped_storage().nbytes()
-        except (RuntimeError, NotImplementedError):
-            pass
-        return t
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        fn()
-    return total
+def _proc_kb(key: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
 
 
-def _peak_mb(fn, device, training) -> float | None:
+def peak_mb(fn: Callable[[], object], device: torch.device) -> float | None:
+    """Peak memory fn() adds on top of what is resident before it, in MiB (None: not measurable)."""
+    gc.collect()
     if device.type == "cuda":
         sync(device)
-        torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
         fn()
         sync(device)
         return (torch.cuda.max_memory_allocated(device) - base) / 2**20
-    return _saved_bytes(fn) / 2**20 if training else None
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        base = _proc_kb("VmRSS")
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM to the current RSS
+    except OSError:
+        return None
+    fn()
+    peak = _proc_kb("VmHWM")
+    return None if base is None or peak is None else max(0, peak - base) / 1024
 
 
-def collect(device, full: bool) -> list[ModelCase]:
+def _as_tensor(out):
+    if isinstance(out, (tuple, list)):
+        out = out[0]
+    out = getattr(out, "sample", out)
+    out = getattr(out, "images", out)
+    return out if isinstance(out, torch.Tensor) else None
+
+
+def rel_err(out, ref) -> float | None:
+    out, ref = _as_tensor(out), _as_tensor(ref)
+    if out is None or ref is None or out.shape != ref.shape:
+        return None
+    out, ref = out.detach().double(), ref.detach().double()
+    return ((out - ref).abs().max() / ref.abs().max().clamp_min(1e-30)).item()
+
+
+def collect(device, scale: str = "quick") -> list[ModelCase]:
+    """Every suite's cases at `scale`; "quick" keeps only the cases marked quick."""
+    if scale not in SCALES:
+        raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
     cases = []
     for spec in SUITES:
         mod, fn = spec.split(":")
-        cases += [c for c in getattr(importlib.import_module(mod), fn)(device, full) if full or c.quick]
+        cases += [c for c in getattr(importlib.import_module(mod), fn)(device, scale) if scale != "quick" or c.quick]
     return cases
 
 
-def run_case(case: ModelCase, device, variants, budget: float, rounds: int) -> ModelResult:
-    res = ModelResult(case.model, case.variant, list(case.shape), notes=case.notes)
-    fns = {}
-    for v in variants:
+def _note(res, msg):
+    res.notes = (res.notes + "; " if res.notes else "") + msg
+
+
+def run_case(case: ModelCase, device, budget: float, rounds: int, compile: bool = True) -> ModelResult:
+    """Builds every variant, warms it up (torch.compile compiles there; a variant that fails is
+    noted, not fatal), times them interleaved for `rounds` rounds, then measures peak memory."""
+    res = ModelResult(case.model, case.what, list(case.shape), baseline=case.baseline, compiled=case.compiled,
+                      notes=case.notes)
+    fns, first = {}, {}
+    for v in case.variants:
+        if not compile and "compile" in v:
+            continue
         try:
             fns[v] = case.build(v)
-            fns[v]()   # warm-up (compiles)
-        except Exception as e:   # a baseline that fails is reported, not fatal
-            res.notes = (res.notes + "; " if res.notes else "") + f"{v} failed: {type(e).__name__}: {str(e)[:80]}"
+            torch.manual_seed(0)
+            first[v] = fns[v]()
+            sync(device)
+        except Exception as e:
+            _note(res, f"{v} failed: {type(e).__name__}: {str(e)[:80]}")
             fns.pop(v, None)
-    times = {v: [] for v in fns}
-    for _ in range(rounds):
-        for v, fn in fns.items():
-            times[v].append(median_ms(fn, device, budget, min_reps=2, max_reps=20))
-    res.ms = {v: statistics.median(t) for v, t in times.items()}
-    for v in ("fused", "eager"):
-        if v in fns:
-            res.peak_mb[v] = _peak_mb(fns[v], device, case.training)
+    if case.compare and case.baseline in first:
+        res.err = {v: rel_err(o, first[case.baseline]) for v, o in first.items()}
+    del first
+    timed = interleaved(fns, device, budget, min_reps=rounds, max_reps=20, rounds=rounds)
+    res.ms = {v: t.ms for v, t in timed.items()}
+    res.peak_mb = {v: peak_mb(fn, device) for v, fn in fns.items()}
+    del fns
+    torch._dynamo.reset()
+    gc.collect()
     return res
+
+
+# torch.profiler op names -> the breakdown's buckets (first match wins)
+_BUCKETS = [
+    ("gankern ops", ("gankern::",)),
+    ("attention", ("scaled_dot_product", "flash_attention", "_efficient_attention", "softmax", "baddbmm", "bmm")),
+    ("convolution", ("conv", "mkldnn_convolution", "cudnn_convolution")),
+    ("matmul", ("addmm", "mm", "matmul", "linear")),
+    ("layout copies", ("copy_", "contiguous", "clone", "to_dense", "_to_copy", "reorder")),
+]
+
+
+def breakdown(fn: Callable[[], object], device) -> dict[str, float]:
+    """Share of self CPU (CUDA on GPU) time per bucket in one call of fn (after one warm-up call)."""
+    from torch.profiler import ProfilerActivity, profile
+    fn()
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=acts) as prof:
+        fn()
+    total, shares = 0.0, {}
+    for evt in prof.key_averages():
+        t = evt.self_device_time_total if device.type == "cuda" else evt.self_cpu_time_total
+        total += t
+        name = evt.key.lower()
+        bucket = next((b for b, keys in _BUCKETS if any(k in name for k in keys)), "other elementwise / misc")
+        shares[bucket] = shares.get(bucket, 0.0) + t
+    return {b: t / max(total, 1e-30) for b, t in sorted(shares.items(), key=lambda kv: -kv[1])}
+
+
+def profile_case(case: ModelCase, device) -> dict[str, dict[str, float]]:
+    """The breakdown of every variant that is not torch.compiled (its ops are Inductor's kernels)."""
+    out = {}
+    for v in case.variants:
+        if "compile" not in v:
+            out[v] = breakdown(case.build(v), device)
+    return out
 
 
 def _fmt(v, spec):
@@ -275,43 +366,61 @@ def _fmt(v, spec):
 
 
 def table(results: list[ModelResult]) -> str:
-    head = ["model", "what", "shape", "fused ms", "eager ms", "compile ms", "x vs eager", "x vs compile",
-            "peak MB fused", "peak MB eager", "mem ratio"]
+    from .runner import format_table
+    head = ["model", "what", "shape", "variant", "median ms", "x vs eager", "x vs compile", "peak MB", "err vs eager"]
     rows = []
     for r in results:
-        pf, pe = r.peak_mb.get("fused"), r.peak_mb.get("eager")
-        rows.append([r.model, r.variant, "x".join(map(str, r.shape)), _fmt(r.ms.get("fused"), ".1f"),
-                     _fmt(r.ms.get("eager"), ".1f"), _fmt(r.ms.get("compile"), ".1f"), _fmt(r.ratio(), ".2f"),
-                     _fmt(r.ratio("compile"), ".2f"), _fmt(pf, ".1f"), _fmt(pe, ".1f"),
-                     _fmt(pf / pe if pf and pe else None, ".2f")])
-    widths = [max(len(str(c)) for c in col) for col in zip(head, *rows)]
-    line = lambda cells: "  ".join(str(c).ljust(w) if i < 3 else str(c).rjust(w)  # noqa: E731
-                                   for i, (c, w) in enumerate(zip(cells, widths)))
-    return "\n".join([line(head), line(["-" * w for w in widths])] + [line(r) for r in rows])
+        for v, ms in r.ms.items():
+            rows.append([r.model, r.what, "x".join(map(str, r.shape)), v, _fmt(ms, ".1f"), _fmt(r.ratio(v), ".2f"),
+                         _fmt(r.ratio(v, r.compiled), ".2f"), _fmt(r.peak_mb.get(v), ".1f"),
+                         _fmt(r.err.get(v), ".1e")])
+    return format_table(head, rows, left=4)
 
 
 def run_models(device: str | None = None, out: str = "bench-out", compile: bool = True, budget: float | None = None,
-               progress: bool = True, full: bool = False, rounds: int = 3) -> list[ModelResult]:
-    from .runner import machine_info
+               progress: bool = True, full: bool = False, rounds: int = 3, profile: bool = False,
+               scale: str | None = None) -> list[ModelResult]:
+    from .runner import bar_chart, machine_info
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("gankern bench: --device cuda requested but PyTorch sees no CUDA device")
     budget = budget if budget is not None else (1.0 if dev.type == "cpu" else 0.3)
-    variants = VARIANTS if compile else VARIANTS[:2]
     from tqdm.auto import tqdm
-    results = []
-    cases = collect(dev, full)
+    results, profiles = [], []
+    cases = collect(dev, scale or ("full" if full else "quick"))
     for case in tqdm(cases, desc="gankern bench --models", unit="case", disable=not progress, file=sys.stderr):
-        results.append(run_case(case, dev, variants, budget, rounds))
+        results.append(run_case(case, dev, budget, rounds, compile))
+        if profile:
+            profiles.append((case, profile_case(case, dev)))
     info = machine_info(dev)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"bench-models-{dev.type}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps({"machine": info, "results": [dict(asdict(r), x_vs_eager=r.ratio()) for r in results]},
-                               indent=2))
-    print(f"\ngankern {info['gankern']} models on {info.get('gpu', info['cpu'])} ({info['date'][:10]}), "
-          f"{rounds} interleaved rounds\n")
+    base = out_dir / f"bench-models-{dev.type}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    rows = [dict(asdict(r), x_vs_eager={v: r.ratio(v) for v in r.ms},
+                 x_vs_compile={v: r.ratio(v, r.compiled) for v in r.ms}) for r in results]
+    doc = {"machine": info, "results": rows}
+    if profile:
+        doc["profile"] = [dict(model=c.model, what=c.what, shares=p) for c, p in profiles]
+    base.with_suffix(".json").write_text(json.dumps(doc, indent=2))
+    title = f"gankern {info['gankern']} models on {info.get('gpu', info['cpu'])} ({info['date'][:10]})"
+    labels, vs_eager, vs_compile = [], [], []
+    for r in results:
+        for v in r.ms:
+            if v != r.baseline:
+                labels.append(f"{r.model} {r.what}\n{v}")
+                vs_eager.append(r.ratio(v) or 0)
+                vs_compile.append(r.ratio(v, r.compiled) or 0)
+    bar_chart(labels, {"vs eager": vs_eager, "vs torch.compile": vs_compile}, base.with_suffix(".png"), title,
+              "speed-up of the variant (x, higher is better)")
+    print(f"\n{title}, {rounds} interleaved rounds\n")
     print(table(results))
-    mem = "torch.cuda.max_memory_allocated" if dev.type == "cuda" else "bytes saved for backward (training steps)"
-    print(f"\npeak memory: {mem}.  results: {path}")
+    for case, shares in profiles:
+        print(f"\nprofile of {case.model} {case.what}:")
+        for v, s in shares.items():
+            print(f"  {v:17s} " + ", ".join(f"{b} {x:.0%}" for b, x in s.items()))
+    mem = ("torch.cuda.max_memory_allocated" if dev.type == "cuda"
+           else "peak RSS growth of one call (VmHWM)")
+    print(f"\neager = what users run (the plain-torch model, diffusers' own model); ratios are eager ms / "
+          f"variant ms;\npeak MB: memory one call adds, {mem}; err: max |out - eager| / max |eager|.\n"
+          f"results: {base.with_suffix('.json')}\nchart:   {base.with_suffix('.png')}")
     return results

@@ -164,25 +164,37 @@ def table(results: list[Result]) -> str:
              _fmt(r.eager_ms, ".3f"), _fmt(r.compile_ms, ".3f"), _fmt(r.vs_eager, ".2f"),
              _fmt(r.vs_compile, ".2f"), _fmt(100 * r.copy_fraction, ".0f"), _fmt(r.spec_ms, ".3f")]
             + ([_fmt(r.fresh_ms, ".3f")] if fresh else []) for r in results]
+    return format_table(head, rows, left=5)
+
+
+def format_table(head: list[str], rows: list[list], left: int) -> str:
+    """Plain-text table: the first `left` columns left-aligned (names), the rest right (numbers)."""
     widths = [max(len(str(c)) for c in col) for col in zip(head, *rows)]
-    line = lambda cells: "  ".join(str(c).ljust(w) if i < 5 else str(c).rjust(w)  # noqa: E731
+    line = lambda cells: "  ".join(str(c).ljust(w) if i < left else str(c).rjust(w)  # noqa: E731
                                    for i, (c, w) in enumerate(zip(cells, widths)))
     return "\n".join([line(head), line(["-" * w for w in widths])] + [line(r) for r in rows])
 
 
 def chart(results: list[Result], path: Path, title: str) -> None:
+    labels = [f"{r.op} {r.variant}\n{'x'.join(map(str, r.shape))} {r.dtype}" for r in results]
+    bar_chart(labels, {"vs eager PyTorch": [r.vs_eager or 0 for r in results],
+                       "vs torch.compile": [r.vs_compile or 0 for r in results]}, path, title,
+              "speed-up of gankern (x, higher is better)")
+
+
+def bar_chart(labels: list[str], series: dict[str, list[float]], path: Path, title: str, xlabel: str) -> None:
+    """Horizontal bars, two series (speed-up vs eager, vs torch.compile) per label, a line at 1x."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    labels = [f"{r.op} {r.variant}\n{'x'.join(map(str, r.shape))} {r.dtype}" for r in results]
-    fig, ax = plt.subplots(figsize=(9, 0.6 * len(results) + 1.5))
-    ys = range(len(results))
-    ax.barh([y + 0.2 for y in ys], [r.vs_eager or 0 for r in results], height=0.4, label="vs eager PyTorch")
-    ax.barh([y - 0.2 for y in ys], [r.vs_compile or 0 for r in results], height=0.4, label="vs torch.compile")
+    fig, ax = plt.subplots(figsize=(9, 0.6 * len(labels) + 1.5))
+    ys = range(len(labels))
+    for (name, values), off in zip(series.items(), (0.2, -0.2)):
+        ax.barh([y + off for y in ys], values, height=0.4, label=name)
     ax.axvline(1.0, color="k", lw=0.8)
     ax.set_yticks(list(ys), labels, fontsize=7)
     ax.invert_yaxis()
-    ax.set_xlabel("speed-up of gankern (x, higher is better)")
+    ax.set_xlabel(xlabel)
     ax.set_title(title, fontsize=9)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
