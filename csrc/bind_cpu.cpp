@@ -8,6 +8,8 @@
 #include "diffusion/diffusion.h"
 #include "vae/vae.h"
 #include "norm/norm.h"
+#include "upfirdn2d/upfirdn2d.h"
+#include "filtered_lrelu/filtered_lrelu.h"
 
 namespace py = pybind11;
 using gk::ptr;
@@ -39,6 +41,32 @@ PYBIND11_MODULE(_C, m) {
       },
       py::arg("dy"), py::arg("x"), py::arg("b"), py::arg("dx"), py::arg("n"), py::arg("C"), py::arg("cstride"),
       py::arg("act"), py::arg("alpha"), py::arg("gain"), py::arg("clamp"));
+
+  // ---- upfirdn2d (csrc/upfirdn2d/upfirdn2d.h) ----
+  m.def("upfirdn2d",
+        [](uintptr_t x, uintptr_t g, uintptr_t g1, uintptr_t y, int64_t N, int64_t C, int64_t H, int64_t W,
+           int64_t OH, int64_t OW, int64_t sxn, int64_t sxc, int64_t sxh, int64_t sxw, int64_t syn, int64_t syc,
+           int64_t syh, int64_t syw, int upx, int upy, int downx, int downy, int px0, int py0, int kw, int kh,
+           bool channels_last) {
+          py::gil_scoped_release nogil;
+          gk::upfirdn2d::forward_cpu(ptr<const float>(x), ptr<const float>(g), ptr<const float>(g1), ptr<float>(y),
+                                     {N, C, H, W, OH, OW, sxn, sxc, sxh, sxw, syn, syc, syh, syw, upx, upy, downx,
+                                      downy, px0, py0, kw, kh, channels_last});
+        });
+
+  // ---- filtered_lrelu (csrc/filtered_lrelu/filtered_lrelu.h) ----
+  m.def("filtered_lrelu",
+        [](uintptr_t x, uintptr_t b, uintptr_t mask, uintptr_t gA, uintptr_t gA1, uintptr_t gB, uintptr_t gB1,
+           uintptr_t y, int64_t N, int64_t C, int64_t H, int64_t W, int64_t TH, int64_t TW, int64_t OH, int64_t OW,
+           int upx, int upy, int pax, int pay, int kax, int kay, int downx, int downy, int pbx, int pby, int kbx,
+           int kby, int mode, float gain, float slope, float clamp) {
+          py::gil_scoped_release nogil;
+          gk::filtered_lrelu::run_cpu(ptr<const float>(x), ptr<const float>(b), ptr<uint8_t>(mask),
+                                      ptr<const float>(gA), ptr<const float>(gA1), ptr<const float>(gB),
+                                      ptr<const float>(gB1), ptr<float>(y),
+                                      {N, C, H, W, TH, TW, OH, OW, upx, upy, pax, pay, kax, kay, downx, downy, pbx,
+                                       pby, kbx, kby, mode, gain, slope, clamp});
+        });
 
   // ---- vae: counter-based randn, fused reparameterization and KL (csrc/vae/vae.h) ----
   // seed and offset arrive as int64 bit patterns of the uint64 Philox key and counter.

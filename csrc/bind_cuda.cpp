@@ -10,6 +10,8 @@
 #include "diffusion/diffusion.h"
 #include "vae/vae.h"
 #include "norm/norm.h"
+#include "upfirdn2d/upfirdn2d.h"
+#include "filtered_lrelu/filtered_lrelu.h"
 
 // gankern._cuda, or gankern._cuda_emu when built for the CUDA emulator (CMakeLists.txt).
 #ifndef GANKERN_CUDA_MODULE
@@ -44,6 +46,31 @@ PYBIND11_MODULE(GANKERN_CUDA_MODULE, m) {
            float alpha, float gain, float clamp, int dtype, uintptr_t stream) {
           gk::bias_act::backward_cuda(ptr<const void>(dy), ptr<const void>(x), ptr<const float>(b), ptr<void>(dx),
                                       {n, C, cstride, act, alpha, gain, clamp}, dtype, stream);
+        });
+
+  // ---- upfirdn2d (csrc/upfirdn2d/upfirdn2d.h) ----
+  m.def("upfirdn2d",
+        [](uintptr_t x, uintptr_t g, uintptr_t y, int64_t N, int64_t C, int64_t H, int64_t W, int64_t OH,
+           int64_t OW, int64_t sxn, int64_t sxc, int64_t sxh, int64_t sxw, int64_t syn, int64_t syc, int64_t syh,
+           int64_t syw, int upx, int upy, int downx, int downy, int px0, int py0, int kw, int kh, bool channels_last,
+           int dtype, uintptr_t stream) {
+          gk::upfirdn2d::forward_cuda(ptr<const void>(x), ptr<const float>(g), ptr<void>(y),
+                                      {N, C, H, W, OH, OW, sxn, sxc, sxh, sxw, syn, syc, syh, syw, upx, upy, downx,
+                                       downy, px0, py0, kw, kh, channels_last},
+                                      dtype, stream);
+        });
+
+  // ---- filtered_lrelu (csrc/filtered_lrelu/filtered_lrelu.h) ----
+  m.def("filtered_lrelu",
+        [](uintptr_t x, uintptr_t b, uintptr_t mask, uintptr_t gA, uintptr_t gB, uintptr_t y, int64_t N, int64_t C,
+           int64_t H, int64_t W, int64_t TH, int64_t TW, int64_t OH, int64_t OW, int upx, int upy, int pax, int pay,
+           int kax, int kay, int downx, int downy, int pbx, int pby, int kbx, int kby, int mode, float gain,
+           float slope, float clamp, int dtype, uintptr_t stream) {
+          gk::filtered_lrelu::run_cuda(ptr<const void>(x), ptr<const float>(b), ptr<uint8_t>(mask),
+                                       ptr<const float>(gA), ptr<const float>(gB), ptr<void>(y),
+                                       {N, C, H, W, TH, TW, OH, OW, upx, upy, pax, pay, kax, kay, downx, downy, pbx,
+                                        pby, kbx, kby, mode, gain, slope, clamp},
+                                       dtype, stream);
         });
 
   // ---- vae: counter-based randn, fused reparameterization and KL (csrc/vae/vae.h) ----
