@@ -13,19 +13,24 @@ from .ops.random import randn, randn_like, random_seed  # noqa: E402
 from .ops.vae import kl_normal, reparameterize, reparameterize_kl  # noqa: E402
 from .distributions import DiagonalGaussian  # noqa: E402
 from .ops.norm import batch_norm_act, group_norm_act  # noqa: E402
+from .ops.geglu import geglu  # noqa: E402
+from .ops.layer_norm import add_layer_norm, layer_norm  # noqa: E402
 from .fold import fold_batchnorm  # noqa: E402
 from .optimize import optimize  # noqa: E402
 from . import nn  # noqa: E402
 from .ops.diffusion import add_noise, diffusion_loss  # noqa: E402
 from . import schedulers  # noqa: E402
 from .sampling import sample  # noqa: E402
+from . import models  # noqa: E402
 
 __all__ = [
     "__version__", "backends", "use_backend", "nn",
     "bias_act", "upfirdn2d", "setup_filter", "upsample2d", "downsample2d", "filter2d",  # StyleGAN
     "filtered_lrelu",
     "group_norm_act", "batch_norm_act", "fold_batchnorm", "optimize",  # normalization, patching
+    "geglu", "layer_norm", "add_layer_norm",                        # transformer blocks
     "randn", "randn_like", "random_seed",                           # counter-based RNG
     "reparameterize", "kl_normal", "reparameterize_kl", "DiagonalGaussian",  # VAE
     "add_noise", "diffusion_loss", "schedulers", "sample",          # diffusion
+    "models",
 ]

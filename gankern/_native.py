@@ -1,25 +1,39 @@
-"""Loads the compiled modules once and remembers why one could not be loaded.
+"""The compiled modules and the one way Python calls them.
 
-Nothing here compiles: a missing module means the install skipped it (or failed), and the reason
-is reported by `gankern.backends()`.
+Loading: each module is imported once; why one could not be (not built, or built from other
+tables than gankern/_tables.py: a stale build) is reported by `gankern.backends()`. Nothing here
+compiles.
+
+Calling: every native entry point is `<module>.<family>.<pass>(stream, *fields)`, the fields of
+its C++ Params struct (csrc/common/view.h, GK_STRUCT) in order; a tensor field takes the tensor
+itself (or None), which the binding reads as a gk::View (address, dtype code, numel: the layout is
+the family's contract). `entry` makes the only callers, keyword-only functions that pick the
+module of the backend, the device and the stream.
 """
 from __future__ import annotations
 
-import contextlib
 import importlib
 import os
 
 import torch
 
-# Storage type codes understood by the native kernels (csrc/common/macros.h: gk::DType).
-DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+from . import _tables
+
+# torch dtype -> gk::DType code of a gk::View (gankern/_tables.py: DTYPES).
+DTYPE_CODES = {getattr(torch, name): code for name, code in _tables.DTYPES.items()}
 
 
 def _load(name: str):
     try:
-        return importlib.import_module(f"gankern.{name}"), ""
+        mod = importlib.import_module(f"gankern.{name}")
     except ImportError as e:  # not built, or built against something missing here
         return None, f"gankern.{name} could not be imported ({e})"
+    built, want = getattr(mod, "TABLES_DIGEST", None), _tables.digest()
+    if built != want:
+        return None, (f"gankern.{name} was built from other tables than gankern/_tables.py "
+                      f"({built} != {want}); rebuild it (pip install -e . or python setup.py build_ext --inplace)")
+    mod.set_dtype_codes(DTYPE_CODES)
+    return mod, ""
 
 
 def cuda_emulated() -> bool:
@@ -37,27 +51,35 @@ else:
     cuda, cuda_error = _load("_cuda")
 
 if cpu is not None:
-    # One thread pool size for torch and our OpenMP kernels.
+    # One thread count for torch and our kernels (csrc/common/thread_pool.h).
     cpu.set_num_threads(torch.get_num_threads())
 
 
-def ptr(t: torch.Tensor | None) -> int:
-    """Address of a tensor's first element, or 0 (nullptr) for None."""
-    return 0 if t is None else t.data_ptr()
+_CALLER = """\
+def {name}(device_of, *, {fields}):
+    if not device_of.is_cuda:
+        return fn(0, {fields})
+    with torch.cuda.device(device_of.device):
+        return fn(torch.cuda.current_stream(device_of.device).cuda_stream, {fields})
+"""
 
 
-def dtype_code(t: torch.Tensor) -> int:
-    return DTYPE_CODES[t.dtype]
+def entry(backend: str, name: str):
+    """The native entry point `name` ("family.pass") of `backend` ("cpu" or "cuda") as a Python
+    function `f(device_of, **fields)` taking the fields of its C++ Params by keyword, all
+    required (tensors, None for an absent tensor, scalars). It runs on device_of's GPU and its
+    current stream for CUDA tensors, stream 0 for CPU tensors (the cpu backend, the CUDA
+    emulator), and returns what the entry point returns (usually None). Made once per entry point
+    from the field names the module exports: the call costs what a positional call costs."""
+    key = (backend, name)
+    if key not in _ENTRIES:
+        family, pass_ = name.split(".")
+        sub = getattr(cpu if backend == "cpu" else cuda, family)
+        namespace = {"fn": getattr(sub, pass_), "torch": torch}
+        exec(_CALLER.format(name=pass_, fields=", ".join(sub.FIELDS[pass_])), namespace)
+        _ENTRIES[key] = namespace[pass_]
+    return _ENTRIES[key]
 
 
-def cuda_stream(t: torch.Tensor) -> int:
-    """The current CUDA stream of t's device, as the integer the native launchers take (0 for the
-    CPU tensors of the CUDA emulator)."""
-    if t.device.type != "cuda":
-        return 0
-    return torch.cuda.current_stream(t.device).cuda_stream
+_ENTRIES: dict = {}
 
-
-def device_guard(t: torch.Tensor):
-    """Makes t's GPU the current device while a launcher runs (nothing for emulated CPU tensors)."""
-    return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()

@@ -60,3 +60,54 @@ def like(t: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     out = torch.empty_like(ref, dtype=t.dtype)
     out.copy_(t)
     return out
+
+
+def autocast_input(x: torch.Tensor) -> torch.Tensor:
+    """Under torch.autocast for x's device, x in the autocast dtype (bf16/fp16), so a gankern layer
+    runs its kernels in that dtype as torch's own autocast-listed layers do; otherwise x unchanged.
+    gankern's ops are custom ops, which autocast does not cast by itself."""
+    dev = x.device.type
+    if x.is_floating_point() and torch.is_autocast_enabled(dev):
+        return x.to(torch.get_autocast_dtype(dev))
+    return x
+
+
+# ---- output layouts ----------------------------------------------------------------------------
+# Each op states the strides of its full-size outputs with one of the functions below; its fake
+# kernel returns exactly that (torch.compile and export trust it), its kernels write it, and the
+# custom op passes every backend's result through `restride`, which copies only the reference
+# backend's outputs (torch chooses their layout) when they differ. docs/architecture.md, "Layouts".
+
+def contiguous_strides(shape) -> tuple:
+    strides, acc = [], 1
+    for n in reversed(tuple(shape)):
+        strides.append(acc)
+        acc = acc * n if n > 1 else acc
+    return tuple(reversed(strides))
+
+
+def kept_strides(x: torch.Tensor) -> tuple:
+    """Elementwise kernels keep a dense input's layout (contiguous, channels_last, any permutation);
+    other inputs (sliced, expanded) are copied to contiguous first."""
+    return tuple(x.stride()) if is_dense(x) else contiguous_strides(x.shape)
+
+
+def _same_layout(a: torch.Tensor, strides: tuple) -> bool:
+    return all(s == t for s, t, n in zip(a.stride(), strides, a.shape) if n > 1)
+
+
+def empty_strided_like(x: torch.Tensor, strides: tuple, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """What a fake kernel returns: x's shape with the stated strides."""
+    return torch.empty_strided(x.shape, strides, dtype=dtype or x.dtype, device=x.device)
+
+
+def restride(out, like: torch.Tensor, strides: tuple):
+    """out laid out with `strides` if it has like's shape (a copy only when the significant strides
+    differ); tuples element by element; other outputs (statistics, None) pass through."""
+    if isinstance(out, (tuple, list)):
+        return type(out)(restride(o, like, strides) for o in out)
+    if out is None or out.shape != like.shape or out.numel() <= 1 or _same_layout(out, strides):
+        return out
+    fixed = torch.empty_strided(out.shape, strides, dtype=out.dtype, device=out.device)
+    fixed.copy_(out)
+    return fixed

@@ -3,7 +3,7 @@
 Four backends implement every op behind one signature:
     reference  pure PyTorch (gankern/reference/): the specification, any device and dtype
     triton     Triton kernels (GPU; on CPU only under TRITON_INTERPRET=1, for tests)
-    cpu        C++/OpenMP kernels in gankern._C
+    cpu        C++ kernels in gankern._C (own thread pool)
     cuda       CUDA kernels in gankern._cuda (on CPU only under GANKERN_CUDA_EMULATOR=1, for tests:
                the same kernels in gankern._cuda_emu, see csrc/emulator/runtime.h)
 
@@ -77,7 +77,7 @@ def backends() -> dict[str, BackendStatus]:
     out["triton"] = BackendStatus("triton", ok, why)
 
     if _native.cpu is not None:
-        out["cpu"] = BackendStatus("cpu", True, f"gankern._C, {_native.cpu.get_max_threads()} OpenMP threads")
+        out["cpu"] = BackendStatus("cpu", True, f"gankern._C, {_native.cpu.get_max_threads()} threads")
     else:
         out["cpu"] = BackendStatus("cpu", False, _native.cpu_error)
 
@@ -172,16 +172,19 @@ def _no_alias(fn: Callable) -> Callable:
     return wrapper
 
 
-def register(op: str, backend: str, *, cpu_dtypes: Iterable | None = None, cuda_dtypes: Iterable | None = None):
-    """Decorator: `fn` implements `op` on `backend`."""
+def register(op: str | tuple[str, ...], backend: str, *, cpu_dtypes: Iterable | None = None,
+             cuda_dtypes: Iterable | None = None):
+    """Decorator: `fn` implements `op` (the custom op's name, or several ops served by one function)
+    on `backend`."""
     _check_name(backend)
     cpu_d, cuda_d = _DEFAULT_DTYPES[backend]
 
     def deco(fn):
         impl = _no_alias(fn) if backend == "reference" else fn
-        _REGISTRY.setdefault(op, {})[backend] = Impl(
-            impl, frozenset(cpu_dtypes) if cpu_dtypes is not None else cpu_d,
-            frozenset(cuda_dtypes) if cuda_dtypes is not None else cuda_d)
+        for name in (op,) if isinstance(op, str) else op:
+            _REGISTRY.setdefault(name, {})[backend] = Impl(
+                impl, frozenset(cpu_dtypes) if cpu_dtypes is not None else cpu_d,
+                frozenset(cuda_dtypes) if cuda_dtypes is not None else cuda_d)
         return fn
 
     return deco
@@ -241,6 +244,16 @@ def resolve(op: str, x: torch.Tensor) -> Callable:
                 _warn_once(op, f"{why_not(op, order[0], device, dtype)}; falling back to the {name} backend")
             return _REGISTRY[op][name].fn
     raise RuntimeError(f"gankern.{op}: no backend can run {dtype} on {device}")
+
+
+def resolve_nonempty(op: str, x: torch.Tensor) -> Callable:
+    """resolve(op, x), except that size-0 inputs run the reference implementation on every backend:
+    there is nothing to compute, and kernels and launchers never see size-0 grids (Triton's arange,
+    split counts, divisions by a size). The reference defines the outputs (empty, or NaN statistics
+    of empty sets) and the zero gradients."""
+    if x.numel() == 0:
+        return _REGISTRY[op]["reference"].fn
+    return resolve(op, x)
 
 
 def which(op: str, x: torch.Tensor) -> str:

@@ -10,9 +10,8 @@ from gankern.backends import why_not
 from gankern.ops import diffusion as D
 from gankern.reference import diffusion as R
 
-from conftest import DEVICES, KERNEL_DEVICE, assert_close, skip_unless_runnable
+from conftest import DEVICES, KERNEL_DEVICE, KERNEL_ONLY_BACKENDS, assert_close, skip_unless_runnable
 
-BACKENDS = ("cpu", "triton", "cuda")
 SHAPES = [(2, 4, 64, 64), (2, 3, 32, 32), (3, 5, 7, 9), (1, 1, 1, 3)]
 
 
@@ -66,7 +65,7 @@ def run(backend, mo, x, h, plan, guided, rescale=0.0, noise=None, want_x0=True):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", KERNEL_ONLY_BACKENDS)
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("guided", [False, True])
 def test_step_matches_reference(backend, device, kind, guided):
@@ -81,7 +80,7 @@ def test_step_matches_reference(backend, device, kind, guided):
         assert_close(x0, rx, what=f"x0 {kind} {shape}")
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", KERNEL_ONLY_BACKENDS)
 def test_step_explicit_noise_and_no_x0(backend):
     skip_unless_runnable("diffusion_step", backend, "cpu")
     mo, x, h = inputs((2, 3, 8, 8), "noise", False, "cpu")
@@ -109,7 +108,7 @@ def test_step_random_shapes(B, C, H, W, kind, guided):
     mo, x, h = inputs((B, C, H, W), kind, guided, "cpu")
     plan = make_plan(kind)
     rp, rx = run("reference", mo.double(), x.double(), h.double(), plan, guided)
-    for backend in BACKENDS:
+    for backend in KERNEL_ONLY_BACKENDS:
         if why_not("diffusion_step", backend, "cpu", torch.float32) is None:
             prev, x0 = run(backend, mo, x, h, plan, guided)
             assert_close(prev, rp, what=backend)
@@ -127,7 +126,7 @@ def test_step_half_precision(backend, dtype):
     assert_close(prev, rp, dtype=dtype)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", KERNEL_ONLY_BACKENDS)
 def test_threshold_scales_match_quantile(backend):
     skip_unless_runnable("diffusion_threshold_scales", backend, "cpu")
     torch.manual_seed(0)
@@ -140,7 +139,7 @@ def test_threshold_scales_match_quantile(backend):
     assert torch.allclose(s, want, rtol=1e-6, atol=0)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", KERNEL_ONLY_BACKENDS)
 def test_guidance_rescale_factors(backend):
     skip_unless_runnable("guidance_rescale_factors", backend, "cpu")
     torch.manual_seed(0)
@@ -156,7 +155,7 @@ def _acp():
     return torch.cumprod(1 - torch.linspace(1e-4, 0.02, 1000), 0)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", KERNEL_ONLY_BACKENDS)
 @pytest.mark.parametrize("shape", [(4, 4, 16, 16), (3, 3, 5, 7)])
 def test_add_noise(backend, shape):
     skip_unless_runnable("add_noise", backend, "cpu")
@@ -169,7 +168,7 @@ def test_add_noise(backend, shape):
     assert_close(y, a.sqrt() * x0.double() + (1 - a).sqrt() * n.double())
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", KERNEL_ONLY_BACKENDS)
 @pytest.mark.parametrize("pred", ["epsilon", "v_prediction", "sample"])
 def test_diffusion_loss_forward_backward(backend, pred):
     skip_unless_runnable("diffusion_loss", backend, "cpu")
@@ -236,7 +235,7 @@ def var_model(x, t):
     return torch.cat([tiny_model(x, t), torch.tanh(0.5 * x)], 1)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", KERNEL_ONLY_BACKENDS)
 @pytest.mark.parametrize("cls", ["DDIMScheduler", "DDPMScheduler", "EulerAncestralDiscreteScheduler",
                                  "DPMSolverMultistepScheduler", "EulerDiscreteScheduler", "DDPM learned_range"])
 def test_sample_deterministic_and_table_path(cls, backend):
@@ -334,7 +333,7 @@ def test_compile_fullgraph():
     assert_close(out, f(mo, x))
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", KERNEL_ONLY_BACKENDS)
 def test_layouts_and_empty(backend):
     """channels_last / sliced inputs give the reference's result; empty batches give empty outputs."""
     skip_unless_runnable("diffusion_step", backend, "cpu")

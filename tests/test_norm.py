@@ -195,14 +195,14 @@ def test_cpu_activation_passes(act, cl):
     """The CPU kernels' own activation code (vector body and scalar tail, both layouts) against the
     reference activation and derivative, far into the tails, with inf and NaN."""
     skip_unless_runnable("group_norm_act", "cpu", "cpu")
-    from gankern.ops.norm import _CpuKernels
+    from gankern.ops.norm import _NativeKernels
     from gankern.reference.activations import get
     z = torch.cat([torch.linspace(-30, 30, 197), torch.tensor([float("inf"), -float("inf"), float("nan")])])
     n = z.numel()
     x = z.reshape(1, n, 1) if cl else z.reshape(1, 1, n)
     C, HW = (n, 1) if cl else (1, n)
     ones, zeros = torch.ones(1, C), torch.zeros(1, C)
-    k = _CpuKernels()
+    k = _NativeKernels("cpu")
     y = k.apply(x, zeros, ones, zeros, None, 1, C, HW, cl, act, 0.2).flatten()
     d = k.bwd_apply(torch.ones_like(x), x, zeros, ones, zeros, ones, zeros, zeros, 1, C, HW, cl, act, 0.2).flatten()
     a = get(act)

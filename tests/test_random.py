@@ -12,14 +12,13 @@ from gankern.backends import use_backend, why_not
 from gankern.ops import random as gr
 from gankern.reference import random as R
 
-from conftest import DEVICES, skip_unless_runnable
+from conftest import DEVICES, KERNEL_BACKENDS, skip_unless_runnable
 
 try:  # module-level names: @triton.jit functions resolve globals, not a test's locals
     from gankern.triton.random import randn_flat, randn_tile
 except ImportError:  # no triton: the tests using them skip
     randn_flat = randn_tile = None
 
-BACKENDS = ("reference", "cpu", "triton", "cuda")
 U64 = 1 << 64
 
 # fp32 Box-Muller vs the float64 one of the same (exact) uniforms: th = 2 pi u2 rounds to fp32
@@ -45,7 +44,7 @@ def close(out, ref, what=""):
     assert err.max().item() <= 0 if err.numel() else True, f"{what}: max abs error {(out - ref).abs().max():.3g}"
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("shape,seed,offset", CASES)
 def test_matches_reference(backend, device, shape, seed, offset):
@@ -56,7 +55,7 @@ def test_matches_reference(backend, device, shape, seed, offset):
     close(out, ref64(shape, seed, offset), f"{backend} {shape} seed={seed} offset={offset}")
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
 @settings(max_examples=12, deadline=None)
 @given(shape=st.lists(st.integers(0, 37), min_size=1, max_size=3), seed=st.integers(0, U64 - 1),
        offset=st.integers(0, U64 - 1))
@@ -67,7 +66,7 @@ def test_matches_reference_drawn(backend, shape, seed, offset):
     close(out, ref64(shape, seed, offset), f"{backend} {shape}")
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
 def test_dtypes_round_fp32(backend, dtype):
     device = DEVICES[-1]
@@ -143,7 +142,7 @@ def test_equals_triton_randn4x(seed, offset):
     device = DEVICES[-1]
     skip_unless_runnable("randn", "triton", device)
     expect = _triton_randn4x(gr.seed_bits(seed), gr.seed_bits(offset), 64, device)
-    for backend in BACKENDS:
+    for backend in KERNEL_BACKENDS:
         if why_not("randn", backend, device, torch.float32) is None:
             with use_backend(backend):
                 out = gankern.randn((255,), seed, offset, device=device)

@@ -8,17 +8,23 @@
 #include <cstdint>
 
 #include "common/activations.h"
+#include "common/view.h"
 
 namespace gk::bias_act {
 
-// Everything a kernel needs besides pointers.
-struct Params {
-  std::int64_t n;        // elements
-  std::int64_t C;        // length of the bias dimension (1 without bias)
-  std::int64_t cstride;  // stride of the bias dimension, in elements
-  int act;               // gk::Act code
-  float alpha, gain, clamp;
-};
+// One pass (forward or backward) over n = x.numel elements.
+#define GK_BIAS_ACT_PARAMS(X)                                                          \
+  X(gk::View, x, "input; dense, any permutation; float32, float16 or bfloat16") \
+  X(gk::View, b, "bias: float32 [C], or None")                                          \
+  X(gk::View, dy, "backward: gradient of y, x's dtype and strides; forward: None")      \
+  X(gk::View, out, "y (forward) or dx (backward): x's dtype and strides")               \
+  X(std::int64_t, C, "length of the bias dimension (1 without bias)")                 \
+  X(std::int64_t, cstride, "stride of the bias dimension, in elements")               \
+  X(int, act, "gk::Act code (gankern/_tables.py: ACTIVATIONS)")                        \
+  X(float, alpha, "lrelu slope")                                                       \
+  X(float, gain, "output scale")                                                       \
+  X(float, clamp, "clip the output to [-clamp, clamp]; < 0: no clip")
+GK_STRUCT(Params, GK_BIAS_ACT_PARAMS);
 
 template <int A, bool kClamp>
 GK_HOST_DEVICE inline float forward_value(float x, float b, float alpha, float gain, float clamp) {
@@ -38,12 +44,18 @@ GK_HOST_DEVICE inline float backward_value(float dy, float x, float b, float alp
   return dy * act_derivative<A>(z, alpha) * gain;
 }
 
-void forward_cpu(const float* x, const float* b, float* y, const Params& p);
-void backward_cpu(const float* dy, const float* x, const float* b, float* dx, const Params& p);
+// The checks both backends make before a pass: one dtype and size for x, out (and dy), an fp32 bias.
+inline void check_args(const char* op, const Params& p, bool backward) {
+  check(!p.x.is_none() && !p.out.is_none() && (!backward || !p.dy.is_none()), op,
+        "x, out (and dy for the backward) are required");
+  check_same(op, p.x, {&p.out, &p.dy});
+  p.b.as<const float>("b");
+  check(p.C >= 1 && p.cstride >= 1 && (p.b.is_none() || p.b.numel == p.C), op,
+        "the bias must have C >= 1 elements and cstride >= 1");
+}
 
-// dtype: gk::DType code of x/y/dy/dx; the bias is always fp32. stream: a cudaStream_t.
-void forward_cuda(const void* x, const float* b, void* y, const Params& p, int dtype, std::uintptr_t stream);
-void backward_cuda(const void* dy, const void* x, const float* b, void* dx, const Params& p, int dtype,
-                   std::uintptr_t stream);
+// Entry points, defined by cpu.cpp for gankern._C and by cuda.cu for gankern._cuda.
+void forward(const Params& p, Stream stream);   // out = y
+void backward(const Params& p, Stream stream);  // out = dx, from dy
 
 }  // namespace gk::bias_act

@@ -1,43 +1,55 @@
-// bias_act on the CPU: one pass over memory, OpenMP over fixed-size blocks, vectorized loops.
+// bias_act on the CPU: one pass over memory, the thread pool (common/thread_pool.h) over fixed-size blocks, vectorized loops.
 #include <algorithm>
 #include <limits>
 
 #include "bias_act/bias_act.h"
+#include "common/cpu_dtypes.h"
 #include "common/cpu_memory.h"
+#include "common/thread_pool.h"
 
 namespace gk::bias_act {
 namespace {
 
-constexpr std::int64_t kBlock = 1 << 14;  // 64 KiB of fp32 per task: fits L2, amortizes scheduling
+constexpr std::int64_t kBlock = 1 << 14;  // elements per block (64 KiB of fp32): fits L2, amortizes scheduling
 
 // The two vectorizable run shapes: one bias for the whole run (channel not innermost), or one bias
 // per element (channels innermost, e.g. channels_last). kBwd: out = dL/dx from dy, else out = y.
-template <int A, bool kClamp, bool kBwd>
-GK_CPU_CLONES void run_scalar_bias(float* __restrict out, const float* __restrict dy, const float* __restrict x,
-                                   std::int64_t len, float b, float alpha, float gain, float clamp) {
+// T: the storage type (float; a CPU half type converts to and from float with static_cast).
+template <typename T, int A, bool kClamp, bool kBwd>
+GK_CPU_CLONES void run_scalar_bias(T* __restrict out, const T* __restrict dy, const T* __restrict x, std::int64_t len,
+                                   float b, float alpha, float gain, float clamp) {
   for (std::int64_t i = 0; i < len; ++i) {
-    if constexpr (kBwd) out[i] = backward_value<A, kClamp>(dy[i], x[i], b, alpha, gain, clamp);
-    else out[i] = forward_value<A, kClamp>(x[i], b, alpha, gain, clamp);
+    float r;
+    if constexpr (kBwd) r = backward_value<A, kClamp>(static_cast<float>(dy[i]), static_cast<float>(x[i]), b, alpha,
+                                                      gain, clamp);
+    else r = forward_value<A, kClamp>(static_cast<float>(x[i]), b, alpha, gain, clamp);
+    out[i] = static_cast<T>(r);
   }
 }
 
-template <int A, bool kClamp, bool kBwd>
-GK_CPU_CLONES void run_vector_bias(float* __restrict out, const float* __restrict dy, const float* __restrict x,
-                                   std::int64_t len, const float* __restrict b, float alpha, float gain, float clamp) {
+template <typename T, int A, bool kClamp, bool kBwd>
+GK_CPU_CLONES void run_vector_bias(T* __restrict out, const T* __restrict dy, const T* __restrict x, std::int64_t len,
+                                   const float* __restrict b, float alpha, float gain, float clamp) {
   for (std::int64_t i = 0; i < len; ++i) {
-    if constexpr (kBwd) out[i] = backward_value<A, kClamp>(dy[i], x[i], b[i], alpha, gain, clamp);
-    else out[i] = forward_value<A, kClamp>(x[i], b[i], alpha, gain, clamp);
+    float r;
+    if constexpr (kBwd) r = backward_value<A, kClamp>(static_cast<float>(dy[i]), static_cast<float>(x[i]), b[i],
+                                                      alpha, gain, clamp);
+    else r = forward_value<A, kClamp>(static_cast<float>(x[i]), b[i], alpha, gain, clamp);
+    out[i] = static_cast<T>(r);
   }
 }
 
 // Splits [0, n) into blocks run in parallel, and each block into runs over which the bias is either
 // constant (scalar_run) or the contiguous slice b[c0 : c0+len] (vector_run).
 template <typename ScalarRun, typename VectorRun>
-void for_each_run(const Params& p, const float* b, ScalarRun scalar_run, VectorRun vector_run) {
-  const std::int64_t nblocks = (p.n + kBlock - 1) / kBlock;
-#pragma omp parallel for schedule(static)
-  for (std::int64_t blk = 0; blk < nblocks; ++blk) {
-    const std::int64_t hi = std::min(p.n, (blk + 1) * kBlock);
+void for_each_run(std::int64_t n, const Params& p, const float* b, ScalarRun scalar_run, VectorRun vector_run) {
+  const std::int64_t nblocks = (n + kBlock - 1) / kBlock;
+  // Claimed up to 2 MiB of fp32 (one huge page) at a time, at least 4 claims per thread: a thread
+  // that loses its core to another process leaves its unstarted blocks to the others instead of
+  // holding up the pass with a static share (csrc/common/thread_pool.h).
+  const std::int64_t grain = std::clamp<std::int64_t>(nblocks / (4 * cpu_threads()), 1, 32);
+  parallel_for(nblocks, grain, [&](std::int64_t blk) {
+    const std::int64_t hi = std::min(n, (blk + 1) * kBlock);
     std::int64_t pos = blk * kBlock;
     while (pos < hi) {
       if (b == nullptr) {
@@ -55,25 +67,30 @@ void for_each_run(const Params& p, const float* b, ScalarRun scalar_run, VectorR
         pos += len;
       }
     }
-  }
+  });
 }
 
-template <bool kBwd>
-void run(const float* dy, const float* x, const float* b, float* out, const Params& p) {
-  advise_huge_pages(out, p.n * static_cast<std::int64_t>(sizeof(float)));
+template <typename T, bool kBwd>
+void run(const Params& p) {
+  const std::int64_t n = p.x.numel;
+  const T* x = p.x.as<const T>("x");
+  const T* dy = p.dy.as<const T>("dy");
+  T* out = p.out.as<T>("out");
+  const float* b = p.b.as<const float>("b");
+  advise_huge_pages(out, n * static_cast<std::int64_t>(sizeof(T)));
   dispatch_act(p.act, [&](auto a) {
     constexpr int A = decltype(a)::value;
     auto go = [&](auto clamp_tag) {
       constexpr bool K = decltype(clamp_tag)::value;
       for_each_run(
-          p, b,
+          n, p, b,
           [&](std::int64_t pos, std::int64_t len, float bv) {
-            run_scalar_bias<A, K, kBwd>(out + pos, kBwd ? dy + pos : nullptr, x + pos, len, bv, p.alpha, p.gain,
-                                        p.clamp);
+            run_scalar_bias<T, A, K, kBwd>(out + pos, kBwd ? dy + pos : nullptr, x + pos, len, bv, p.alpha, p.gain,
+                                           p.clamp);
           },
           [&](std::int64_t pos, std::int64_t len, const float* bp) {
-            run_vector_bias<A, K, kBwd>(out + pos, kBwd ? dy + pos : nullptr, x + pos, len, bp, p.alpha, p.gain,
-                                        p.clamp);
+            run_vector_bias<T, A, K, kBwd>(out + pos, kBwd ? dy + pos : nullptr, x + pos, len, bp, p.alpha, p.gain,
+                                           p.clamp);
           });
     };
     if (p.clamp >= 0.f) go(std::true_type{});
@@ -81,12 +98,17 @@ void run(const float* dy, const float* x, const float* b, float* out, const Para
   });
 }
 
+// The storage types the CPU kernels take: fp32, bf16, fp16 (common/cpu_dtypes.h), math in fp32.
+template <bool kBwd>
+void dispatch(const Params& p) {
+  const char* op = kBwd ? "bias_act_backward" : "bias_act";
+  check_args(op, p, kBwd);
+  dispatch_types<float, bf16, fp16>(p.x.dtype, op, [&](auto tag) { run<decltype(tag), kBwd>(p); });
+}
+
 }  // namespace
 
-void forward_cpu(const float* x, const float* b, float* y, const Params& p) { run<false>(nullptr, x, b, y, p); }
-
-void backward_cpu(const float* dy, const float* x, const float* b, float* dx, const Params& p) {
-  run<true>(dy, x, b, dx, p);
-}
+void forward(const Params& p, Stream) { dispatch<false>(p); }
+void backward(const Params& p, Stream) { dispatch<true>(p); }
 
 }  // namespace gk::bias_act

@@ -26,7 +26,7 @@ template <typename T, int A, bool kClamp, bool kBwd, int VEC>
 __global__ void __launch_bounds__(kThreads)
 bias_act_kernel(const T* __restrict__ dy, const T* __restrict__ x, const float* __restrict__ b, T* __restrict__ out,
                 Params p) {
-  const std::int64_t nvec = p.n / VEC;
+  const std::int64_t nvec = p.x.numel / VEC;
   const std::int64_t stride = static_cast<std::int64_t>(gridDim.x) * blockDim.x;
   for (std::int64_t v = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; v < nvec; v += stride) {
     const std::int64_t i0 = v * VEC;
@@ -49,23 +49,27 @@ bias_act_kernel(const T* __restrict__ dy, const T* __restrict__ x, const float* 
 }
 
 template <bool kBwd>
-void launch(const void* dy, const void* x, const float* b, void* out, const Params& p, int dtype,
-            std::uintptr_t stream, const char* opname) {
-  if (p.n == 0) return;
+void launch(const Params& p, Stream stream) {
+  const char* op = kBwd ? "bias_act_backward" : "bias_act";
+  check_args(op, p, kBwd);
+  const std::int64_t n = p.x.numel;
+  if (n == 0) return;
   auto s = reinterpret_cast<cudaStream_t>(stream);
-  dispatch_dtype(dtype, [&](auto tag) {
+  dispatch_dtype(p.x.dtype, op, [&](auto tag) {
     using T = decltype(tag);
     constexpr int VEC = 16 / sizeof(T);
+    const T* x = p.x.as<const T>("x");
+    const T* dy = p.dy.as<const T>("dy");
+    T* out = p.out.as<T>("out");
     // The vector path needs 16-byte aligned pointers and a whole number of vectors.
-    auto aligned = [](const void* q) { return q == nullptr || reinterpret_cast<std::uintptr_t>(q) % 16 == 0; };
-    const bool vec_ok = p.n % VEC == 0 && aligned(x) && aligned(out) && aligned(dy);
+    const bool vec_ok = n % VEC == 0 && aligned16(x) && aligned16(out) && aligned16(dy);
     dispatch_act(p.act, [&](auto a) {
       constexpr int A = decltype(a)::value;
       auto go = [&](auto clamp_tag, auto vec_tag) {
         constexpr bool K = decltype(clamp_tag)::value;
         constexpr int V = decltype(vec_tag)::value;
-        bias_act_kernel<T, A, K, kBwd, V><<<grid_size(p.n / V, kThreads), kThreads, 0, s>>>(
-            static_cast<const T*>(dy), static_cast<const T*>(x), b, static_cast<T*>(out), p);
+        bias_act_kernel<T, A, K, kBwd, V><<<grid_size(n / V, kThreads), kThreads, 0, s>>>(
+            dy, x, p.b.as<const float>("b"), out, p);
       };
       const bool clamp = p.clamp >= 0.f;
       if (vec_ok) {
@@ -77,18 +81,12 @@ void launch(const void* dy, const void* x, const float* b, void* out, const Para
       }
     });
   });
-  GK_CUDA_CHECK_LAUNCH(opname);
+  GK_CUDA_CHECK_LAUNCH(op);
 }
 
 }  // namespace
 
-void forward_cuda(const void* x, const float* b, void* y, const Params& p, int dtype, std::uintptr_t stream) {
-  launch<false>(nullptr, x, b, y, p, dtype, stream, "bias_act");
-}
-
-void backward_cuda(const void* dy, const void* x, const float* b, void* dx, const Params& p, int dtype,
-                   std::uintptr_t stream) {
-  launch<true>(dy, x, b, dx, p, dtype, stream, "bias_act_backward");
-}
+void forward(const Params& p, Stream stream) { launch<false>(p, stream); }
+void backward(const Params& p, Stream stream) { launch<true>(p, stream); }
 
 }  // namespace gk::bias_act

@@ -1,6 +1,6 @@
 // Pointwise activations and their first derivatives, written once for the CPU and CUDA kernels.
 //
-// The codes match gankern/reference/activations.py (ACT_CODES). Each function is a template on the
+// The codes (gk::Act: kLinear, kRelu, ...) are generated from gankern/_tables.py: ACTIVATIONS. Each function is a template on the
 // activation so the switch happens once outside a loop and the loop body stays vectorizable.
 // Semantics follow torch exactly, including NaN propagation and the derivative at kinks
 // (relu'(0) = 0, leaky_relu'(0) = slope, elu'(0) = 1, softplus with beta=1, threshold=20).
@@ -14,13 +14,9 @@
 
 #include "common/macros.h"
 #include "common/math.h"
+#include "gk_tables.h"
 
 namespace gk {
-
-enum Act : int {
-  kLinear = 0, kRelu = 1, kLrelu = 2, kTanh = 3, kSigmoid = 4, kElu = 5, kSelu = 6,
-  kSoftplus = 7, kSwish = 8, kGelu = 9, kGeluTanh = 10,
-};
 
 constexpr float kSeluAlpha = 1.6732632423543772f;
 constexpr float kSeluScale = 1.0507009873554805f;

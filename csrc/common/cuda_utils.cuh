@@ -6,7 +6,7 @@
 
 #include <cstdint>
 
-#include "common/macros.h"
+#include "common/view.h"
 
 namespace gk {
 
@@ -25,28 +25,38 @@ struct alignas(sizeof(T) * N) Vec {
   T v[N];
 };
 
-// Enough blocks to fill every SM several times over; grid-stride loops cover the rest.
-inline int grid_size(std::int64_t work_items, int threads) {
-  static int sms = [] {
+// The 16-byte vector paths need every pointer they touch aligned (nullptr: not touched).
+inline bool aligned16(const void* p) { return p == nullptr || reinterpret_cast<std::uintptr_t>(p) % 16 == 0; }
+
+// Streaming multiprocessors of the current device (the emulator reports the H200's 132, or
+// GANKERN_EMULATOR_SMS). Read once per process.
+inline int sm_count() {
+  static const int sms = [] {
     int dev = 0, n = 0;
     cudaGetDevice(&dev);
     cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev);
     return n > 0 ? n : 80;
   }();
+  return sms;
+}
+
+// Enough blocks to fill every SM several times over; grid-stride loops cover the rest.
+inline int grid_size(std::int64_t work_items, int threads) {
+  const int sms = sm_count();
   std::int64_t want = (work_items + threads - 1) / threads;
   std::int64_t cap = static_cast<std::int64_t>(sms) * 16;
   return static_cast<int>(want < cap ? (want > 0 ? want : 1) : cap);
 }
 
-// Calls f(T{}) with the storage type named by a gk::DType code.
+template <> struct dtype_code<__half> : std::integral_constant<int, kFloat16> {};
+template <> struct dtype_code<__nv_bfloat16> : std::integral_constant<int, kBfloat16> {};
+
+// Calls f(T{}) with the GPU storage type named by a gk::DType code (common/view.h).
 template <typename F>
-inline void dispatch_dtype(int dtype, F&& f) {
-  switch (static_cast<DType>(dtype)) {
-    case DType::Float32: f(float{}); break;
-    case DType::Float16: f(__half{}); break;
-    case DType::BFloat16: f(__nv_bfloat16{}); break;
-    default: throw std::invalid_argument("gankern: unsupported dtype code " + std::to_string(dtype));
-  }
+inline void dispatch_dtype(int dtype, const char* what, F&& f) {
+  dispatch_types<float, __half, __nv_bfloat16>(dtype, what, std::forward<F>(f));
 }
+template <typename F>
+inline void dispatch_dtype(int dtype, F&& f) { dispatch_dtype(dtype, "gankern", std::forward<F>(f)); }
 
 }  // namespace gk

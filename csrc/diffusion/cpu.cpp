@@ -1,4 +1,4 @@
-// Diffusion kernels on the CPU: OpenMP over fixed-size chunks of the flat [B, S] index space, each
+// Diffusion kernels on the CPU: the thread pool (common/thread_pool.h) over fixed-size chunks of the flat [B, S] index space, each
 // chunk split at sample boundaries into runs with constant per-sample factors, each run processed in
 // L1-sized tiles by one branch-free, vectorized loop. Noise is generated per tile into a stack
 // buffer (never materialized in memory).
@@ -7,7 +7,8 @@
 #include <vector>
 
 #include "common/philox.h"
-#include "vae/vae.h"
+#include "common/thread_pool.h"
+#include "random/random.h"
 #include "diffusion/diffusion.h"
 
 namespace gk::diffusion {
@@ -15,17 +16,17 @@ namespace {
 
 constexpr std::int64_t kChunk = 1 << 15;  // elements per parallel task (128 KiB of fp32 per stream)
 constexpr std::int64_t kTile = 1024;      // elements per inner tile: noise / scratch buffers stay in L1
-// Below this many elements one thread streams the data faster than waking the OpenMP team costs
+// Below this many elements one thread streams the data faster than waking a pool thread costs
 // on shared, loaded cores (a futex wake-up can take milliseconds there).
 constexpr std::int64_t kParallelMin = 1 << 18;
 
 // Normals for flat indices [i0, i0 + n): element i is randn4(seed, offset + i / 4)[i % 4]. The tile
 // is generated from whole counters, so buf holds (i0 % 4) leading extra values. The generator is
-// randn's (csrc/vae/cpu.cpp: AVX2 Philox and Box-Muller where the CPU has them).
+// randn's (csrc/random/cpu.cpp: AVX2 Philox and Box-Muller where the CPU has them).
 inline void gen_normals(float* buf, std::uint64_t seed, std::uint64_t offset, std::int64_t i0, std::int64_t n) {
   const std::int64_t c0 = i0 >> 2;
   const std::int64_t m = ((i0 + n + 3) >> 2) - c0;
-  vae::randn_counters_cpu(seed, offset + static_cast<std::uint64_t>(c0), m, buf);
+  random::randn_counters_cpu(seed, offset + static_cast<std::uint64_t>(c0), m, buf);
 }
 
 // One tile: the generic step on L elements with per-sample factors k (rescale), bound and div.
@@ -41,11 +42,11 @@ GK_CPU_CLONES void step_tile(float* __restrict prev, float* __restrict x0o, cons
     if constexpr (kGuided) m = m + g * (cnd[i] - m);
     m *= k;
     float xp = x[i];
-    if constexpr (kNoise) xp += pre * z[i];
+    if constexpr (kNoise) xp += term(pre, z[i]);
     const float x0 = step_x0<kClamp>(xp, m, px, pm, bound, div);
-    const float eps = qx * xp + qm * m + q0 * x0;
-    float p = ca * xp + cb * x0 + cc * eps;
-    if constexpr (kHasHist) p += cd * h[i];
+    const float eps = term(qx, xp) + term(qm, m) + term(q0, x0);
+    float p = term(ca, xp) + term(cb, x0) + term(cc, eps);
+    if constexpr (kHasHist) p += term(cd, h[i]);
     if constexpr (kNoise) p += zs[i];
     prev[i] = p;
     x0o[i] = x0;
@@ -54,14 +55,13 @@ GK_CPU_CLONES void step_tile(float* __restrict prev, float* __restrict x0o, cons
 
 template <bool kGuided, bool kClamp, bool kHasHist, bool kNoise>
 void step_impl(const float* mo, const float* x, const float* hist, const float* noise, const float* rescale,
-               const float* thresh, float* prev, float* x0, const StepParams& p) {
+               const float* thresh, float* prev, float* x0, const StepScalars& p) {
   const std::int64_t S = p.per_sample, n = p.batch * S;
   const std::int64_t nchunks = (n + kChunk - 1) / kChunk;
   const float* c = p.c;
   // dynamic: on shared cores one thread is often descheduled; the other then takes the remaining
   // chunks instead of idling at the barrier (chunks are independent: results do not depend on it)
-#pragma omp parallel for schedule(dynamic, 1) if (n >= kParallelMin)
-  for (std::int64_t ch = 0; ch < nchunks; ++ch) {
+  parallel_for(nchunks, 1, [&](std::int64_t ch) {
     alignas(64) float zbuf[kTile + 8], zs[kTile], prev_scratch[kTile], x0_scratch[kTile];
     const std::int64_t hi = std::min(n, (ch + 1) * kChunk);
     std::int64_t pos = ch * kChunk;
@@ -87,10 +87,10 @@ void step_impl(const float* mo, const float* x, const float* hist, const float* 
             z = noise + t0;
           }
           if (p.flags & (kVarLearnedRange | kVarLearned)) {
-            for (std::int64_t i = 0; i < L; ++i) zs[i] = noise_std(p.flags, var[o + i], c) * z[i];
+            for (std::int64_t i = 0; i < L; ++i) zs[i] = term(noise_std(p.flags, var[o + i], c), z[i]);
           } else {
             const float s = c[cS];
-            for (std::int64_t i = 0; i < L; ++i) zs[i] = s * z[i];
+            for (std::int64_t i = 0; i < L; ++i) zs[i] = term(s, z[i]);
           }
         }
         step_tile<kGuided, kClamp, kHasHist, kNoise>(
@@ -99,11 +99,11 @@ void step_impl(const float* mo, const float* x, const float* hist, const float* 
       }
       pos = run_end;
     }
-  }
+  }, n >= kParallelMin);
 }
 
 template <typename F>
-void dispatch_step(const StepParams& p, const float* hist, F&& f) {
+void dispatch_step(const StepScalars& p, const float* hist, F&& f) {
   const bool guided = p.flags & kGuided, clamp = p.flags & (kClip | kThresh), h = hist != nullptr,
              noise = p.flags & (kNoiseTensor | kNoisePhilox);
   auto b = [](bool v) { return v; };
@@ -125,11 +125,8 @@ void dispatch_step(const StepParams& p, const float* hist, F&& f) {
 // Deterministic two-stage sums: fixed chunks per sample, combined in order.
 constexpr std::int64_t kSumChunk = 1 << 14;
 
-}  // namespace
-
 void step_cpu(const float* mo, const float* x, const float* hist, const float* noise, const float* rescale,
-              const float* thresh, float* prev, float* x0, const StepParams& p) {
-  if (p.batch * p.per_sample == 0) return;
+              const float* thresh, float* prev, float* x0, const StepScalars& p) {
   dispatch_step(p, hist, [&](auto G, auto C, auto H, auto N) {
     step_impl<decltype(G)::value, decltype(C)::value, decltype(H)::value, decltype(N)::value>(
         mo, x, hist, noise, rescale, thresh, prev, x0, p);
@@ -139,8 +136,7 @@ void step_cpu(const float* mo, const float* x, const float* hist, const float* n
 void rescale_sums_cpu(const float* mo, std::int64_t B, std::int64_t S, std::int64_t mo_stride, float g, double* out) {
   const std::int64_t per = (S + kSumChunk - 1) / kSumChunk, tasks = B * per;
   std::vector<double> part(static_cast<std::size_t>(tasks) * 4);
-#pragma omp parallel for schedule(static) if (B * S >= kParallelMin)
-  for (std::int64_t t = 0; t < tasks; ++t) {
+  parallel_for(tasks, 1, [&](std::int64_t t) {
     const std::int64_t b = t / per, j = t - b * per;
     const std::int64_t lo = j * kSumChunk, hi = std::min(S, lo + kSumChunk);
     const float* u = mo + b * mo_stride;
@@ -153,7 +149,7 @@ void rescale_sums_cpu(const float* mo, std::int64_t B, std::int64_t S, std::int6
     }
     double* o = part.data() + 4 * t;
     o[0] = sc; o[1] = sc2; o[2] = sm; o[3] = sm2;
-  }
+  }, B * S >= kParallelMin);
   for (std::int64_t b = 0; b < B; ++b) {
     double acc[4] = {0, 0, 0, 0};
     for (std::int64_t j = 0; j < per; ++j)
@@ -164,8 +160,7 @@ void rescale_sums_cpu(const float* mo, std::int64_t B, std::int64_t S, std::int6
 
 void threshold_cpu(const float* x0, std::int64_t B, std::int64_t S, std::int64_t lo, float w, float max_value,
                    float* s) {
-#pragma omp parallel for schedule(dynamic, 1) if (B > 1 && B * S >= kParallelMin)
-  for (std::int64_t b = 0; b < B; ++b) {
+  parallel_for(B, 1, [&](std::int64_t b) {
     std::vector<float> a(static_cast<std::size_t>(S));
     const float* src = x0 + b * S;
     for (std::int64_t i = 0; i < S; ++i) a[i] = std::fabs(src[i]);
@@ -176,16 +171,18 @@ void threshold_cpu(const float* x0, std::int64_t B, std::int64_t S, std::int64_t
     // torch.lerp's rounding
     const float d = v_hi - v_lo;
     float q = w < 0.5f ? v_lo + w * d : v_hi - d * (1.f - w);
-    q = q < 1.f ? 1.f : (q > max_value ? max_value : q);
+    // torch.clamp(q, min=1, max=max_value): the max bound is applied last, so max_value < 1 gives
+    // max_value (diffusers' _threshold_sample relies on it)
+    q = q < 1.f ? 1.f : q;
+    q = q > max_value ? max_value : q;
     s[b] = q;
-  }
+  }, B > 1 && B * S >= kParallelMin);
 }
 
 void lincomb_cpu(const float* x, const float* y, const float* ca, const float* cb, float* out, std::int64_t B,
                  std::int64_t S) {
   const std::int64_t n = B * S, nchunks = (n + kChunk - 1) / kChunk;
-#pragma omp parallel for schedule(static) if (n >= kParallelMin)
-  for (std::int64_t ch = 0; ch < nchunks; ++ch) {
+  parallel_for(nchunks, 1, [&](std::int64_t ch) {
     const std::int64_t hi = std::min(n, (ch + 1) * kChunk);
     for (std::int64_t pos = ch * kChunk; pos < hi;) {
       const std::int64_t b = pos / S, end = std::min(hi, (b + 1) * S);
@@ -196,15 +193,14 @@ void lincomb_cpu(const float* x, const float* y, const float* ca, const float* c
       for (std::int64_t i = 0; i < end - pos; ++i) o[i] = a * xs[i] + c * ys[i];
       pos = end;
     }
-  }
+  }, n >= kParallelMin);
 }
 
 void loss_sums_cpu(const float* mo, const float* x0, const float* noise, const float* tx, const float* tn,
                    double* sums, std::int64_t B, std::int64_t S) {
   const std::int64_t per = (S + kSumChunk - 1) / kSumChunk, tasks = B * per;
   std::vector<double> part(static_cast<std::size_t>(tasks));
-#pragma omp parallel for schedule(static) if (B * S >= kParallelMin)
-  for (std::int64_t t = 0; t < tasks; ++t) {
+  parallel_for(tasks, 1, [&](std::int64_t t) {
     const std::int64_t b = t / per, j = t - b * per;
     const std::int64_t lo = b * S + j * kSumChunk, hi = b * S + std::min(S, (j + 1) * kSumChunk);
     const float a = tx[b], c = tn[b];
@@ -220,7 +216,7 @@ void loss_sums_cpu(const float* mo, const float* x0, const float* noise, const f
       acc += f;
     }
     part[t] = acc;
-  }
+  }, B * S >= kParallelMin);
   for (std::int64_t b = 0; b < B; ++b) {
     double acc = 0;
     for (std::int64_t j = 0; j < per; ++j) acc += part[b * per + j];
@@ -231,8 +227,7 @@ void loss_sums_cpu(const float* mo, const float* x0, const float* noise, const f
 void loss_backward_cpu(const float* mo, const float* x0, const float* noise, const float* tx, const float* tn,
                        const float* k, float* dmo, std::int64_t B, std::int64_t S) {
   const std::int64_t n = B * S, nchunks = (n + kChunk - 1) / kChunk;
-#pragma omp parallel for schedule(static) if (n >= kParallelMin)
-  for (std::int64_t ch = 0; ch < nchunks; ++ch) {
+  parallel_for(nchunks, 1, [&](std::int64_t ch) {
     const std::int64_t hi = std::min(n, (ch + 1) * kChunk);
     for (std::int64_t pos = ch * kChunk; pos < hi;) {
       const std::int64_t b = pos / S, end = std::min(hi, (b + 1) * S);
@@ -240,7 +235,59 @@ void loss_backward_cpu(const float* mo, const float* x0, const float* noise, con
       for (std::int64_t i = pos; i < end; ++i) dmo[i] = s * (mo[i] - (a * x0[i] + c * noise[i]));
       pos = end;
     }
-  }
+  }, n >= kParallelMin);
+}
+
+}  // namespace
+
+void step(const StepParams& sp, Stream) {
+  check_step(sp);
+  check(sp.coef_dev.is_none() && sp.rng_dev.is_none(), "diffusion_step", "the CPU reads coefs and seed, not buffers");
+  const StepScalars p = step_scalars(sp);
+  if (p.batch * p.per_sample == 0) return;
+  step_cpu(sp.model_output.as<const float>("model_output"), sp.sample.as<const float>("sample"),
+           sp.history.as<const float>("history"), sp.noise.as<const float>("noise"),
+           sp.rescale.as<const float>("rescale"), sp.thresh.as<const float>("thresh"), sp.prev.as<float>("prev"),
+           sp.x0.as<float>("x0"), p);
+}
+
+void rescale_partials(const RescaleParams& p, Stream) {
+  check(p.partials.numel == 4 * p.batch && p.model_output.numel >= 2 * p.batch * p.per_sample,
+        "guidance_rescale_factors", "the CPU writes partials [B, 1, 4] of model_output [2B, S]");
+  rescale_sums_cpu(p.model_output.as<const float>("model_output"), p.batch, p.per_sample, p.per_sample, p.guidance,
+                   p.partials.as<double>("partials"));
+}
+
+void threshold(const ThresholdParams& p, Stream) {
+  check(p.x0.numel == p.batch * p.per_sample && p.scales.numel == p.batch && p.rank_lo >= 0 &&
+            (p.per_sample == 0 || p.rank_lo < p.per_sample),
+        "diffusion_threshold_scales", "x0 must be [B, S], scales [B], 0 <= rank_lo < S");
+  threshold_cpu(p.x0.as<const float>("x0"), p.batch, p.per_sample, p.rank_lo, p.rank_w, p.max_value,
+                p.scales.as<float>("scales"));
+}
+
+void lincomb(const LincombParams& p, Stream) {
+  check_same("add_noise", p.x, {&p.y, &p.out});
+  check(p.x.numel == p.batch * p.per_sample && p.ca.numel == p.batch && p.cb.numel == p.batch, "add_noise",
+        "x, y, out must be [B, S] and ca, cb [B]");
+  lincomb_cpu(p.x.as<const float>("x"), p.y.as<const float>("y"), p.ca.as<const float>("ca"),
+              p.cb.as<const float>("cb"), p.out.as<float>("out"), p.batch, p.per_sample);
+}
+
+void loss_partials(const LossParams& p, Stream) {
+  check_loss("diffusion_loss", p);
+  check(p.partials.numel == p.batch, "diffusion_loss", "the CPU writes partials [B, 1]");
+  loss_sums_cpu(p.model_output.as<const float>("model_output"), p.x0.as<const float>("x0"),
+                p.noise.as<const float>("noise"), p.tx.as<const float>("tx"), p.tn.as<const float>("tn"),
+                p.partials.as<double>("partials"), p.batch, p.per_sample);
+}
+
+void loss_backward(const LossParams& p, Stream) {
+  check_loss("diffusion_loss_backward", p);
+  check_same("diffusion_loss_backward", p.model_output, {&p.dmo});
+  loss_backward_cpu(p.model_output.as<const float>("model_output"), p.x0.as<const float>("x0"),
+                    p.noise.as<const float>("noise"), p.tx.as<const float>("tx"), p.tn.as<const float>("tn"),
+                    p.k.as<const float>("k"), p.dmo.as<float>("dmo"), p.batch, p.per_sample);
 }
 
 }  // namespace gk::diffusion

@@ -4,6 +4,8 @@
 // Bytes per step: model_output (n or 2n, +n variance channels when learned), sample n, history n
 // (multistep), prev n, x0 n when requested. Reductions (guidance rescale, loss) write per-chunk
 // partials that the caller sums in a fixed order: deterministic, no atomics.
+#include <algorithm>
+
 #include "common/cuda_utils.cuh"
 #include "common/philox.h"
 #include "diffusion/diffusion.h"
@@ -13,7 +15,8 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr int kRedThreads = 256;
-constexpr int kRedItems = 4;  // elements per thread per reduction chunk: chunk = 1024
+constexpr int kRedItems = 4;  // elements per thread per reduction chunk
+static_assert(kRedThreads * kRedItems == kReductionChunk, "gankern/_tables.py: DIFFUSION_REDUCTION_CHUNK");
 
 // Four elements of row `b` starting at column r: one 16-byte (fp32) / 8-byte (fp16) vector load.
 template <typename T>
@@ -35,7 +38,7 @@ template <typename T, bool kGuided, bool kClamp, bool kHasHist, int kNoise>
 __global__ void __launch_bounds__(kThreads)
 step_kernel(const T* __restrict__ mo, const T* __restrict__ x, const T* __restrict__ hist, const T* __restrict__ noise,
             const float* __restrict__ rescale, const float* __restrict__ thresh, T* __restrict__ prev,
-            T* __restrict__ x0out, StepParams p, const float* __restrict__ coef_dev,
+            T* __restrict__ x0out, StepScalars p, const float* __restrict__ coef_dev,
             const std::int64_t* __restrict__ rng_dev, bool vec_ok) {
   float c[kNumCoefs];
 #pragma unroll
@@ -97,13 +100,13 @@ step_kernel(const T* __restrict__ mo, const T* __restrict__ x, const T* __restri
       float m = u[j];
       if constexpr (kGuided) m = m + c[cG] * (cv[j] - m);
       if (p.flags & kRescale) m *= __ldg(rescale + b);
-      const float xp = kNoise != 0 ? xv[j] + c[cPre] * z[j] : xv[j];
+      const float xp = kNoise != 0 ? xv[j] + term(c[cPre], z[j]) : xv[j];
       float bound = c[cClip], div = 1.f;
       if (p.flags & kThresh) bound = div = __ldg(thresh + b);
       x0v[j] = step_x0<kClamp>(xp, m, c[cPx], c[cPm], bound, div);
       float q = step_prev(xp, m, x0v[j], c);
-      if constexpr (kHasHist) q += c[cD] * hv[j];
-      if constexpr (kNoise != 0) q += noise_std(p.flags, var[j], c) * z[j];
+      if constexpr (kHasHist) q += term(c[cD], hv[j]);
+      if constexpr (kNoise != 0) q += term(noise_std(p.flags, var[j], c), z[j]);
       pv[j] = q;
     }
     if (vec) {
@@ -190,13 +193,18 @@ loss_partials_kernel(const T* __restrict__ mo, const T* __restrict__ x0, const T
   if (threadIdx.x == 0) partials[b * nchunks + j] = sh[0];
 }
 
-bool aligned16(const void* q) { return q == nullptr || reinterpret_cast<std::uintptr_t>(q) % 16 == 0; }
-
 }  // namespace
 
-void step_cuda(const void* mo, const void* x, const void* hist, const void* noise, const float* rescale,
-               const float* thresh, void* prev, void* x0, const StepParams& p, const float* coef_dev,
-               const std::int64_t* rng_dev, int dtype, std::uintptr_t stream) {
+void step(const StepParams& sp, Stream stream) {
+  check_step(sp);
+  const StepScalars p = step_scalars(sp);
+  const void *mo = sp.model_output.ptr(), *x = sp.sample.ptr(), *hist = sp.history.ptr(), *noise = sp.noise.ptr();
+  const float* rescale = sp.rescale.as<const float>("rescale");
+  const float* thresh = sp.thresh.as<const float>("thresh");
+  void *prev = sp.prev.mut_ptr(), *x0 = sp.x0.mut_ptr();
+  const float* coef_dev = sp.coef_dev.as<const float>("coef_dev");
+  const std::int64_t* rng_dev = sp.rng_dev.as<const std::int64_t>("rng_dev");
+  const int dtype = sp.sample.dtype;
   const std::int64_t n = p.batch * p.per_sample;
   if (n == 0) return;
   auto s = reinterpret_cast<cudaStream_t>(stream);
@@ -232,9 +240,16 @@ void step_cuda(const void* mo, const void* x, const void* hist, const void* nois
   GK_CUDA_CHECK_LAUNCH("diffusion_step");
 }
 
-void rescale_partials_cuda(const void* mo, std::int64_t B, std::int64_t S, std::int64_t mo_stride, float g,
-                           float* partials, std::int64_t nchunks, int dtype, std::uintptr_t stream) {
+void rescale_partials(const RescaleParams& p, Stream stream) {
+  const std::int64_t B = p.batch, S = p.per_sample, mo_stride = S,
+                     nchunks = std::max<std::int64_t>((S + kReductionChunk - 1) / kReductionChunk, 1);
+  check(p.partials.numel == 4 * B * nchunks && p.model_output.numel >= 2 * B * S,
+        "guidance_rescale_factors", "partials must be [B, ceil(S / kReductionChunk), 4] for model_output [2B, S]");
   if (B == 0 || nchunks == 0) return;
+  const void* mo = p.model_output.ptr();
+  const float g = p.guidance;
+  float* partials = p.partials.as<float>("partials");
+  const int dtype = p.model_output.dtype;
   auto s = reinterpret_cast<cudaStream_t>(stream);
   dispatch_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
@@ -244,9 +259,15 @@ void rescale_partials_cuda(const void* mo, std::int64_t B, std::int64_t S, std::
   GK_CUDA_CHECK_LAUNCH("guidance_rescale_factors");
 }
 
-void lincomb_cuda(const void* x, const void* y, const float* ca, const float* cb, void* out, std::int64_t B,
-                  std::int64_t S, int dtype, std::uintptr_t stream) {
-  const std::int64_t n = B * S;
+void lincomb(const LincombParams& p, Stream stream) {
+  check_same("add_noise", p.x, {&p.y, &p.out});
+  check(p.x.numel == p.batch * p.per_sample && p.ca.numel == p.batch && p.cb.numel == p.batch, "add_noise",
+        "x, y, out must be [B, S] and ca, cb [B]");
+  const std::int64_t S = p.per_sample, n = p.batch * S;
+  const void *x = p.x.ptr(), *y = p.y.ptr();
+  const float *ca = p.ca.as<const float>("ca"), *cb = p.cb.as<const float>("cb");
+  void* out = p.out.mut_ptr();
+  const int dtype = p.x.dtype;
   if (n == 0) return;
   auto s = reinterpret_cast<cudaStream_t>(stream);
   dispatch_dtype(dtype, [&](auto tag) {
@@ -257,10 +278,15 @@ void lincomb_cuda(const void* x, const void* y, const float* ca, const float* cb
   GK_CUDA_CHECK_LAUNCH("add_noise");
 }
 
-void loss_partials_cuda(const void* mo, const void* x0, const void* noise, const float* tx, const float* tn,
-                        float* partials, std::int64_t nchunks, std::int64_t B, std::int64_t S, int dtype,
-                        std::uintptr_t stream) {
-  if (B == 0 || nchunks == 0) return;
+void loss_partials(const LossParams& p, Stream stream) {
+  check_loss("diffusion_loss", p);
+  const std::int64_t B = p.batch, S = p.per_sample, nchunks = std::max<std::int64_t>((S + kReductionChunk - 1) / kReductionChunk, 1);
+  check(p.partials.numel == B * nchunks, "diffusion_loss", "partials must be [B, max(ceil(S / kReductionChunk), 1)]");
+  if (B == 0) return;
+  const void *mo = p.model_output.ptr(), *x0 = p.x0.ptr(), *noise = p.noise.ptr();
+  const float *tx = p.tx.as<const float>("tx"), *tn = p.tn.as<const float>("tn");
+  float* partials = p.partials.as<float>("partials");
+  const int dtype = p.model_output.dtype;
   auto s = reinterpret_cast<cudaStream_t>(stream);
   dispatch_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
@@ -271,9 +297,14 @@ void loss_partials_cuda(const void* mo, const void* x0, const void* noise, const
   GK_CUDA_CHECK_LAUNCH("diffusion_loss");
 }
 
-void loss_backward_cuda(const void* mo, const void* x0, const void* noise, const float* tx, const float* tn,
-                        const float* k, void* dmo, std::int64_t B, std::int64_t S, int dtype, std::uintptr_t stream) {
-  const std::int64_t n = B * S;
+void loss_backward(const LossParams& p, Stream stream) {
+  check_loss("diffusion_loss_backward", p);
+  check_same("diffusion_loss_backward", p.model_output, {&p.dmo});
+  const std::int64_t S = p.per_sample, n = p.batch * S;
+  const void *mo = p.model_output.ptr(), *x0 = p.x0.ptr(), *noise = p.noise.ptr();
+  const float *tx = p.tx.as<const float>("tx"), *tn = p.tn.as<const float>("tn"), *k = p.k.as<const float>("k");
+  void* dmo = p.dmo.mut_ptr();
+  const int dtype = p.model_output.dtype;
   if (n == 0) return;
   auto s = reinterpret_cast<cudaStream_t>(stream);
   dispatch_dtype(dtype, [&](auto tag) {

@@ -9,22 +9,101 @@
 #pragma once
 #include <cstdint>
 
+#include <array>
+
 #include "common/macros.h"
+#include "common/view.h"
 
 namespace gk::diffusion {
 
-// Flags: the values of gankern/reference/diffusion.py.
-enum Flag : int {
-  kGuided = 1, kClip = 2, kThresh = 4, kHist = 8, kNoiseTensor = 16, kNoisePhilox = 32,
-  kVarLearnedRange = 64, kVarLearned = 128, kRescale = 256,
-};
+// Flags (gk::diffusion::Flag: kGuided, kClip, ...), coefficient slots (Coef: cG, cPre, ...) and
+// kNumCoefs are generated from gankern/_tables.py (DIFFUSION_FLAGS, DIFFUSION_COEFS).
 
-// Coefficient slots (C_* in the reference).
-enum Coef : int {
-  cG = 0, cPre, cPx, cPm, cClip, cQx, cQm, cQ0, cA, cB, cC, cD, cS, cE0, cE1, kNumCoefs = 16,
-};
+// ---- entry points (cpu.cpp for gankern._C, cuda.cu for gankern._cuda) ------------------------
+// Every full-size tensor: float32 (CPU), float32/16/bf16 (CUDA), one dtype; per-sample tensors
+// float32 [B].
 
-struct StepParams {
+using Coefs = std::array<float, kNumCoefs>;
+
+#define GK_DIFFUSION_STEP_PARAMS(X)                                                              \
+  X(gk::View, model_output, "[G*B, K*S]: G = 2 when guided, K = 2 with variance channels")       \
+  X(gk::View, sample, "[B, S]")                                                                  \
+  X(gk::View, history, "[B, S] previous x0 (flag hist), or None")                                \
+  X(gk::View, noise, "[B, S] (flag noise_tensor), or None")                                      \
+  X(gk::View, rescale, "float32 [B] guidance-rescale factors (flag rescale), or None")           \
+  X(gk::View, thresh, "float32 [B] dynamic-thresholding scales (flag thresh), or None")          \
+  X(gk::View, prev, "[B, S] the next sample, or None (an x0-only pass)")                         \
+  X(gk::View, x0, "[B, S] the predicted x0, or None")                                            \
+  X(gk::View, coef_dev, "CUDA graph replay: float32 [kNumCoefs] read instead of coefs, or None")  \
+  X(gk::View, rng_dev, "CUDA graph replay: int64 [seed, offset] read instead of them, or None")  \
+  X(std::int64_t, batch, "B")                                                                    \
+  X(std::int64_t, per_sample, "S, elements per sample")                                          \
+  X(std::int64_t, mo_stride, "K * S: elements between two samples of model_output")              \
+  X(int, flags, "gk::diffusion::Flag bits")                                                      \
+  X(std::int64_t, seed, "Philox key (int64 bit pattern)")                                        \
+  X(std::int64_t, offset, "first Philox counter (int64 bit pattern)")                            \
+  X(gk::diffusion::Coefs, coefs, "kNumCoefs floats in the Coef slots")
+GK_STRUCT(StepParams, GK_DIFFUSION_STEP_PARAMS);
+void step(const StepParams& p, Stream stream);
+
+// Per-sample partial sums (sum c, sum c^2, sum m, sum m^2) for guidance rescale, c the conditional
+// half, m the guided output: partials [B, nchunks, 4], float64 with nchunks = 1 on the CPU, float32
+// with nchunks = ceil(S / kReductionChunk) on CUDA; the caller adds them in order.
+#define GK_DIFFUSION_RESCALE_PARAMS(X)                                                   \
+  X(gk::View, model_output, "[2B, S], unconditional half first")                         \
+  X(std::int64_t, batch, "B")                                                            \
+  X(std::int64_t, per_sample, "S")                                                       \
+  X(float, guidance, "g")                                                                \
+  X(gk::View, partials, "[B, nchunks, 4] partial sums")
+GK_STRUCT(RescaleParams, GK_DIFFUSION_RESCALE_PARAMS);
+void rescale_partials(const RescaleParams& p, Stream stream);
+
+// out = ca_b * x + cb_b * y (q_sample).
+#define GK_DIFFUSION_LINCOMB_PARAMS(X)  \
+  X(gk::View, x, "[B, S]")              \
+  X(gk::View, y, "[B, S]")              \
+  X(gk::View, ca, "float32 [B]")        \
+  X(gk::View, cb, "float32 [B]")        \
+  X(gk::View, out, "[B, S]")            \
+  X(std::int64_t, batch, "B")           \
+  X(std::int64_t, per_sample, "S")
+GK_STRUCT(LincombParams, GK_DIFFUSION_LINCOMB_PARAMS);
+void lincomb(const LincombParams& p, Stream stream);
+
+// The loss with r = model_output - (tx_b x0 + tn_b noise):
+//   loss_partials: partials [B, nchunks] of sum r^2 (float64, nchunks = 1 on the CPU; float32,
+//                  nchunks = ceil(S / kReductionChunk) on CUDA)
+//   loss_backward: dmo = k_b * r
+#define GK_DIFFUSION_LOSS_PARAMS(X)                                             \
+  X(gk::View, model_output, "[B, S]")                                           \
+  X(gk::View, x0, "[B, S]")                                                     \
+  X(gk::View, noise, "[B, S]")                                                  \
+  X(gk::View, tx, "float32 [B] target coefficient of x0")                       \
+  X(gk::View, tn, "float32 [B] target coefficient of noise")                    \
+  X(gk::View, k, "backward: float32 [B] gradient scale; partials: None")        \
+  X(gk::View, partials, "partials: [B, nchunks] sums of r^2; backward: None")   \
+  X(gk::View, dmo, "backward: [B, S] dL/dmodel_output; partials: None")         \
+  X(std::int64_t, batch, "B")                                                   \
+  X(std::int64_t, per_sample, "S")
+GK_STRUCT(LossParams, GK_DIFFUSION_LOSS_PARAMS);
+void loss_partials(const LossParams& p, Stream stream);
+void loss_backward(const LossParams& p, Stream stream);
+
+// CPU only: s_b = clamp(lerp(a_(lo), a_(lo+1), w), 1, max_value) over a = |x0_b|, by selection.
+#define GK_DIFFUSION_THRESHOLD_PARAMS(X)                    \
+  X(gk::View, x0, "float32 [B, S]")                         \
+  X(std::int64_t, batch, "B")                               \
+  X(std::int64_t, per_sample, "S")                          \
+  X(std::int64_t, rank_lo, "rank of the lower order statistic")   \
+  X(float, rank_w, "interpolation weight")                  \
+  X(float, max_value, "upper clamp of the scale")           \
+  X(gk::View, scales, "float32 [B] out")
+GK_STRUCT(ThresholdParams, GK_DIFFUSION_THRESHOLD_PARAMS);
+void threshold(const ThresholdParams& p, Stream stream);
+
+// ---- what the kernels read ------------------------------------------------------------------
+
+struct StepScalars {
   std::int64_t batch;       // B
   std::int64_t per_sample;  // S
   std::int64_t mo_stride;   // K * S: elements between two samples of model_output
@@ -33,18 +112,22 @@ struct StepParams {
   float c[kNumCoefs];
 };
 
+// c * v, or exactly 0 when the coefficient is 0: a term the step does not have contributes nothing,
+// even when its operand is inf or NaN (0 * inf would be NaN). The rule of gankern/reference/diffusion.py.
+GK_HOST_DEVICE inline float term(float c, float v) { return c != 0.f ? c * v : 0.f; }
+
 // Per element: everything after loading. m: guided (and rescaled) model output, xp: the sample
 // after pre-noise, bound / div: clamp bound and divisor of x0 (clip: c, 1; threshold: s_b, s_b).
 template <bool kClamp>
 GK_HOST_DEVICE inline float step_x0(float xp, float m, float px, float pm, float bound, float div) {
-  float x0 = px * xp + pm * m;
+  float x0 = term(px, xp) + term(pm, m);
   if constexpr (kClamp) x0 = (x0 < -bound ? -bound : (x0 > bound ? bound : x0)) / div;  // NaN passes, as torch.clamp
   return x0;
 }
 
 GK_HOST_DEVICE inline float step_prev(float xp, float m, float x0, const float* c) {
-  const float eps = c[cQx] * xp + c[cQm] * m + c[cQ0] * x0;
-  return c[cA] * xp + c[cB] * x0 + c[cC] * eps;
+  const float eps = term(c[cQx], xp) + term(c[cQm], m) + term(c[cQ0], x0);
+  return term(c[cA], xp) + term(c[cB], x0) + term(c[cC], eps);
 }
 
 // Noise standard deviation of one element: constant, or from the model's variance channel v.
@@ -54,38 +137,32 @@ GK_HOST_DEVICE inline float noise_std(int flags, float v, const float* c) {
   return c[cS];
 }
 
-// CPU. prev may be null (x0-only pass); x0 may be null (not requested). rescale / thresh: [B] fp32.
-void step_cpu(const float* mo, const float* x, const float* hist, const float* noise, const float* rescale,
-              const float* thresh, float* prev, float* x0, const StepParams& p);
-// Per-sample sums (cond, cond^2, m, m^2) in double for guidance rescale: out [B, 4].
-void rescale_sums_cpu(const float* mo, std::int64_t B, std::int64_t S, std::int64_t mo_stride, float g, double* out);
-// s_b = clamp(lerp(a_(lo), a_(lo+1), w), 1, max_value) over a = |x0_b| by selection (nth_element).
-void threshold_cpu(const float* x0, std::int64_t B, std::int64_t S, std::int64_t lo, float w, float max_value,
-                   float* s);
-// out = ca_b * x + cb_b * y (q_sample).
-void lincomb_cpu(const float* x, const float* y, const float* ca, const float* cb, float* out, std::int64_t B,
-                 std::int64_t S);
-// sums_b = sum over the sample of (mo - tx_b x0 - tn_b noise)^2, accumulated in double.
-void loss_sums_cpu(const float* mo, const float* x0, const float* noise, const float* tx, const float* tn,
-                   double* sums, std::int64_t B, std::int64_t S);
-// dmo = k_b * (mo - tx_b x0 - tn_b noise).
-void loss_backward_cpu(const float* mo, const float* x0, const float* noise, const float* tx, const float* tn,
-                       const float* k, float* dmo, std::int64_t B, std::int64_t S);
+inline StepScalars step_scalars(const StepParams& p) {
+  StepScalars s{p.batch, p.per_sample, p.mo_stride, p.flags, static_cast<std::uint64_t>(p.seed),
+                static_cast<std::uint64_t>(p.offset), {}};
+  for (int i = 0; i < kNumCoefs; ++i) s.c[i] = p.coefs[i];
+  return s;
+}
 
-// CUDA (storage dtype code `dtype` for every full-size tensor; per-sample tensors fp32). coef_dev /
-// rng_dev: when non-null, the coefficients (fp32 [kNumCoefs]) and (seed, offset) (int64 [2]) are read
-// from device memory instead of p (graph replay).
-void step_cuda(const void* mo, const void* x, const void* hist, const void* noise, const float* rescale,
-               const float* thresh, void* prev, void* x0, const StepParams& p, const float* coef_dev,
-               const std::int64_t* rng_dev, int dtype, std::uintptr_t stream);
-void rescale_partials_cuda(const void* mo, std::int64_t B, std::int64_t S, std::int64_t mo_stride, float g,
-                           float* partials, std::int64_t nchunks, int dtype, std::uintptr_t stream);
-void lincomb_cuda(const void* x, const void* y, const float* ca, const float* cb, void* out, std::int64_t B,
-                  std::int64_t S, int dtype, std::uintptr_t stream);
-void loss_partials_cuda(const void* mo, const void* x0, const void* noise, const float* tx, const float* tn,
-                        float* partials, std::int64_t nchunks, std::int64_t B, std::int64_t S, int dtype,
-                        std::uintptr_t stream);
-void loss_backward_cuda(const void* mo, const void* x0, const void* noise, const float* tx, const float* tn,
-                        const float* k, void* dmo, std::int64_t B, std::int64_t S, int dtype, std::uintptr_t stream);
+// Both backends: the operands of a step share the sample's dtype and sizes.
+inline void check_step(const StepParams& p) {
+  const char* op = "diffusion_step";
+  check(!p.sample.is_none() && !p.model_output.is_none(), op, "sample and model_output are required");
+  const std::int64_t n = p.batch * p.per_sample;
+  check(p.sample.numel == n && p.model_output.dtype == p.sample.dtype, op, "sample must be [B, S], model_output of its dtype");
+  check(p.model_output.numel >= p.batch * p.mo_stride, op, "model_output is smaller than B * mo_stride");
+  check_same(op, p.sample, {&p.history, &p.noise, &p.prev, &p.x0});
+  p.rescale.as<const float>("rescale");
+  p.thresh.as<const float>("thresh");
+}
+
+inline void check_loss(const char* op, const LossParams& p) {
+  check(p.model_output.numel == p.batch * p.per_sample && p.tx.numel == p.batch && p.tn.numel == p.batch, op,
+        "model_output, x0, noise must be [B, S] and tx, tn [B]");
+  check_same(op, p.model_output, {&p.x0, &p.noise});
+  p.tx.as<const float>("tx");
+  p.tn.as<const float>("tn");
+  p.k.as<const float>("k");
+}
 
 }  // namespace gk::diffusion

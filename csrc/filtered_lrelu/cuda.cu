@@ -74,8 +74,9 @@ filtered_lrelu_kernel(const T* __restrict__ x, const float* __restrict__ b, std:
 
 }  // namespace
 
-void run_cuda(const void* x, const float* b, std::uint8_t* mask, const float* gA, const float* gB, void* y,
-              const Params& p, int dtype, std::uintptr_t stream) {
+void run(const Params& p, Stream stream) {
+  const char* op = "filtered_lrelu";
+  check_args(op, p);
   const std::int64_t planes = p.N * p.C;
   if (planes * p.OH * p.OW == 0) return;
   // The largest tile whose intermediate samples fit in shared memory.
@@ -85,17 +86,18 @@ void run_cuda(const void* x, const float* b, std::uint8_t* mask, const float* gA
     sw = (tile - 1) * p.downx + p.kbx;
     if (static_cast<std::int64_t>(sh) * sw * 4 <= kMaxShared) break;
   }
-  check(tile >= 1, "gankern.filtered_lrelu: the down filter is too large for shared memory");
+  check(tile >= 1, op, "the down filter is too large for shared memory");
   const std::int64_t tiles = ((p.OH + tile - 1) / tile) * ((p.OW + tile - 1) / tile);
-  check(tiles < (1LL << 31), "gankern.filtered_lrelu: output too large");
+  check(tiles < (1LL << 31), op, "output too large");
   dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(planes < 65535 ? planes : 65535));
   auto s = reinterpret_cast<cudaStream_t>(stream);
-  dispatch_dtype(dtype, [&](auto tag) {
+  dispatch_dtype(p.x.dtype, op, [&](auto tag) {
     using T = decltype(tag);
-    filtered_lrelu_kernel<T><<<grid, kThreads, 0, s>>>(
-        static_cast<const T*>(x), b, mask, gA, gB, static_cast<T*>(y), p, tile, sh, sw);
+    filtered_lrelu_kernel<T><<<grid, kThreads, 0, s>>>(p.x.as<const T>("x"), p.b.as<const float>("b"),
+                                                       p.mask.as<std::uint8_t>("mask"), p.gA.as<const float>("gA"),
+                                                       p.gB.as<const float>("gB"), p.y.as<T>("y"), p, tile, sh, sw);
   });
-  GK_CUDA_CHECK_LAUNCH("filtered_lrelu");
+  GK_CUDA_CHECK_LAUNCH(op);
 }
 
 }  // namespace gk::filtered_lrelu

@@ -1,4 +1,4 @@
-// Normalization passes on the CPU. OpenMP over tasks of ~64 KiB of x: (row, chunk) for NCHW, where
+// Normalization passes on the CPU. The thread pool (common/thread_pool.h) over tasks of ~64 KiB of x: (row, chunk) for NCHW, where
 // a row is one (n, c) plane, and (n, block of spatial rows) for channels_last. Reductions write one
 // partial per task and merge them in a fixed order afterwards, so results do not depend on the
 // thread count or schedule.
@@ -14,8 +14,7 @@
 #include <cstring>
 #include <vector>
 
-#include <omp.h>
-
+#include "common/thread_pool.h"
 #include "norm/norm.h"
 
 // Every helper taking or returning a vector is force-inlined: an out-of-line call from an AVX clone
@@ -430,12 +429,11 @@ GK_CPU_CLONES void apply_kept(float* __restrict dx, const float* __restrict g, c
 // every task writes its own partial.
 template <typename F>
 void for_each_task(const Shape& s, const Tiling& t, F&& f) {
-#pragma omp parallel for schedule(dynamic, 1)
-  for (std::int64_t task = 0; task < t.tasks; ++task) {
+  parallel_for(t.tasks, 1, [&](std::int64_t task) {
     const std::int64_t row = task / t.per_row, part = task % t.per_row;
     const std::int64_t lo = part * t.len, hi = std::min(s.HW, lo + t.len);
     f(task, row, lo, hi);
-  }
+  });
 }
 
 }  // namespace
@@ -453,13 +451,12 @@ void channel_stats_cpu(const float* x, const Shape& s, double* mean, double* m2)
     for_each_task(s, t, [&](std::int64_t task, std::int64_t row, std::int64_t lo, std::int64_t hi) {
       part[task] = run_stats(x + row * s.HW + lo, hi - lo);
     });
-#pragma omp parallel for schedule(static)
-    for (std::int64_t row = 0; row < NC; ++row) {
+    parallel_for(NC, 1, [&](std::int64_t row) {
       W w = part[row * t.per_row];
       for (std::int64_t k = 1; k < t.per_row; ++k) w.merge(part[row * t.per_row + k]);
       mean[row] = w.mean;
       m2[row] = w.m2;
-    }
+    });
     return;
   }
   // Channels_last: each task's per-channel (count, mean, m2), merged per (n, c) in task order.
@@ -476,8 +473,7 @@ void channel_stats_cpu(const float* x, const Shape& s, double* mean, double* m2)
       pm2[task * C + c] = w.m2;
     }
   });
-#pragma omp parallel for schedule(static)
-  for (std::int64_t nc = 0; nc < NC; ++nc) {
+  parallel_for(NC, 1, [&](std::int64_t nc) {
     const std::int64_t n = nc / C, c = nc % C;
     W w;
     for (std::int64_t k = 0; k < t.per_row; ++k) {
@@ -487,7 +483,7 @@ void channel_stats_cpu(const float* x, const Shape& s, double* mean, double* m2)
     }
     mean[nc] = w.mean;
     m2[nc] = w.m2;
-  }
+  });
 }
 
 void apply_cpu(const float* x, const float* M, const float* A, const float* B, const float* res, float* y,
@@ -530,10 +526,10 @@ void backward_reduce_cpu(const float* dy, const float* x, const float* M, const 
         const std::int64_t off = row * s.HW + lo;
         run_bwd_sums<K>(dy + off, x + off, hi - lo, M[row], A[row], B[row], P[row], alpha, &part[3 * task]);
       });
-#pragma omp parallel for schedule(static)
-      for (std::int64_t row = 0; row < NC; ++row)
+      parallel_for(NC, 1, [&](std::int64_t row) {
         for (std::int64_t k = 0; k < t.per_row; ++k)
           for (int j = 0; j < 3; ++j) sums[j * NC + row] += part[3 * (row * t.per_row + k) + j];
+      });
       return;
     }
     std::vector<double> part(3 * t.tasks * C);
@@ -551,12 +547,11 @@ void backward_reduce_cpu(const float* dy, const float* x, const float* M, const 
         for (std::int64_t j = 0; j < 3 * C; ++j) out[j] += acc[j];
       }
     });
-#pragma omp parallel for schedule(static)
-    for (std::int64_t nc = 0; nc < NC; ++nc) {
+    parallel_for(NC, 1, [&](std::int64_t nc) {
       const std::int64_t n = nc / C, c = nc % C;
       for (std::int64_t k = 0; k < t.per_row; ++k)
         for (int j = 0; j < 3; ++j) sums[j * NC + nc] += part[3 * (n * t.per_row + k) * C + j * C + c];
-    }
+    });
   });
 }
 
@@ -622,7 +617,7 @@ void group_norm_forward_cpu(const float* x, const Shape& s, std::int64_t G, doub
   // group computes its statistics and immediately normalizes it, so the second read of x comes
   // from cache and the pass costs one DRAM read + one write. Otherwise (channels_last, or few
   // large groups) two parallel sweeps, each split over all threads.
-  const bool fused = !s.channels_last && HW > 0 && N * G >= omp_get_max_threads() &&
+  const bool fused = !s.channels_last && HW > 0 && N * G >= cpu_threads() &&
                      Cg * HW * static_cast<std::int64_t>(sizeof(float)) <= (std::int64_t{1} << 20);
   if (!fused) {
     // One sample at a time when a sample is at most a few MiB: its second read then comes from
@@ -644,8 +639,7 @@ void group_norm_forward_cpu(const float* x, const Shape& s, std::int64_t G, doub
     constexpr int K = decltype(a)::value;
     auto go = [&](auto r) {
       constexpr bool R = decltype(r)::value;
-#pragma omp parallel for schedule(dynamic, 1)
-      for (std::int64_t task = 0; task < N * G; ++task) {
+      parallel_for(N * G, 1, [&](std::int64_t task) {
         const std::int64_t n = task / G, g = task % G;
         W w;
         for (std::int64_t c = g * Cg; c < (g + 1) * Cg; ++c) {
@@ -666,7 +660,7 @@ void group_norm_forward_cpu(const float* x, const Shape& s, std::int64_t G, doub
           apply_run<K, R>(y + row * HW, x + row * HW, R ? res + row * HW : nullptr, HW, M[row], A[row], B[row],
                           alpha);
         }
-      }
+      });
     };
     if (res) go(std::true_type{});
     else go(std::false_type{});
@@ -682,7 +676,7 @@ bool group_norm_backward_cpu(const float* dy, const float* x, const Shape& s, st
   // in a per-thread buffer, so pass 2 reads x and g from L2 and evaluates no activation
   // derivative: DRAM traffic dy + x + dx, half the transcendental work of the generic two passes.
   const std::int64_t group_bytes = Cg * HW * static_cast<std::int64_t>(sizeof(float));
-  if (s.channels_last || HW == 0 || N * G < omp_get_max_threads() || group_bytes > (std::int64_t{1} << 18))
+  if (s.channels_last || HW == 0 || N * G < cpu_threads() || group_bytes > (std::int64_t{1} << 18))
     return false;
   double* dw = grads;  // per-(n, c) partials of the weight gradient; the caller sums over n
   double* db = grads + NC;
@@ -691,12 +685,17 @@ bool group_norm_backward_cpu(const float* dy, const float* x, const Shape& s, st
   double* dshift = grads + 4 * NC;
   dispatch_norm_act(act, [&](auto a) {
     constexpr int K = decltype(a)::value;
-#pragma omp parallel
+    // per-thread scratch, indexed by the pool's slot of the running thread
+    std::vector<std::vector<float>> gbufs(static_cast<std::size_t>(cpu_threads()));
+    std::vector<std::vector<double>> sumss(static_cast<std::size_t>(cpu_threads()));
     {
-      std::vector<float> gbuf(static_cast<std::size_t>(Cg * HW));
-      std::vector<double> sums(static_cast<std::size_t>(3 * Cg));
-#pragma omp for schedule(dynamic, 1)
-      for (std::int64_t task = 0; task < N * G; ++task) {
+      parallel_for_slots(N * G, 1, [&](std::int64_t task, int slot) {
+        std::vector<float>& gbuf = gbufs[slot];
+        std::vector<double>& sums = sumss[slot];
+        if (gbuf.empty()) {
+          gbuf.resize(static_cast<std::size_t>(Cg * HW));
+          sums.resize(static_cast<std::size_t>(3 * Cg));
+        }
         const std::int64_t n = task / G, g = task % G;
         const double rstd = grstd[task];
         double Sv = 0, Svxh = 0;
@@ -727,10 +726,71 @@ bool group_norm_backward_cpu(const float* dy, const float* x, const Shape& s, st
           dscale[row] = wt * Sgxh + bs * Sg;
           dtemb[row] = a2 * Sg - rstd * c2 * Sxh - rstd * c1 * static_cast<double>(HW);
         }
-      }
+      });
     }
   });
   return true;
+}
+
+// ---- entry points -----------------------------------------------------------------------------
+
+std::int64_t split_chunk(const SplitParams& p, Stream) { return std::max<std::int64_t>(p.HW, 1); }
+
+void channel_stats(const StatsParams& p, Stream) {
+  const Shape s = shape_of(p);
+  const std::int64_t NC = s.N * s.C;
+  check_operands("norm statistics", p.x, {}, {}, NC);
+  check(p.partials.numel == 3 * NC, "norm statistics", "the CPU writes partials [1][3][N*C] (chunk = HW)");
+  double* part = p.partials.as<double>("partials");
+  std::fill(part, part + NC, 0.0);  // shift
+  channel_stats_cpu(p.x.as<const float>("x"), s, part + NC, part + 2 * NC);
+}
+
+void apply(const PointwiseParams& p, Stream) {
+  const Shape s = shape_of(p);
+  check_operands("norm apply", p.x, {&p.residual, &p.out}, {&p.M, &p.A, &p.B}, s.N * s.C);
+  apply_cpu(p.x.as<const float>("x"), p.M.as<const float>("M"), p.A.as<const float>("A"), p.B.as<const float>("B"),
+            p.residual.as<const float>("residual"), p.out.as<float>("out"), s, p.act, p.alpha);
+}
+
+void backward_apply(const PointwiseParams& p, Stream) {
+  const Shape s = shape_of(p);
+  check_operands("norm backward", p.x, {&p.dy, &p.out}, {&p.M, &p.A, &p.B, &p.A2, &p.B2, &p.C2}, s.N * s.C);
+  backward_apply_cpu(p.dy.as<const float>("dy"), p.x.as<const float>("x"), p.M.as<const float>("M"),
+                     p.A.as<const float>("A"), p.B.as<const float>("B"), p.A2.as<const float>("A2"),
+                     p.B2.as<const float>("B2"), p.C2.as<const float>("C2"), p.out.as<float>("out"), s, p.act,
+                     p.alpha);
+}
+
+void backward_reduce(const ReduceParams& p, Stream) {
+  const Shape s = shape_of(p);
+  check_operands("norm backward reduction", p.x, {&p.dy}, {&p.M, &p.A, &p.B, &p.P}, s.N * s.C);
+  check(p.partials.numel == 3 * s.N * s.C, "norm backward reduction", "the CPU writes partials [1][3][N*C]");
+  backward_reduce_cpu(p.dy.as<const float>("dy"), p.x.as<const float>("x"), p.M.as<const float>("M"),
+                      p.A.as<const float>("A"), p.B.as<const float>("B"), p.P.as<const float>("P"), s, p.act,
+                      p.alpha, p.partials.as<double>("partials"));
+}
+
+void group_norm_forward(const GroupForwardParams& p, Stream) {
+  const Shape s = shape_of(p);
+  check_operands("group_norm_act", p.x, {&p.residual, &p.y}, {&p.temb, &p.scale, &p.shift}, s.N * s.C);
+  group_norm_forward_cpu(p.x.as<const float>("x"), s, p.G, p.eps, p.weight.as<const float>("weight"),
+                         p.bias.as<const float>("bias"), p.temb.as<const float>("temb"),
+                         p.scale.as<const float>("scale"), p.shift.as<const float>("shift"),
+                         p.residual.as<const float>("residual"), p.y.as<float>("y"), p.tables.as<float>("tables"),
+                         p.gmean.as<float>("gmean"), p.grstd.as<float>("grstd"), p.scratch.as<double>("scratch"),
+                         p.act, p.alpha);
+}
+
+bool group_norm_backward(const GroupBackwardParams& p, Stream) {
+  const Shape s = shape_of(p);
+  check_operands("group_norm_act_backward", p.x, {&p.dy, &p.dx}, {&p.temb, &p.scale, &p.shift}, s.N * s.C);
+  return group_norm_backward_cpu(p.dy.as<const float>("dy"), p.x.as<const float>("x"), s, p.G,
+                                 p.gmean.as<const float>("gmean"), p.grstd.as<const float>("grstd"),
+                                 p.weight.as<const float>("weight"), p.bias.as<const float>("bias"),
+                                 p.temb.as<const float>("temb"), p.scale.as<const float>("scale"),
+                                 p.shift.as<const float>("shift"), p.dx.as<float>("dx"), p.grads.as<double>("grads"),
+                                 p.act, p.alpha);
 }
 
 }  // namespace gk::norm

@@ -17,18 +17,6 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int kClRows = 8;  // channels_last blocks: 32 lanes across channels x 8 rows of positions
 
-inline bool aligned16(const void* p) { return p == nullptr || reinterpret_cast<std::uintptr_t>(p) % 16 == 0; }
-
-int sm_count() {
-  static int sms = [] {
-    int dev = 0, n = 0;
-    cudaGetDevice(&dev);
-    cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev);
-    return n > 0 ? n : 80;
-  }();
-  return sms;
-}
-
 template <typename T, int VEC>
 __device__ __forceinline__ void load_vec(const T* p, float (&out)[VEC]) {
   if constexpr (VEC == 1) {
@@ -302,7 +290,7 @@ void with_vec(int dtype, bool vec_ok, F&& f) {
   });
 }
 
-int vec_width(int dtype) { return dtype == static_cast<int>(DType::Float32) ? 4 : 8; }
+int vec_width(int dtype) { return dtype == kFloat32 ? 4 : 8; }
 
 // The layout keeps each vector inside one table run, and every pointer is 16-byte aligned.
 bool vectorizable(const Shape& s, int dtype, std::initializer_list<const void*> ptrs) {
@@ -420,6 +408,43 @@ void backward_apply_cuda(const void* dy, const void* x, const float* M, const fl
                          const float* A2, const float* B2, const float* C2, void* dx, const Shape& s, int act,
                          float alpha, int dtype, std::uintptr_t stream) {
   pointwise<true>(dy, x, nullptr, dx, M, A, B, A2, B2, C2, s, act, alpha, dtype, stream, "norm backward");
+}
+
+// ---- entry points -----------------------------------------------------------------------------
+
+std::int64_t split_chunk(const SplitParams& p, Stream) { return cuda_split_chunk(shape_of(p)); }
+
+void channel_stats(const StatsParams& p, Stream stream) {
+  const Shape s = shape_of(p);
+  check_operands("norm statistics", p.x, {}, {}, s.N * s.C);
+  check(p.chunk > 0 && p.partials.numel == 3 * s.N * s.C * ((s.HW + p.chunk - 1) / p.chunk), "norm statistics",
+        "partials must be [ceil(HW / chunk)][3][N*C]");
+  channel_stats_cuda(p.x.ptr(), s, p.chunk, p.partials.as<float>("partials"), p.x.dtype, stream);
+}
+
+void apply(const PointwiseParams& p, Stream stream) {
+  const Shape s = shape_of(p);
+  check_operands("norm apply", p.x, {&p.residual, &p.out}, {&p.M, &p.A, &p.B}, s.N * s.C);
+  apply_cuda(p.x.ptr(), p.M.as<const float>("M"), p.A.as<const float>("A"), p.B.as<const float>("B"),
+             p.residual.ptr(), p.out.mut_ptr(), s, p.act, p.alpha, p.x.dtype, stream);
+}
+
+void backward_apply(const PointwiseParams& p, Stream stream) {
+  const Shape s = shape_of(p);
+  check_operands("norm backward", p.x, {&p.dy, &p.out}, {&p.M, &p.A, &p.B, &p.A2, &p.B2, &p.C2}, s.N * s.C);
+  backward_apply_cuda(p.dy.ptr(), p.x.ptr(), p.M.as<const float>("M"), p.A.as<const float>("A"),
+                      p.B.as<const float>("B"), p.A2.as<const float>("A2"), p.B2.as<const float>("B2"),
+                      p.C2.as<const float>("C2"), p.out.mut_ptr(), s, p.act, p.alpha, p.x.dtype, stream);
+}
+
+void backward_reduce(const ReduceParams& p, Stream stream) {
+  const Shape s = shape_of(p);
+  check_operands("norm backward reduction", p.x, {&p.dy}, {&p.M, &p.A, &p.B, &p.P}, s.N * s.C);
+  check(p.chunk > 0 && p.partials.numel == 3 * s.N * s.C * ((s.HW + p.chunk - 1) / p.chunk),
+        "norm backward reduction", "partials must be [ceil(HW / chunk)][3][N*C]");
+  backward_reduce_cuda(p.dy.ptr(), p.x.ptr(), p.M.as<const float>("M"), p.A.as<const float>("A"),
+                       p.B.as<const float>("B"), p.P.as<const float>("P"), s, p.act, p.alpha, p.chunk,
+                       p.partials.as<float>("partials"), p.x.dtype, stream);
 }
 
 }  // namespace gk::norm

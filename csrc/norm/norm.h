@@ -17,6 +17,7 @@
 #include <cstdint>
 
 #include "common/activations.h"
+#include "common/view.h"
 #include "common/welford.h"
 
 namespace gk::norm {
@@ -39,6 +40,130 @@ inline void dispatch_norm_act(int act, F&& f) {
     default: throw std::invalid_argument("gankern norm: unsupported activation code " + std::to_string(act));
   }
 }
+
+// ---- entry points (cpu.cpp for gankern._C, cuda.cu for gankern._cuda) ---------------------------
+// x, y, residual, dy, dx: float32 (CPU), float32/16/bf16 (CUDA), one dtype; tables float32 [N*C].
+
+#define GK_NORM_SHAPE_PARAMS(X)                              \
+  X(std::int64_t, N, "samples")                              \
+  X(std::int64_t, C, "channels")                             \
+  X(std::int64_t, HW, "positions (product of spatial sizes)") \
+  X(bool, channels_last, "[N][HW][C] instead of [N][C][HW]")
+
+// Positions per reduction partial, so the reduction grid fills the device: CUDA splits each
+// (n, c) run; the CPU reduces a whole run (chunk = HW, one partial).
+#define GK_NORM_SPLIT_PARAMS(X) GK_NORM_SHAPE_PARAMS(X)
+GK_STRUCT(SplitParams, GK_NORM_SPLIT_PARAMS);
+std::int64_t split_chunk(const SplitParams& p, Stream stream);
+
+// Per-(n, c) statistics as partials [S][3][N*C], S = ceil(HW / chunk): (shift, mean of x - shift,
+// m2) of each split of chunk positions; float64 with S = 1 and shift 0 on the CPU, float32 on CUDA.
+// The caller merges the S partials in fixed order (Chan's formula).
+#define GK_NORM_STATS_PARAMS(X)                                 \
+  X(gk::View, x, "input")                                       \
+  X(std::int64_t, chunk, "positions per partial (split_chunk)") \
+  X(gk::View, partials, "[S][3][N*C] out")                      \
+  GK_NORM_SHAPE_PARAMS(X)
+GK_STRUCT(StatsParams, GK_NORM_STATS_PARAMS);
+void channel_stats(const StatsParams& p, Stream stream);
+
+// apply: out = act((x - M) * A + B) (+ residual); backward_apply: dx = g * A2 + u * B2 + C2.
+#define GK_NORM_POINTWISE_PARAMS(X)                                     \
+  X(gk::View, dy, "backward_apply: dL/dy; apply: None")                 \
+  X(gk::View, x, "input")                                               \
+  X(gk::View, residual, "apply: added after the activation, or None")  \
+  X(gk::View, out, "y (apply) or dx (backward_apply)")                 \
+  X(gk::View, M, "float32 [N*C]")                                       \
+  X(gk::View, A, "float32 [N*C]")                                       \
+  X(gk::View, B, "float32 [N*C]")                                       \
+  X(gk::View, A2, "backward_apply: float32 [N*C]; apply: None")         \
+  X(gk::View, B2, "backward_apply: float32 [N*C]; apply: None")         \
+  X(gk::View, C2, "backward_apply: float32 [N*C]; apply: None")         \
+  X(int, act, "gk::Act code (linear, relu, lrelu, swish, gelu, gelu_tanh)") \
+  X(float, alpha, "lrelu slope")                                        \
+  GK_NORM_SHAPE_PARAMS(X)
+GK_STRUCT(PointwiseParams, GK_NORM_POINTWISE_PARAMS);
+void apply(const PointwiseParams& p, Stream stream);
+void backward_apply(const PointwiseParams& p, Stream stream);
+
+// Partials [S][3][N*C] of the sums of g, g*xh and xh (as channel_stats: float64, S = 1 on the CPU).
+#define GK_NORM_REDUCE_PARAMS(X)                                \
+  X(gk::View, dy, "dL/dy")                                      \
+  X(gk::View, x, "input")                                       \
+  X(gk::View, M, "float32 [N*C]")                               \
+  X(gk::View, A, "float32 [N*C]")                               \
+  X(gk::View, B, "float32 [N*C]")                               \
+  X(gk::View, P, "float32 [N*C]")                               \
+  X(std::int64_t, chunk, "positions per partial (split_chunk)") \
+  X(gk::View, partials, "[S][3][N*C] out")                      \
+  X(int, act, "gk::Act code")                                   \
+  X(float, alpha, "lrelu slope")                                \
+  GK_NORM_SHAPE_PARAMS(X)
+GK_STRUCT(ReduceParams, GK_NORM_REDUCE_PARAMS);
+void backward_reduce(const ReduceParams& p, Stream stream);
+
+// CPU only: the whole GroupNorm forward in one call (Python-side table arithmetic would cost more
+// than the passes at small shapes): statistics, tables (M, A, B: tables[0..3*N*C)), the normalize
+// pass. scratch: 2 * N * C doubles.
+#define GK_NORM_GROUP_FORWARD_PARAMS(X)                          \
+  X(gk::View, x, "input")                                        \
+  X(gk::View, weight, "float32 [C] or None")                     \
+  X(gk::View, bias, "float32 [C] or None")                       \
+  X(gk::View, temb, "float32 [N*C] added before the statistics, or None") \
+  X(gk::View, scale, "float32 [N*C] or None")                    \
+  X(gk::View, shift, "float32 [N*C] or None")                    \
+  X(gk::View, residual, "or None")                               \
+  X(gk::View, y, "output")                                       \
+  X(gk::View, tables, "float32 [3][N*C] out")                    \
+  X(gk::View, gmean, "float32 [N*G] out")                        \
+  X(gk::View, grstd, "float32 [N*G] out")                        \
+  X(gk::View, scratch, "float64 [2][N*C]")                       \
+  X(std::int64_t, G, "groups")                                   \
+  X(double, eps, "variance epsilon")                             \
+  X(int, act, "gk::Act code")                                    \
+  X(float, alpha, "lrelu slope")                                 \
+  GK_NORM_SHAPE_PARAMS(X)
+GK_STRUCT(GroupForwardParams, GK_NORM_GROUP_FORWARD_PARAMS);
+void group_norm_forward(const GroupForwardParams& p, Stream stream);
+
+// CPU only: the whole GroupNorm backward in one call, when the layout allows the fused per-group
+// path (NCHW, enough (n, group) tasks, groups small enough to keep in L2); returns false otherwise
+// and writes nothing. grads: float64 [5][N*C], per (n, c): weight- and bias-gradient partials
+// (summed over n by the caller), dtemb, dscale, dshift.
+#define GK_NORM_GROUP_BACKWARD_PARAMS(X)                  \
+  X(gk::View, dy, "dL/dy")                                \
+  X(gk::View, x, "input")                                 \
+  X(gk::View, gmean, "float32 [N*G] from the forward")    \
+  X(gk::View, grstd, "float32 [N*G] from the forward")    \
+  X(gk::View, weight, "float32 [C] or None")              \
+  X(gk::View, bias, "float32 [C] or None")                \
+  X(gk::View, temb, "float32 [N*C] or None")              \
+  X(gk::View, scale, "float32 [N*C] or None")             \
+  X(gk::View, shift, "float32 [N*C] or None")             \
+  X(gk::View, dx, "dL/dx out")                            \
+  X(gk::View, grads, "float64 [5][N*C] out")              \
+  X(std::int64_t, G, "groups")                            \
+  X(int, act, "gk::Act code")                             \
+  X(float, alpha, "lrelu slope")                          \
+  GK_NORM_SHAPE_PARAMS(X)
+GK_STRUCT(GroupBackwardParams, GK_NORM_GROUP_BACKWARD_PARAMS);
+bool group_norm_backward(const GroupBackwardParams& p, Stream stream);
+
+template <typename P>
+Shape shape_of(const P& p) { return Shape{p.N, p.C, p.HW, p.channels_last}; }
+
+// Both backends: the full-size operands share x's dtype and size, tables hold N*C floats.
+inline void check_operands(const char* op, const View& x, std::initializer_list<const View*> same,
+                           std::initializer_list<const View*> tables, std::int64_t NC) {
+  check(!x.is_none() && x.numel >= 0, op, "x is required");
+  check_same(op, x, same);
+  for (const View* t : tables) {
+    t->as<const float>("table");
+    check(t->is_none() || t->numel >= NC, op, "coefficient tables must hold N*C floats");
+  }
+}
+
+// ---- what the kernels are (internal to cpu.cpp / cuda.cu) -------------------------------------
 
 void channel_stats_cpu(const float* x, const Shape& s, double* mean, double* m2);
 void apply_cpu(const float* x, const float* M, const float* A, const float* B, const float* res, float* y,

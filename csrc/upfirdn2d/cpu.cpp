@@ -1,4 +1,4 @@
-// upfirdn2d on the CPU: one pass over the output, rows in parallel (OpenMP), vectorized inner
+// upfirdn2d on the CPU: one pass over the output, rows in parallel (common/thread_pool.h), vectorized inner
 // loops. The polyphase sum of upfirdn2d.h is evaluated one output row at a time:
 //
 //   separable filter: the y taps of the row are combined first (a weighted sum of at most
@@ -8,13 +8,19 @@
 // NCHW: the row machinery of polyphase_cpu.h (phase classes of branch-free FIRs).
 // channels_last: the channel dimension is contiguous, so every tap is a vector over C.
 #include <algorithm>
+#include <optional>
 #include <vector>
 
 #include "common/cpu_memory.h"
+#include "common/thread_pool.h"
 #include "upfirdn2d/polyphase_cpu.h"
 
 namespace gk::upfirdn2d {
 namespace {
+
+// Output rows per claim: a few claims per thread, so a thread that loses its core to another
+// process leaves its unstarted rows to the others (csrc/common/thread_pool.h).
+std::int64_t row_grain(std::int64_t rows) { return std::max<std::int64_t>(1, rows / (8 * cpu_threads())); }
 
 // ---- NCHW ---------------------------------------------------------------------------------------
 
@@ -23,17 +29,15 @@ void run_nchw(const float* x, const float* g, const float* g1, float* y, const P
   const XPass xp(ax, p.OW);
   const std::int64_t rows = p.N * p.C * p.OH;
   const int max_ty = (p.kh + p.upy - 1) / p.upy;
-#pragma omp parallel
-  {
-    RowScratch scratch(xp, p.W, max_ty);
-#pragma omp for schedule(static)
-    for (std::int64_t r = 0; r < rows; ++r) {
-      const std::int64_t oy = r % p.OH, plane = r / p.OH;
-      const std::int64_t n = plane / p.C, c = plane % p.C;
-      pass_row(ay, xp, scratch, x + n * p.sxn + c * p.sxc, p.sxh, p.W, g, g1, p.kw, 0.f, oy,
-               y + n * p.syn + c * p.syc + oy * p.syh);
-    }
-  }
+  std::vector<std::optional<RowScratch>> scratches(cpu_threads());  // one per pool slot, made on first use
+  parallel_for_slots(rows, row_grain(rows), [&](std::int64_t r, int slot) {
+    std::optional<RowScratch>& scratch = scratches[slot];
+    if (!scratch) scratch.emplace(xp, p.W, max_ty);
+    const std::int64_t oy = r % p.OH, plane = r / p.OH;
+    const std::int64_t n = plane / p.C, c = plane % p.C;
+    pass_row(ay, xp, *scratch, x + n * p.sxn + c * p.sxc, p.sxh, p.W, g, g1, p.kw, 0.f, oy,
+             y + n * p.syn + c * p.syc + oy * p.syh);
+  });
 }
 
 // ---- channels_last ------------------------------------------------------------------------------
@@ -71,41 +75,58 @@ void run_channels_last(const float* x, const float* g, const float* g1, float* y
   const Axis ay{p.H, p.upy, p.downy, p.py0, p.kh};
   const std::int64_t rows = p.N * p.OH;
   const int max_ty = (p.kh + p.upy - 1) / p.upy;
-#pragma omp parallel
-  {
-    std::vector<float> comb(g1 != nullptr ? std::max<std::int64_t>(p.W * p.C, 1) : 1);
-    std::vector<std::int64_t> ty(max_ty);
-    std::vector<int> tk(max_ty);
-#pragma omp for schedule(static)
-    for (std::int64_t r = 0; r < rows; ++r) {
-      const std::int64_t oy = r % p.OH, n = r / p.OH;
-      const float* xn = x + n * p.sxn;
-      float* out = y + n * p.syn + oy * p.syh;
-      const int nt = axis_taps(ay, oy, ty.data(), tk.data());
-      if (nt == 0) {
-        for (std::int64_t ox = 0; ox < p.OW; ++ox) fill_row(out + ox * p.syw, p.C, 0.f);
-        continue;
-      }
-      if (g1 != nullptr) {  // combine the rows (a dense W*C block each), then the x pass
-        const float* gy = g1 + p.kw;
-        for (int t = 0; t < nt; ++t)
-          for (std::int64_t ix = 0; ix < p.W; ++ix)
-            axpy_c(comb.data() + ix * p.C, xn + ty[t] * p.sxh + ix * p.sxw, p.C, gy[tk[t]], t == 0);
-        x_pass_cl(p, comb.data(), p.C, g1, out, p.syw, true);
-      } else {
-        for (int t = 0; t < nt; ++t) x_pass_cl(p, xn + ty[t] * p.sxh, p.sxw, g + tk[t] * p.kw, out, p.syw, t == 0);
-      }
+  struct Scratch {
+    std::vector<float> comb;
+    std::vector<std::int64_t> ty;
+    std::vector<int> tk;
+  };
+  std::vector<Scratch> scratches(cpu_threads());  // one per pool slot, sized on first use
+  parallel_for_slots(rows, row_grain(rows), [&](std::int64_t r, int slot) {
+    Scratch& sc = scratches[slot];
+    if (sc.ty.empty()) {
+      sc.comb.resize(g1 != nullptr ? std::max<std::int64_t>(p.W * p.C, 1) : 1);
+      sc.ty.resize(std::max(max_ty, 1));
+      sc.tk.resize(std::max(max_ty, 1));
     }
-  }
+    const std::int64_t oy = r % p.OH, n = r / p.OH;
+    const float* xn = x + n * p.sxn;
+    float* out = y + n * p.syn + oy * p.syh;
+    const int nt = axis_taps(ay, oy, sc.ty.data(), sc.tk.data());
+    if (nt == 0) {
+      for (std::int64_t ox = 0; ox < p.OW; ++ox) fill_row(out + ox * p.syw, p.C, 0.f);
+      return;
+    }
+    if (g1 != nullptr) {  // combine the rows (a dense W*C block each), then the x pass
+      const float* gy = g1 + p.kw;
+      for (int t = 0; t < nt; ++t)
+        for (std::int64_t ix = 0; ix < p.W; ++ix)
+          axpy_c(sc.comb.data() + ix * p.C, xn + sc.ty[t] * p.sxh + ix * p.sxw, p.C, gy[sc.tk[t]], t == 0);
+      x_pass_cl(p, sc.comb.data(), p.C, g1, out, p.syw, true);
+    } else {
+      for (int t = 0; t < nt; ++t)
+        x_pass_cl(p, xn + sc.ty[t] * p.sxh, p.sxw, g + sc.tk[t] * p.kw, out, p.syw, t == 0);
+    }
+  });
+}
+
+// T: the storage type; the row machinery (polyphase_cpu.h) is fp32, so only float is dispatched.
+template <typename T>
+void run(const Params& p) {
+  const T* x = p.x.as<const T>("x");
+  T* y = p.y.as<T>("y");
+  const float* g = p.g.as<const float>("g");
+  const float* g1 = p.g1.as<const float>("g1");
+  if (p.N * p.C * p.OH * p.OW == 0) return;
+  advise_huge_pages(y, p.N * p.C * p.OH * p.OW * static_cast<std::int64_t>(sizeof(T)));
+  if (p.channels_last) run_channels_last(x, g, g1, y, p);
+  else run_nchw(x, g, g1, y, p);
 }
 
 }  // namespace
 
-void forward_cpu(const float* x, const float* g, const float* g1, float* y, const Params& p) {
-  if (p.N * p.C * p.OH * p.OW == 0) return;
-  advise_huge_pages(y, p.N * p.C * p.OH * p.OW * static_cast<std::int64_t>(sizeof(float)));
-  if (p.channels_last) run_channels_last(x, g, g1, y, p);
-  else run_nchw(x, g, g1, y, p);
+void forward(const Params& p, Stream) {
+  check_args("upfirdn2d", p);
+  dispatch_types<float>(p.x.dtype, "upfirdn2d", [&](auto tag) { run<decltype(tag)>(p); });
 }
 
 }  // namespace gk::upfirdn2d

@@ -50,16 +50,18 @@ upfirdn2d_kernel(const T* __restrict__ x, const float* __restrict__ g, T* __rest
 
 }  // namespace
 
-void forward_cuda(const void* x, const float* g, void* y, const Params& p, int dtype, std::uintptr_t stream) {
+void forward(const Params& p, Stream stream) {
+  const char* op = "upfirdn2d";
+  check_args(op, p);
   const std::int64_t total = p.N * p.C * p.OH * p.OW;
   if (total == 0) return;
   auto s = reinterpret_cast<cudaStream_t>(stream);
-  dispatch_dtype(dtype, [&](auto tag) {
+  dispatch_dtype(p.x.dtype, op, [&](auto tag) {
     using T = decltype(tag);
-    upfirdn2d_kernel<T><<<grid_size(total, kThreads), kThreads, 0, s>>>(static_cast<const T*>(x), g,
-                                                                         static_cast<T*>(y), p);
+    upfirdn2d_kernel<T><<<grid_size(total, kThreads), kThreads, 0, s>>>(p.x.as<const T>("x"), p.g.as<const float>("g"),
+                                                                         p.y.as<T>("y"), p);
   });
-  GK_CUDA_CHECK_LAUNCH("upfirdn2d");
+  GK_CUDA_CHECK_LAUNCH(op);
 }
 
 }  // namespace gk::upfirdn2d

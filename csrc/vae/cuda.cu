@@ -12,31 +12,10 @@ namespace {
 
 constexpr int kThreads = 256;
 
-template <typename T>
-__global__ void __launch_bounds__(kThreads) randn_kernel(T* __restrict__ out, std::int64_t n, std::uint64_t seed,
-                                                         std::uint64_t offset) {
-  const std::int64_t m = (n + 3) / 4;
-  const std::int64_t stride = static_cast<std::int64_t>(gridDim.x) * blockDim.x;
-  for (std::int64_t k = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; k < m; k += stride) {
-    float r[4];
-    randn4(seed, offset + static_cast<std::uint64_t>(k), r);
-    const std::int64_t i0 = 4 * k;
-    if (i0 + 4 <= n) {  // one 4-element store (16 bytes for fp32, 8 for fp16/bf16)
-      Vec<T, 4> v;
-#pragma unroll
-      for (int j = 0; j < 4; ++j) v.v[j] = from_f32<T>(r[j]);
-      *reinterpret_cast<Vec<T, 4>*>(out + i0) = v;
-    } else {
-#pragma unroll
-      for (int j = 0; j < 4; ++j)  // fixed trip count: r stays in registers
-        if (i0 + j < n) out[i0 + j] = from_f32<T>(r[j]);
-    }
-  }
-}
-
-// KL partial sums: one CUDA block per kCudaKlBlock elements, so partials[b] does not depend on the
+// KL partial sums: one CUDA block per kKlBlockCuda elements, so partials[b] does not depend on the
 // grid or the GPU. 4 counters per thread keeps enough blocks in flight (n / 4096) to fill the GPU.
-constexpr int kCudaKlBlock = 4 * 4 * kThreads;
+constexpr int kCudaKlBlock = static_cast<int>(kKlBlockCuda);
+static_assert(kCudaKlBlock == 4 * 4 * kThreads, "gankern/_tables.py: VAE_KL_BLOCK_CUDA is 4 counters per thread");
 
 // Row-strided addressing (see vae.h): element i of mu sits at (i / inner) * rs + i % inner.
 struct Addr {
@@ -101,7 +80,7 @@ __device__ __forceinline__ void store4(T* __restrict__ out, std::int64_t i0, int
 template <typename T, bool kZ, bool kKl, bool kSum>
 __global__ void __launch_bounds__(kThreads)
 forward_kernel(const T* __restrict__ mu, const T* __restrict__ lv, T* __restrict__ z, T* __restrict__ kl,
-               double* __restrict__ partials, Layout L, Params p, bool vec_ok) {
+               double* __restrict__ partials, Layout L, Sampling p, bool vec_ok) {
   const std::int64_t n = L.rows * L.inner;
   const std::int64_t b0 = static_cast<std::int64_t>(blockIdx.x) * kCudaKlBlock;
   float acc = 0.f;
@@ -141,7 +120,7 @@ forward_kernel(const T* __restrict__ mu, const T* __restrict__ lv, T* __restrict
 template <typename T, bool kZ, bool kKl, bool kElem, bool kDmu>
 __global__ void __launch_bounds__(kThreads)
 backward_kernel(const T* __restrict__ dz, const float* __restrict__ gkl, float gscale, const T* __restrict__ mu,
-                const T* __restrict__ lv, T* __restrict__ dmu, T* __restrict__ dlv, Layout L, Params p, bool vec_ok) {
+                const T* __restrict__ lv, T* __restrict__ dmu, T* __restrict__ dlv, Layout L, Sampling p, bool vec_ok) {
   const std::int64_t n = L.rows * L.inner;
   const std::int64_t m4 = (n + 3) / 4;
   const float gconst = kKl && !kElem ? gscale * __ldg(gkl) : 0.f;  // reduced KL: one device read, no host sync
@@ -184,8 +163,6 @@ backward_kernel(const T* __restrict__ dz, const float* __restrict__ gkl, float g
   }
 }
 
-bool aligned16(const void* q) { return q == nullptr || reinterpret_cast<std::uintptr_t>(q) % 16 == 0; }
-
 // A counter's 4 elements can move as one vector when they never straddle rows and every row starts
 // 4-element aligned: one flat run, or rows (channel chunks) of a multiple of 4 elements. Then the
 // row/column division runs once per counter, not per element.
@@ -195,27 +172,19 @@ bool rows_vectorizable(const Layout& L) {
 
 }  // namespace
 
-void randn_cuda(void* out, std::int64_t n, std::uint64_t seed, std::uint64_t offset, int dtype,
-                std::uintptr_t stream) {
-  if (n == 0) return;
-  auto s = reinterpret_cast<cudaStream_t>(stream);
-  dispatch_dtype(dtype, [&](auto tag) {
-    using T = decltype(tag);
-    randn_kernel<T><<<grid_size((n + 3) / 4, kThreads), kThreads, 0, s>>>(static_cast<T*>(out), n, seed, offset);
-  });
-  GK_CUDA_CHECK_LAUNCH("randn");
-}
-
-
-std::int64_t kl_block_cuda() { return kCudaKlBlock; }
-
-void forward_cuda(const void* mu, const void* lv, void* z, void* kl, double* kl_partials, const Layout& L,
-                  const Params& p, int dtype, std::uintptr_t stream) {
+void forward(const ForwardParams& fp, Stream stream) {
+  const Layout L = layout_of(fp);
+  const Sampling p = sampling_of(fp);
   const std::int64_t n = L.rows * L.inner;
+  check_args("vae_forward", fp.mu, fp.logvar, n, {&fp.z, &fp.kl});
   if (n == 0) return;
+  const void *mu = fp.mu.ptr(), *lv = fp.logvar.ptr();
+  void *z = fp.z.mut_ptr(), *kl = fp.kl.mut_ptr();
+  double* kl_partials = fp.kl_partials.as<double>("kl_partials");
+  const int dtype = fp.mu.dtype;
   auto s = reinterpret_cast<cudaStream_t>(stream);
   const std::int64_t nblocks = (n + kCudaKlBlock - 1) / kCudaKlBlock;
-  dispatch_dtype(dtype, [&](auto tag) {
+  dispatch_dtype(dtype, "vae_forward", [&](auto tag) {
     using T = decltype(tag);
     const bool vec_ok = rows_vectorizable(L) && aligned16(mu) && aligned16(lv) && aligned16(z) && aligned16(kl);
     auto go = [&](auto zt, auto kt, auto st) {
@@ -238,12 +207,18 @@ void forward_cuda(const void* mu, const void* lv, void* z, void* kl, double* kl_
   GK_CUDA_CHECK_LAUNCH("vae_forward");
 }
 
-void backward_cuda(const void* dz, const Grad& g, const void* mu, const void* lv, void* dmu, void* dlv,
-                   const Layout& L, const Params& p, int dtype, std::uintptr_t stream) {
+void backward(const BackwardParams& bp, Stream stream) {
+  const Layout L = layout_of(bp);
+  const Sampling p = sampling_of(bp);
   const std::int64_t n = L.rows * L.inner;
+  check_args("vae_backward", bp.mu, bp.logvar, n, {&bp.dz, &bp.dmu, &bp.dlv});
   if (n == 0) return;
+  const void *dz = bp.dz.ptr(), *mu = bp.mu.ptr(), *lv = bp.logvar.ptr();
+  void *dmu = bp.dmu.mut_ptr(), *dlv = bp.dlv.mut_ptr();
+  const Grad g{bp.gkl.as<const float>("gkl"), bp.gkl_elementwise, bp.gkl_scale};
+  const int dtype = bp.mu.dtype;
   auto s = reinterpret_cast<cudaStream_t>(stream);
-  dispatch_dtype(dtype, [&](auto tag) {
+  dispatch_dtype(dtype, "vae_backward", [&](auto tag) {
     using T = decltype(tag);
     const bool vec_ok = rows_vectorizable(L) && aligned16(mu) && aligned16(lv) && aligned16(dz) &&
                         aligned16(dmu) && aligned16(dlv);

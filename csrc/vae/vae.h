@@ -10,24 +10,84 @@
 #include <cstdint>
 
 #include "common/philox.h"
+#include "common/view.h"
 
 namespace gk::vae {
 
+// Fields both passes take: the row layout of mu/logvar, the noise and the logvar clamp.
+#define GK_VAE_SHARED_PARAMS(X)                                                             \
+  X(std::int64_t, rows, "n = rows * inner elements")                                        \
+  X(std::int64_t, inner, "contiguous elements per row")                                     \
+  X(std::int64_t, mu_rs, "row stride of mu, in elements")                                   \
+  X(std::int64_t, lv_rs, "row stride of logvar, in elements")                               \
+  X(std::int64_t, seed, "Philox key (int64 bit pattern)")                                   \
+  X(std::int64_t, offset, "first Philox counter (int64 bit pattern)")                       \
+  X(float, lv_lo, "logvar clamp: lower bound (-inf: none)")                                 \
+  X(float, lv_hi, "logvar clamp: upper bound (inf: none)")
+
+#define GK_VAE_FORWARD_PARAMS(X)                                                            \
+  X(gk::View, mu, "mean; float32 (CPU), float32/16/bf16 (CUDA)")                            \
+  X(gk::View, logvar, "log-variance, mu's dtype")                                           \
+  X(gk::View, z, "mu + exp(lv_c / 2) * eps, contiguous, or None")                           \
+  X(gk::View, kl, "the elementwise KL term, contiguous, or None")                           \
+  X(gk::View, kl_partials, "float64 block sums of the KL term (kl_partial_count), or None") \
+  GK_VAE_SHARED_PARAMS(X)
+GK_STRUCT(ForwardParams, GK_VAE_FORWARD_PARAMS);
+
+#define GK_VAE_BACKWARD_PARAMS(X)                                                           \
+  X(gk::View, dz, "dL/dz, contiguous, mu's dtype; None: no reparameterization term")        \
+  X(gk::View, gkl, "float32 dL/dkl: elementwise [n] or reduced [1]; None: no KL term")      \
+  X(bool, gkl_elementwise, "gkl has one value per element")                                 \
+  X(float, gkl_scale, "g = gkl_scale * gkl")                                                \
+  X(gk::View, mu, "mean")                                                                   \
+  X(gk::View, logvar, "log-variance")                                                       \
+  X(gk::View, dmu, "dL/dmu, contiguous; None: not written (without KL it is dz)")           \
+  X(gk::View, dlv, "dL/dlogvar, contiguous")                                                \
+  GK_VAE_SHARED_PARAMS(X)
+GK_STRUCT(BackwardParams, GK_VAE_BACKWARD_PARAMS);
+
+// Forward: z (if asked), the elementwise KL term of lv_c = clamp(logvar) (if asked), its block
+// sums (if asked). Backward, summed over what was used:
+//   dmu = dz + g * mu
+//   dlv = [lo <= lv <= hi] * (dz * eps * 0.5 * exp(lv_c / 2) + g * 0.5 * (exp(lv_c) - 1))
+// with g = gkl_scale * gkl[i] (elementwise) or gkl_scale * gkl[0] (a reduced KL's gradient, read
+// on the device: no host sync).
+void forward(const ForwardParams& p, Stream stream);
+void backward(const BackwardParams& p, Stream stream);
+
+// Deterministic KL partial sums: element block b (kKlBlockCpu / kKlBlockCuda elements, from
+// gankern/_tables.py) sums into kl_partials[b] in a fixed order on every thread count; the caller
+// adds the partials in order.
+
+// Both backends: mu and logvar present, of one dtype, n elements each; outputs contiguous [n].
+inline void check_args(const char* op, const View& mu, const View& logvar, std::int64_t n,
+                       std::initializer_list<const View*> outputs) {
+  check(!mu.is_none() && !logvar.is_none() && mu.dtype == logvar.dtype, op, "mu and logvar of one dtype are required");
+  check(mu.numel >= n && logvar.numel >= n, op, "mu and logvar must hold rows * inner elements");
+  for (const View* v : outputs)
+    check(v->is_none() || (v->dtype == mu.dtype && v->numel == n), op, "outputs must have mu's dtype and n elements");
+}
+
+// What the kernels read of the params.
 struct Layout {
   std::int64_t rows, inner;   // n = rows * inner elements
   std::int64_t mu_rs, lv_rs;  // row strides of mu and logvar, in elements
 };
-
-struct Params {
+struct Sampling {
   std::uint64_t seed, offset;  // Philox key and first counter
   float lv_lo, lv_hi;          // logvar clamp; (-inf, inf) for none
 };
-
-// Deterministic KL partial sums: element block b (kKlBlock elements) sums into partials[b] in a
-// fixed order on every thread count; the caller adds the partials in order.
-constexpr std::int64_t kKlBlock = 16384;
-
-inline std::int64_t kl_partial_count(std::int64_t n) { return (n + kKlBlock - 1) / kKlBlock; }
+struct Grad {
+  const float* gkl;
+  bool gkl_elementwise;
+  float gkl_scale;
+};
+template <typename P>
+Layout layout_of(const P& p) { return {p.rows, p.inner, p.mu_rs, p.lv_rs}; }
+template <typename P>
+Sampling sampling_of(const P& p) {
+  return {static_cast<std::uint64_t>(p.seed), static_cast<std::uint64_t>(p.offset), p.lv_lo, p.lv_hi};
+}
 
 GK_HOST_DEVICE inline float clamp_lv(float lv, float lo, float hi) {
   return lv < lo ? lo : (lv > hi ? hi : lv);  // NaN passes, as torch.clamp
@@ -37,47 +97,5 @@ GK_HOST_DEVICE inline float clamp_lv(float lv, float lo, float hi) {
 GK_HOST_DEVICE inline float kl_term(float mu, float lv, float var) {
   return 0.5f * (mu * mu + var - 1.0f - lv);
 }
-
-// Tests: false forces the portable (auto-vectorized) code where AVX2 intrinsics would run.
-void set_cpu_simd(bool enabled);
-
-// out[i] = normal i of (seed, offset), i < n; fp32.
-void randn_cpu(float* out, std::int64_t n, std::uint64_t seed, std::uint64_t offset);
-
-// The four normals of each of the m counters counter0, counter0 + 1, ... (interleaved, 4 * m
-// floats), single-threaded: the CPU generator (AVX2 where available) for other kernels that draw
-// noise in tiles, e.g. the diffusion step.
-void randn_counters_cpu(std::uint64_t seed, std::uint64_t counter0, std::int64_t m, float* out);
-
-// Forward. z: mu + exp(lv_c / 2) * eps (skipped if null); kl: the elementwise KL term of lv_c
-// (skipped if null); kl_partials: block sums of the KL term (skipped if null). lv_c = clamp(lv).
-void forward_cpu(const float* mu, const float* lv, float* z, float* kl, double* kl_partials, const Layout& L,
-                 const Params& p);
-
-// Backward of the above, summed over what was used:
-//   dmu = dz + g * mu
-//   dlv = [lo <= lv <= hi] * (dz * eps * 0.5 * exp(lv_c / 2) + g * 0.5 * (exp(lv_c) - 1))
-// dz null: no reparameterization term (and no RNG work). gkl null: no KL term; else
-// g = gkl_scale * gkl[i] (gkl_elementwise) or gkl_scale * gkl[0] (a reduced KL's gradient, read on
-// the device: no host sync). dmu null: not written (without KL it is dz itself).
-struct Grad {
-  const float* gkl;
-  bool gkl_elementwise;
-  float gkl_scale;
-};
-
-void backward_cpu(const float* dz, const Grad& g, const float* mu, const float* lv, float* dmu, float* dlv,
-                  const Layout& L, const Params& p);
-
-// CUDA: dtype is the gk::DType of mu/lv/z/kl/dz/dmu/dlv; partial sums are fp64, one per
-// kl_block_cuda() elements. stream: a cudaStream_t.
-std::int64_t kl_block_cuda();  // elements per KL partial sum on CUDA
-void randn_cuda(void* out, std::int64_t n, std::uint64_t seed, std::uint64_t offset, int dtype,
-                std::uintptr_t stream);
-void forward_cuda(const void* mu, const void* lv, void* z, void* kl, double* kl_partials, const Layout& L,
-                  const Params& p, int dtype, std::uintptr_t stream);
-// gkl stays fp32 (g.gkl) whatever the dtype.
-void backward_cuda(const void* dz, const Grad& g, const void* mu, const void* lv, void* dmu, void* dlv,
-                   const Layout& L, const Params& p, int dtype, std::uintptr_t stream);
 
 }  // namespace gk::vae

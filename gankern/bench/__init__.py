@@ -13,6 +13,7 @@ FAMILIES = [
     "norm",
     "vae",
     "diffusion",
+    "transformer",
 ]
 
 __all__ = ["Case", "FAMILIES"]

@@ -20,8 +20,10 @@ class Case:
     dtype: torch.dtype
     setup: Callable[[], Any]     # builds inputs on the device (called once, outside timing)
     gankern: Callable[[Any], Any]    # the gankern call under test
-    eager: Callable[[Any], Any]      # eager PyTorch doing the same work (the reference or the
-                                     # usual torch idiom); torch.compile of it is the second baseline
+    eager: Callable[[Any], Any]      # what users run today for the same work: native torch ops,
+                                     # diffusers, StyleGAN's reference code, the textbook formula;
+                                     # never gankern's own reference. torch.compile of it (or of
+                                     # `compile`) is the second baseline
     bytes: int                   # fewest bytes the work must move: every input read once, every
                                  # output written once; % of copy bandwidth is computed from it
     quick: bool = False          # part of the default `gankern bench` run
@@ -29,6 +31,8 @@ class Case:
     notes: str = ""
     tags: dict = field(default_factory=dict)
     kernel: str | None = None    # the dispatched op whose backend the table names (default: op)
+    spec: Callable[[Any], Any] | None = None  # gankern's reference specification run eagerly: an
+                                              # extra column, for the record, never the baseline
 
     @property
     def label(self) -> str:

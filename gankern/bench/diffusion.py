@@ -54,8 +54,10 @@ def _reset(s):
         s._step_index = STEP
 
 
-def step_case(name: str, label: str, shape, device, quick=False) -> Case:
-    """One guided step at latents `shape` (the model output has 2 * shape[0] samples)."""
+def step_case(name: str, label: str, shape, device, quick=False, generator=False) -> Case:
+    """One guided step at latents `shape` (the model output has 2 * shape[0] samples). generator:
+    pass a torch.Generator to both schedulers (the noise path that reproduces diffusers' images:
+    a noise tensor drawn as diffusers draws it) instead of gankern's in-kernel Philox noise."""
     g, d = _sched_pair(name)
     t = g.timesteps[STEP]
     sigma_index = isinstance(g, (GS.EulerDiscreteScheduler, GS.EulerAncestralDiscreteScheduler,
@@ -73,9 +75,11 @@ def step_case(name: str, label: str, shape, device, quick=False) -> Case:
         mo = torch.randn((2 * shape[0],) + tuple(shape[1:]), generator=gen).to(device)
         return mo, x, t.to(device)
 
+    gen = torch.Generator(device=device).manual_seed(0) if generator else None
+
     def run_gankern(a):
         _reset(g)
-        return g.step(a[0], a[2], a[1], guidance_scale=GUIDANCE).prev_sample
+        return g.step(a[0], a[2], a[1], guidance_scale=GUIDANCE, generator=gen).prev_sample
 
     def run_reference(a):
         noise = torch.randn_like(a[1]) if plan.stochastic else None
@@ -85,15 +89,18 @@ def step_case(name: str, label: str, shape, device, quick=False) -> Case:
         def run_eager(a):
             _reset(d)
             u, c = a[0].chunk(2)
-            return d.step(u + GUIDANCE * (c - u), a[2], a[1]).prev_sample
+            return d.step(u + GUIDANCE * (c - u), a[2], a[1], **({"generator": gen} if generator else {})).prev_sample
         eager_name = "diffusers step + eager guidance"
     else:
         run_eager, eager_name = run_reference, "reference step (eager)"
     n = math.prod(shape)
-    return Case("diffusion", f"{label} step + guidance", tuple(shape), torch.float32, setup, run_gankern, run_eager,
-                bytes=4 * n * 4, quick=quick, compile=run_reference,
-                notes=f"eager = {eager_name}; compile = torch.compile of the reference generic step",
-                tags=dict(scheduler=name), kernel="diffusion_step")
+    noise = " (generator noise)" if generator else ""
+    return Case("diffusion", f"{label}{noise} step + guidance", tuple(shape), torch.float32, setup, run_gankern,
+                run_eager, bytes=4 * n * (5 if generator else 4), quick=quick, compile=run_reference,
+                notes=f"eager = {eager_name}; compile = torch.compile of the reference generic step"
+                      + ("; noise: torch.Generator, drawn as diffusers draws it" if generator else
+                         ("; noise: in-kernel Philox" if plan.stochastic else "")),
+                tags=dict(scheduler=name, noise="generator" if generator else "philox"), kernel="diffusion_step")
 
 
 class TinyUNet(torch.nn.Module):
@@ -148,8 +155,10 @@ def cases(device: torch.device) -> list[Case]:
         step_case("DDIMScheduler", "DDIM", (16, 4, 128, 128), device, quick=True),
         step_case("DDIMScheduler", "DDIM", (64, 3, 32, 32), device),
         step_case("DDPMScheduler", "DDPM", (16, 4, 128, 128), device, quick=True),
+        step_case("DDPMScheduler", "DDPM", (16, 4, 128, 128), device, quick=True, generator=True),
         step_case("EulerAncestralDiscreteScheduler", "Euler ancestral", (8, 4, 64, 64), device),
         step_case("EulerAncestralDiscreteScheduler", "Euler ancestral", (16, 4, 128, 128), device),
+        step_case("EulerAncestralDiscreteScheduler", "Euler ancestral", (16, 4, 128, 128), device, generator=True),
         step_case("EulerDiscreteScheduler", "Euler", (16, 4, 128, 128), device),
         step_case("DPMSolverMultistepScheduler", "DPM++ 2M", (16, 4, 128, 128), device),
         loop_case(device),

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import datetime as _dt
+import gc
 import importlib
 import json
 import os
 import platform
+import subprocess
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -14,7 +16,7 @@ import torch
 
 from . import FAMILIES
 from .case import Case
-from .timing import median_ms
+from .timing import interleaved, median_ms
 
 
 @dataclass
@@ -30,6 +32,9 @@ class Result:
     copy_ms: float
     bytes: int
     note: str = ""
+    spec_ms: float | None = None      # gankern's reference specification run eagerly (not a baseline)
+    fresh_ms: float | None = None     # the gankern call timed alone in a fresh process (--standalone)
+    faults_per_call: float | None = None  # CPU page faults per gankern call (4 KiB or 2 MiB pages)
 
     @property
     def vs_eager(self):
@@ -54,7 +59,10 @@ def collect(device: torch.device, ops: list[str] | None, full: bool) -> list[Cas
         if ops and fam not in ops:
             continue
         mod = importlib.import_module(f"gankern.bench.{fam}")
-        cases += [c for c in mod.cases(device) if full or c.quick]
+        for i, c in enumerate(mod.cases(device)):
+            if full or c.quick:
+                c.origin = (fam, i)  # how a fresh process finds the same case (gankern.bench.standalone)
+                cases.append(c)
     return cases
 
 
@@ -64,24 +72,48 @@ def _copy_ms(nbytes: int, device: torch.device, budget: float) -> float:
     return median_ms(lambda: src.clone(), device, budget)
 
 
-def run_case(case: Case, device: torch.device, *, compile: bool, budget: float) -> Result:
+def run_case(case: Case, device: torch.device, *, compile: bool, budget: float, standalone: bool = False) -> Result:
+    """Times gankern, the eager baseline, torch.compile of it and the reference spec, interleaved."""
     from ..backends import _REGISTRY, which
     inputs = case.setup()
     note = case.notes
-    t_gk = median_ms(lambda: case.gankern(inputs), device, budget)
-    t_eager = median_ms(lambda: case.eager(inputs), device, budget)
-    t_comp = None
+    fns = {"gankern": lambda: case.gankern(inputs), "eager": lambda: case.eager(inputs)}
+    if case.spec is not None:
+        fns["spec"] = lambda: case.spec(inputs)
     if compile:
         try:
             torch._dynamo.reset()
             compiled = torch.compile(case.compile or case.eager)
-            t_comp = median_ms(lambda: compiled(inputs), device, budget)
-        except Exception as e:  # a baseline that fails to compile is reported, not fatal
+            compiled(inputs)  # compiles here, so a failure is reported, not fatal
+            fns["compile"] = lambda: compiled(inputs)
+        except Exception as e:
             note = (note + "; " if note else "") + f"torch.compile failed: {type(e).__name__}"
+    t = interleaved(fns, device, budget)
+    # nothing of this case stays alive into the next one (inputs, outputs, compiled graphs)
+    del fns, inputs
+    torch._dynamo.reset()
+    gc.collect()
+    fresh = fresh_process_ms(case, device, budget) if standalone and hasattr(case, "origin") else None
     kernel = case.kernel or case.op
     backend = which(kernel, torch.empty(0, device=device, dtype=case.dtype)) if kernel in _REGISTRY else "-"
+    get = lambda k: t[k].ms if k in t else None  # noqa: E731
     return Result(case.op, case.variant, list(case.shape), str(case.dtype).replace("torch.", ""), backend,
-                  t_gk, t_eager, t_comp, _copy_ms(case.bytes, device, budget), case.bytes, note)
+                  t["gankern"].ms, get("eager"), get("compile"), _copy_ms(case.bytes, device, budget), case.bytes,
+                  note, spec_ms=get("spec"), fresh_ms=fresh, faults_per_call=t["gankern"].faults)
+
+
+def fresh_process_ms(case: Case, device: torch.device, budget: float) -> float | None:
+    """The same gankern call, timed the same way, in a new Python process that does nothing else:
+    what a user's script gets. The bench must agree with it (benchmarks/NOTES.md)."""
+    fam, idx = case.origin
+    cmd = [sys.executable, "-m", "gankern.bench.standalone", fam, str(idx), "--device", str(device),
+           "--budget", str(budget)]
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=600)
+        return json.loads(out.stdout.strip().splitlines()[-1])["ms"]
+    except (subprocess.SubprocessError, ValueError, KeyError, IndexError) as e:
+        print(f"gankern bench: fresh-process timing of {case.label} failed: {e}", file=sys.stderr)
+        return None
 
 
 def machine_info(device: torch.device) -> dict:
@@ -92,6 +124,10 @@ def machine_info(device: torch.device) -> dict:
         "platform": platform.platform(), "cpu": _cpu_name(), "cpu_threads": torch.get_num_threads(),
         "device": str(device),
     }
+    from .. import _native
+    if device.type == "cpu" and _native.cpu is not None:
+        info["cpu_clone"] = _native.cpu.cpu_clone()
+        info["huge_pages"] = _native.cpu.huge_pages()
     try:
         import triton
         info["triton"] = triton.__version__
@@ -120,10 +156,14 @@ def _fmt(v, spec):
 
 def table(results: list[Result]) -> str:
     head = ["op", "variant", "shape", "dtype", "backend", "median ms", "eager ms", "compile ms",
-            "x vs eager", "x vs compile", "% copy bw"]
+            "x vs eager", "x vs compile", "% copy bw", "spec ms"]
+    fresh = any(r.fresh_ms is not None for r in results)
+    if fresh:
+        head.append("fresh-process ms")
     rows = [[r.op, r.variant, "x".join(map(str, r.shape)), r.dtype, r.backend, _fmt(r.gankern_ms, ".3f"),
              _fmt(r.eager_ms, ".3f"), _fmt(r.compile_ms, ".3f"), _fmt(r.vs_eager, ".2f"),
-             _fmt(r.vs_compile, ".2f"), _fmt(100 * r.copy_fraction, ".0f")] for r in results]
+             _fmt(r.vs_compile, ".2f"), _fmt(100 * r.copy_fraction, ".0f"), _fmt(r.spec_ms, ".3f")]
+            + ([_fmt(r.fresh_ms, ".3f")] if fresh else []) for r in results]
     widths = [max(len(str(c)) for c in col) for col in zip(head, *rows)]
     line = lambda cells: "  ".join(str(c).ljust(w) if i < 5 else str(c).rjust(w)  # noqa: E731
                                    for i, (c, w) in enumerate(zip(cells, widths)))
@@ -151,11 +191,14 @@ def chart(results: list[Result], path: Path, title: str) -> None:
 
 
 def run(device: str | None = None, ops: list[str] | None = None, out: str = "bench-out", full: bool = False,
-        compile: bool = True, budget: float | None = None, progress: bool = True) -> list[Result]:
+        compile: bool = True, budget: float | None = None, progress: bool = True,
+        standalone: bool = False) -> list[Result]:
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("gankern bench: --device cuda requested but PyTorch sees no CUDA device")
     budget = budget if budget is not None else (0.4 if dev.type == "cpu" else 0.2)
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not 0 < budget < float("inf"):
+        raise ValueError(f"budget must be a finite number of seconds > 0, got {budget!r}")
     cases = collect(dev, ops, full)
     if not cases:
         raise SystemExit("gankern bench: no cases selected")
@@ -164,7 +207,7 @@ def run(device: str | None = None, ops: list[str] | None = None, out: str = "ben
     bar = tqdm(cases, desc="gankern bench", unit="case", disable=not progress, file=sys.stderr)
     for case in bar:
         bar.set_postfix_str(f"{case.label} {'x'.join(map(str, case.shape))}")
-        results.append(run_case(case, dev, compile=compile, budget=budget))
+        results.append(run_case(case, dev, compile=compile, budget=budget, standalone=standalone))
     info = machine_info(dev)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -177,7 +220,9 @@ def run(device: str | None = None, ops: list[str] | None = None, out: str = "ben
     chart(results, base.with_suffix(".png"), title)
     print(f"\n{title}\n")
     print(table(results))
-    print(f"\nmedians of repeated runs; '% copy bw' = achieved bytes/s over a clone of the same bytes.\n"
+    print(f"\nmedians of repeated runs, contenders interleaved; '% copy bw' = achieved bytes/s over a clone of "
+          f"the same bytes;\neager = what users run (native torch ops, diffusers, StyleGAN's reference code); "
+          f"spec = gankern's reference specification run eagerly.\n"
           f"results: {base.with_suffix('.json')}\nchart:   {base.with_suffix('.png')}")
     return results
 

@@ -1,6 +1,7 @@
-"""Timing primitives: medians of many runs, device-synchronized, warm."""
+"""Timing primitives: medians of many runs, device-synchronized, warm, contenders interleaved."""
 from __future__ import annotations
 
+import resource
 import statistics
 import time
 from typing import Callable
@@ -13,38 +14,77 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _minor_faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def median_ms(fn: Callable[[], object], device: torch.device, budget_s: float = 0.5, min_reps: int = 5,
               max_reps: int = 200) -> float:
-    """Median wall time of fn() in milliseconds.
+    """Median wall time of fn() in milliseconds (one contender; see `interleaved` for several)."""
+    return interleaved({"fn": fn}, device, budget_s, min_reps, max_reps)["fn"].ms
 
-    GPU: CUDA events through triton.testing.do_bench when triton is there (it also flushes L2
-    between runs), else CUDA events by hand. CPU: perf_counter around each call. Warm-up calls run
-    first so compilation and allocator growth stay out of the numbers.
+
+class Timing:
+    """Median ms of one contender, and (CPU) the page faults one call takes: a large fresh output
+    costs one fault per 4 KiB page, or one per 2 MiB with huge pages, and on VMs those faults can
+    be most of a memory-bound op's time, so the count explains many a surprising number."""
+
+    def __init__(self, times_ms: list[float], faults: float | None):
+        self.times_ms, self.faults = times_ms, faults
+
+    @property
+    def ms(self) -> float:
+        return statistics.median(self.times_ms)
+
+
+def interleaved(fns: dict[str, Callable[[], object]], device: torch.device, budget_s: float = 0.5,
+                min_reps: int = 5, max_reps: int = 200, rounds: int = 5) -> dict[str, Timing]:
+    """Times every contender in `fns` with its runs spread over `rounds` rounds, the contenders
+    taking turns within each round (order rotated), so a change of machine load during the
+    measurement hits every contender alike instead of whichever happened to run then.
+    `budget_s` is per contender.
+
+    GPU: CUDA events (triton.testing.do_bench per contender when triton is there; it also flushes
+    L2 between runs). CPU: perf_counter around each call. Two warm-up calls run first, so
+    compilation and allocator growth stay out of the numbers. The result of each call is dropped
+    before the next starts, as in a user's loop.
     """
     if device.type == "cuda":
         try:
             from triton.testing import do_bench
-            return float(do_bench(fn, warmup=int(budget_s * 250), rep=int(budget_s * 1000), return_mode="median"))
+            return {k: Timing([float(do_bench(f, warmup=int(budget_s * 250), rep=int(budget_s * 1000),
+                                              return_mode="median"))], None) for k, f in fns.items()}
         except ImportError:
             pass
-    fn()
-    sync(device)
-    t0 = time.perf_counter()
-    fn()
-    sync(device)
-    once = max(time.perf_counter() - t0, 1e-6)
-    reps = int(min(max_reps, max(min_reps, budget_s / once)))
-    times = []
-    for _ in range(reps):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+    reps = {}
+    for k, fn in fns.items():
+        fn()
+        sync(device)
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        once = max(time.perf_counter() - t0, 1e-6)
+        reps[k] = int(min(max_reps, max(min_reps, budget_s / once)))
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    faults: dict[str, int] = {k: 0 for k in fns}
+    names = list(fns)
+    for r in range(rounds):
+        order = names[r % len(names):] + names[:r % len(names)]
+        for k in order:
+            n = -(-reps[k] * (r + 1) // rounds) - -(-reps[k] * r // rounds)  # this round's share
+            f0 = _minor_faults()
+            for _ in range(n):
+                if device.type == "cuda":
+                    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                    start.record()
+                    fns[k]()
+                    end.record()
+                    end.synchronize()
+                    times[k].append(start.elapsed_time(end))
+                else:
+                    t0 = time.perf_counter()
+                    fns[k]()
+                    times[k].append((time.perf_counter() - t0) * 1e3)
+            faults[k] += _minor_faults() - f0
+    return {k: Timing(times[k], faults[k] / max(1, len(times[k])) if device.type == "cpu" else None)
+            for k in fns}

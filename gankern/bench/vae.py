@@ -63,12 +63,12 @@ def cases(device) -> list[Case]:
             setup=lambda shape=shape, chunked=chunked: _pair(shape, device, chunked),
             gankern=lambda a: gankern.reparameterize(a[0], a[1], 1234, 0),
             eager=lambda a: eager_reparameterize(*a),
-            bytes=3 * 4 * n, kernel="vae_forward"))
+            bytes=3 * 4 * n, kernel="reparameterize_kl"))
         out.append(Case(
             op="vae", variant="reparameterize_kl" + tag, shape=shape, dtype=f32,
             setup=lambda shape=shape, chunked=chunked: _pair(shape, device, chunked),
             gankern=lambda a: gankern.reparameterize_kl(a[0], a[1], 1234, 0, "batchmean"),
             eager=lambda a: eager_reparameterize_kl(*a),
-            bytes=3 * 4 * n, quick=quick and device.type == "cpu", kernel="vae_forward",
+            bytes=3 * 4 * n, quick=quick and device.type == "cpu", kernel="reparameterize_kl",
             notes="the issue's >= 4x eager, >= 10x torch.compile target" if shape == (4096, 1024) else ""))
     return out

@@ -1,98 +1,218 @@
-"""diffusers integration: fused ResnetBlock2D (the UNet's and VAE's workhorse block).
+"""diffusers integration: fused forwards for the blocks of diffusers' UNets and VAEs.
 
-diffusers' block runs norm1 -> SiLU -> conv1 -> (+ time embedding) -> norm2 -> SiLU -> conv2: four
-full passes for the norms and activations, plus one for the embedding add. Here each norm carries
-its SiLU and norm2 takes the time embedding as a per-(N, C) bias before its statistics ("default")
-or as scale/shift after its affine ("scale_shift"): two passes (and their reductions) in all.
+Imported by gankern.optimize only when diffusers is installed. Each class here is a static,
+importable subclass of a diffusers block that only replaces the block's forward (or a helper
+method), so `optimize()` switches an existing block's `__class__` to it: the block keeps its
+Parameters, buffers, submodules and hooks, isinstance checks still hold, and pickle / deepcopy
+find the class by name. A forward falls back to diffusers' own for any configuration it does
+not cover exactly.
+
+- ResnetBlock2D runs norm1 -> SiLU -> conv1 -> (+ time embedding) -> norm2 -> SiLU -> conv2: four
+  full passes for the norms and activations, plus one or two for the time embedding. Here each
+  norm carries its activation and norm2 takes the time embedding as a per-(N, C) bias before its
+  statistics ("default") or as scale/shift after its affine ("scale_shift"): two passes in all.
+  The residual add is done in place into conv2's output (one allocation fewer).
+- Transformer2DModel (continuous inputs, conv projections) turns its tokens back into an image
+  with `.contiguous()` before proj_out: with channels_last activations that is a full NCHW copy
+  which the convolution immediately turns back into NHWC. The fused version hands proj_out the
+  NHWC view instead (same values; the layout the convolution wants).
+- BasicTransformerBlock (norm_type "layer_norm", as SD 1.x/2.x): each "residual add -> LayerNorm"
+  becomes one add_layer_norm pass that writes both the new residual stream and its normalization.
+- GEGLU: gelu(gate) * hidden from the halves of one projection in one pass (gankern.geglu).
 """
 from __future__ import annotations
 
 import torch
+from diffusers.models.activations import GEGLU
+from diffusers.models.attention import BasicTransformerBlock
+from diffusers.models.resnet import ResnetBlock2D
+from diffusers.models.transformers.transformer_2d import Transformer2DModel
 from torch import nn
 
-from ..nn.norm import GroupNormAct
+from ..ops.geglu import geglu
+from ..ops.layer_norm import add_layer_norm
+from ..ops.norm import group_norm_act
 
 
-def _fusable(block) -> bool:
-    return (type(block.norm1) is nn.GroupNorm and type(block.norm2) is nn.GroupNorm
-            and isinstance(block.nonlinearity, nn.SiLU)
-            and block.time_embedding_norm in ("default", "scale_shift"))
+def _plain_group_norm(m) -> bool:
+    """An nn.GroupNorm (or gankern's GroupNormAct without an activation of its own)."""
+    return isinstance(m, nn.GroupNorm) and getattr(m, "act", None) is None
 
 
-def _to_fused_norm(gn: nn.GroupNorm) -> GroupNormAct:
-    new = GroupNormAct(gn.num_groups, gn.num_channels, gn.eps, gn.affine, act="silu")
-    new.load_state_dict(gn.state_dict())
-    p = next(gn.parameters(), None)
-    return new.to(p.device, p.dtype) if p is not None else new
+def _gn(norm: nn.GroupNorm, x: torch.Tensor, act: str, **extra) -> torch.Tensor:
+    return group_norm_act(x, norm.num_groups, norm.weight, norm.bias, norm.eps, act, **extra)
 
 
-def _fused_forward(self, input_tensor: torch.Tensor, temb: torch.Tensor | None, *args, **kwargs) -> torch.Tensor:
-    hidden_states = self.norm1(input_tensor)  # GroupNorm + SiLU in one pass
+# ---- ResnetBlock2D ---------------------------------------------------------------------------
 
-    if self.upsample is not None:
-        if hidden_states.shape[0] >= 64:  # as diffusers: upsample_nearest_nhwc fails on large batches
-            input_tensor = input_tensor.contiguous()
-            hidden_states = hidden_states.contiguous()
-        input_tensor = self.upsample(input_tensor)
-        hidden_states = self.upsample(hidden_states)
-    elif self.downsample is not None:
-        input_tensor = self.downsample(input_tensor)
-        hidden_states = self.downsample(hidden_states)
+def resnet_block_problem(block: ResnetBlock2D) -> str | None:
+    """Why the fused forward cannot run this block exactly, or None."""
+    if not (_plain_group_norm(block.norm1) and _plain_group_norm(block.norm2)):
+        return "norm1/norm2 are not plain GroupNorms"
+    if not isinstance(block.nonlinearity, nn.SiLU):
+        return f"activation {type(block.nonlinearity).__name__} is not SiLU"
+    if block.time_embedding_norm not in ("default", "scale_shift") and block.time_emb_proj is not None:
+        return f"time_embedding_norm={block.time_embedding_norm!r} with a time embedding"
+    return None
 
-    hidden_states = self.conv1(hidden_states)
 
-    t = None
-    if temb is not None:
-        if self.time_emb_proj is not None:
+class FusedResnetBlock2D(ResnetBlock2D):
+    """ResnetBlock2D whose norms carry the SiLU and the time embedding (see the module docstring)."""
+
+    def forward(self, input_tensor: torch.Tensor, temb: torch.Tensor | None, *args, **kwargs) -> torch.Tensor:
+        if args or kwargs or (temb is not None and self.time_emb_proj is None) or not _kernel_input(input_tensor):
+            return super().forward(input_tensor, temb, *args, **kwargs)  # the cases diffusers handles alone
+
+        hidden_states = _gn(self.norm1, input_tensor, "silu")
+        if self.upsample is not None:
+            if hidden_states.shape[0] >= 64:  # as diffusers: upsample_nearest_nhwc fails on large batches
+                input_tensor = input_tensor.contiguous()
+                hidden_states = hidden_states.contiguous()
+            input_tensor = self.upsample(input_tensor)
+            hidden_states = self.upsample(hidden_states)
+        elif self.downsample is not None:
+            input_tensor = self.downsample(input_tensor)
+            hidden_states = self.downsample(hidden_states)
+
+        hidden_states = self.conv1(hidden_states)
+
+        t = None
+        if temb is not None:
             if not self.skip_time_act:
                 temb = self.nonlinearity(temb)
             t = self.time_emb_proj(temb)
+        if self.time_embedding_norm == "default" or t is None and self.time_embedding_norm != "scale_shift":
+            hidden_states = _gn(self.norm2, hidden_states, "silu", temb=t)
         else:
-            t = temb
-        t = t.reshape(t.shape[0], t.shape[1])  # (N, C) or (N, C, 1, 1) -> (N, C)
+            if t is None:
+                raise ValueError(f"`temb` should not be None when `time_embedding_norm` is {self.time_embedding_norm}")
+            scale, shift = torch.chunk(t, 2, dim=1)
+            hidden_states = _gn(self.norm2, hidden_states, "silu", scale=scale, shift=shift)
 
-    if self.time_embedding_norm == "default":
-        hidden_states = self.norm2(hidden_states, temb=t)
-    else:
-        if t is None:
-            raise ValueError(f"`temb` should not be None when `time_embedding_norm` is {self.time_embedding_norm}")
-        scale, shift = torch.chunk(t, 2, dim=1)
-        hidden_states = self.norm2(hidden_states, scale=scale, shift=shift)
+        hidden_states = self.dropout(hidden_states)
+        hidden_states = self.conv2(hidden_states)
 
-    hidden_states = self.dropout(hidden_states)
-    hidden_states = self.conv2(hidden_states)
+        if self.conv_shortcut is not None:
+            if self.training:  # as diffusers (DDP gradient strides)
+                input_tensor = input_tensor.contiguous()
+            input_tensor = self.conv_shortcut(input_tensor)
 
-    if self.conv_shortcut is not None:
-        if self.training:
-            input_tensor = input_tensor.contiguous()
-        input_tensor = self.conv_shortcut(input_tensor)
-
-    return (input_tensor + hidden_states) / self.output_scale_factor
+        # conv2's output is a fresh tensor autograd does not need: add into it.
+        output_tensor = hidden_states.add_(input_tensor)
+        if self.output_scale_factor != 1.0:
+            output_tensor = output_tensor.div_(self.output_scale_factor)
+        return output_tensor
 
 
-_FUSED_CLASSES: dict[type, type] = {}
+def _kernel_input(x: torch.Tensor) -> bool:
+    return x.ndim == 4 and (x.device.type != "cpu" or x.dtype in (torch.float32, torch.float64))
 
 
-def _fused_class(cls: type) -> type:
-    """A subclass of the block's class with the fused forward (isinstance checks keep working)."""
-    if cls not in _FUSED_CLASSES:
-        _FUSED_CLASSES[cls] = type(f"Fused{cls.__name__}", (cls,), {"forward": _fused_forward,
-                                                                    "__module__": __name__})
-    return _FUSED_CLASSES[cls]
+# ---- Transformer2DModel ----------------------------------------------------------------------
+
+def transformer_2d_problem(model: Transformer2DModel) -> str | None:
+    if not getattr(model, "is_input_continuous", False):
+        return "not continuous (image) inputs"
+    if model.use_linear_projection:
+        return "linear projections: proj_out already sees the token layout"
+    return None
 
 
-def patch_resnet_blocks(model: nn.Module) -> list[tuple[str, str]]:
-    """Give every fusable diffusers ResnetBlock2D in `model` the fused forward, in place. Returns
-    (name, description) per patched block; nothing if diffusers is not installed."""
-    try:
-        from diffusers.models.resnet import ResnetBlock2D
-    except ImportError:
-        return []
-    patched = []
-    for name, block in model.named_modules():
-        if not isinstance(block, ResnetBlock2D) or type(block) in _FUSED_CLASSES.values() or not _fusable(block):
-            continue
-        block.norm1, block.norm2 = _to_fused_norm(block.norm1), _to_fused_norm(block.norm2)
-        block.__class__ = _fused_class(type(block))
-        patched.append((name or "<root>", f"ResnetBlock2D fused ({block.time_embedding_norm} time embedding)"))
-    return patched
+class FusedTransformer2DModel(Transformer2DModel):
+    """Transformer2DModel that gives proj_out the NHWC view of its tokens instead of an NCHW copy."""
+
+    def _get_output_for_continuous_inputs(self, hidden_states, residual, batch_size, height, width, inner_dim):
+        if self.use_linear_projection:
+            return super()._get_output_for_continuous_inputs(hidden_states, residual, batch_size, height, width,
+                                                             inner_dim)
+        # (B, HW, C) contiguous -> (B, C, H, W) in channels_last strides: no copy.
+        hidden_states = hidden_states.reshape(batch_size, height, width, inner_dim).permute(0, 3, 1, 2)
+        hidden_states = self.proj_out(hidden_states)
+        return hidden_states + residual
+
+
+# ---- BasicTransformerBlock -------------------------------------------------------------------
+
+def transformer_block_problem(block: BasicTransformerBlock) -> str | None:
+    if block.norm_type != "layer_norm":
+        return f"norm_type={block.norm_type!r}"
+    if block.pos_embed is not None:
+        return "positional embedding inside the block"
+    for name in ("norm2", "norm3"):
+        norm = getattr(block, name, None)
+        if norm is not None and type(norm) is not nn.LayerNorm:
+            return f"{name} is a {type(norm).__name__}"
+    if block.attn2 is None or block.norm2 is None:
+        return "no cross-attention"
+    return None
+
+
+class FusedBasicTransformerBlock(BasicTransformerBlock):
+    """BasicTransformerBlock (norm_type "layer_norm") whose residual adds are fused into the
+    following LayerNorm: h = a + h; n = LayerNorm(h) in one pass writing both."""
+
+    def forward(self, hidden_states, attention_mask=None, encoder_hidden_states=None, encoder_attention_mask=None,
+                timestep=None, cross_attention_kwargs=None, class_labels=None, added_cond_kwargs=None):
+        gligen = cross_attention_kwargs is not None and "gligen" in cross_attention_kwargs
+        if (gligen or self._chunk_size is not None or hidden_states.ndim != 3
+                or not _ln_kernel_input(hidden_states)):
+            return super().forward(hidden_states, attention_mask, encoder_hidden_states, encoder_attention_mask,
+                                   timestep, cross_attention_kwargs, class_labels, added_cond_kwargs)
+        kwargs = dict(cross_attention_kwargs) if cross_attention_kwargs is not None else {}
+        kwargs.pop("scale", None)  # deprecated and ignored by diffusers as well
+
+        norm_hidden_states = self.norm1(hidden_states)
+        attn_output = self.attn1(norm_hidden_states,
+                                 encoder_hidden_states=encoder_hidden_states if self.only_cross_attention else None,
+                                 attention_mask=attention_mask, **kwargs)
+        n2 = self.norm2
+        norm_hidden_states, hidden_states = add_layer_norm(attn_output, hidden_states, n2.weight, n2.bias, n2.eps)
+        attn_output = self.attn2(norm_hidden_states, encoder_hidden_states=encoder_hidden_states,
+                                 attention_mask=encoder_attention_mask, **kwargs)
+        n3 = self.norm3
+        norm_hidden_states, hidden_states = add_layer_norm(attn_output, hidden_states, n3.weight, n3.bias, n3.eps)
+        return self.ff(norm_hidden_states) + hidden_states
+
+
+def _ln_kernel_input(x: torch.Tensor) -> bool:
+    return x.device.type != "cpu" or x.dtype in (torch.float32, torch.float64)
+
+
+# ---- GEGLU -----------------------------------------------------------------------------------
+
+def geglu_problem(m: GEGLU) -> str | None:
+    if type(m).gelu is not GEGLU.gelu:
+        return "a custom gelu"
+    return None
+
+
+class FusedGEGLU(GEGLU):
+    """GEGLU with gelu(gate) * hidden computed in one pass over the projection's output."""
+
+    def forward(self, hidden_states, *args, **kwargs):
+        if args or kwargs or not _ln_kernel_input(hidden_states):
+            return super().forward(hidden_states, *args, **kwargs)
+        return geglu(self.proj(hidden_states))  # diffusers' GEGLU: exact (erf) GELU
+
+
+# Block class -> (fused class, why-not function, passes saved per call, description). The
+# optimizer switches exactly these classes (never subclasses it does not know).
+FUSED_BLOCKS = {
+    ResnetBlock2D: (FusedResnetBlock2D, resnet_block_problem, 3,
+                    "ResnetBlock2D: norm1+SiLU, (time embedding)+norm2+SiLU fused"),
+    Transformer2DModel: (FusedTransformer2DModel, transformer_2d_problem, 1,
+                         "Transformer2DModel: proj_out reads the NHWC tokens (no .contiguous() copy)"),
+    BasicTransformerBlock: (FusedBasicTransformerBlock, transformer_block_problem, 2,
+                            "BasicTransformerBlock: residual add + LayerNorm fused (norm2, norm3)"),
+    GEGLU: (FusedGEGLU, geglu_problem, 1, "GEGLU: gelu(gate) * hidden in one pass"),
+}
+
+# Modules whose forward applies `act` right after `norm` and nowhere else (checked against
+# diffusers' source for each class): the norm takes the activation, the activation slot
+# becomes nn.Identity.
+NORM_ACT_ATTRIBUTES = {
+    "UNet2DModel": ("conv_norm_out", "conv_act"),
+    "UNet2DConditionModel": ("conv_norm_out", "conv_act"),
+    "Encoder": ("conv_norm_out", "conv_act"),
+    "Decoder": ("conv_norm_out", "conv_act"),
+}

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .._tensors import autocast_input
 from ..ops.bias_act import bias_act
 from ..reference.activations import get as get_act
 
@@ -12,7 +13,9 @@ class BiasAct(nn.Module):
     """y = clamp(act(x + bias) * gain, -clamp, clamp), bias along `dim` (channels by default).
 
     `num_features=None` makes a bias-free layer. `lr_multiplier` scales the bias as StyleGAN2's
-    equalized learning rate does (the stored parameter is bias / lr_multiplier).
+    equalized learning rate does (the stored parameter is bias / lr_multiplier). Under
+    torch.autocast the input is cast to the autocast dtype and the kernel runs in it (the bias
+    stays fp32; the math is fp32 on every backend).
     """
 
     def __init__(self, num_features: int | None = None, act: str = "linear", dim: int = 1,
@@ -28,6 +31,7 @@ class BiasAct(nn.Module):
             self.bias = nn.Parameter(torch.full([num_features], float(bias_init) / lr_multiplier))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = autocast_input(x)
         b = self.bias
         if b is not None and self.lr_multiplier != 1:
             b = b * self.lr_multiplier

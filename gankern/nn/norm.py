@@ -8,6 +8,7 @@ state_dict matches nn.Sequential(Conv2d, BatchNorm2d, ReLU) (keys "0.*", "1.*").
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..ops.bias_act import bias_act
@@ -30,11 +31,30 @@ class GroupNormAct(nn.GroupNorm):
 
     def forward(self, x: Tensor, temb: Tensor | None = None, scale: Tensor | None = None,
                 shift: Tensor | None = None, residual: Tensor | None = None) -> Tensor:
+        if not _kernel_runs(x) and temb is None and scale is None and shift is None and residual is None:
+            # What nn.GroupNorm accepts and the kernels do not (more than 3 spatial dims, half
+            # precision on the CPU): torch's own ops, so a swapped-in layer never refuses an input.
+            return _torch_act(F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps), self.act, self.alpha)
         return group_norm_act(x, self.num_groups, self.weight, self.bias, self.eps, self.act, alpha=self.alpha,
                               temb=temb, scale=scale, shift=shift, residual=residual)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", act={self.act!r}"
+
+
+def _kernel_runs(x: Tensor) -> bool:
+    """Whether gankern's norm kernels take x: (N, C) to (N, C, D, H, W), fp32/fp64 on the CPU."""
+    return 2 <= x.ndim <= 5 and (x.device.type != "cpu" or x.dtype in (torch.float32, torch.float64))
+
+
+def _torch_act(h: Tensor, act: str | None, alpha: float | None) -> Tensor:
+    if act is None or act == "linear":
+        return h
+    if act == "lrelu":
+        return F.leaky_relu(h, 0.2 if alpha is None else alpha)
+    if act in ("gelu", "gelu_tanh"):
+        return F.gelu(h, approximate="tanh" if act == "gelu_tanh" else "none")
+    return {"silu": F.silu, "relu": F.relu}[act](h)
 
 
 class BatchNormAct2d(nn.BatchNorm2d):
@@ -49,6 +69,8 @@ class BatchNormAct2d(nn.BatchNorm2d):
 
     def forward(self, x: Tensor) -> Tensor:
         self._check_input_dim(x)
+        if not _kernel_runs(x):
+            return _torch_act(super().forward(x), self.act, self.alpha)
         # The same decisions as torch.nn.modules.batchnorm._BatchNorm.forward.
         factor = 0.0 if self.momentum is None else self.momentum
         if self.training and self.track_running_stats and self.num_batches_tracked is not None:

@@ -35,12 +35,14 @@ def dim(d, ndim: int, name: str = "dim") -> int:
     return d % max(ndim, 1)
 
 
-def real(v, name: str, *, min_value: float | None = None, min_inclusive: bool = True) -> float:
+def real(v, name: str, *, min_value: float | None = None, min_inclusive: bool = True, finite: bool = False) -> float:
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise TypeError(f"{name} must be a number, got {type(v).__name__}")
     v = float(v)
     if math.isnan(v):
         raise ValueError(f"{name} must not be NaN")
+    if finite and math.isinf(v):
+        raise ValueError(f"{name} must be a finite number, got {v}")
     if min_value is not None and (v < min_value or (v == min_value and not min_inclusive)):
         op = ">=" if min_inclusive else ">"
         raise ValueError(f"{name} must be {op} {min_value}, got {v}")

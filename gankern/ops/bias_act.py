@@ -17,7 +17,7 @@ from torch import Tensor
 
 from .. import _native
 from .. import _tensors as T
-from ..backends import register, resolve
+from ..backends import register, resolve_nonempty
 from ..reference import activations as ref_acts
 from ..reference import bias_act as ref
 from . import _validate as V
@@ -59,23 +59,25 @@ def bias_act(x: Tensor, b: Tensor | None = None, dim: int = 1, act: str = "linea
 @torch.library.custom_op("gankern::bias_act", mutates_args=())
 def _bias_act(x: Tensor, b: Optional[Tensor], dim: int, act: str, alpha: float, gain: float,
               clamp: Optional[float]) -> Tensor:
-    return resolve("bias_act", x)(x, b, dim, act, alpha, gain, clamp)
+    return T.restride(resolve_nonempty("bias_act", x)(x, b, dim, act, alpha, gain, clamp), x, T.kept_strides(x))
 
 
+# Outputs keep a dense input's layout (the kernels are elementwise over flat memory).
 @_bias_act.register_fake
 def _(x, b, dim, act, alpha, gain, clamp):
-    return torch.empty_like(x)
+    return T.empty_strided_like(x, T.kept_strides(x))
 
 
 @torch.library.custom_op("gankern::bias_act_backward", mutates_args=())
 def _bias_act_backward(dy: Tensor, x: Tensor, b: Optional[Tensor], dim: int, act: str, alpha: float,
                        gain: float, clamp: Optional[float]) -> Tensor:
-    return resolve("bias_act_backward", x)(dy, x, b, dim, act, alpha, gain, clamp)
+    dx = resolve_nonempty("bias_act_backward", x)(dy, x, b, dim, act, alpha, gain, clamp)
+    return T.restride(dx, x, T.kept_strides(x))
 
 
 @_bias_act_backward.register_fake
 def _(dy, x, b, dim, act, alpha, gain, clamp):
-    return torch.empty_like(x)
+    return T.empty_strided_like(x, T.kept_strides(x))
 
 
 # ---- autograd --------------------------------------------------------------------------------
@@ -138,61 +140,50 @@ register("bias_act", "reference")(ref.bias_act)
 register("bias_act_backward", "reference")(ref.bias_act_backward)
 
 
-def _prepare(x, b, dim, act, alpha, gain, clamp):
-    """Dense x, fp32 bias, and the scalar arguments every native/Triton launcher takes:
-    (n, C, cstride, act code, alpha, gain, clamp) with the flat-memory bias indexing of
-    csrc/bias_act/bias_act.h and clamp < 0 meaning none."""
+def _prepare(x, b, dim, act, clamp):
+    """Dense x, fp32 bias, and the scalars of csrc/bias_act/bias_act.h's Params that are not the
+    user's: (C, cstride) of the flat-memory bias indexing, the activation code, clamp (< 0: none)."""
     x = T.dense(x)
     bf = b.float().contiguous() if b is not None else None
     C, cstride = (1, 1) if b is None or x.shape[dim] == 1 else (x.shape[dim], x.stride(dim))
-    return x, bf, (x.numel(), C, cstride, ref_acts.get(act).code, alpha, gain, -1.0 if clamp is None else clamp)
+    return x, bf, C, cstride, ref_acts.get(act).code, -1.0 if clamp is None else clamp
 
 
-@register("bias_act", "cpu")
-def _bias_act_cpu(x, b, dim, act, alpha, gain, clamp):
-    x, bf, args = _prepare(x, b, dim, act, alpha, gain, clamp)
-    y = T.empty_like(x)
-    _native.cpu.bias_act_forward(x.data_ptr(), _native.ptr(bf), y.data_ptr(), *args)
-    return y
+def _register_native(backend):
+    """The cpu and cuda backends: the same Params to the same entry points of either module."""
+    # the CPU kernels load and store fp32, bf16 or fp16 (csrc/common/cpu_dtypes.h), math in fp32
+    dtypes = dict(cpu_dtypes=(torch.float32, torch.bfloat16, torch.float16)) if backend == "cpu" else {}
+
+    @register("bias_act", backend, **dtypes)
+    def forward(x, b, dim, act, alpha, gain, clamp):
+        x, bf, C, cstride, code, clamp = _prepare(x, b, dim, act, clamp)
+        y = T.empty_like(x)
+        _native.entry(backend, "bias_act.forward")(x, x=x, b=bf, dy=None, out=y, C=C, cstride=cstride, act=code,
+                                                   alpha=alpha, gain=gain, clamp=clamp)
+        return y
+
+    @register("bias_act_backward", backend, **dtypes)
+    def backward(dy, x, b, dim, act, alpha, gain, clamp):
+        x, bf, C, cstride, code, clamp = _prepare(x, b, dim, act, clamp)
+        dx = T.empty_like(x)
+        _native.entry(backend, "bias_act.backward")(x, x=x, b=bf, dy=T.like(dy.to(x.dtype), x), out=dx, C=C,
+                                                    cstride=cstride, act=code, alpha=alpha, gain=gain, clamp=clamp)
+        return dx
 
 
-@register("bias_act_backward", "cpu")
-def _bias_act_backward_cpu(dy, x, b, dim, act, alpha, gain, clamp):
-    x, bf, args = _prepare(x, b, dim, act, alpha, gain, clamp)
-    dy, dx = T.like(dy.to(x.dtype), x), T.empty_like(x)
-    _native.cpu.bias_act_backward(dy.data_ptr(), x.data_ptr(), _native.ptr(bf), dx.data_ptr(), *args)
-    return dx
-
-
-@register("bias_act", "cuda")
-def _bias_act_cuda(x, b, dim, act, alpha, gain, clamp):
-    x, bf, args = _prepare(x, b, dim, act, alpha, gain, clamp)
-    y = T.empty_like(x)
-    with _native.device_guard(x):
-        _native.cuda.bias_act_forward(x.data_ptr(), _native.ptr(bf), y.data_ptr(), *args, _native.dtype_code(x),
-                                      _native.cuda_stream(x))
-    return y
-
-
-@register("bias_act_backward", "cuda")
-def _bias_act_backward_cuda(dy, x, b, dim, act, alpha, gain, clamp):
-    x, bf, args = _prepare(x, b, dim, act, alpha, gain, clamp)
-    dy, dx = T.like(dy.to(x.dtype), x), T.empty_like(x)
-    with _native.device_guard(x):
-        _native.cuda.bias_act_backward(dy.data_ptr(), x.data_ptr(), _native.ptr(bf), dx.data_ptr(), *args,
-                                       _native.dtype_code(x), _native.cuda_stream(x))
-    return dx
+_register_native("cpu")
+_register_native("cuda")
 
 
 @register("bias_act", "triton")
 def _bias_act_triton(x, b, dim, act, alpha, gain, clamp):
     from ..triton import bias_act as tk
-    x, bf, args = _prepare(x, b, dim, act, alpha, gain, clamp)
-    return tk.launch(None, x, bf, T.empty_like(x), *args)
+    x, bf, C, cstride, code, clamp = _prepare(x, b, dim, act, clamp)
+    return tk.launch(None, x, bf, T.empty_like(x), C, cstride, code, alpha, gain, clamp)
 
 
 @register("bias_act_backward", "triton")
 def _bias_act_backward_triton(dy, x, b, dim, act, alpha, gain, clamp):
     from ..triton import bias_act as tk
-    x, bf, args = _prepare(x, b, dim, act, alpha, gain, clamp)
-    return tk.launch(T.like(dy.to(x.dtype), x), x, bf, T.empty_like(x), *args)
+    x, bf, C, cstride, code, clamp = _prepare(x, b, dim, act, clamp)
+    return tk.launch(T.like(dy.to(x.dtype), x), x, bf, T.empty_like(x), C, cstride, code, alpha, gain, clamp)

@@ -22,10 +22,11 @@ from typing import Optional
 
 import torch
 from torch import Tensor
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
-from .. import _native
+from .. import _native, _tables
 from .. import _tensors as T
-from ..backends import register, resolve
+from ..backends import register, resolve_nonempty
 from ..reference import diffusion as ref
 from . import _validate as V
 
@@ -74,11 +75,22 @@ def draw_seed(generator: torch.Generator | None = None) -> int:
 def _call(op: str, probe: Tensor, *args):
     """Run a custom op. Eagerly, on plain tensors, the backend is called directly: the Python
     custom-op dispatch costs ~0.15 ms, as much as the step kernel itself at SD latent sizes. Under
-    torch.compile / export / tracing (fake or subclass tensors) it goes through torch.ops so the
-    graph sees the op."""
-    if type(probe) is Tensor and not torch.compiler.is_compiling():
-        return resolve(op, probe)(*args)
+    torch.compile / export / tracing (fake or subclass tensors) or a dispatch mode (opcheck, flop
+    counters) it goes through torch.ops so the graph or the mode sees the op."""
+    if type(probe) is Tensor and not torch.compiler.is_compiling() and _get_current_dispatch_mode() is None:
+        return _contiguous(resolve_nonempty(op, probe)(*args), probe)
     return getattr(torch.ops.gankern, op)(*args)
+
+
+def _contiguous(out, like: Tensor):
+    """Full-size outputs of every diffusion op are contiguous on every backend: the kernels index
+    [B, S] row-major (the noise contract numbers elements that way), so a channels_last input is
+    read through a contiguous copy. The fakes state it (torch.compile / export trust them)."""
+    return T.restride(out, like, T.contiguous_strides(like.shape))
+
+
+def _empty_contiguous(like: Tensor) -> Tensor:
+    return T.empty_strided_like(like, T.contiguous_strides(like.shape))
 
 
 def _check_step_inputs(model_output, sample, guided, history, noise, flags):
@@ -130,8 +142,14 @@ def fused_step(model_output: Tensor, sample: Tensor, plan: StepPlan, *, guidance
     elif flags & R.HIST:
         raise ValueError("this step needs the previous step's x0 (history) but none was given")
     _check_step_inputs(model_output, sample, guided, history, noise, flags)
+    if torch.is_grad_enabled():
+        for name, t in (("model_output", model_output), ("sample", sample), ("history", history), ("noise", noise)):
+            if t is not None and t.requires_grad:
+                raise ValueError(f"{name} requires grad, but the fused sampling step is not differentiable (its "
+                                 "gradient would be silently missing); sample under torch.no_grad() or pass "
+                                 f"{name}.detach()")
     coefs = list(plan.coefs)
-    coefs[R.C_G] = V.real(guidance_scale, "guidance_scale") if guided else 1.0
+    coefs[R.C_G] = V.real(guidance_scale, "guidance_scale", finite=True) if guided else 1.0
     guidance_rescale = V.real(guidance_rescale, "guidance_rescale", min_value=0.0)
     if guidance_rescale > 1.0:
         raise ValueError(f"guidance_rescale must be in [0, 1], got {guidance_rescale}")
@@ -153,7 +171,11 @@ def fused_step(model_output: Tensor, sample: Tensor, plan: StepPlan, *, guidance
         rescale = _call("guidance_rescale_factors", mo_pred, mo_pred, coefs[R.C_G], guidance_rescale)
         flags |= R.RESCALE
     thresh = None
-    if plan.threshold is not None:
+    if plan.threshold is not None and sample.numel() == 0:
+        # nothing to take a quantile of (and nothing to scale): every scale is the clamp's lower bound
+        thresh = torch.ones(sample.shape[0], dtype=torch.float32, device=sample.device)
+        flags |= R.THRESH
+    elif plan.threshold is not None:
         ratio, max_value = plan.threshold
         lo, w = ref.quantile_rank(ratio, sample[0].numel())
         thresh = _call("diffusion_threshold_scales", sample, model_output, sample, rescale, coefs, flags, lo, w,
@@ -178,8 +200,15 @@ def _timestep_coefs(x0: Tensor, timesteps: Tensor, alphas_cumprod: Tensor) -> tu
     if not isinstance(timesteps, Tensor) or timesteps.dtype.is_floating_point or timesteps.dtype == torch.bool:
         raise TypeError(f"timesteps must be an integer tensor, got "
                         f"{timesteps.dtype if isinstance(timesteps, Tensor) else type(timesteps).__name__}")
+    if timesteps.numel() == 1 and x0.shape[0] != 1:  # one timestep for the batch, as diffusers broadcasts it
+        timesteps = timesteps.reshape(1).expand(x0.shape[0])
+    for name, t in (("timesteps", timesteps), ("alphas_cumprod", alphas_cumprod)):
+        # schedule tables may stay on the CPU (diffusers keeps them there); they are moved to x0's device
+        if t.device != x0.device and t.device.type != "cpu":
+            raise ValueError(f"{name} is on {t.device} but the latents are on {x0.device}; "
+                             f"{name} must be on the CPU or on the latents' device")
     if timesteps.numel() != x0.shape[0]:
-        raise ValueError(f"timesteps must hold one timestep per sample ({x0.shape[0]}), got shape "
+        raise ValueError(f"timesteps must hold one timestep per sample ({x0.shape[0]}) or one for all, got shape "
                          f"{tuple(timesteps.shape)}")
     if alphas_cumprod.ndim != 1:
         raise ValueError(f"alphas_cumprod must be 1-D, got shape {tuple(alphas_cumprod.shape)}")
@@ -211,6 +240,8 @@ def diffusion_loss(model_output: Tensor, x0: Tensor, noise: Tensor, timesteps: T
     V.tensor(model_output, "model_output", ndim_min=1)
     V.tensor(x0, "x0")
     V.tensor(noise, "noise")
+    if weighting is not None:
+        V.tensor(weighting, "weighting")
     V.same_device(model_output, "model_output", x0=x0, noise=noise, weighting=weighting)
     for name, t in (("x0", x0), ("noise", noise)):
         if t.shape != model_output.shape:
@@ -229,7 +260,6 @@ def diffusion_loss(model_output: Tensor, x0: Tensor, noise: Tensor, timesteps: T
     if weighting is None:
         w = torch.ones_like(sa)
     else:
-        V.tensor(weighting, "weighting")
         if weighting.numel() != model_output.shape[0]:
             raise ValueError(f"weighting must hold one weight per sample ({model_output.shape[0]}), got shape "
                              f"{tuple(weighting.shape)}")
@@ -241,22 +271,89 @@ def diffusion_loss(model_output: Tensor, x0: Tensor, noise: Tensor, timesteps: T
 
 # ---- custom ops ------------------------------------------------------------------------------
 
+# Every custom op checks its own operands before any kernel runs: torch.ops.gankern.* are public
+# (users, opcheck and torch.compile call them directly, the schedulers call add_noise directly), and
+# the kernels index per-sample vectors and optional operands without bounds checks.
+
+def _per_sample_vector(t, name: str, B: int, device) -> None:
+    V.tensor(t, name)
+    if t.numel() != B or t.ndim > 1:
+        raise ValueError(f"{name} must hold one value per sample: shape [{B}], got {tuple(t.shape)}")
+    if t.device != device:
+        raise ValueError(f"{name} is on {t.device} but the samples are on {device}")
+
+
+def _check_step_op(model_output, sample, history, noise, rescale, thresh, coefs, flags) -> None:
+    if not isinstance(flags, int) or flags < 0 or flags & ~_ALL_FLAGS:
+        raise ValueError(f"flags must be a combination of gankern.reference.diffusion's flags, got {flags!r}")
+    if len(coefs) != R.NCOEF:
+        raise ValueError(f"coefs must hold {R.NCOEF} coefficients, got {len(coefs)}")
+    V.tensor(model_output, "model_output", ndim_min=1)
+    V.tensor(sample, "sample", ndim_min=1)
+    # variance channels after the prediction: read with a VAR flag, skipped (stride) without one
+    var_channels = model_output.ndim >= 2 and sample.ndim >= 2 and model_output.shape[1] == 2 * sample.shape[1]
+    _check_step_inputs(model_output, sample, bool(flags & R.GUIDED), history, noise,
+                       flags | (R.HAS_VAR_CHANNELS if var_channels else 0))
+    if model_output.dtype != sample.dtype:
+        raise TypeError(f"model_output dtype {model_output.dtype} must equal sample dtype {sample.dtype}")
+    B = sample.shape[0]
+    for name, t, flag in (("history", history, R.HIST), ("noise", noise, R.NOISE_TENSOR)):
+        if bool(flags & flag) != (t is not None):
+            raise ValueError(f"{name} must be given exactly when its flag is set (flags={flags})")
+    for name, t, flag in (("rescale", rescale, R.RESCALE), ("thresh", thresh, R.THRESH)):
+        if bool(flags & flag) != (t is not None):
+            raise ValueError(f"{name} must be given exactly when its flag is set (flags={flags})")
+        if t is not None:
+            _per_sample_vector(t, name, B, sample.device)
+
+
+def _check_guided_output(model_output) -> None:
+    V.tensor(model_output, "model_output", ndim_min=1)
+    if model_output.shape[0] % 2:
+        raise ValueError(f"model_output must hold 2*B samples (unconditional half first), got batch "
+                         f"{model_output.shape[0]}")
+
+
+def _check_lincomb(x0, noise, ca, cn, x_name="x0", noise_name="noise") -> None:
+    V.tensor(x0, x_name, ndim_min=1)
+    V.tensor(noise, noise_name)
+    V.same_device(x0, x_name, **{noise_name: noise})
+    if noise.shape != x0.shape or noise.dtype != x0.dtype:
+        raise ValueError(f"{noise_name} ({tuple(noise.shape)}, {noise.dtype}) must have {x_name}'s shape and dtype "
+                         f"({tuple(x0.shape)}, {x0.dtype})")
+    for name, t in (("ca", ca), ("cn", cn)):
+        _per_sample_vector(t, name, x0.shape[0], x0.device)
+
+
+def _check_loss_op(model_output, x0, noise, tx, tn, weight, grad=None) -> None:
+    _check_lincomb(model_output, x0, tx, tn, "model_output", "x0")
+    _check_lincomb(model_output, noise, tx, tn, "model_output", "noise")
+    _per_sample_vector(weight, "weight", model_output.shape[0], model_output.device)
+    if grad is not None:
+        _per_sample_vector(grad, "grad", model_output.shape[0], model_output.device)
+
+
+_ALL_FLAGS = (R.GUIDED | R.CLIP | R.THRESH | R.HIST | R.NOISE | R.VAR | R.RESCALE | R.HAS_VAR_CHANNELS)
+
+
 @torch.library.custom_op("gankern::diffusion_step", mutates_args=())
 def _diffusion_step(model_output: Tensor, sample: Tensor, history: Optional[Tensor], noise: Optional[Tensor],
                     rescale: Optional[Tensor], thresh: Optional[Tensor], coefs: list[float], flags: int, seed: int,
                     offset: int, want_x0: bool) -> tuple[Tensor, Tensor]:
-    return resolve("diffusion_step", sample)(model_output, sample, history, noise, rescale, thresh, coefs, flags,
-                                              seed, offset, want_x0)
+    _check_step_op(model_output, sample, history, noise, rescale, thresh, coefs, flags)
+    return _contiguous(resolve_nonempty("diffusion_step", sample)(model_output, sample, history, noise, rescale, thresh,
+                                                                  coefs, flags, seed, offset, want_x0), sample)
 
 
 @_diffusion_step.register_fake
 def _(model_output, sample, history, noise, rescale, thresh, coefs, flags, seed, offset, want_x0):
-    return torch.empty_like(sample), (torch.empty_like(sample) if want_x0 else sample.new_empty((0,)))
+    return _empty_contiguous(sample), (_empty_contiguous(sample) if want_x0 else sample.new_empty((0,)))
 
 
 @torch.library.custom_op("gankern::guidance_rescale_factors", mutates_args=())
 def _guidance_rescale_factors(model_output: Tensor, g: float, rescale: float) -> Tensor:
-    return resolve("guidance_rescale_factors", model_output)(model_output, g, rescale)
+    _check_guided_output(model_output)
+    return resolve_nonempty("guidance_rescale_factors", model_output)(model_output, g, rescale)
 
 
 @_guidance_rescale_factors.register_fake
@@ -268,8 +365,12 @@ def _(model_output, g, rescale):
 @torch.library.custom_op("gankern::diffusion_threshold_scales", mutates_args=())
 def _diffusion_threshold_scales(model_output: Tensor, sample: Tensor, rescale: Optional[Tensor], coefs: list[float],
                                 flags: int, rank_lo: int, rank_w: float, max_value: float) -> Tensor:
-    return resolve("diffusion_threshold_scales", sample)(model_output, sample, rescale, coefs, flags, rank_lo, rank_w,
-                                                          max_value)
+    _check_step_op(model_output, sample, None, None, rescale, None, coefs, flags & (R.GUIDED | R.RESCALE | R.VAR))
+    S = sample[0].numel() if sample.shape[0] else 1
+    if not (0 <= rank_lo < S and 0.0 <= rank_w <= 1.0):
+        raise ValueError(f"rank_lo must be in [0, {S}) and rank_w in [0, 1], got {rank_lo}, {rank_w}")
+    return resolve_nonempty("diffusion_threshold_scales", sample)(model_output, sample, rescale, coefs, flags, rank_lo,
+                                                                  rank_w, max_value)
 
 
 @_diffusion_threshold_scales.register_fake
@@ -280,26 +381,36 @@ def _(model_output, sample, rescale, coefs, flags, rank_lo, rank_w, max_value):
 
 @torch.library.custom_op("gankern::add_noise", mutates_args=())
 def _add_noise(x0: Tensor, noise: Tensor, ca: Tensor, cn: Tensor) -> Tensor:
-    return resolve("add_noise", x0)(x0, noise, ca, cn)
+    _check_lincomb(x0, noise, ca, cn)
+    return _contiguous(resolve_nonempty("add_noise", x0)(x0, noise, ca, cn), x0)
 
 
 @_add_noise.register_fake
 def _(x0, noise, ca, cn):
-    return torch.empty_like(x0)
+    return _empty_contiguous(x0)
 
 
 def _add_noise_setup(ctx, inputs, output):
     x0, noise, ca, cn = inputs
-    ctx.save_for_backward(ca, cn)
-    ctx.dtypes = (x0.dtype, noise.dtype)
+    # x0 and noise are needed only for the coefficients' gradients (a learned schedule)
+    ctx.save_for_backward(ca, cn, x0 if ca.requires_grad else None, noise if cn.requires_grad else None)
+
+
+def _sample_sums(g: Tensor, t: Tensor, like: Tensor) -> Tensor:
+    """sum over each sample of g * t, in the coefficient's dtype (float32 at least)."""
+    dt = torch.promote_types(like.dtype, torch.float32)
+    return (g.to(dt) * t.to(dt)).reshape(g.shape[0], ref._per_sample_numel(g)).sum(1).to(like.dtype)
 
 
 def _add_noise_backward(ctx, g):
-    ca, cn = ctx.saved_tensors
+    ca, cn, x0, noise = ctx.saved_tensors
+    need = ctx.needs_input_grad
     # linear in x0 and noise: the gradients are the same op with one input zeroed out
-    gx = ref.per_sample(ca, g.ndim).to(g.dtype) * g if ctx.needs_input_grad[0] else None
-    gn = ref.per_sample(cn, g.ndim).to(g.dtype) * g if ctx.needs_input_grad[1] else None
-    return gx, gn, None, None
+    gx = ref.per_sample(ca, g.ndim).to(g.dtype) * g if need[0] else None
+    gn = ref.per_sample(cn, g.ndim).to(g.dtype) * g if need[1] else None
+    gca = _sample_sums(g, x0, ca) if need[2] else None
+    gcn = _sample_sums(g, noise, cn) if need[3] else None
+    return gx, gn, gca, gcn
 
 
 _add_noise.register_autograd(_add_noise_backward, setup_context=_add_noise_setup)
@@ -307,7 +418,8 @@ _add_noise.register_autograd(_add_noise_backward, setup_context=_add_noise_setup
 
 @torch.library.custom_op("gankern::diffusion_loss", mutates_args=())
 def _diffusion_loss(model_output: Tensor, x0: Tensor, noise: Tensor, tx: Tensor, tn: Tensor, weight: Tensor) -> Tensor:
-    return resolve("diffusion_loss", model_output)(model_output, x0, noise, tx, tn, weight)
+    _check_loss_op(model_output, x0, noise, tx, tn, weight)
+    return resolve_nonempty("diffusion_loss", model_output)(model_output, x0, noise, tx, tn, weight)
 
 
 @_diffusion_loss.register_fake
@@ -319,12 +431,14 @@ def _(model_output, x0, noise, tx, tn, weight):
 @torch.library.custom_op("gankern::diffusion_loss_backward", mutates_args=())
 def _diffusion_loss_backward(grad: Tensor, model_output: Tensor, x0: Tensor, noise: Tensor, tx: Tensor, tn: Tensor,
                              weight: Tensor) -> Tensor:
-    return resolve("diffusion_loss_backward", model_output)(grad, model_output, x0, noise, tx, tn, weight)
+    _check_loss_op(model_output, x0, noise, tx, tn, weight, grad)
+    return _contiguous(resolve_nonempty("diffusion_loss_backward", model_output)(grad, model_output, x0, noise, tx, tn,
+                                                                                 weight), model_output)
 
 
 @_diffusion_loss_backward.register_fake
 def _(grad, model_output, x0, noise, tx, tn, weight):
-    return torch.empty_like(model_output)
+    return _empty_contiguous(model_output)
 
 
 def _loss_setup(ctx, inputs, output):
@@ -333,11 +447,16 @@ def _loss_setup(ctx, inputs, output):
 
 def _loss_backward(ctx, grad):
     mo, x0, noise, tx, tn, w = ctx.saved_tensors
+    need = ctx.needs_input_grad
     dmo = torch.ops.gankern.diffusion_loss_backward(grad, mo, x0, noise, tx, tn, w)
     # target = tx x0 + tn noise enters with a minus sign; rarely needed, so plain torch ops
-    dx0 = -ref.per_sample(tx, mo.ndim).to(dmo.dtype) * dmo if ctx.needs_input_grad[1] else None
-    dn = -ref.per_sample(tn, mo.ndim).to(dmo.dtype) * dmo if ctx.needs_input_grad[2] else None
-    return dmo, dx0, dn, None, None, None
+    dx0 = -ref.per_sample(tx, mo.ndim).to(dmo.dtype) * dmo if need[1] else None
+    dn = -ref.per_sample(tn, mo.ndim).to(dmo.dtype) * dmo if need[2] else None
+    dtx = -_sample_sums(dmo, x0, tx) if need[3] else None  # learned schedules (v-prediction target)
+    dtn = -_sample_sums(dmo, noise, tn) if need[4] else None
+    # d loss_b / d w_b = the unweighted per-sample loss: one more pass, only for learned weightings
+    dw = (grad * ref.diffusion_loss(mo, x0, noise, tx, tn, torch.ones_like(w))).to(w.dtype) if need[5] else None
+    return dmo, dx0, dn, dtx, dtn, dw
 
 
 _diffusion_loss.register_autograd(_loss_backward, setup_context=_loss_setup)
@@ -396,12 +515,20 @@ def _diffusion_step_dev(model_output: Tensor, sample: Tensor, history: Optional[
                         flags: int, want_x0: bool) -> tuple[Tensor, Tensor]:
     """diffusion_step with coefs (float32 [NCOEF]) and rng (int64 [seed, offset]) in device memory,
     so a captured CUDA graph can be replayed with new values (gankern.sample(cuda_graph=True))."""
-    return resolve("diffusion_step_dev", sample)(model_output, sample, history, coefs, rng, flags, want_x0)
+    _check_step_op(model_output, sample, history, None, None, None, [0.0] * R.NCOEF, flags & ~R.NOISE_TENSOR)
+    if coefs.numel() != R.NCOEF or not coefs.dtype.is_floating_point or coefs.device != sample.device:
+        raise ValueError(f"coefs must be a floating tensor of {R.NCOEF} values on {sample.device}, got "
+                         f"{tuple(coefs.shape)} {coefs.dtype} on {coefs.device}")
+    if rng.numel() != 2 or rng.dtype != torch.int64 or rng.device != sample.device:
+        raise ValueError(f"rng must be an int64 tensor [seed, offset] on {sample.device}, got {tuple(rng.shape)} "
+                         f"{rng.dtype} on {rng.device}")
+    return _contiguous(resolve_nonempty("diffusion_step_dev", sample)(model_output, sample, history, coefs, rng, flags,
+                                                                      want_x0), sample)
 
 
 @_diffusion_step_dev.register_fake
 def _(model_output, sample, history, coefs, rng, flags, want_x0):
-    return torch.empty_like(sample), (torch.empty_like(sample) if want_x0 else sample.new_empty((0,)))
+    return _empty_contiguous(sample), (_empty_contiguous(sample) if want_x0 else sample.new_empty((0,)))
 
 
 def _step_dev_via_host(step_fn):
@@ -416,9 +543,9 @@ def _step_dev_via_host(step_fn):
 register("diffusion_step_dev", "reference")(_step_dev_via_host(ref.diffusion_step))
 
 
-# ---- backends: cpu ---------------------------------------------------------------------------
+# ---- backends: shared operand preparation -----------------------------------------------------
 
-def _layout(model_output: Tensor, sample: Tensor):
+def _sample_layout(model_output: Tensor, sample: Tensor):
     """Contiguous [B, S] views and model_output's per-sample stride (K * S) for the kernels; the
     noise contract numbers elements row-major, so other layouts are copied."""
     x = sample.contiguous()
@@ -436,32 +563,15 @@ def _opt(t: Tensor | None, dtype=None) -> Tensor | None:
     return t.contiguous() if dtype is None else t.to(dtype).contiguous()
 
 
-def _step_cpu_impl(model_output, sample, history, noise, rescale, thresh, coefs, flags, seed, offset, want_x0,
-                   write_prev=True):
-    mo, x, B, S, mo_stride = _layout(model_output, sample)
+def _step_operands(model_output, sample, history, noise, rescale, thresh, want_x0, write_prev):
+    """What every step launcher takes: dense operands in the kernel's dtypes and the outputs,
+    allocated (prev may be skipped; x0 is an empty placeholder unless wanted)."""
+    mo, x, B, S, mo_stride = _sample_layout(model_output, sample)
     history, noise = _opt(history, x.dtype), _opt(noise, x.dtype)
     rescale, thresh = _opt(rescale, torch.float32), _opt(thresh, torch.float32)
     prev = T.empty_like(x) if write_prev else None
     x0 = T.empty_like(x) if want_x0 else x.new_empty((0,))
-    _native.cpu.diffusion_step(mo.data_ptr(), x.data_ptr(), _native.ptr(history), _native.ptr(noise),
-                               _native.ptr(rescale), _native.ptr(thresh), _native.ptr(prev),
-                               x0.data_ptr() if want_x0 else 0, B, S, mo_stride, flags, seed, offset, coefs)
-    return (prev if prev is not None else x.new_empty((0,))), x0
-
-
-@register("diffusion_step", "cpu")
-def _diffusion_step_cpu(model_output, sample, history, noise, rescale, thresh, coefs, flags, seed, offset, want_x0):
-    return _step_cpu_impl(model_output, sample, history, noise, rescale, thresh, coefs, flags, seed, offset, want_x0)
-
-
-@register("diffusion_threshold_scales", "cpu")
-def _threshold_scales_cpu(model_output, sample, rescale, coefs, flags, rank_lo, rank_w, max_value):
-    x0 = _x0_before_clamp(_x0_only(_step_cpu_impl), model_output, sample, rescale, coefs, flags)
-    B = x0.shape[0]
-    s = T.empty((B,), dtype=torch.float32, device=x0.device)
-    _native.cpu.diffusion_threshold(x0.data_ptr(), B, x0.numel() // max(B, 1), rank_lo, rank_w, max_value,
-                                    s.data_ptr())
-    return s
+    return mo, x, B, S, mo_stride, history, noise, rescale, thresh, prev, x0
 
 
 def _rescale_from_sums(sums: Tensor, S: int, rescale: float) -> Tensor:
@@ -470,19 +580,6 @@ def _rescale_from_sums(sums: Tensor, S: int, rescale: float) -> Tensor:
     var_c = (sc2 - sc * sc / S) / (S - 1)
     var_m = (sm2 - sm * sm / S) / (S - 1)
     return ((1 - rescale) + rescale * (var_c / var_m).sqrt()).float()
-
-
-@register("guidance_rescale_factors", "cpu")
-def _guidance_rescale_factors_cpu(model_output, g, rescale):
-    mo = model_output.contiguous()
-    B = mo.shape[0] // 2
-    S = mo.numel() // max(2 * B, 1)
-    sums = T.empty((B, 4), dtype=torch.float64, device=mo.device)
-    _native.cpu.diffusion_rescale_sums(mo.data_ptr(), B, S, S, g, sums.data_ptr())
-    return _rescale_from_sums(sums, S, rescale)
-
-
-register("diffusion_step_dev", "cpu")(_step_dev_via_host(_diffusion_step_cpu))
 
 
 def _per_sample_f32(*ts):
@@ -502,48 +599,109 @@ def _loss_grad_scale(grad, weight, S):
     return ((2.0 / S) * grad.double() * weight.double()).float().contiguous()
 
 
-@register("add_noise", "cpu")
-def _add_noise_cpu(x0, noise, ca, cn):
-    x, y = x0.contiguous(), noise.contiguous()
-    ca, cn = _per_sample_f32(ca, cn)
-    out = T.empty_like(x)
-    B = x.shape[0]
-    _native.cpu.diffusion_lincomb(x.data_ptr(), y.data_ptr(), ca.data_ptr(), cn.data_ptr(), out.data_ptr(), B,
-                                  x.numel() // max(B, 1))
-    return out
+def _register_step_kernels(backend: str, impl) -> None:
+    """diffusion_step, its graph-replay form (coefficients and RNG state read from device buffers)
+    and the dynamic-thresholding scales, all on one step launcher."""
+    @register("diffusion_step", backend)
+    def step(model_output, sample, history, noise, rescale, thresh, coefs, flags, seed, offset, want_x0):
+        return impl(model_output, sample, history, noise, rescale, thresh, coefs, flags, seed, offset, want_x0)
+
+    if backend == "cpu":  # host memory: read the buffers, then the plain step
+        register("diffusion_step_dev", backend)(_step_dev_via_host(step))
+    else:
+        @register("diffusion_step_dev", backend)
+        def step_dev(model_output, sample, history, coefs, rng, flags, want_x0):
+            return impl(model_output, sample, history, None, None, None, [0.0] * R.NCOEF, flags, 0, 0, want_x0,
+                        coef_dev=coefs.float().contiguous(), rng_dev=rng.contiguous())
+
+    if backend != "cpu":  # the CPU selects in C++ (_threshold_scales_cpu below)
+        @register("diffusion_threshold_scales", backend)
+        def threshold_scales(model_output, sample, rescale, coefs, flags, rank_lo, rank_w, max_value):
+            # x0 by the step kernel with prev compiled out, then two radix selections (torch.kthvalue)
+            x0 = _x0_before_clamp(_x0_only(impl), model_output, sample, rescale, coefs, flags)
+            a = x0.reshape(x0.shape[0], -1).abs().float()
+            return _lerp_sorted(a, rank_lo, rank_w).clamp(min=1.0, max=max_value)
 
 
-@register("diffusion_loss", "cpu")
-def _diffusion_loss_cpu(model_output, x0, noise, tx, tn, weight):
-    mo, x0, noise, tx, tn, B, S = _loss_operands(model_output, x0, noise, tx, tn)
-    sums = T.empty((B,), dtype=torch.float64, device=mo.device)
-    _native.cpu.diffusion_loss_sums(mo.data_ptr(), x0.data_ptr(), noise.data_ptr(), tx.data_ptr(), tn.data_ptr(),
-                                    sums.data_ptr(), B, S)
-    return (weight.double() * sums / S).float()
+# ---- backends: cpu and cuda (csrc/diffusion/diffusion.h), one launcher per pass ------------------
+
+# Per-sample partial sums: the CPU sums a whole sample in float64 (one chunk), CUDA writes float32
+# sums of DIFFUSION_REDUCTION_CHUNK elements; the caller adds the chunks in order.
+_RED_CHUNK = _tables.scalar("DIFFUSION_REDUCTION_CHUNK")
 
 
-@register("diffusion_loss_backward", "cpu")
-def _diffusion_loss_backward_cpu(grad, model_output, x0, noise, tx, tn, weight):
-    mo, x0, noise, tx, tn, B, S = _loss_operands(model_output, x0, noise, tx, tn)
-    k = _loss_grad_scale(grad, weight, S)
-    dmo = T.empty_like(mo)
-    _native.cpu.diffusion_loss_backward(mo.data_ptr(), x0.data_ptr(), noise.data_ptr(), tx.data_ptr(), tn.data_ptr(),
-                                        k.data_ptr(), dmo.data_ptr(), B, S)
-    return dmo
+def _partials(backend, B, S, width, device):
+    if backend == "cpu":
+        return T.empty((B, 1) + width, dtype=torch.float64, device=device)
+    return T.empty((B, max(-(-S // _RED_CHUNK), 1)) + width, dtype=torch.float32, device=device)
+
+
+def _register_native(backend: str) -> None:
+    def step_impl(model_output, sample, history, noise, rescale, thresh, coefs, flags, seed, offset, want_x0,
+                  coef_dev=None, rng_dev=None, write_prev=True):
+        mo, x, B, S, mo_stride, history, noise, rescale, thresh, prev, x0 = _step_operands(
+            model_output, sample, history, noise, rescale, thresh, want_x0, write_prev)
+        _native.entry(backend, "diffusion.step")(
+            x, model_output=mo, sample=x, history=history, noise=noise, rescale=rescale, thresh=thresh, prev=prev,
+            x0=x0 if want_x0 else None, coef_dev=coef_dev, rng_dev=rng_dev, batch=B, per_sample=S,
+            mo_stride=mo_stride, flags=flags, seed=seed, offset=offset, coefs=coefs)
+        return (prev if prev is not None else x.new_empty((0,))), x0
+
+    _register_step_kernels(backend, step_impl)
+
+    @register("guidance_rescale_factors", backend)
+    def rescale_factors(model_output, g, rescale):
+        mo = model_output.contiguous()
+        B = mo.shape[0] // 2
+        S = mo.numel() // max(2 * B, 1)
+        part = _partials(backend, B, S, (4,), mo.device)
+        _native.entry(backend, "diffusion.rescale_partials")(mo, model_output=mo, batch=B, per_sample=S, guidance=g,
+                                                            partials=part)
+        return _rescale_from_sums(part.double().sum(1), S, rescale)
+
+    @register("add_noise", backend)
+    def add_noise(x0, noise, ca, cn):
+        x, y = x0.contiguous(), noise.contiguous()
+        ca, cn = _per_sample_f32(ca, cn)
+        out = T.empty_like(x)
+        B = x.shape[0]
+        _native.entry(backend, "diffusion.lincomb")(x, x=x, y=y, ca=ca, cb=cn, out=out, batch=B,
+                                                   per_sample=x.numel() // max(B, 1))
+        return out
+
+    @register("diffusion_loss", backend)
+    def loss(model_output, x0, noise, tx, tn, weight):
+        mo, x0, noise, tx, tn, B, S = _loss_operands(model_output, x0, noise, tx, tn)
+        part = _partials(backend, B, S, (), mo.device)
+        _native.entry(backend, "diffusion.loss_partials")(mo, model_output=mo, x0=x0, noise=noise, tx=tx, tn=tn,
+                                                         k=None, partials=part, dmo=None, batch=B, per_sample=S)
+        return (weight.double() * part.double().sum(1) / S).float()
+
+    @register("diffusion_loss_backward", backend)
+    def loss_backward(grad, model_output, x0, noise, tx, tn, weight):
+        mo, x0, noise, tx, tn, B, S = _loss_operands(model_output, x0, noise, tx, tn)
+        k = _loss_grad_scale(grad, weight, S)
+        dmo = T.empty_like(mo)
+        _native.entry(backend, "diffusion.loss_backward")(mo, model_output=mo, x0=x0, noise=noise, tx=tx, tn=tn,
+                                                         k=k, partials=None, dmo=dmo, batch=B, per_sample=S)
+        return dmo
+
+    if backend == "cpu":
+        @register("diffusion_threshold_scales", "cpu")
+        def threshold_scales_cpu(model_output, sample, rescale, coefs, flags, rank_lo, rank_w, max_value):
+            x0 = _x0_before_clamp(_x0_only(step_impl), model_output, sample, rescale, coefs, flags)
+            B = x0.shape[0]
+            s = T.empty((B,), dtype=torch.float32, device=x0.device)
+            _native.entry("cpu", "diffusion.threshold")(x0, x0=x0, batch=B, per_sample=x0.numel() // max(B, 1),
+                                                       rank_lo=rank_lo, rank_w=rank_w, max_value=max_value, scales=s)
+            return s
+
+
+_register_native("cpu")
+_register_native("cuda")
 
 
 # ---- backends: triton ------------------------------------------------------------------------
-
-def _step_operands(model_output, sample, history, noise, rescale, thresh, want_x0, write_prev):
-    """What the Triton and CUDA step launchers take: dense operands in the kernel's dtypes and the
-    outputs, allocated (prev may be skipped; x0 is an empty placeholder unless wanted)."""
-    mo, x, B, S, mo_stride = _layout(model_output, sample)
-    history, noise = _opt(history, x.dtype), _opt(noise, x.dtype)
-    rescale, thresh = _opt(rescale, torch.float32), _opt(thresh, torch.float32)
-    prev = T.empty_like(x) if write_prev else None
-    x0 = T.empty_like(x) if want_x0 else x.new_empty((0,))
-    return mo, x, B, S, mo_stride, history, noise, rescale, thresh, prev, x0
-
 
 def _step_triton_impl(model_output, sample, history, noise, rescale, thresh, coefs, flags, seed, offset, want_x0,
                       coef_dev=None, rng_dev=None, write_prev=True):
@@ -553,26 +711,6 @@ def _step_triton_impl(model_output, sample, history, noise, rescale, thresh, coe
     tk.step(mo, x, history, noise, rescale, thresh, prev, x0 if want_x0 else None, B, S, mo_stride, flags,
             seed, offset, coefs, coef_dev, rng_dev)
     return (prev if prev is not None else x.new_empty((0,))), x0
-
-
-def _register_step_kernels(backend: str, impl) -> None:
-    """diffusion_step, its graph-replay form (coefficients and RNG state read from device buffers)
-    and the dynamic-thresholding scales, all on one step launcher (Triton's or CUDA's)."""
-    @register("diffusion_step", backend)
-    def step(model_output, sample, history, noise, rescale, thresh, coefs, flags, seed, offset, want_x0):
-        return impl(model_output, sample, history, noise, rescale, thresh, coefs, flags, seed, offset, want_x0)
-
-    @register("diffusion_step_dev", backend)
-    def step_dev(model_output, sample, history, coefs, rng, flags, want_x0):
-        return impl(model_output, sample, history, None, None, None, [0.0] * R.NCOEF, flags, 0, 0, want_x0,
-                    coef_dev=coefs.float().contiguous(), rng_dev=rng.contiguous())
-
-    @register("diffusion_threshold_scales", backend)
-    def threshold_scales(model_output, sample, rescale, coefs, flags, rank_lo, rank_w, max_value):
-        # x0 by the step kernel with prev compiled out, then two radix selections (torch.kthvalue)
-        x0 = _x0_before_clamp(_x0_only(impl), model_output, sample, rescale, coefs, flags)
-        a = x0.reshape(x0.shape[0], -1).abs().float()
-        return _lerp_sorted(a, rank_lo, rank_w).clamp(min=1.0, max=max_value)
 
 
 _register_step_kernels("triton", _step_triton_impl)
@@ -615,71 +753,3 @@ def _diffusion_loss_backward_triton(grad, model_output, x0, noise, tx, tn, weigh
     return tk.lincomb(x0, noise, tx, tn, T.empty_like(mo), B, S, m=mo, k=k)
 
 
-# ---- backends: cuda --------------------------------------------------------------------------
-
-_RED_CHUNK = 1024  # elements per reduction block of csrc/diffusion/cuda.cu (kRedThreads * kRedItems)
-
-
-def _step_cuda_impl(model_output, sample, history, noise, rescale, thresh, coefs, flags, seed, offset, want_x0,
-                    coef_dev=None, rng_dev=None, write_prev=True):
-    mo, x, B, S, mo_stride, history, noise, rescale, thresh, prev, x0 = _step_operands(
-        model_output, sample, history, noise, rescale, thresh, want_x0, write_prev)
-    with _native.device_guard(x):
-        _native.cuda.diffusion_step(mo.data_ptr(), x.data_ptr(), _native.ptr(history), _native.ptr(noise),
-                                    _native.ptr(rescale), _native.ptr(thresh), _native.ptr(prev),
-                                    x0.data_ptr() if want_x0 else 0, B, S, mo_stride, flags, seed, offset, list(coefs),
-                                    _native.ptr(coef_dev), _native.ptr(rng_dev), _native.dtype_code(x),
-                                    _native.cuda_stream(x))
-    return (prev if prev is not None else x.new_empty((0,))), x0
-
-
-_register_step_kernels("cuda", _step_cuda_impl)
-
-
-@register("guidance_rescale_factors", "cuda")
-def _guidance_rescale_factors_cuda(model_output, g, rescale):
-    mo = model_output.contiguous()
-    B = mo.shape[0] // 2
-    S = mo.numel() // max(2 * B, 1)
-    nchunks = max(-(-S // _RED_CHUNK), 1)
-    part = T.empty((B, nchunks, 4), dtype=torch.float32, device=mo.device)
-    with _native.device_guard(mo):
-        _native.cuda.diffusion_rescale_partials(mo.data_ptr(), B, S, S, g, part.data_ptr(), nchunks,
-                                                _native.dtype_code(mo), _native.cuda_stream(mo))
-    return _rescale_from_sums(part.double().sum(1), S, rescale)
-
-
-@register("add_noise", "cuda")
-def _add_noise_cuda(x0, noise, ca, cn):
-    x, y = x0.contiguous(), noise.contiguous()
-    ca, cn = _per_sample_f32(ca, cn)
-    out = T.empty_like(x)
-    B = x.shape[0]
-    with _native.device_guard(x):
-        _native.cuda.diffusion_lincomb(x.data_ptr(), y.data_ptr(), ca.data_ptr(), cn.data_ptr(), out.data_ptr(), B,
-                                       x.numel() // max(B, 1), _native.dtype_code(x), _native.cuda_stream(x))
-    return out
-
-
-@register("diffusion_loss", "cuda")
-def _diffusion_loss_cuda(model_output, x0, noise, tx, tn, weight):
-    mo, x0, noise, tx, tn, B, S = _loss_operands(model_output, x0, noise, tx, tn)
-    nchunks = max(-(-S // _RED_CHUNK), 1)
-    part = T.empty((B, nchunks), dtype=torch.float32, device=mo.device)
-    with _native.device_guard(mo):
-        _native.cuda.diffusion_loss_partials(mo.data_ptr(), x0.data_ptr(), noise.data_ptr(), tx.data_ptr(),
-                                             tn.data_ptr(), part.data_ptr(), nchunks, B, S, _native.dtype_code(mo),
-                                             _native.cuda_stream(mo))
-    return (weight.double() * part.double().sum(1) / S).float()
-
-
-@register("diffusion_loss_backward", "cuda")
-def _diffusion_loss_backward_cuda(grad, model_output, x0, noise, tx, tn, weight):
-    mo, x0, noise, tx, tn, B, S = _loss_operands(model_output, x0, noise, tx, tn)
-    k = _loss_grad_scale(grad, weight, S)
-    dmo = T.empty_like(mo)
-    with _native.device_guard(mo):
-        _native.cuda.diffusion_loss_backward(mo.data_ptr(), x0.data_ptr(), noise.data_ptr(), tx.data_ptr(),
-                                             tn.data_ptr(), k.data_ptr(), dmo.data_ptr(), B, S, _native.dtype_code(mo),
-                                             _native.cuda_stream(mo))
-    return dmo

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from .. import _native
 from .. import _tensors as T
-from ..backends import register, resolve
+from ..backends import register, resolve_nonempty
 from ..reference import filtered_lrelu as ref
 from ..reference import upfirdn2d as ref_up
 from . import _validate as V
@@ -87,13 +87,16 @@ def _masked_out_hw(mask, fb, down_b, pad_b):
 def _filtered_lrelu(x: Tensor, fu: Tensor, fd: Tensor, b: Optional[Tensor], up: List[int], down: List[int],
                     pad: List[int], gain: float, slope: float, clamp: Optional[float],
                     flip_filter: bool) -> tuple[Tensor, Tensor]:
-    return resolve("filtered_lrelu", x)(x, fu, fd, b, up, down, pad, gain, slope, clamp, flip_filter)
+    y, mask = resolve_nonempty("filtered_lrelu", x)(x, fu, fd, b, up, down, pad, gain, slope, clamp, flip_filter)
+    return y.contiguous(memory_format=_out_layout(x)), mask.contiguous()  # the fake kernel's layouts
 
 
 @_filtered_lrelu.register_fake
 def _(x, fu, fd, b, up, down, pad, gain, slope, clamp, flip_filter):
+    # Output strides (docs/architecture.md "Layouts"): y channels_last if x is (and is not also
+    # contiguous), else contiguous; the mask contiguous. Every backend returns exactly these.
     (TH, TW), (OH, OW) = _sizes(x, fu, fd, up, down, pad)
-    y = x.new_empty(x.shape[0], x.shape[1], OH, OW).contiguous(memory_format=_out_layout(x))
+    y = torch.empty((x.shape[0], x.shape[1], OH, OW), dtype=x.dtype, device=x.device, memory_format=_out_layout(x))
     return y, x.new_empty(x.shape[0], x.shape[1], TH, TW, dtype=torch.uint8)
 
 
@@ -101,14 +104,15 @@ def _(x, fu, fd, b, up, down, pad, gain, slope, clamp, flip_filter):
 def _masked(x: Tensor, mask: Tensor, fa: Tensor, fb: Tensor, up_a: List[int], pad_a: List[int], flip_a: bool,
             gain_a: float, down_b: List[int], pad_b: List[int], flip_b: bool, gain_b: float, gain: float,
             slope: float) -> Tensor:
-    return resolve("filtered_lrelu_masked", x)(x, mask, fa, fb, up_a, pad_a, flip_a, gain_a, down_b, pad_b, flip_b,
-                                               gain_b, gain, slope)
+    y = resolve_nonempty("filtered_lrelu_masked", x)(x, mask, fa, fb, up_a, pad_a, flip_a, gain_a, down_b, pad_b,
+                                                     flip_b, gain_b, gain, slope)
+    return y.contiguous(memory_format=_out_layout(x))  # the fake kernel's layout
 
 
 @_masked.register_fake
 def _(x, mask, fa, fb, up_a, pad_a, flip_a, gain_a, down_b, pad_b, flip_b, gain_b, gain, slope):
     OH, OW = _masked_out_hw(mask, fb, down_b, pad_b)
-    return x.new_empty(x.shape[0], x.shape[1], OH, OW).contiguous(memory_format=_out_layout(x))
+    return torch.empty((x.shape[0], x.shape[1], OH, OW), dtype=x.dtype, device=x.device, memory_format=_out_layout(x))
 
 
 # ---- autograd -----------------------------------------------------------------------------------
@@ -210,17 +214,16 @@ def _launch(backend, x, b, mask, mode, fa, fb, up_a, pad_a, flip_a, gain_a, down
             down_b[0], down_b[1], pad_b[0], pad_b[2], gb.shape[1], gb.shape[0], mode, float(gain), float(slope),
             -1.0 if clamp is None else float(clamp))
     if y.numel():
-        if backend == "cpu":
-            _native.cpu.filtered_lrelu(xc.data_ptr(), _native.ptr(bf), mask.data_ptr(), ga.data_ptr(),
-                                       _native.ptr(ga1), gb.data_ptr(), _native.ptr(gb1), y.data_ptr(), *geom)
-        elif backend == "cuda":
-            with _native.device_guard(x):
-                _native.cuda.filtered_lrelu(xc.data_ptr(), _native.ptr(bf), mask.data_ptr(), ga.data_ptr(),
-                                            gb.data_ptr(), y.data_ptr(), *geom, _native.dtype_code(x),
-                                            _native.cuda_stream(x))
-        else:
+        if backend == "triton":
             from ..triton import filtered_lrelu as tk
             tk.launch(xc, bf, mask, ga, gb, y, *geom)
+        else:
+            _native.entry(backend, "filtered_lrelu.run")(
+                xc, x=xc, b=bf, mask=mask, gA=ga, gA1=ga1, gB=gb, gB1=gb1, y=y, N=x.shape[0], C=x.shape[1],
+                H=x.shape[2], W=x.shape[3], TH=mask.shape[2], TW=mask.shape[3], OH=out_hw[0], OW=out_hw[1],
+                upx=up_a[0], upy=up_a[1], pax=pad_a[0], pay=pad_a[2], kax=ga.shape[1], kay=ga.shape[0],
+                downx=down_b[0], downy=down_b[1], pbx=pad_b[0], pby=pad_b[2], kbx=gb.shape[1], kby=gb.shape[0],
+                mode=mode, gain=float(gain), slope=float(slope), clamp=-1.0 if clamp is None else float(clamp))
     return y.contiguous(memory_format=fmt)
 
 

@@ -4,9 +4,17 @@ time-embedding bias, scale-shift and residual of diffusion UNets).
 Kernels see both norms as the same passes (csrc/norm/norm.h): per-(n, c) statistics of x; then
 y = act((x - M) * A + B) with small per-(n, c) coefficient tables M, A, B folding mean, rstd,
 weight, bias, temb, scale and shift; backward recomputes h instead of saving it, reduces per-(n, c)
-sums of g = dy * act'(h), and applies dx = g * A2 + (x - M) * B2 + C2. The table arithmetic is O(N * C)
-and lives here in torch (float64), shared by the triton and cuda backends; the CPU forward of
-GroupNorm does it in C++ to avoid a dozen small torch calls on a path that takes ~1 ms.
+sums of g = dy * act'(h), and applies dx = g * A2 + (x - M) * B2 + C2.
+
+Where the O(N * C) table arithmetic is done (each a route to gankern/reference/norm.py's formulas,
+which the tests compare every backend with):
+  - here in torch, float64 (_gn_tables, _gn_backward_k, the BatchNorm helpers): BatchNorm on every
+    backend, GroupNorm on the cuda backend, and the GroupNorm backward of the triton backend and
+    of the CPU shapes the fused C++ backward does not take;
+  - the Triton GroupNorm forward: its finalize kernel (gankern/triton/norm.py);
+  - the CPU GroupNorm forward, and its backward where the layout allows: C++
+    (csrc/norm/cpu.cpp: group_coefficients_cpu, group_norm_backward_cpu), to avoid a dozen small
+    torch calls on a path that takes ~1 ms.
 
 Weight/bias gradients are per-(n, c) partial sums reduced over n by torch: deterministic, no atomics.
 """
@@ -20,7 +28,7 @@ from torch import Tensor
 
 from .. import _native
 from .. import _tensors as T
-from ..backends import register, resolve
+from ..backends import register, resolve_nonempty
 from ..reference import activations as ref_acts
 from ..reference import norm as ref
 from . import _validate as V
@@ -136,15 +144,21 @@ def batch_norm_act(x: Tensor, running_mean: Tensor | None, running_var: Tensor |
     eps = _eps(eps)
     if residual is not None:
         V.tensor(residual, "residual")
+        V.same_device(x, "x", residual=residual)
         if residual.shape != x.shape:
             raise ValueError(f"residual must have x's shape {tuple(x.shape)}, got {tuple(residual.shape)}")
+    if torch.is_grad_enabled():
+        for name, t in (("running_mean", running_mean), ("running_var", running_var)):
+            if t is not None and t.requires_grad:
+                raise ValueError(f"{name} requires grad, but the running statistics are not differentiable (as "
+                                 "in torch); pass a buffer or a detached tensor")
     count = x.numel() // max(C, 1)
-    if training and count <= 1:
+    if training and count == 1:  # torch's rule; an empty batch gives an empty output (and no update)
         raise ValueError(f"batch_norm_act in training mode needs more than 1 value per channel, got x of shape "
                          f"{tuple(x.shape)}")
     y, mean, var = torch.ops.gankern.batch_norm_act(x, weight, bias, running_mean, running_var, training, eps, act,
                                                     alpha, residual)
-    if training and running_mean is not None:
+    if training and running_mean is not None and count > 0:
         with torch.no_grad():
             running_mean.mul_(1 - momentum).add_(mean.to(running_mean.dtype), alpha=momentum)
             unbiased = var * (count / (count - 1))
@@ -158,17 +172,28 @@ def _stat_dtype(x):
     return torch.float64 if x.dtype == torch.float64 else _STAT
 
 
+def _channels_last(x) -> bool:
+    return x.ndim > 2 and x.movedim(1, -1).is_contiguous() and not x.is_contiguous()
+
+
+def _out_strides(x) -> tuple:
+    """y and dx: NCHW or channels_last as x (the kernels read and write both natively); any other
+    layout is copied to contiguous first (_layout), so its outputs are contiguous."""
+    return tuple(x.stride()) if x.is_contiguous() or _channels_last(x) else T.contiguous_strides(x.shape)
+
+
 @torch.library.custom_op("gankern::group_norm_act", mutates_args=())
 def _group_norm_act(x: Tensor, num_groups: int, weight: Optional[Tensor], bias: Optional[Tensor], eps: float,
                     act: str, alpha: float, temb: Optional[Tensor], scale: Optional[Tensor], shift: Optional[Tensor],
                     residual: Optional[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
-    return resolve("group_norm_act", x)(x, num_groups, weight, bias, eps, act, alpha, temb, scale, shift, residual)
+    return T.restride(resolve_nonempty("group_norm_act", x)(x, num_groups, weight, bias, eps, act, alpha, temb, scale,
+                                                          shift, residual), x, _out_strides(x))
 
 
 @_group_norm_act.register_fake
 def _(x, num_groups, weight, bias, eps, act, alpha, temb, scale, shift, residual):
     st = x.new_empty((x.shape[0], num_groups), dtype=_stat_dtype(x))
-    return torch.empty_like(x), st, torch.empty_like(st)
+    return T.empty_strided_like(x, _out_strides(x)), st, torch.empty_like(st)
 
 
 @torch.library.custom_op("gankern::group_norm_act_backward", mutates_args=())
@@ -178,8 +203,9 @@ def _group_norm_act_backward(dy: Tensor, x: Tensor, mean: Tensor, rstd: Tensor, 
                              shift: Optional[Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(dx, dweight [C], dbias [C], dtemb [N, C], dscale [N, C], dshift [N, C]); parameter gradients
     in the statistics dtype, computed whether or not the parameter is given (they are O(N * C))."""
-    return resolve("group_norm_act_backward", x)(dy, x, mean, rstd, num_groups, weight, bias, eps, act, alpha,
-                                                 temb, scale, shift)
+    dx_etc = resolve_nonempty("group_norm_act_backward", x)(dy, x, mean, rstd, num_groups, weight, bias, eps, act,
+                                                            alpha, temb, scale, shift)
+    return T.restride(dx_etc, x, _out_strides(x))
 
 
 @_group_norm_act_backward.register_fake
@@ -188,7 +214,8 @@ def _(dy, x, mean, rstd, num_groups, weight, bias, eps, act, alpha, temb, scale,
     sd = _stat_dtype(x)
     pc = x.new_empty((C,), dtype=sd)
     ps = x.new_empty((N, C), dtype=sd)
-    return (torch.empty_like(x), pc, torch.empty_like(pc), ps, torch.empty_like(ps), torch.empty_like(ps))
+    return (T.empty_strided_like(x, _out_strides(x)), pc, torch.empty_like(pc), ps, torch.empty_like(ps),
+            torch.empty_like(ps))
 
 
 @torch.library.custom_op("gankern::batch_norm_act", mutates_args=())
@@ -196,14 +223,14 @@ def _batch_norm_act(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
                     running_var: Optional[Tensor], training: bool, eps: float, act: str, alpha: float,
                     residual: Optional[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
     """(y, mean [C], var [C]): the statistics used; var is biased in training mode."""
-    return resolve("batch_norm_act", x)(x, weight, bias, running_mean, running_var, training, eps, act, alpha,
-                                        residual)
+    return T.restride(resolve_nonempty("batch_norm_act", x)(x, weight, bias, running_mean, running_var, training, eps,
+                                                            act, alpha, residual), x, _out_strides(x))
 
 
 @_batch_norm_act.register_fake
 def _(x, weight, bias, running_mean, running_var, training, eps, act, alpha, residual):
     st = x.new_empty((x.shape[1],), dtype=_stat_dtype(x))
-    return torch.empty_like(x), st, torch.empty_like(st)
+    return T.empty_strided_like(x, _out_strides(x)), st, torch.empty_like(st)
 
 
 @torch.library.custom_op("gankern::batch_norm_act_backward", mutates_args=())
@@ -211,13 +238,14 @@ def _batch_norm_act_backward(dy: Tensor, x: Tensor, mean: Tensor, var: Tensor, w
                              bias: Optional[Tensor], training: bool, eps: float, act: str,
                              alpha: float) -> tuple[Tensor, Tensor, Tensor]:
     """(dx, dweight [C], dbias [C]) in the statistics dtype."""
-    return resolve("batch_norm_act_backward", x)(dy, x, mean, var, weight, bias, training, eps, act, alpha)
+    return T.restride(resolve_nonempty("batch_norm_act_backward", x)(dy, x, mean, var, weight, bias, training, eps,
+                                                                     act, alpha), x, _out_strides(x))
 
 
 @_batch_norm_act_backward.register_fake
 def _(dy, x, mean, var, weight, bias, training, eps, act, alpha):
     pc = x.new_empty((x.shape[1],), dtype=_stat_dtype(x))
-    return torch.empty_like(x), pc, torch.empty_like(pc)
+    return T.empty_strided_like(x, _out_strides(x)), pc, torch.empty_like(pc)
 
 
 # ---- autograd --------------------------------------------------------------------------------
@@ -280,8 +308,8 @@ register("batch_norm_act", "reference")(ref.batch_norm_act)
 
 # ---- kernel backends: shared table arithmetic ------------------------------------------------
 
-def _layout(x):
-    """(dense x, N, C, HW, channels_last)."""
+def _norm_layout(x):
+    """(dense x, N, C, HW, channels_last): the Shape of csrc/norm/norm.h."""
     N, C = x.shape[:2]
     HW = math.prod(x.shape[2:])
     if x.is_contiguous():
@@ -294,7 +322,7 @@ def _layout(x):
 def _nc_or(t, N, C, fill, dtype, device):
     if t is None:
         return torch.full((N, C), fill, dtype=dtype, device=device)
-    return t.to(dtype).reshape(-1, C).expand(N, C) if t.ndim == 1 else t.to(dtype)
+    return t.to(dtype).reshape(1, C).expand(N, C) if t.ndim == 1 else t.to(dtype)
 
 
 def _gn_tables(x, mean, rstd, G, w, b, temb, scale, shift, dt):
@@ -324,8 +352,8 @@ def _gn_param_grads(sums, tb, x, G):
     dw = Suxh.sum(0)
     db = Su.sum(0)
     cnt = max((C // G) * HW, 1)
-    c1 = (wt * Su).reshape(N, G, -1).sum(-1).repeat_interleave(C // G, dim=1) / cnt
-    c2 = (wt * Suxh).reshape(N, G, -1).sum(-1).repeat_interleave(C // G, dim=1) / cnt
+    c1 = (wt * Su).reshape(N, G, C // G).sum(-1).repeat_interleave(C // G, dim=1) / cnt
+    c2 = (wt * Suxh).reshape(N, G, C // G).sum(-1).repeat_interleave(C // G, dim=1) / cnt
     # dx = rs * (wt * sc1 * g - c1 - c2 * xhat), xhat = (x - M) * P
     A2 = rs * wt * sc1
     B2 = -rs * c2 * tb["P"]
@@ -362,14 +390,14 @@ def _f32(t, like=None):
 
 
 def _gn_forward(k: _Kernels, x, G, w, b, eps, act, alpha, temb, scale, shift, residual):
-    x, N, C, HW, cl = _layout(x)
+    x, N, C, HW, cl = _norm_layout(x)
     mean_c, m2_c = k.stats(x, N, C, HW, cl)
     dt = torch.float64
     mean_c, m2_c = mean_c.to(dt), m2_c.to(dt)
     if temb is not None:
         mean_c = mean_c + temb.to(dt)
-    mg = mean_c.reshape(N, G, -1).mean(-1)
-    m2g = m2_c.reshape(N, G, -1).sum(-1) + HW * (mean_c.reshape(N, G, -1) - mg[..., None]).pow(2).sum(-1)
+    mg = mean_c.reshape(N, G, C // G).mean(-1)
+    m2g = m2_c.reshape(N, G, C // G).sum(-1) + HW * (mean_c.reshape(N, G, C // G) - mg[..., None]).pow(2).sum(-1)
     rstd = torch.rsqrt(m2g / max((C // G) * HW, 1) + eps)
     tb = _gn_tables(x, mg, rstd, G, w, b, temb, scale, shift, dt)
     res = None if residual is None else T.like(residual.to(x.dtype), x)
@@ -378,7 +406,10 @@ def _gn_forward(k: _Kernels, x, G, w, b, eps, act, alpha, temb, scale, shift, re
 
 
 def _gn_backward_k(k: _Kernels, dy, x, mean, rstd, G, w, b, eps, act, alpha, temb, scale, shift):
-    x, N, C, HW, cl = _layout(x)
+    x, N, C, HW, cl = _norm_layout(x)
+    if x.numel() == 0:  # no output element: every gradient is zero (the statistics may be NaN)
+        pc, ps = (torch.zeros(s, dtype=_stat_dtype(x), device=x.device) for s in ((C,), (N, C)))
+        return (torch.zeros_like(x), pc, pc.clone(), ps, ps.clone(), ps.clone())
     dy = T.like(dy.to(x.dtype), x)
     dt = torch.float64
     tb = _gn_tables(x, mean, rstd, G, w, b, temb, scale, shift, dt)
@@ -390,13 +421,14 @@ def _gn_backward_k(k: _Kernels, dy, x, mean, rstd, G, w, b, eps, act, alpha, tem
 
 
 def _bn_forward(k: _Kernels, x, w, b, rm, rv, training, eps, act, alpha, residual):
-    x, N, C, HW, cl = _layout(x)
+    x, N, C, HW, cl = _norm_layout(x)
     dt = torch.float64
     if training:
         mean_c, m2_c = k.stats(x, N, C, HW, cl)
         mean_c, m2_c = mean_c.to(dt), m2_c.to(dt)
         mean = mean_c.mean(0)
         var = (m2_c.sum(0) + HW * (mean_c - mean).pow(2).sum(0)) / max(N * HW, 1)
+        mean = torch.where(torch.isnan(var), var, mean)  # non-finite sets: gankern/reference/norm.py
     else:
         mean, var = rm.to(dt), rv.to(dt)
         if mean.dtype == _stat_dtype(x):  # outputs must not alias the inputs
@@ -408,7 +440,10 @@ def _bn_forward(k: _Kernels, x, w, b, rm, rv, training, eps, act, alpha, residua
 
 
 def _bn_backward_k(k: _Kernels, dy, x, mean, var, w, b, training, eps, act, alpha):
-    x, N, C, HW, cl = _layout(x)
+    x, N, C, HW, cl = _norm_layout(x)
+    if x.numel() == 0:  # no output element: every gradient is zero (the statistics may be NaN)
+        z = torch.zeros((C,), dtype=_stat_dtype(x), device=x.device)
+        return torch.zeros_like(x), z, z.clone()
     dy = T.like(dy.to(x.dtype), x)
     dt = torch.float64
     tb = _bn_tables(x, mean, var, w, b, eps, dt)
@@ -448,21 +483,22 @@ class _TorchKernels:
         return t.reshape(N, C, 1)
 
     def stats(self, x, N, C, HW, cl):
-        xf = ref._upcast(x).reshape(N, C, -1)
+        xf = ref._upcast(x).reshape(N, C, HW)
         mean = xf.mean(-1)
         return mean, (xf - mean[..., None]).pow(2).sum(-1)
 
     def apply(self, x, M, A, B, res, N, C, HW, cl, act, alpha):
-        u = ref._upcast(x).reshape(N, C, -1) - self._v(M, N, C)
+        u = ref._upcast(x).reshape(N, C, HW) - self._v(M, N, C)
         y = ref_acts.get(act).fn(u * self._v(A, N, C) + self._v(B, N, C), alpha)
         if res is not None:
-            y = y + ref._upcast(res).reshape(N, C, -1)
+            y = y + ref._upcast(res).reshape(N, C, HW)
         return y.to(x.dtype).reshape(x.shape)
 
     def _g(self, dy, x, M, A, B, N, C, act, alpha):
-        u = ref._upcast(x).reshape(N, C, -1) - self._v(M, N, C)
+        HW = math.prod(x.shape[2:])
+        u = ref._upcast(x).reshape(N, C, HW) - self._v(M, N, C)
         h = u * self._v(A, N, C) + self._v(B, N, C)
-        return u, ref._upcast(dy).reshape(N, C, -1) * ref_acts.get(act).grad(h, alpha)
+        return u, ref._upcast(dy).reshape(N, C, HW) * ref_acts.get(act).grad(h, alpha)
 
     def bwd_reduce(self, dy, x, M, A, B, P, N, C, HW, cl, act, alpha):
         u, g = self._g(dy, x, M, A, B, N, C, act, alpha)
@@ -479,53 +515,98 @@ register("group_norm_act_backward", "reference")(lambda *a: _gn_backward_k(_Torc
 register("batch_norm_act_backward", "reference")(lambda *a: _bn_backward_k(_TorchKernels(), *a))
 
 
-# ---- cpu -------------------------------------------------------------------------------------
+# ---- cpu and cuda (csrc/norm/norm.h): the same passes of either module -------------------------
 
-class _CpuKernels:
+class _NativeKernels:
+    """Launchers of the norm entry points of one native backend. The reductions return partials
+    [S][3][N*C] over splits of `chunk` positions (norm.split_chunk: one split on the CPU, in
+    float64; enough to fill the GPU on CUDA, in float32), merged here in fixed order."""
+
+    def __init__(self, backend):
+        self.backend = backend
+
+    def _run(self, name, device_of, **fields):
+        return _native.entry(self.backend, "norm." + name)(device_of, **fields)
+
+    def _splits(self, x, N, C, HW, cl):
+        chunk = self._run("split_chunk", x, N=N, C=C, HW=HW, channels_last=cl)
+        return chunk, -(-HW // chunk)
+
+    def _partials(self, x, S, N, C):
+        dtype = torch.float64 if self.backend == "cpu" else torch.float32
+        return torch.empty((S, 3, N, C), dtype=dtype, device=x.device)
+
     def stats(self, x, N, C, HW, cl):
-        st = torch.empty((2, N, C), dtype=torch.float64)
-        _native.cpu.norm_channel_stats(x.data_ptr(), N, C, HW, cl, st[0].data_ptr(), st[1].data_ptr())
-        return st[0], st[1]
+        if HW == 0 or N * C == 0:
+            z = torch.zeros((N, C), dtype=torch.float64, device=x.device)
+            return z, z.clone()
+        chunk, S = self._splits(x, N, C, HW, cl)
+        part = self._partials(x, S, N, C)  # shift, mean of x - shift, m2
+        self._run("channel_stats", x, x=x, chunk=chunk, partials=part, N=N, C=C, HW=HW, channels_last=cl)
+        mean_s, m2_s = part[:, 0].double() + part[:, 1].double(), part[:, 2].double()
+        if S == 1:
+            return mean_s[0], m2_s[0]
+        cnt = torch.tensor([min(HW, (s + 1) * chunk) - s * chunk for s in range(S)], dtype=torch.float64,
+                           device=x.device)[:, None, None]
+        mean = (cnt * mean_s).sum(0) / HW  # Chan's merge of the splits
+        return mean, m2_s.sum(0) + (cnt * (mean_s - mean).pow(2)).sum(0)
 
     def apply(self, x, M, A, B, res, N, C, HW, cl, act, alpha):
         y = T.empty_like(x)
-        _native.cpu.norm_apply(x.data_ptr(), M.data_ptr(), A.data_ptr(), B.data_ptr(), _native.ptr(res), y.data_ptr(),
-                               N, C, HW, cl, ref_acts.get(act).code, alpha)
+        self._run("apply", x, dy=None, x=x, residual=res, out=y, M=M, A=A, B=B, A2=None, B2=None, C2=None,
+                  act=ref_acts.get(act).code, alpha=alpha, N=N, C=C, HW=HW, channels_last=cl)
         return y
 
     def bwd_reduce(self, dy, x, M, A, B, P, N, C, HW, cl, act, alpha):
-        sums = torch.empty((3, N, C), dtype=torch.float64)
-        _native.cpu.norm_backward_reduce(dy.data_ptr(), x.data_ptr(), M.data_ptr(), A.data_ptr(), B.data_ptr(),
-                                         P.data_ptr(), N, C, HW, cl, ref_acts.get(act).code, alpha,
-                                         sums.data_ptr())
-        return sums
+        if HW == 0 or N * C == 0:
+            return torch.zeros((3, N, C), dtype=self._partials(x, 0, N, C).dtype, device=x.device)
+        chunk, S = self._splits(x, N, C, HW, cl)
+        part = self._partials(x, S, N, C)
+        self._run("backward_reduce", x, dy=dy, x=x, M=M, A=A, B=B, P=P, chunk=chunk, partials=part,
+                  act=ref_acts.get(act).code, alpha=alpha, N=N, C=C, HW=HW, channels_last=cl)
+        return part[0] if S == 1 else part.sum(0)
 
     def bwd_apply(self, dy, x, M, A, B, A2, B2, C2, N, C, HW, cl, act, alpha):
         dx = T.empty_like(x)
-        _native.cpu.norm_backward_apply(dy.data_ptr(), x.data_ptr(), M.data_ptr(), A.data_ptr(), B.data_ptr(),
-                                        A2.data_ptr(), B2.data_ptr(), C2.data_ptr(), dx.data_ptr(), N, C, HW, cl,
-                                        ref_acts.get(act).code, alpha)
+        self._run("backward_apply", x, dy=dy, x=x, residual=None, out=dx, M=M, A=A, B=B, A2=A2, B2=B2, C2=C2,
+                  act=ref_acts.get(act).code, alpha=alpha, N=N, C=C, HW=HW, channels_last=cl)
         return dx
 
 
-_CPU_KERNELS = _CpuKernels()
+_CPU_KERNELS = _NativeKernels("cpu")
 _register_kernels("cpu", _CPU_KERNELS, skip_gn_forward=True, skip_gn_backward=True)
+_register_kernels("cuda", _NativeKernels("cuda"))
 
 
 @register("group_norm_act", "cpu")
 def _gn_forward_cpu(x, G, w, b, eps, act, alpha, temb, scale, shift, residual):
-    x, N, C, HW, cl = _layout(x)
+    x, N, C, HW, cl = _norm_layout(x)
     res = None if residual is None else T.like(residual.to(x.dtype), x)
     y = T.empty_like(x)
     tables = torch.empty((3, N, C), dtype=torch.float32)
     mean, rstd = torch.empty((N, G), dtype=torch.float32), torch.empty((N, G), dtype=torch.float32)
     scratch = torch.empty((2, N, C), dtype=torch.float64)
-    w, b, temb, scale, shift = (_f32(t) for t in (w, b, temb, scale, shift))  # kept alive across the call
-    _native.cpu.group_norm_forward(x.data_ptr(), N, C, HW, cl, G, eps, _native.ptr(w), _native.ptr(b),
-                                   _native.ptr(temb), _native.ptr(scale), _native.ptr(shift), _native.ptr(res),
-                                   y.data_ptr(), tables.data_ptr(), mean.data_ptr(),
-                                   rstd.data_ptr(), scratch.data_ptr(), ref_acts.get(act).code, alpha)
+    w, b, temb, scale, shift = (_f32(t) for t in (w, b, temb, scale, shift))
+    _native.entry("cpu", "norm.group_norm_forward")(
+        x, x=x, weight=w, bias=b, temb=temb, scale=scale, shift=shift, residual=res, y=y, tables=tables, gmean=mean,
+        grstd=rstd, scratch=scratch, G=G, eps=eps, act=ref_acts.get(act).code, alpha=alpha, N=N, C=C, HW=HW,
+        channels_last=cl)
     return y, mean, rstd
+
+
+@register("group_norm_act_backward", "cpu")
+def _gn_backward_cpu(dy, x, mean, rstd, G, w, b, eps, act, alpha, temb, scale, shift):
+    x, N, C, HW, cl = _norm_layout(x)
+    dy = T.like(dy.to(x.dtype), x)
+    dx = T.empty_like(x)
+    grads = torch.empty((5, N, C), dtype=torch.float64)
+    fmean, frstd, fw, fb, ftemb, fscale, fshift = (_f32(t) for t in (mean, rstd, w, b, temb, scale, shift))
+    if _native.entry("cpu", "norm.group_norm_backward")(
+            x, dy=dy, x=x, gmean=fmean, grstd=frstd, weight=fw, bias=fb, temb=ftemb, scale=fscale, shift=fshift,
+            dx=dx, grads=grads, G=G, act=ref_acts.get(act).code, alpha=alpha, N=N, C=C, HW=HW, channels_last=cl):
+        dw, db = grads[0].sum(0), grads[1].sum(0)  # deterministic reduction of the per-sample partials
+        return tuple([dx] + [g.to(_STAT) for g in (dw, db, grads[2], grads[3], grads[4])])
+    return _gn_backward_k(_CPU_KERNELS, dy, x, mean, rstd, G, w, b, eps, act, alpha, temb, scale, shift)
 
 
 # ---- triton ----------------------------------------------------------------------------------
@@ -565,7 +646,7 @@ _register_kernels("triton", _TritonKernels(), skip_gn_forward=True)
 def _gn_forward_triton(x, G, w, b, eps, act, alpha, temb, scale, shift, residual):
     """Three launches: statistics, a finalize kernel for the tables, the normalize pass."""
     from ..triton import norm as tk
-    x, N, C, HW, cl = _layout(x)
+    x, N, C, HW, cl = _norm_layout(x)
     if HW == 0:
         return _gn_forward(_TritonKernels(), x, G, w, b, eps, act, alpha, temb, scale, shift, residual)
     res = None if residual is None else T.like(residual.to(x.dtype), x)
@@ -574,73 +655,3 @@ def _gn_forward_triton(x, G, w, b, eps, act, alpha, temb, scale, shift, residual
     y = tk.pointwise(None, x, res, T.empty_like(x), tables[0], tables[1], tables[2], None, None, None, C, HW, cl,
                      ref_acts.get(act).code, alpha)
     return y, mean, rstd
-
-
-# ---- cuda ------------------------------------------------------------------------------------
-
-class _CudaKernels:
-    """Launchers of csrc/norm/cuda.cu. Reductions return per-split fp32 partials, merged here."""
-
-    def _splits(self, N, C, HW, cl):
-        chunk = _native.cuda.norm_split_chunk(N, C, HW, cl)
-        return chunk, -(-HW // chunk)
-
-    def stats(self, x, N, C, HW, cl):
-        if HW == 0 or N * C == 0:
-            z = torch.zeros((N, C), dtype=torch.float64, device=x.device)
-            return z, z.clone()
-        chunk, S = self._splits(N, C, HW, cl)
-        part = torch.empty((S, 3, N, C), dtype=torch.float32, device=x.device)  # shift, mean of x - shift, m2
-        with _native.device_guard(x):
-            _native.cuda.norm_channel_stats(x.data_ptr(), N, C, HW, cl, chunk, part.data_ptr(), _native.dtype_code(x),
-                                            _native.cuda_stream(x))
-        cnt = torch.tensor([min(HW, (s + 1) * chunk) - s * chunk for s in range(S)], dtype=torch.float64,
-                           device=x.device)[:, None, None]
-        mean_s, m2_s = part[:, 0].double() + part[:, 1].double(), part[:, 2].double()
-        mean = (cnt * mean_s).sum(0) / HW  # Chan's merge of the splits
-        return mean, m2_s.sum(0) + (cnt * (mean_s - mean).pow(2)).sum(0)
-
-    def apply(self, x, M, A, B, res, N, C, HW, cl, act, alpha):
-        y = T.empty_like(x)
-        with _native.device_guard(x):
-            _native.cuda.norm_apply(x.data_ptr(), M.data_ptr(), A.data_ptr(), B.data_ptr(), _native.ptr(res),
-                                    y.data_ptr(), N, C, HW, cl, ref_acts.get(act).code, alpha, _native.dtype_code(x),
-                                    _native.cuda_stream(x))
-        return y
-
-    def bwd_reduce(self, dy, x, M, A, B, P, N, C, HW, cl, act, alpha):
-        if HW == 0 or N * C == 0:
-            return torch.zeros((3, N, C), dtype=torch.float32, device=x.device)
-        chunk, S = self._splits(N, C, HW, cl)
-        part = torch.empty((S, 3, N, C), dtype=torch.float32, device=x.device)
-        with _native.device_guard(x):
-            _native.cuda.norm_backward_reduce(dy.data_ptr(), x.data_ptr(), M.data_ptr(), A.data_ptr(), B.data_ptr(),
-                                              P.data_ptr(), N, C, HW, cl, ref_acts.get(act).code, alpha, chunk,
-                                              part.data_ptr(), _native.dtype_code(x), _native.cuda_stream(x))
-        return part.sum(0)
-
-    def bwd_apply(self, dy, x, M, A, B, A2, B2, C2, N, C, HW, cl, act, alpha):
-        dx = T.empty_like(x)
-        with _native.device_guard(x):
-            _native.cuda.norm_backward_apply(dy.data_ptr(), x.data_ptr(), M.data_ptr(), A.data_ptr(), B.data_ptr(),
-                                             A2.data_ptr(), B2.data_ptr(), C2.data_ptr(), dx.data_ptr(), N, C, HW, cl,
-                                             ref_acts.get(act).code, alpha, _native.dtype_code(x),
-                                             _native.cuda_stream(x))
-        return dx
-
-
-_register_kernels("cuda", _CudaKernels())
-
-
-@register("group_norm_act_backward", "cpu")
-def _gn_backward_cpu(dy, x, mean, rstd, G, w, b, eps, act, alpha, temb, scale, shift):
-    x, N, C, HW, cl = _layout(x)
-    dy = T.like(dy.to(x.dtype), x)
-    dx = T.empty_like(x)
-    grads = torch.empty((5, N, C), dtype=torch.float64)
-    f = [_f32(t) for t in (mean, rstd, w, b, temb, scale, shift)]  # kept alive across the call
-    if _native.cpu.group_norm_backward(dy.data_ptr(), x.data_ptr(), N, C, HW, cl, G, *map(_native.ptr, f),
-                                       dx.data_ptr(), grads.data_ptr(), ref_acts.get(act).code, alpha):
-        dw, db = grads[0].sum(0), grads[1].sum(0)  # deterministic reduction of the per-sample partials
-        return tuple([dx] + [g.to(_STAT) for g in (dw, db, grads[2], grads[3], grads[4])])
-    return _gn_backward_k(_CPU_KERNELS, dy, x, mean, rstd, G, w, b, eps, act, alpha, temb, scale, shift)

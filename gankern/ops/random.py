@@ -26,8 +26,11 @@ U64 = 1 << 64
 
 def random_seed() -> int:
     """A fresh 63-bit seed drawn from torch's default CPU generator, so torch.manual_seed governs
-    every gankern op called with seed=None."""
-    return int(torch.randint(0, 2**63 - 1, (), dtype=torch.int64).item())
+    every gankern op called with seed=None. Under tracing (torch.export, torch.compile with captured
+    scalars) it is the symbolic value of .item(), which int() would have to specialize: the drawn
+    seed then stays a graph input of the custom op, drawn anew on every run of the program."""
+    seed = torch.randint(0, 2**63 - 1, (), dtype=torch.int64).item()
+    return seed if isinstance(seed, torch.SymInt) else int(seed)
 
 
 def seed_bits(seed, name: str = "seed") -> int:
@@ -106,17 +109,14 @@ def _randn_reference(shape, seed, offset, dtype, device):
 @register("randn", "cpu", cpu_dtypes=FP32_HALF)
 def _randn_cpu(shape, seed, offset, dtype, device):
     out = T.empty(shape, dtype=torch.float32, device=device)
-    _native.cpu.randn(out.data_ptr(), out.numel(), seed, offset)
+    _native.entry("cpu", "random.randn")(out, out=out, seed=seed, offset=offset)
     return out if dtype == torch.float32 else out.to(dtype)  # generated in fp32, then rounded
 
 
 @register("randn", "cuda")
 def _randn_cuda(shape, seed, offset, dtype, device):
     out = T.empty(shape, dtype=dtype, device=device)
-    if out.numel():
-        with _native.device_guard(out):
-            _native.cuda.randn(out.data_ptr(), out.numel(), seed, offset, _native.dtype_code(out),
-                               _native.cuda_stream(out))
+    _native.entry("cuda", "random.randn")(out, out=out, seed=seed, offset=offset)
     return out
 
 

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from .. import _native
 from .. import _tensors as T
-from ..backends import register, resolve
+from ..backends import register, resolve_nonempty
 from ..reference import upfirdn2d as ref
 from . import _validate as V
 
@@ -190,7 +190,8 @@ def backward_args(in_hw: Sequence[int], out_hw: Sequence[int], f: Tensor, up, do
 @torch.library.custom_op("gankern::upfirdn2d", mutates_args=())
 def _upfirdn2d(x: Tensor, f: Tensor, up: List[int], down: List[int], pad: List[int], flip_filter: bool,
                gain: float) -> Tensor:
-    return resolve("upfirdn2d", x)(x, f, up, down, pad, flip_filter, gain)
+    y = resolve_nonempty("upfirdn2d", x)(x, f, up, down, pad, flip_filter, gain)
+    return y.contiguous(memory_format=_out_layout(x))  # the layout the fake kernel states (a no-op for kernels)
 
 
 def _out_layout(x: Tensor) -> torch.memory_format:
@@ -200,8 +201,11 @@ def _out_layout(x: Tensor) -> torch.memory_format:
 
 @_upfirdn2d.register_fake
 def _(x, f, up, down, pad, flip_filter, gain):
+    # Output strides (docs/architecture.md "Layouts"): channels_last if x is channels_last (and not
+    # also contiguous), else contiguous; every backend returns exactly this.
     OH, OW = _out_hw(x, f, up, down, pad)
-    return x.new_empty(x.shape[0], x.shape[1], OH, OW).contiguous(memory_format=_out_layout(x))
+    return torch.empty((x.shape[0], x.shape[1], OH, OW), dtype=x.dtype, device=x.device,
+                       memory_format=_out_layout(x))
 
 
 def _setup(ctx, inputs, output):
@@ -259,23 +263,22 @@ def _geometry(x, y, g, up, down, pad):
             _out_layout(x) == torch.channels_last)
 
 
-@register("upfirdn2d", "cpu")
-def _upfirdn2d_cpu(x, f, up, down, pad, flip_filter, gain):
-    x, y, g, g1 = _prepare(x, f, up, down, pad, flip_filter, gain)
-    if y.numel():
-        _native.cpu.upfirdn2d(x.data_ptr(), g.data_ptr(), _native.ptr(g1), y.data_ptr(),
-                              *_geometry(x, y, g, up, down, pad))
-    return y
+def _register_native(backend):
+    @register("upfirdn2d", backend)
+    def forward(x, f, up, down, pad, flip_filter, gain):
+        x, y, g, g1 = _prepare(x, f, up, down, pad, flip_filter, gain)
+        sxn, sxc, sxh, sxw = x.stride()
+        syn, syc, syh, syw = y.stride()
+        _native.entry(backend, "upfirdn2d.forward")(
+            x, x=x, g=g, g1=g1, y=y, N=x.shape[0], C=x.shape[1], H=x.shape[2], W=x.shape[3], OH=y.shape[2],
+            OW=y.shape[3], sxn=sxn, sxc=sxc, sxh=sxh, sxw=sxw, syn=syn, syc=syc, syh=syh, syw=syw, upx=up[0],
+            upy=up[1], downx=down[0], downy=down[1], px0=pad[0], py0=pad[2], kw=g.shape[1], kh=g.shape[0],
+            channels_last=_out_layout(x) == torch.channels_last)
+        return y
 
 
-@register("upfirdn2d", "cuda")
-def _upfirdn2d_cuda(x, f, up, down, pad, flip_filter, gain):
-    x, y, g, _ = _prepare(x, f, up, down, pad, flip_filter, gain)
-    if y.numel():
-        with _native.device_guard(x):
-            _native.cuda.upfirdn2d(x.data_ptr(), g.data_ptr(), y.data_ptr(), *_geometry(x, y, g, up, down, pad),
-                                   _native.dtype_code(x), _native.cuda_stream(x))
-    return y
+_register_native("cpu")
+_register_native("cuda")
 
 
 @register("upfirdn2d", "triton")

@@ -24,7 +24,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .. import _native
+from .. import _native, _tables
 from .. import _tensors as T
 from ..backends import register, resolve
 from ..reference import vae as ref
@@ -120,13 +120,19 @@ def reparameterize_kl(mu: Tensor, logvar: Tensor, seed: int | None = None, offse
 
 # ---- custom ops -----------------------------------------------------------------------------------
 
+def _contiguous(out, mu):
+    """Full-size outputs are contiguous on every backend (the noise contract numbers elements
+    row-major, so the kernels write row-major); the fakes below say so."""
+    return T.restride(out, mu, T.contiguous_strides(mu.shape))
+
+
 def _kl_shape(mu, reduction):
     return mu.shape if reduction == "none" else ()
 
 
 @torch.library.custom_op("gankern::reparameterize", mutates_args=())
 def _reparameterize(mu: Tensor, logvar: Tensor, seed: int, offset: int, lo: float, hi: float) -> Tensor:
-    return resolve("vae_forward", mu)(mu, logvar, seed, offset, lo, hi, True, None)[0]
+    return _contiguous(resolve("reparameterize", mu)(mu, logvar, seed, offset, lo, hi, True, None)[0], mu)
 
 
 @_reparameterize.register_fake
@@ -136,7 +142,7 @@ def _(mu, logvar, seed, offset, lo, hi):
 
 @torch.library.custom_op("gankern::kl_normal", mutates_args=())
 def _kl_normal(mu: Tensor, logvar: Tensor, reduction: str, lo: float, hi: float) -> Tensor:
-    return resolve("vae_forward", mu)(mu, logvar, 0, 0, lo, hi, False, reduction)[1]
+    return _contiguous(resolve("kl_normal", mu)(mu, logvar, 0, 0, lo, hi, False, reduction)[1], mu)
 
 
 @_kl_normal.register_fake
@@ -147,7 +153,7 @@ def _(mu, logvar, reduction, lo, hi):
 @torch.library.custom_op("gankern::reparameterize_kl", mutates_args=())
 def _reparameterize_kl(mu: Tensor, logvar: Tensor, seed: int, offset: int, lo: float, hi: float,
                        reduction: str) -> tuple[Tensor, Tensor]:
-    return resolve("vae_forward", mu)(mu, logvar, seed, offset, lo, hi, True, reduction)
+    return _contiguous(resolve("reparameterize_kl", mu)(mu, logvar, seed, offset, lo, hi, True, reduction), mu)
 
 
 @_reparameterize_kl.register_fake
@@ -159,7 +165,7 @@ def _(mu, logvar, seed, offset, lo, hi, reduction):
 @torch.library.custom_op("gankern::vae_backward", mutates_args=())
 def _vae_backward(dz: Optional[Tensor], gkl: Optional[Tensor], mu: Tensor, logvar: Tensor, seed: int, offset: int,
                   lo: float, hi: float, reduction: str) -> tuple[Tensor, Tensor]:
-    return resolve("vae_backward", mu)(dz, gkl, mu, logvar, seed, offset, lo, hi, reduction)
+    return _contiguous(resolve("vae_backward", mu)(dz, gkl, mu, logvar, seed, offset, lo, hi, reduction), mu)
 
 
 @_vae_backward.register_fake
@@ -172,7 +178,7 @@ def _(dz, gkl, mu, logvar, seed, offset, lo, hi, reduction):
 def _reparameterize_backward(dz: Tensor, mu: Tensor, logvar: Tensor, seed: int, offset: int, lo: float,
                              hi: float) -> Tensor:
     """dlogvar of reparameterize alone (its dmu is dz itself, which a custom op may not return)."""
-    return resolve("vae_backward", mu)(dz, None, mu, logvar, seed, offset, lo, hi, "sum")[1]
+    return _contiguous(resolve("reparameterize_backward", mu)(dz, None, mu, logvar, seed, offset, lo, hi, "sum")[1], mu)
 
 
 @_reparameterize_backward.register_fake
@@ -227,16 +233,20 @@ _reparameterize_kl.register_autograd(
 
 
 # ---- backends ----------------------------------------------------------------------------------------
-# vae_forward(mu, logvar, seed, offset, lo, hi, want_z, reduction or None) -> (z or None, kl or None)
+# The three forward ops share one implementation per backend (dispatch keys are the ops' names):
+# forward(mu, logvar, seed, offset, lo, hi, want_z, reduction or None) -> (z or None, kl or None);
+# the two backward ops share backward(dz, gkl, mu, logvar, seed, offset, lo, hi, reduction).
+_FORWARD_OPS = ("reparameterize", "kl_normal", "reparameterize_kl")
+_BACKWARD_OPS = ("vae_backward", "reparameterize_backward")
 
-@register("vae_forward", "reference")
+@register(_FORWARD_OPS, "reference")
 def _forward_reference(mu, logvar, seed, offset, lo, hi, want_z, reduction):
     z = ref.reparameterize(mu, logvar, seed, offset, lo, hi) if want_z else None
     kl = ref.kl_normal(mu, logvar, reduction, lo, hi) if reduction is not None else None
     return z, kl
 
 
-register("vae_backward", "reference")(ref.vae_backward)
+register(_BACKWARD_OPS, "reference")(ref.vae_backward)
 
 
 def _rows(t: Tensor) -> tuple[Tensor, int, int, int]:
@@ -255,8 +265,9 @@ def _rows(t: Tensor) -> tuple[Tensor, int, int, int]:
     return t, 1, n, n
 
 
-def _layout(mu, logvar):
-    """Shared (rows, inner) for mu and logvar, with each one's row stride."""
+def _row_layout(mu, logvar):
+    """mu and logvar (or contiguous copies) and their shared row layout (rows, inner, mu row stride,
+    logvar row stride): the layout fields of csrc/vae/vae.h's Params."""
     m, rm, im, sm = _rows(mu)
     v, rv, iv, sv = _rows(logvar)
     if (rm, im) != (rv, iv):  # one is contiguous, the other row-strided: describe both as rows
@@ -286,18 +297,6 @@ def _outputs(mu, want_z, reduction, partial_count):
     return z, kl, partials
 
 
-@register("vae_forward", "cpu")
-def _forward_cpu(mu, logvar, seed, offset, lo, hi, want_z, reduction):
-    m, v, lay = _layout(mu, logvar)
-    n = mu.numel()
-    blk = _native.cpu.vae_kl_block()
-    z, kl, partials = _outputs(mu, want_z, reduction, (n + blk - 1) // blk)
-    if n:
-        _native.cpu.vae_forward(m.data_ptr(), v.data_ptr(), _native.ptr(z), _native.ptr(kl), _native.ptr(partials),
-                                *lay, seed, offset, lo, hi)
-    return z, (_finish_kl(partials, kl, reduction, mu) if reduction is not None else None)
-
-
 def _grad_args(gkl, reduction, mu):
     """(gkl as fp32 contiguous or None, elementwise?, scale) for the kernels."""
     if gkl is None:
@@ -311,60 +310,54 @@ def _grad_args(gkl, reduction, mu):
     return g, False, scale
 
 
-@register("vae_backward", "cpu")
-def _backward_cpu(dz, gkl, mu, logvar, seed, offset, lo, hi, reduction):
-    m, v, lay = _layout(mu, logvar)
-    dz = dz.to(mu.dtype).contiguous() if dz is not None else None
-    g, elem, scale = _grad_args(gkl, reduction, mu)
-    dlv = T.empty(mu.shape, dtype=mu.dtype, device=mu.device)
-    dmu = dz if g is None else T.empty(mu.shape, dtype=mu.dtype, device=mu.device)  # without KL, dmu = dz
-    if mu.numel():
-        _native.cpu.vae_backward(_native.ptr(dz), _native.ptr(g), elem, scale, m.data_ptr(), v.data_ptr(),
-                                 0 if g is None else dmu.data_ptr(), dlv.data_ptr(), *lay, seed, offset, lo, hi)
-    return dmu, dlv
+# Elements per fp64 KL partial sum of each native backend (a fixed blocking: deterministic sums).
+_KL_BLOCK = {"cpu": _tables.scalar("VAE_KL_BLOCK_CPU"), "cuda": _tables.scalar("VAE_KL_BLOCK_CUDA")}
 
 
-@register("vae_forward", "cuda")
-def _forward_cuda(mu, logvar, seed, offset, lo, hi, want_z, reduction):
-    m, v, lay = _layout(mu, logvar)
-    n = mu.numel()
-    blk = _native.cuda.vae_kl_block()
-    z, kl, partials = _outputs(mu, want_z, reduction, (n + blk - 1) // blk)
-    if n:
-        with _native.device_guard(mu):
-            _native.cuda.vae_forward(m.data_ptr(), v.data_ptr(), _native.ptr(z), _native.ptr(kl), _native.ptr(partials),
-                                     *lay, seed, offset, lo, hi, _native.dtype_code(mu), _native.cuda_stream(mu))
-    return z, (_finish_kl(partials, kl, reduction, mu) if reduction is not None else None)
+def _register_native(backend):
+    """The cpu and cuda backends: the same Params to the same entry points of either module."""
+    blk = _KL_BLOCK[backend]
+
+    @register(_FORWARD_OPS, backend)
+    def forward(mu, logvar, seed, offset, lo, hi, want_z, reduction):
+        m, v, (rows, inner, mu_rs, lv_rs) = _row_layout(mu, logvar)
+        z, kl, partials = _outputs(mu, want_z, reduction, (mu.numel() + blk - 1) // blk)
+        _native.entry(backend, "vae.forward")(
+            mu, mu=m, logvar=v, z=z, kl=kl, kl_partials=partials, rows=rows, inner=inner, mu_rs=mu_rs, lv_rs=lv_rs,
+            seed=seed, offset=offset, lv_lo=lo, lv_hi=hi)
+        return z, (_finish_kl(partials, kl, reduction, mu) if reduction is not None else None)
+
+    @register(_BACKWARD_OPS, backend)
+    def backward(dz, gkl, mu, logvar, seed, offset, lo, hi, reduction):
+        m, v, (rows, inner, mu_rs, lv_rs) = _row_layout(mu, logvar)
+        dz = dz.to(mu.dtype).contiguous() if dz is not None else None
+        g, elem, scale = _grad_args(gkl, reduction, mu)
+        dlv = T.empty(mu.shape, dtype=mu.dtype, device=mu.device)
+        dmu = dz if g is None else T.empty(mu.shape, dtype=mu.dtype, device=mu.device)  # without KL, dmu = dz
+        _native.entry(backend, "vae.backward")(
+            mu, dz=dz, gkl=g, gkl_elementwise=elem, gkl_scale=scale, mu=m, logvar=v,
+            dmu=None if g is None else dmu, dlv=dlv, rows=rows, inner=inner, mu_rs=mu_rs, lv_rs=lv_rs,
+            seed=seed, offset=offset, lv_lo=lo, lv_hi=hi)
+        return dmu, dlv
 
 
-@register("vae_backward", "cuda")
-def _backward_cuda(dz, gkl, mu, logvar, seed, offset, lo, hi, reduction):
-    m, v, lay = _layout(mu, logvar)
-    dz = dz.to(mu.dtype).contiguous() if dz is not None else None
-    g, elem, scale = _grad_args(gkl, reduction, mu)
-    dlv = T.empty(mu.shape, dtype=mu.dtype, device=mu.device)
-    dmu = dz if g is None else T.empty(mu.shape, dtype=mu.dtype, device=mu.device)
-    if mu.numel():
-        with _native.device_guard(mu):
-            _native.cuda.vae_backward(_native.ptr(dz), _native.ptr(g), elem, scale, m.data_ptr(), v.data_ptr(),
-                                      0 if g is None else dmu.data_ptr(), dlv.data_ptr(), *lay, seed, offset, lo, hi,
-                                      _native.dtype_code(mu), _native.cuda_stream(mu))
-    return dmu, dlv
+_register_native("cpu")
+_register_native("cuda")
 
 
-@register("vae_forward", "triton")
+@register(_FORWARD_OPS, "triton")
 def _forward_triton(mu, logvar, seed, offset, lo, hi, want_z, reduction):
     from ..triton import vae as tk
-    m, v, lay = _layout(mu, logvar)
+    m, v, lay = _row_layout(mu, logvar)
     z, kl, partials = _outputs(mu, want_z, reduction, tk.partial_count(mu.numel()))
     tk.forward(m, v, z, kl, partials, lay, seed, offset, lo, hi)
     return z, (_finish_kl(partials, kl, reduction, mu) if reduction is not None else None)
 
 
-@register("vae_backward", "triton")
+@register(_BACKWARD_OPS, "triton")
 def _backward_triton(dz, gkl, mu, logvar, seed, offset, lo, hi, reduction):
     from ..triton import vae as tk
-    m, v, lay = _layout(mu, logvar)
+    m, v, lay = _row_layout(mu, logvar)
     dz = dz.to(mu.dtype).contiguous() if dz is not None else None
     g, elem, scale = _grad_args(gkl, reduction, mu)
     dlv = T.empty(mu.shape, dtype=mu.dtype, device=mu.device)

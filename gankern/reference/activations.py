@@ -1,6 +1,7 @@
 """Activations shared by the fused ops, with torch's semantics and StyleGAN2's default gains.
 
-The integer codes are the ones the native and Triton kernels use (csrc/common/activations.h).
+Each activation's integer code is the one the native and Triton kernels use, from
+gankern/_tables.py: ACTIVATIONS (the single definition).
 """
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .._tables import ACTIVATIONS as CODES
+
 SELU_ALPHA = 1.6732632423543772
 SELU_SCALE = 1.0507009873554805
 
@@ -19,7 +22,7 @@ SELU_SCALE = 1.0507009873554805
 @dataclass(frozen=True)
 class Activation:
     name: str
-    code: int                       # gk::Act in csrc/common/activations.h
+    code: int                       # gankern/_tables.py: ACTIVATIONS (gk::Act in C++)
     fn: Callable[[Tensor, float], Tensor]
     grad: Callable[[Tensor, float], Tensor]    # d fn / dz, torch ops (differentiable again)
     def_gain: float = 1.0           # StyleGAN2 bias_act default gain
@@ -41,28 +44,31 @@ def _gelu_tanh_grad(z, _):
 
 
 _LIST = [
-    Activation("linear", 0, lambda z, a: z, lambda z, a: torch.ones_like(z)),
+    Activation("linear", CODES["linear"], lambda z, a: z, lambda z, a: torch.ones_like(z)),
     # relu'(0) = 0 and NaN inputs pass the gradient, as torch's threshold_backward does.
-    Activation("relu", 1, lambda z, a: F.relu(z), lambda z, a: (~(z <= 0)).to(z.dtype), def_gain=math.sqrt(2)),
-    Activation("lrelu", 2, lambda z, a: F.leaky_relu(z, a),
+    Activation("relu", CODES["relu"], lambda z, a: F.relu(z), lambda z, a: (~(z <= 0)).to(z.dtype), def_gain=math.sqrt(2)),
+    Activation("lrelu", CODES["lrelu"], lambda z, a: F.leaky_relu(z, a),
                lambda z, a: torch.where(z > 0, torch.ones_like(z), torch.full_like(z, a)),
                def_gain=math.sqrt(2), def_alpha=0.2),
-    Activation("tanh", 3, lambda z, a: torch.tanh(z), lambda z, a: 1 - torch.tanh(z) ** 2),
-    Activation("sigmoid", 4, lambda z, a: torch.sigmoid(z), lambda z, a: _sig(z) * (1 - _sig(z))),
-    Activation("elu", 5, lambda z, a: F.elu(z), lambda z, a: torch.where(z > 0, torch.ones_like(z), torch.exp(z))),
-    Activation("selu", 6, lambda z, a: F.selu(z),
+    Activation("tanh", CODES["tanh"], lambda z, a: torch.tanh(z), lambda z, a: 1 - torch.tanh(z) ** 2),
+    Activation("sigmoid", CODES["sigmoid"], lambda z, a: torch.sigmoid(z), lambda z, a: _sig(z) * (1 - _sig(z))),
+    Activation("elu", CODES["elu"], lambda z, a: F.elu(z), lambda z, a: torch.where(z > 0, torch.ones_like(z), torch.exp(z))),
+    Activation("selu", CODES["selu"], lambda z, a: F.selu(z),
                lambda z, a: SELU_SCALE * torch.where(z > 0, torch.ones_like(z), SELU_ALPHA * torch.exp(z))),
-    Activation("softplus", 7, lambda z, a: F.softplus(z),
+    Activation("softplus", CODES["softplus"], lambda z, a: F.softplus(z),
                lambda z, a: torch.where(z > 20, torch.ones_like(z), _sig(z))),
-    Activation("swish", 8, lambda z, a: z * torch.sigmoid(z),
+    Activation("swish", CODES["swish"], lambda z, a: z * torch.sigmoid(z),
                lambda z, a: _sig(z) * (1 + z * (1 - _sig(z))), def_gain=math.sqrt(2)),
-    Activation("gelu", 9, lambda z, a: F.gelu(z), lambda z, a: 0.5 * (1 + torch.erf(z / math.sqrt(2))) + z * _phi(z)),
-    Activation("gelu_tanh", 10, lambda z, a: F.gelu(z, approximate="tanh"), _gelu_tanh_grad),
+    # x * Phi(x) as written, on every dtype: gelu(+inf) = +inf, gelu(-inf) = -inf * 0 = NaN (torch's
+    # float32 CPU kernel gives NaN for +inf, its float64 one +inf; the kernels follow this formula)
+    Activation("gelu", CODES["gelu"], lambda z, a: z * (0.5 * (1 + torch.erf(z * (1 / math.sqrt(2))))),
+               lambda z, a: 0.5 * (1 + torch.erf(z / math.sqrt(2))) + z * _phi(z)),
+    Activation("gelu_tanh", CODES["gelu_tanh"], lambda z, a: F.gelu(z, approximate="tanh"), _gelu_tanh_grad),
 ]
 
 ACTIVATIONS: dict[str, Activation] = {a.name: a for a in _LIST}
 # SiLU is swish without StyleGAN's gain: the name diffusion code uses.
-ACTIVATIONS["silu"] = Activation("silu", 8, ACTIVATIONS["swish"].fn, ACTIVATIONS["swish"].grad)
+ACTIVATIONS["silu"] = Activation("silu", CODES["swish"], ACTIVATIONS["swish"].fn, ACTIVATIONS["swish"].grad)
 
 
 def get(name: str, arg: str = "act") -> Activation:

@@ -18,27 +18,41 @@ The generic step, per element of the latents (x = sample, all coefficients host-
                                          (learned) from the variance channels v of model_output
 
 Everything is computed in the input dtype for fp32/fp64 and in fp32 for fp16/bf16, like the kernels.
+
+inf/NaN rule: a term whose coefficient is exactly 0 is absent, whatever its operand: c * v with
+c == 0 contributes 0 even when v is inf or NaN (0 * inf would be NaN). This holds for every
+host-computed coefficient above (cpre, px, pm, qx, qm, q0, ca, cb, cc, cd, the constant std) and for
+a per-element std of 0; it is what diffusers' formulas give, which never contain those terms (the
+last DDPM step has no x_t term, prediction_type="sample" no epsilon term). The guidance mix
+u + g (c - u) is computed as written (diffusers' pipelines do). Every kernel follows this rule
+(csrc/diffusion/diffusion.h: term).
 """
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
-# Coefficient slots of the generic step (the kernels use the same indices).
-NCOEF = 16
-(C_G, C_PRE, C_PX, C_PM, C_CLIP, C_QX, C_QM, C_Q0, C_A, C_B, C_C, C_D, C_S, C_E0, C_E1) = range(15)
+from .. import _tables
 
-# Flags of the generic step.
-GUIDED = 1          # model_output holds 2B samples: unconditional half first
-CLIP = 2            # clamp x0 to [-coef[C_CLIP], coef[C_CLIP]]
-THRESH = 4          # dynamic thresholding with per-sample scales
-HIST = 8            # history tensor (multistep solvers)
-NOISE_TENSOR = 16   # noise given as a tensor
-NOISE_PHILOX = 32   # noise generated from (seed, offset), element i = randn(shape, seed, offset)[i]
-VAR_LEARNED_RANGE = 64   # std = exp(e0 + e1 v), v = variance channels of model_output
-VAR_LEARNED = 128        # std = cs * sqrt(v)
-RESCALE = 256       # per-sample guidance-rescale factors k_b
-HAS_VAR_CHANNELS = 512  # plan-level only: model_output carries 2C channels the step ignores
+# Coefficient slots and flags of the generic step: gankern/_tables.py is their one definition
+# (the kernels are built from it).
+_SLOT = {name: i for i, name in enumerate(_tables.DIFFUSION_COEFS)}
+NCOEF = _tables.scalar("DIFFUSION_NUM_COEFS")
+(C_G, C_PRE, C_PX, C_PM, C_CLIP, C_QX, C_QM, C_Q0, C_A, C_B, C_C, C_D, C_S, C_E0, C_E1) = (
+    _SLOT[n] for n in ("g", "pre", "px", "pm", "clip", "qx", "qm", "q0", "a", "b", "c", "d", "s", "e0", "e1"))
+
+_FLAG = _tables.DIFFUSION_FLAGS
+GUIDED = _FLAG["guided"]                    # model_output holds 2B samples: unconditional half first
+CLIP = _FLAG["clip"]                        # clamp x0 to [-coef[C_CLIP], coef[C_CLIP]]
+THRESH = _FLAG["thresh"]                    # dynamic thresholding with per-sample scales
+HIST = _FLAG["hist"]                        # history tensor (multistep solvers)
+NOISE_TENSOR = _FLAG["noise_tensor"]        # noise given as a tensor
+NOISE_PHILOX = _FLAG["noise_philox"]        # noise from (seed, offset): element i = randn(shape, seed, offset)[i]
+VAR_LEARNED_RANGE = _FLAG["var_learned_range"]  # std = exp(e0 + e1 v), v = variance channels of model_output
+VAR_LEARNED = _FLAG["var_learned"]          # std = cs * sqrt(v)
+RESCALE = _FLAG["rescale"]                  # per-sample guidance-rescale factors k_b
+HAS_VAR_CHANNELS = 2 * max(_FLAG.values())  # plan-level only (never reaches a kernel): model_output
+                                            # carries 2C channels the step ignores
 NOISE = NOISE_TENSOR | NOISE_PHILOX
 VAR = VAR_LEARNED_RANGE | VAR_LEARNED
 
@@ -83,6 +97,13 @@ def split_model_output(model_output: Tensor, sample: Tensor, flags: int, dtype) 
     return u, c, v
 
 
+def term(c, v: Tensor) -> Tensor:
+    """c * v, or exactly 0 where the coefficient c (a number, or a tensor broadcast against v) is 0."""
+    if isinstance(c, Tensor):
+        return torch.where(c != 0, c * v, torch.zeros((), dtype=v.dtype, device=v.device))
+    return c * v if c != 0 else torch.zeros_like(v)
+
+
 def guided(u: Tensor, c: Tensor | None, g: float) -> Tensor:
     return u if c is None else u + g * (c - u)
 
@@ -101,20 +122,18 @@ def diffusion_step(model_output: Tensor, sample: Tensor, history: Tensor | None,
     if flags & RESCALE:
         m = m * rescale.to(dt)[:, None]
     z = _noise(sample, noise, flags, seed, offset, dt)
-    if z is not None and k[C_PRE] != 0:
-        x = x + k[C_PRE] * z
-    x0 = k[C_PX] * x + k[C_PM] * m
+    if z is not None:
+        x = x + term(k[C_PRE], z)
+    x0 = term(k[C_PX], x) + term(k[C_PM], m)
     if flags & CLIP:
         x0 = x0.clamp(-k[C_CLIP], k[C_CLIP])
     elif flags & THRESH:
         s = thresh.to(dt)[:, None]
         x0 = torch.minimum(torch.maximum(x0, -s), s) / s
-    prev = k[C_A] * x + k[C_B] * x0
-    if k[C_C] != 0:
-        eps = k[C_QX] * x + k[C_QM] * m + k[C_Q0] * x0
-        prev = prev + k[C_C] * eps
+    eps = term(k[C_QX], x) + term(k[C_QM], m) + term(k[C_Q0], x0)
+    prev = term(k[C_A], x) + term(k[C_B], x0) + term(k[C_C], eps)
     if flags & HIST:
-        prev = prev + k[C_D] * history.to(dt).reshape(B, S)
+        prev = prev + term(k[C_D], history.to(dt).reshape(B, S))
     if z is not None:
         if flags & VAR_LEARNED_RANGE:
             std = torch.exp(k[C_E0] + k[C_E1] * v)
@@ -122,7 +141,7 @@ def diffusion_step(model_output: Tensor, sample: Tensor, history: Tensor | None,
             std = k[C_S] * torch.sqrt(v)
         else:
             std = k[C_S]
-        prev = prev + std * z
+        prev = prev + term(std, z)
     prev = prev.to(sample.dtype).reshape(sample.shape)
     x0_out = x0.to(sample.dtype).reshape(sample.shape) if want_x0 else sample.new_empty((0,))
     return prev, x0_out
@@ -133,7 +152,7 @@ def guidance_rescale_factors(model_output: Tensor, g: float, rescale: float) -> 
     but the batch dim), in fp32 (fp64 for fp64 input)."""
     dt = _compute_dtype(model_output)
     B = model_output.shape[0] // 2
-    mo = model_output.to(dt).reshape(2, B, -1)
+    mo = model_output.to(dt).reshape(2, B, model_output[0].numel() if B else 0)
     cond = mo[1]
     m = guided(mo[0], cond, g)
     return (1 - rescale) + rescale * cond.std(dim=1) / m.std(dim=1)
@@ -185,7 +204,7 @@ def diffusion_loss(model_output: Tensor, x0: Tensor, noise: Tensor, tx: Tensor, 
     n = x0.ndim
     target = per_sample(tx.to(dt), n) * x0.to(dt) + per_sample(tn.to(dt), n) * noise.to(dt)
     r = model_output.to(dt) - target
-    return weight.to(dt) * r.reshape(r.shape[0], -1).pow(2).mean(dim=1)
+    return weight.to(dt) * r.reshape(r.shape[0], _per_sample_numel(r)).pow(2).mean(dim=1)
 
 
 def diffusion_loss_backward(grad: Tensor, model_output: Tensor, x0: Tensor, noise: Tensor, tx: Tensor,
@@ -193,7 +212,7 @@ def diffusion_loss_backward(grad: Tensor, model_output: Tensor, x0: Tensor, nois
     """d(sum_b grad_b * loss_b) / d model_output = 2 grad_b w_b / S * (model_output - target)."""
     dt = _compute_dtype(model_output)
     n = x0.ndim
-    S = model_output[0].numel()
+    S = _per_sample_numel(model_output)
     target = per_sample(tx.to(dt), n) * x0.to(dt) + per_sample(tn.to(dt), n) * noise.to(dt)
-    scale = per_sample((2.0 / S) * grad.to(dt) * weight.to(dt), n)
+    scale = per_sample((2.0 / max(S, 1)) * grad.to(dt) * weight.to(dt), n)  # S = 0: nothing to scale
     return (scale * (model_output.to(dt) - target)).to(model_output.dtype)

@@ -14,6 +14,12 @@ eval mode; y = act((x - mean) / sqrt(var + eps) * weight + bias).
 Fully argument-normalized signatures (the functional API fills in defaults). Math in the input
 dtype for fp32/fp64 and in fp32 for fp16/bf16, like the kernels; statistics are returned in fp32
 (fp64 for fp64 input). The backward of the reference is autograd of this forward.
+
+inf/NaN rules (the kernels follow them): the per-(n, c) coefficients are folded before they meet x,
+h = (z - mean) * a + b with a = rstd * weight * (1 + scale), b = bias * (1 + scale) + shift, so an
+infinite weight/bias/scale/shift propagates as that formula does (inf * x + inf may be NaN where
+the unfolded chain would give inf); the batch statistics of a set holding inf or NaN are NaN, the
+mean included (its variance is NaN; torch's mean would be inf), which the running mean then takes.
 """
 from __future__ import annotations
 
@@ -33,7 +39,7 @@ def _nc(t: Tensor, x: Tensor) -> Tensor:
     """A (C,) or (N, C) tensor shaped to broadcast against x (N, C, *spatial)."""
     extra = [1] * (x.ndim - 2)
     if t.ndim == 1:
-        return t.to(x.dtype).reshape(1, -1, *extra)
+        return t.to(x.dtype).reshape(1, t.shape[0], *extra)
     return t.to(x.dtype).reshape(t.shape[0], t.shape[1], *extra)
 
 
@@ -52,19 +58,23 @@ def group_norm_act(x: Tensor, num_groups: int, weight: Tensor | None, bias: Tens
     xf = _upcast(x)
     N, C = xf.shape[:2]
     z = xf if temb is None else xf + _nc(temb, xf)
-    zg = z.reshape(N, num_groups, -1)
+    zg = z.reshape(N, num_groups, z[0].numel() // num_groups if N else 0)  # explicit: size-0 dims
     mean = zg.mean(-1)
     var = zg.var(-1, unbiased=False)
     rstd = torch.rsqrt(var + eps)
-    h = ((zg - mean[..., None]) * rstd[..., None]).reshape(xf.shape)
+    # the per-(n, c) coefficients folded first, as the kernels do: h = (z - mean) * a + b
+    a = rstd.repeat_interleave(C // num_groups, dim=1) if C else rstd.new_zeros((N, 0))
+    b = torch.zeros_like(a)
     if weight is not None:
-        h = h * _nc(weight, xf)
+        a = a * weight.to(a.dtype)
     if bias is not None:
-        h = h + _nc(bias, xf)
+        b = b + bias.to(a.dtype)
     if scale is not None:
-        h = h * (1 + _nc(scale, xf))
+        a = a * (1 + scale.to(a.dtype))
+        b = b * (1 + scale.to(a.dtype))
     if shift is not None:
-        h = h + _nc(shift, xf)
+        b = b + shift.to(a.dtype)
+    h = (zg - mean[..., None]).reshape(xf.shape) * _nc(a, xf) + _nc(b, xf)
     y = _finish(h, act, alpha, residual)
     stat_dtype = torch.float64 if xf.dtype == torch.float64 else torch.float32
     return y.to(out_dtype), mean.to(stat_dtype), rstd.to(stat_dtype)
@@ -79,8 +89,8 @@ def batch_norm_act(x: Tensor, weight: Tensor | None, bias: Tensor | None, runnin
     xf = _upcast(x)
     dims = [0] + list(range(2, xf.ndim))
     if training:
-        mean = xf.mean(dims)
         var = xf.var(dims, unbiased=False)
+        mean = torch.where(torch.isnan(var), var, xf.mean(dims))  # see the module docstring
     else:
         mean = running_mean.to(xf.dtype, copy=True)  # outputs must not alias the inputs
         var = running_var.to(xf.dtype, copy=True)

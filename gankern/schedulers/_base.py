@@ -8,35 +8,22 @@ coefficients, computed here on the host in float64 from the float32 schedule val
 from __future__ import annotations
 
 import math
+import sys
+import warnings
 from typing import Any, Mapping
 
 import numpy as np
 import torch
 
 from ..ops import diffusion as D
-
-# Config keys diffusers stores that never change the math.
-_IGNORED_KEYS = {"_class_name", "_diffusers_version", "_use_default_values", "_name_or_path"}
-
-
-class Config(dict):
-    """The scheduler's configuration: a read-only dict with attribute access (like diffusers'
-    FrozenDict), so `scheduler.config.prediction_type` and `dict(scheduler.config)` both work."""
-
-    def __getattr__(self, name):
-        try:
-            return self[name]
-        except KeyError:
-            raise AttributeError(name) from None
-
-    def __setitem__(self, key, value):
-        raise TypeError("scheduler configs are read-only; build a new scheduler with from_config(config, key=value)")
+from ._config import _META_KEYS, Config, ConfigIO, _plain
 
 
 class StepOutput:
-    """diffusers' SchedulerOutput: .prev_sample and .pred_original_sample; indexable like the
-    tuple return_dict=False gives. pred_original_sample is computed on first access when the fused
-    step did not write it (a pipeline that never reads it pays nothing)."""
+    """diffusers' SchedulerOutput: .prev_sample and .pred_original_sample, and dict-like as
+    diffusers' BaseOutput is (out["prev_sample"], .keys(), .values(), .items(), out[0], to_tuple(),
+    the tuple return_dict=False gives). pred_original_sample is computed on first access when the
+    fused step did not write it (a pipeline that never reads it pays nothing)."""
 
     def __init__(self, prev_sample, pred_original_sample=None, x0_fn=None, as_tuple_len=2):
         self.prev_sample = prev_sample
@@ -50,17 +37,37 @@ class StepOutput:
             self._x0, self._x0_fn = self._x0_fn(), None
         return self._x0
 
+    def keys(self):
+        names = ("prev_sample", "pred_original_sample")[: self._n]
+        return [k for k in names if k == "prev_sample" or self._x0 is not None or self._x0_fn is not None]
+
+    def values(self):
+        return [getattr(self, k) for k in self.keys()]
+
+    def items(self):
+        return [(k, getattr(self, k)) for k in self.keys()]
+
     def to_tuple(self):
-        return (self.prev_sample, self.pred_original_sample)[: self._n]
+        return tuple(self.values())
 
-    def __getitem__(self, i):
-        return self.to_tuple()[i]
+    def __getitem__(self, key):
+        if isinstance(key, str):
+            if key not in self.keys():
+                raise KeyError(key)
+            return getattr(self, key)
+        return self.to_tuple()[key]
 
-    def __iter__(self):
-        return iter(self.to_tuple())
+    def __contains__(self, key):
+        return key in self.keys()
+
+    def __iter__(self):  # a dict iterates its keys, as diffusers' BaseOutput (an OrderedDict) does
+        return iter(self.keys())
 
     def __len__(self):
-        return self._n
+        return len(self.keys())
+
+    def __repr__(self):
+        return f"StepOutput({', '.join(self.keys())})"
 
 
 # ---- schedule math (ports of diffusers' functions, same dtypes) ------------------------------
@@ -190,7 +197,60 @@ def f64(v) -> float:
 
 # ---- the scheduler base ----------------------------------------------------------------------
 
-class Scheduler:
+def randn_tensor(shape: tuple, generator, device, dtype) -> torch.Tensor:
+    """Normal noise from `generator` drawn the way diffusers' randn_tensor draws it: a CPU generator
+    draws on the CPU and the tensor moves to `device`; a list of generators draws one sample each
+    (a list of one is one generator)."""
+    device = torch.device(device)
+    if isinstance(generator, (list, tuple)):
+        if len(generator) == 1:
+            generator = generator[0]
+        elif len(generator) != shape[0]:
+            raise ValueError(f"a list of generators must hold one per sample ({shape[0]}), got {len(generator)}")
+    gens = generator if isinstance(generator, (list, tuple)) else [generator]
+    for g in gens:
+        if not isinstance(g, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator or a list of them, got {type(g).__name__}")
+    gen_type = gens[0].device.type
+    rand_device = device
+    if gen_type != device.type:
+        if gen_type != "cpu":
+            raise ValueError(f"cannot generate a {device} tensor from a generator on {gen_type}")
+        rand_device = torch.device("cpu")
+    if isinstance(generator, (list, tuple)):
+        one = (1,) + tuple(shape[1:])
+        parts = [torch.randn(one, generator=g, device=rand_device, dtype=dtype) for g in generator]
+        return torch.cat(parts, dim=0).to(device)
+    return torch.randn(shape, generator=generator, device=rand_device, dtype=dtype).to(device)
+
+
+def check_num_inference_steps(n, num_train_timesteps: int | None = None) -> int:
+    """set_timesteps' step count: a positive int (not a bool, not a float), at most
+    num_train_timesteps where the schedule picks distinct training timesteps."""
+    if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)):
+        raise ValueError(f"num_inference_steps must be a positive int, got {n!r}")
+    n = int(n)
+    if n < 1:
+        raise ValueError(f"num_inference_steps must be a positive int, got {n}")
+    if num_train_timesteps is not None and n > num_train_timesteps:
+        raise ValueError(f"num_inference_steps = {n} cannot exceed num_train_timesteps = {num_train_timesteps} "
+                         "(the schedule picks distinct training timesteps)")
+    return n
+
+
+_DIFFUSERS_REGISTERED = False
+
+
+def _register_with_diffusers_if_loaded() -> None:
+    """Once diffusers is imported, teach its pipelines to save and load gankern schedulers (see
+    gankern.schedulers._diffusers.register_with_diffusers); never imports diffusers itself."""
+    global _DIFFUSERS_REGISTERED
+    if not _DIFFUSERS_REGISTERED and "diffusers" in sys.modules:
+        from ._diffusers import register_with_diffusers
+        _DIFFUSERS_REGISTERED = register_with_diffusers()
+
+
+class Scheduler(ConfigIO):
     """Base of the drop-in schedulers. Subclasses define _DEFAULTS (diffusers' config names and
     defaults), _check_config (raise ValueError naming an unsupported option), _build, set_timesteps
     and _plan."""
@@ -200,12 +260,12 @@ class Scheduler:
     init_noise_sigma = 1.0
 
     def __init__(self, **config):
-        unknown = set(config) - set(self._DEFAULTS) - _IGNORED_KEYS
+        unknown = set(config) - set(self._DEFAULTS) - _META_KEYS
         if unknown:
             raise ValueError(f"{type(self).__name__} got unknown config option(s) {sorted(unknown)}; "
                              f"known options: {sorted(self._DEFAULTS)}")
         cfg = dict(self._DEFAULTS)
-        cfg.update({k: v for k, v in config.items() if k not in _IGNORED_KEYS})
+        cfg.update({k: _plain(v) for k, v in config.items() if k not in _META_KEYS})
         self._config = Config(cfg)
         if cfg.get("prediction_type", "epsilon") not in self._PREDICTION_TYPES:
             raise ValueError(f"prediction_type must be one of {', '.join(self._PREDICTION_TYPES)} for "
@@ -218,8 +278,20 @@ class Scheduler:
         self._offset = 0
         self._plans = {}
         self._build(self._config)
+        _register_with_diffusers_if_loaded()
 
     _PREDICTION_TYPES = D.PREDICTION_TYPES
+
+    def __getattr__(self, name):
+        # only reached when normal lookup fails: config entries read as attributes still work, with
+        # diffusers' FutureWarning (use scheduler.config.<name>)
+        cfg = self.__dict__.get("_config")
+        if cfg is not None and name in cfg and not name.startswith("__"):
+            warnings.warn(f"Accessing config attribute `{name}` directly via '{type(self).__name__}' object "
+                          f"attribute is deprecated. Please access '{name}' over '{type(self).__name__}'s config "
+                          f"object instead, e.g. 'scheduler.config.{name}'.", FutureWarning, stacklevel=2)
+            return cfg[name]
+        raise AttributeError(f"'{type(self).__name__}' object has no attribute '{name}'")
 
     @property
     def config(self) -> Config:
@@ -233,7 +305,7 @@ class Scheduler:
 
     @_internal_dict.setter
     def _internal_dict(self, value) -> None:
-        cfg = Config({k: v for k, v in dict(value).items() if k in self._DEFAULTS})
+        cfg = {k: _plain(v) for k, v in dict(value).items() if k not in _META_KEYS}
         for key in ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas",
                     "rescale_betas_zero_snr"):
             if key in cfg and cfg[key] != self._config.get(key):
@@ -241,16 +313,6 @@ class Scheduler:
                                  "with from_config")
         self._config = Config({**self._config, **cfg})
         self._plans = {}
-
-    @classmethod
-    def from_config(cls, config: Mapping[str, Any] | Any, **kwargs):
-        """Build from a diffusers scheduler's config (or any mapping / object with .config); options
-        this scheduler does not have are dropped, as diffusers' from_config drops them."""
-        if not isinstance(config, Mapping) and hasattr(config, "config"):
-            config = config.config
-        merged = {k: v for k, v in dict(config).items() if k in cls._DEFAULTS}
-        merged.update(kwargs)
-        return cls(**merged)
 
     def _check_config(self, cfg) -> None:
         pass
@@ -266,12 +328,10 @@ class Scheduler:
         self._seed, self._offset = seed, 0
         return self
 
-    def _next_noise(self, sample: torch.Tensor, generator) -> tuple[int, int]:
-        """(seed, offset) for the next noise draw of sample's size. A generator gives a fresh seed
-        per call (deterministic given the generator); otherwise one seed, drawn from torch's
-        global generator on first use, with offsets advancing so draws never overlap."""
-        if generator is not None:
-            return D.draw_seed(generator), 0
+    def _next_noise(self, sample: torch.Tensor) -> tuple[int, int]:
+        """(seed, offset) of the next in-kernel Philox draw of sample's size: one seed (manual_seed,
+        or drawn from torch's global generator on first use), offsets advancing so draws never
+        overlap."""
         if self._seed is None:
             self._seed = D.draw_seed(None)
         offset = self._offset
@@ -296,7 +356,14 @@ class Scheduler:
     @staticmethod
     def _timestep_value(timestep):
         """The timestep as a Python number, or None for a CUDA tensor (reading it would synchronize
-        the device; the step counter is used instead)."""
+        the device; the step counter is used instead). NaN and infinities are refused."""
+        v = Scheduler._timestep_number(timestep)
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ValueError(f"timestep must be a finite number (one of scheduler.timesteps), got {v}")
+        return v
+
+    @staticmethod
+    def _timestep_number(timestep):
         if type(timestep) is torch.Tensor and timestep.ndim == 0 and timestep.device.type == "cpu":
             return timestep.item()  # the common case, first
         if isinstance(timestep, torch.Tensor):
@@ -330,15 +397,27 @@ class Scheduler:
 
     # -- the step --------------------------------------------------------------------------------
     def _run(self, plan: D.StepPlan, model_output, sample, *, guidance_scale, guidance_rescale, generator,
-             variance_noise, history=None, want_x0=False):
-        """The fused step for `plan`; returns (prev, x0 or None, x0_fn computing x0 on demand)."""
+             variance_noise, history=None, want_x0=False, noise_dtype=None):
+        """The fused step for `plan`; returns (prev, x0 or None, x0_fn computing x0 on demand).
+
+        Noise of a stochastic step: `variance_noise` if given; else, with a `generator`, a tensor
+        drawn from it exactly as diffusers draws it (randn_tensor of the sample's shape, in
+        noise_dtype: same generator -> same images as diffusers); else in-kernel Philox noise (the
+        fast path: no noise tensor in memory)."""
         seed = offset = 0
         if generator is not None and variance_noise is not None:
             raise ValueError("pass either generator or variance_noise, not both")
-        if plan.stochastic and variance_noise is None:
-            seed, offset = self._next_noise(sample, generator)
-        noise = variance_noise if plan.stochastic else None
+        noise = None
+        if plan.stochastic:
+            if variance_noise is not None:
+                noise = variance_noise
+            elif generator is not None:
+                noise = randn_tensor(tuple(sample.shape), generator, sample.device, noise_dtype or sample.dtype)
+            else:
+                seed, offset = self._next_noise(sample)
         if noise is not None:
+            if not isinstance(noise, torch.Tensor):
+                raise TypeError(f"variance_noise must be a tensor, got {type(noise).__name__}")
             noise = noise.to(device=sample.device, dtype=sample.dtype)
         kw = dict(guidance_scale=guidance_scale, guidance_rescale=guidance_rescale, history=history, noise=noise,
                   seed=seed, offset=offset)

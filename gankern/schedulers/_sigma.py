@@ -39,9 +39,19 @@ class SigmaScheduler(Scheduler):
         return torch.ops.gankern.add_noise(original_samples, noise.to(original_samples.dtype),
                                            torch.ones_like(sigma), sigma)
 
-    def _sigma_step_indices(self, timesteps: torch.Tensor, n: int) -> list:
+    def _sigma_step_indices(self, timesteps, n: int) -> list:
+        """One schedule index per sample, as diffusers' add_noise picks them: by timestep lookup, or
+        the current / begin index once set_begin_index was called; one timestep broadcasts to all
+        n samples (diffusers broadcasts it too)."""
         if self._begin_index is None:
-            return [self.index_for_timestep(t) for t in timesteps.reshape(-1).cpu().tolist()]
-        if self._step_index is not None:
-            return [self._step_index] * n
-        return [self._begin_index] * n
+            ts = torch.as_tensor(timesteps).reshape(-1).cpu().tolist()
+            idx = [self.index_for_timestep(t) for t in ts]
+        elif self._step_index is not None:
+            idx = [self._step_index]
+        else:
+            idx = [self._begin_index]
+        if len(idx) == 1:
+            idx = idx * n
+        if len(idx) != n:
+            raise ValueError(f"timesteps must hold one timestep per sample ({n}) or one for all, got {len(idx)}")
+        return idx

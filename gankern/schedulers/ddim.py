@@ -9,7 +9,7 @@ import torch
 
 from ..ops import diffusion as D
 from ._alpha import AlphaScheduler
-from ._base import StepOutput, spaced_timesteps
+from ._base import StepOutput, check_num_inference_steps, spaced_timesteps
 
 
 class DDIMScheduler(AlphaScheduler):
@@ -25,13 +25,15 @@ class DDIMScheduler(AlphaScheduler):
         self._final_acp = float(self.final_alpha_cumprod)
 
     def set_timesteps(self, num_inference_steps: int, device=None):
-        T = self.config.num_train_timesteps
-        if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 1:
-            raise ValueError(f"num_inference_steps must be a positive int, got {num_inference_steps!r}")
-        if num_inference_steps > T:
-            raise ValueError(f"num_inference_steps = {num_inference_steps} cannot exceed num_train_timesteps = {T}")
+        num_inference_steps = check_num_inference_steps(num_inference_steps, self.config.num_train_timesteps)
         self.num_inference_steps = num_inference_steps
         self._set_schedule(spaced_timesteps(self.config, num_inference_steps, np.int64), device)
+
+    def _get_variance(self, timestep: int, prev_timestep: int) -> torch.Tensor:
+        """DDIM's sigma_t^2 / eta^2 between two training timesteps (diffusers' formula)."""
+        a_t = self.alphas_cumprod[timestep]
+        a_prev = self.alphas_cumprod[prev_timestep] if prev_timestep >= 0 else self.final_alpha_cumprod
+        return (1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)
 
     def _plan(self, t: int, eta: float = 0.0, use_clipped_model_output: bool = False) -> D.StepPlan:
         cfg = self.config
@@ -53,18 +55,23 @@ class DDIMScheduler(AlphaScheduler):
         return plan
 
     def _resolve_t(self, timestep) -> int:
+        """The timestep as an int. Timesteps off the schedule are computed as diffusers computes
+        them (alphas at t and t - T // num_inference_steps); only a CUDA tensor timestep is not
+        read (that would synchronize): the schedule position is used instead."""
         self._require_timesteps()
         v = self._timestep_value(timestep)
         if v is None:
             if self._step_index is None or self._step_index >= len(self._ts_host):
                 self._step_index = 0
             return self._ts_host[self._step_index]
-        i = self._ts_index.get(v) if float(v) == int(v) else None
-        if i is None:
-            raise ValueError(f"timestep {v} is not in the schedule (first ones: {self._ts_host[:4]}); pass one of "
-                             "scheduler.timesteps")
-        self._step_index = i
-        return int(v)
+        if float(v) != int(v):
+            raise ValueError(f"DDIMScheduler timesteps are integers, got {v}")
+        v = int(v)
+        T = self.config.num_train_timesteps
+        if not 0 <= v < T:
+            raise ValueError(f"timestep {v} is outside [0, num_train_timesteps = {T})")
+        self._step_index = self._ts_index.get(v)  # None off the schedule
+        return v
 
     def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor, eta: float = 0.0,
              use_clipped_model_output: bool = False, generator=None, variance_noise: torch.Tensor | None = None,
@@ -77,7 +84,8 @@ class DDIMScheduler(AlphaScheduler):
         plan = self._cached_plan(t, float(eta), bool(use_clipped_model_output))
         prev, x0, x0_fn = self._run(plan, model_output, sample, guidance_scale=guidance_scale,
                                     guidance_rescale=guidance_rescale, generator=generator,
-                                    variance_noise=variance_noise)
-        self._step_index += 1
+                                    variance_noise=variance_noise, noise_dtype=model_output.dtype)
+        if self._step_index is not None:
+            self._step_index += 1
         out = StepOutput(prev, x0, x0_fn)
         return out if return_dict else out.to_tuple()

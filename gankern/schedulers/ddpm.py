@@ -3,6 +3,7 @@ step (x0 prediction, clip / threshold, posterior mean and in-kernel noise)."""
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import torch
@@ -10,7 +11,7 @@ import torch
 from ..ops import diffusion as D
 from ..reference import diffusion as R
 from ._alpha import AlphaScheduler
-from ._base import StepOutput, spaced_timesteps
+from ._base import StepOutput, check_num_inference_steps, spaced_timesteps
 
 VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large", "learned", "learned_range")
 
@@ -29,7 +30,10 @@ class DDPMScheduler(AlphaScheduler):
             raise ValueError("variance_type='fixed_large_log' is not supported (diffusers' formula gives NaN); "
                              f"use one of {', '.join(VARIANCE_TYPES)}")
         if cfg.variance_type not in VARIANCE_TYPES:
-            raise ValueError(f"variance_type must be one of {', '.join(VARIANCE_TYPES)}, got {cfg.variance_type!r}")
+            # diffusers accepts any other name and then samples with the fixed_small variance; so does
+            # gankern (parity), but says so
+            warnings.warn(f"variance_type={cfg.variance_type!r} is not one of {', '.join(VARIANCE_TYPES)}; "
+                          "diffusers and gankern sample with the 'fixed_small' variance for it", stacklevel=3)
 
     def _build(self, cfg):
         super()._build(cfg)
@@ -50,28 +54,54 @@ class DDPMScheduler(AlphaScheduler):
             self.custom_timesteps = True
             self.num_inference_steps = len(ts)
         else:
-            if num_inference_steps is None or num_inference_steps < 1:
-                raise ValueError(f"num_inference_steps must be a positive int, got {num_inference_steps!r}")
-            if num_inference_steps > T:
-                raise ValueError(f"num_inference_steps = {num_inference_steps} cannot exceed num_train_timesteps = {T}")
+            num_inference_steps = check_num_inference_steps(num_inference_steps, T)
             self.num_inference_steps = num_inference_steps
             self.custom_timesteps = False
             ts = spaced_timesteps(self.config, num_inference_steps, np.int64)
         self._set_schedule(ts, device)
 
-    def previous_timestep(self, timestep: int) -> int:
+    def previous_timestep(self, timestep):
+        """The timestep after `timestep` in the schedule (-1 after the last), a tensor as in diffusers
+        when a schedule is set; timestep - 1 before set_timesteps."""
         if self.custom_timesteps or self.num_inference_steps:
-            i = self._ts_host.index(timestep)
-            return -1 if i == len(self._ts_host) - 1 else self._ts_host[i + 1]
+            t = int(timestep.item() if isinstance(timestep, torch.Tensor) else timestep)
+            return torch.tensor(self._prev_t(t))
         return timestep - 1
+
+    def _prev_t(self, t: int) -> int:
+        if self.custom_timesteps or self.num_inference_steps:
+            i = self._ts_index.get(t)
+            if i is None:
+                raise ValueError(f"timestep {t} is not in the schedule; pass one of scheduler.timesteps")
+            return -1 if i == len(self._ts_host) - 1 else self._ts_host[i + 1]
+        return t - 1
+
+    def _get_variance(self, t: int, predicted_variance=None, variance_type=None) -> torch.Tensor:
+        """The posterior variance at t (diffusers' formula, clamped at 1e-20) for the fixed types."""
+        prev_t = self._prev_t(int(t))
+        a_t = self.alphas_cumprod[t]
+        a_prev = self.alphas_cumprod[prev_t] if prev_t >= 0 else torch.tensor(1.0)
+        beta = 1 - a_t / a_prev
+        var = torch.clamp((1 - a_prev) / (1 - a_t) * beta, min=1e-20)
+        vt = variance_type or self.config.variance_type
+        if vt == "fixed_small_log":
+            return torch.exp(0.5 * torch.log(var))
+        if vt == "fixed_large":
+            return beta
+        if vt in ("learned", "learned_range"):
+            raise ValueError(f"_get_variance of variance_type={vt!r} depends on the model output; see step()")
+        return var
 
     def _plan(self, t: int, has_var_channels: bool = False) -> D.StepPlan:
         cfg = self.config
-        prev_t = self.previous_timestep(t)
+        prev_t = self._prev_t(t)
         a_t = self._acp[t]
         a_prev = self._acp[prev_t] if prev_t >= 0 else 1.0
         b_t, b_prev = 1.0 - a_t, 1.0 - a_prev
-        cur_alpha = a_t / a_prev
+        # alpha_t / alpha_prev rounded to float32 as diffusers computes it: beta = 1 - that ratio is
+        # tiny near t = 0, so its rounding shows in the trajectory (float64 here moved a 2-step
+        # trajectory by 5e-5 relative from diffusers')
+        cur_alpha = float(np.float32(a_t) / np.float32(a_prev))
         cur_beta = 1.0 - cur_alpha
         plan = self._prediction(D.StepPlan(), cfg.prediction_type, a_t)
         self._clamping(plan)
@@ -83,17 +113,17 @@ class DDPMScheduler(AlphaScheduler):
         if t > 0:
             plan.stochastic = True
             var = max(b_prev / b_t * cur_beta, 1e-20)  # diffusers clamps at 1e-20
-            if vt in ("fixed_small", "fixed_small_log"):
-                plan.set(s=math.sqrt(var))
-            elif vt == "fixed_large":
+            if vt == "fixed_large":
                 plan.set(s=math.sqrt(cur_beta))
             elif vt == "learned":
                 plan.flags |= R.VAR_LEARNED
                 plan.set(s=1.0)
-            else:  # learned_range: log-variance interpolated by the model's v in [-1, 1]
+            elif vt == "learned_range":  # log-variance interpolated by the model's v in [-1, 1]
                 min_log, max_log = math.log(var), math.log(cur_beta)
                 plan.flags |= R.VAR_LEARNED_RANGE
                 plan.set(e0=0.5 * min_log + 0.25 * (max_log - min_log), e1=0.25 * (max_log - min_log))
+            else:  # fixed_small, fixed_small_log (the same std) and, as in diffusers, any other name
+                plan.set(s=math.sqrt(var))
         return plan
 
     def _resolve_t(self, timestep) -> int:
@@ -130,7 +160,7 @@ class DDPMScheduler(AlphaScheduler):
                              f"{tuple(sample.shape)}")
         prev, x0, x0_fn = self._run(plan, model_output, sample, guidance_scale=guidance_scale,
                                     guidance_rescale=guidance_rescale, generator=generator,
-                                    variance_noise=variance_noise)
+                                    variance_noise=variance_noise, noise_dtype=model_output.dtype)
         if self._step_index is not None:
             self._step_index += 1
         out = StepOutput(prev, x0, x0_fn)

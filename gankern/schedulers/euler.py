@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from ..ops import diffusion as D
-from ._base import (StepOutput, beta_sigmas, exponential_sigmas, karras_sigmas, sigma_to_t, spaced_timesteps)
+from ._base import (StepOutput, beta_sigmas, check_num_inference_steps, exponential_sigmas, karras_sigmas, sigma_to_t, spaced_timesteps)
 from ._sigma import SigmaScheduler
 
 
@@ -75,6 +75,8 @@ class EulerDiscreteScheduler(SigmaScheduler):
             raise ValueError("custom timesteps cannot be combined with use_karras/exponential/beta_sigmas")
         if timesteps is not None and self._continuous_v():
             raise ValueError("custom timesteps cannot be combined with timestep_type='continuous' and v_prediction")
+        if num_inference_steps is not None:
+            num_inference_steps = check_num_inference_steps(num_inference_steps)
         if num_inference_steps is None:
             num_inference_steps = len(timesteps) if timesteps is not None else len(sigmas) - 1
         self.num_inference_steps = num_inference_steps
@@ -153,7 +155,8 @@ class EulerDiscreteScheduler(SigmaScheduler):
         i = self._index(timestep)
         plan = self._cached_plan(i, float(s_churn), float(s_tmin), float(s_tmax), float(s_noise))
         prev, x0, x0_fn = self._run(plan, model_output, sample, guidance_scale=guidance_scale,
-                                    guidance_rescale=guidance_rescale, generator=generator, variance_noise=None)
+                                    guidance_rescale=guidance_rescale, generator=generator, variance_noise=None,
+                                    noise_dtype=model_output.dtype)
         self._step_index += 1
         out = StepOutput(prev, x0, x0_fn)
         return out if return_dict else out.to_tuple()

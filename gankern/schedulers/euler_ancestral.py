@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from ..ops import diffusion as D
-from ._base import StepOutput, spaced_timesteps
+from ._base import StepOutput, check_num_inference_steps, spaced_timesteps
 from ._sigma import SigmaScheduler
 from .euler import sigma_prediction
 
@@ -37,6 +37,7 @@ class EulerAncestralDiscreteScheduler(SigmaScheduler):
         return (self.sigmas.max() ** 2 + 1) ** 0.5
 
     def set_timesteps(self, num_inference_steps: int, device=None):
+        num_inference_steps = check_num_inference_steps(num_inference_steps)
         self.num_inference_steps = num_inference_steps
         timesteps = spaced_timesteps(self.config, num_inference_steps, np.float32)
         acp = self.alphas_cumprod
@@ -78,7 +79,8 @@ class EulerAncestralDiscreteScheduler(SigmaScheduler):
         i = self._index(timestep)
         plan = self._cached_plan(i)
         prev, x0, x0_fn = self._run(plan, model_output, sample, guidance_scale=guidance_scale,
-                                    guidance_rescale=guidance_rescale, generator=generator, variance_noise=None)
+                                    guidance_rescale=guidance_rescale, generator=generator, variance_noise=None,
+                                    noise_dtype=model_output.dtype)
         self._step_index += 1
         out = StepOutput(prev, x0, x0_fn)
         return out if return_dict else out.to_tuple()

@@ -1,4 +1,4 @@
-"""Activation functions inside Triton kernels; codes as gankern/reference/activations.py.
+"""Activation functions inside Triton kernels; codes from gankern/_tables.py: ACTIVATIONS.
 
 Only core `tl` math is used (libdevice is not available under TRITON_INTERPRET=1), with care where
 the naive formula loses precision: tanh and expm1 near 0, log1p of small arguments.
@@ -6,17 +6,19 @@ the naive formula loses precision: tanh and expm1 near 0, log1p of small argumen
 import triton
 import triton.language as tl
 
-LINEAR: tl.constexpr = 0
-RELU: tl.constexpr = 1
-LRELU: tl.constexpr = 2
-TANH: tl.constexpr = 3
-SIGMOID: tl.constexpr = 4
-ELU: tl.constexpr = 5
-SELU: tl.constexpr = 6
-SOFTPLUS: tl.constexpr = 7
-SWISH: tl.constexpr = 8
-GELU: tl.constexpr = 9
-GELU_TANH: tl.constexpr = 10
+from .._tables import ACTIVATIONS as _CODES
+
+LINEAR: tl.constexpr = tl.constexpr(_CODES["linear"])
+RELU: tl.constexpr = tl.constexpr(_CODES["relu"])
+LRELU: tl.constexpr = tl.constexpr(_CODES["lrelu"])
+TANH: tl.constexpr = tl.constexpr(_CODES["tanh"])
+SIGMOID: tl.constexpr = tl.constexpr(_CODES["sigmoid"])
+ELU: tl.constexpr = tl.constexpr(_CODES["elu"])
+SELU: tl.constexpr = tl.constexpr(_CODES["selu"])
+SOFTPLUS: tl.constexpr = tl.constexpr(_CODES["softplus"])
+SWISH: tl.constexpr = tl.constexpr(_CODES["swish"])
+GELU: tl.constexpr = tl.constexpr(_CODES["gelu"])
+GELU_TANH: tl.constexpr = tl.constexpr(_CODES["gelu_tanh"])
 
 SELU_ALPHA: tl.constexpr = 1.6732632423543772
 SELU_SCALE: tl.constexpr = 1.0507009873554805

@@ -36,15 +36,16 @@ def _bias_act_kernel(dy_ptr, x_ptr, b_ptr, out_ptr, n, C, cstride, alpha, gain, 
     tl.store(out_ptr + offs, out.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-def launch(dy, x, b, out, n, C, cstride, act_code, alpha, gain, clamp):
+def launch(dy, x, b, out, C, cstride, act, alpha, gain, clamp):
     """out = bias_act(x) (dy None) or its input gradient; tensors are dense with equal strides.
-    Arguments as gankern.ops.bias_act._prepare gives them (clamp < 0: none)."""
+    The scalars of csrc/bias_act/bias_act.h's Params, as gankern.ops.bias_act._prepare gives them."""
+    n = x.numel()
     if n == 0:
         return out
     grid = (triton.cdiv(n, BLOCK),)
     _bias_act_kernel[grid](
         dy if dy is not None else x, x, b if b is not None else x, out, n, C, cstride,
         float(alpha), float(gain), float(clamp),
-        ACT=act_code, HAS_BIAS=b is not None, CLAMP=clamp >= 0, BACKWARD=dy is not None,
+        ACT=act, HAS_BIAS=b is not None, CLAMP=clamp >= 0, BACKWARD=dy is not None,
         INT64=n >= 2**31, BLOCK=BLOCK, num_warps=8)
     return out

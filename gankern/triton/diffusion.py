@@ -22,6 +22,12 @@ def _coef(coef_ptr, i: tl.constexpr, value, FROM_PTR: tl.constexpr):
 
 
 @triton.jit
+def _term(c, v):
+    """c * v, or exactly 0 when the coefficient is 0 (csrc/diffusion/diffusion.h: term)."""
+    return tl.where(c != 0, c * v, 0.0)
+
+
+@triton.jit
 def _step_kernel(mo_ptr, x_ptr, h_ptr, noise_ptr, k_ptr, s_ptr, prev_ptr, x0_ptr, coef_ptr, rng_ptr,
                  n, S, B, mo_stride, seed, offset,
                  g, pre, px, pm, clip, qx, qm, q0, ca, cb, cc, cd, cs, e0, e1,
@@ -70,17 +76,17 @@ def _step_kernel(mo_ptr, x_ptr, h_ptr, noise_ptr, k_ptr, s_ptr, prev_ptr, x0_ptr
     elif NOISE == 2:
         z = randn_tile(seed, offset, start, BLOCK)
     if NOISE != 0:
-        x = x + pre * z
-    x0 = px * x + pm * m
+        x = x + _term(pre, z)
+    x0 = _term(px, x) + _term(pm, m)
     if CLIP:  # comparisons keep NaN, as torch.clamp does
         x0 = tl.where(x0 < -clip, -clip, tl.where(x0 > clip, clip, x0))
     if THRESH:
         s = tl.load(s_ptr + b, mask=mask, other=1.0)
         x0 = tl.where(x0 < -s, -s, tl.where(x0 > s, s, x0)) / s
-    eps = qx * x + qm * m + q0 * x0
-    p = ca * x + cb * x0 + cc * eps
+    eps = _term(qx, x) + _term(qm, m) + _term(q0, x0)
+    p = _term(ca, x) + _term(cb, x0) + _term(cc, eps)
     if HIST:
-        p += cd * tl.load(h_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        p += _term(cd, tl.load(h_ptr + offs, mask=mask, other=0.0).to(tl.float32))
     if NOISE != 0:
         # variance channels of the conditional (or only) half
         if GUIDED:
@@ -95,7 +101,7 @@ def _step_kernel(mo_ptr, x_ptr, h_ptr, noise_ptr, k_ptr, s_ptr, prev_ptr, x0_ptr
             std = cs * tl.sqrt(v)
         else:
             std = cs
-        p += std * z
+        p += _term(std, z)
     if WRITE_PREV:
         tl.store(prev_ptr + offs, p.to(prev_ptr.dtype.element_ty), mask=mask)
     if WRITE_X0:

@@ -1,0 +1,329 @@
+"""One task per model: how to build it, its optimizers, one training step and how it generates.
+
+A task owns one nn.Module (`self.model`) whose state_dict is what checkpoints hold, the same keys
+fused or not. Under torch.distributed the parts that run forward in a step are wrapped in
+DistributedDataParallel (`self.ddp(...)`); `self.model` stays the plain module.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .. import models as M
+from .errors import UsageError
+
+
+class _Method(nn.Module):
+    """Calls model.<method> through forward, so DistributedDataParallel sees the call."""
+
+    def __init__(self, model: nn.Module, method: str):
+        super().__init__()
+        self.model, self.method = model, method
+
+    def forward(self, *args, **kwargs):
+        return getattr(self.model, self.method)(*args, **kwargs)
+
+
+class Task:
+    name = ""
+    defaults: dict = {}            # model hyperparameters (stored in the checkpoint)
+    train_defaults = dict(epochs=10, batch_size=64, lr=2e-4)
+    reconstructs = False           # has reconstruct/anomaly_score (eval reports them)
+
+    def __init__(self, config: dict, fused: bool, device: torch.device, precision: str = "fp32"):
+        self.config, self.fused, self.device = config, fused, device
+        self.distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        self.amp_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+        self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+        self.model = self.build().to(device)
+
+    # ---- to implement ----------------------------------------------------------------------
+    def build(self) -> nn.Module:
+        raise NotImplementedError
+
+    def optimizers(self, lr: float) -> dict[str, torch.optim.Optimizer]:
+        raise NotImplementedError
+
+    def prepare(self) -> None:
+        """Wrap for DDP (after the optimizers exist)."""
+
+    def step(self, x: Tensor, y: Tensor, opts: dict) -> dict[str, float]:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def generate(self, n: int, seed: int, **kw) -> Tensor:
+        raise NotImplementedError
+
+    def end_epoch(self, train_images: Tensor) -> None:
+        """Hook after each epoch (before the checkpoint)."""
+
+    # ---- shared ----------------------------------------------------------------------------
+    def ddp(self, module: nn.Module) -> nn.Module:
+        if not self.distributed:
+            return module
+        from torch.nn.parallel import DistributedDataParallel
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(module, device_ids=ids)
+
+    def autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def backward_step(self, loss: Tensor, opt: torch.optim.Optimizer) -> None:
+        opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(opt)
+        self.scaler.update()
+
+
+def _adam(params, lr, betas=(0.5, 0.999)):
+    return torch.optim.Adam(params, lr=lr, betas=betas)
+
+
+class DCGANTask(Task):
+    name = "dcgan"
+    defaults = dict(nz=64, ngf=32, ndf=32)
+    # batch 16: on the 1528 training digits, batch 64 gives too few updates per epoch (its samples
+    # were still noise after 4 epochs; batch 16 draws digit shapes by epoch 4)
+    train_defaults = dict(epochs=10, batch_size=16, lr=2e-4)
+
+    def build(self):
+        c = self.config
+        return M.DCGAN(c["image_size"], c["channels"], c["nz"], c["ngf"], c["ndf"], fused=self.fused)
+
+    def optimizers(self, lr):
+        return {"g": _adam(self.model.generator.parameters(), lr), "d": _adam(self.model.discriminator.parameters(), lr)}
+
+    def prepare(self):
+        self.G, self.D = self.ddp(self.model.generator), self.ddp(self.model.discriminator)
+
+    def step(self, x, y, opts):
+        b = x.shape[0]
+        z = torch.randn(b, self.config["nz"], 1, 1, device=self.device)
+        with self.autocast():
+            fake = self.G(z)
+            # discriminator: real -> 1, fake -> 0 (separate batches, as the classic example)
+            d_real, d_fake = self.D(x), self.D(fake.detach())
+            loss_d = (F.binary_cross_entropy_with_logits(d_real.float(), torch.ones_like(d_real.float()))
+                      + F.binary_cross_entropy_with_logits(d_fake.float(), torch.zeros_like(d_fake.float())))
+        self.backward_step(loss_d, opts["d"])
+        with self.autocast():
+            d_gen = self.D(fake).float()
+            loss_g = F.binary_cross_entropy_with_logits(d_gen, torch.ones_like(d_gen))  # non-saturating
+        self.backward_step(loss_g, opts["g"])
+        return {"loss_d": loss_d.item(), "loss_g": loss_g.item()}
+
+    @torch.no_grad()
+    def generate(self, n, seed, **kw):
+        g = torch.Generator().manual_seed(seed)
+        z = torch.randn(n, self.config["nz"], 1, 1, generator=g).to(self.device)
+        G = self.model.generator
+        was = G.training
+        G.eval()
+        try:
+            return torch.cat([G(zb) for zb in z.split(256)])
+        finally:
+            G.train(was)
+
+
+class VAETask(Task):
+    name = "vae"
+    model_cls = M.ConvVAE
+    defaults = dict(latent_dim=16, widths=[16, 32, 64], num_groups=8, beta=1.0)
+    train_defaults = dict(epochs=10, batch_size=64, lr=1e-3)
+    reconstructs = True
+
+    def build(self):
+        c = self.config
+        return self.model_cls(c["image_size"], c["channels"], c["latent_dim"], tuple(c["widths"]), c["num_groups"],
+                              fused=self.fused)
+
+    def optimizers(self, lr):
+        return {"vae": torch.optim.Adam(self.model.parameters(), lr=lr)}
+
+    def prepare(self):
+        self.loss_fn = self.ddp(_Method(self.model, "loss"))
+
+    def step(self, x, y, opts):
+        with self.autocast():
+            loss, parts = self.loss_fn(x, self.config["beta"])
+        self.backward_step(loss, opts["vae"])
+        out = {"loss": loss.item(), "recon": parts["recon"].item()}
+        if self.model.variational:
+            out["kl"] = parts["kl"].item()
+        return out
+
+    @torch.no_grad()
+    def generate(self, n, seed, **kw):
+        return _eval_call(self.model, lambda m: torch.cat(
+            [m.sample(len(c), torch.Generator().manual_seed(seed + i)) for i, c in enumerate(torch.arange(n).split(256))]))
+
+    @property
+    def autoencoder(self):
+        return self.model
+
+    @torch.no_grad()
+    def end_epoch(self, train_images):
+        ae = self.autoencoder
+        if not ae.variational:   # the Gaussian the autoencoder samples from: its training codes
+            codes = _eval_call(ae, lambda m: torch.cat(
+                [m.code(xb.to(self.device)) for xb in train_images[:1024].split(256)]))
+            ae.code_mean.copy_(codes.mean(0))
+            ae.code_std.copy_(codes.std(0) if codes.shape[0] > 1 else torch.ones_like(codes[0]))
+
+
+class AutoencoderTask(VAETask):
+    name = "autoencoder"
+    model_cls = M.Autoencoder
+    defaults = dict(latent_dim=16, widths=[16, 32, 64], num_groups=8, beta=0.0)
+
+
+class VAEGANTask(VAETask):
+    name = "vaegan"
+    defaults = dict(latent_dim=16, widths=[16, 32, 64], num_groups=8, beta=1.0, ndf=32, adv_weight=0.05)
+    train_defaults = dict(epochs=10, batch_size=64, lr=5e-4)
+
+    def build(self):
+        c = self.config
+        return M.VAEGAN(c["image_size"], c["channels"], c["latent_dim"], tuple(c["widths"]), c["num_groups"],
+                        c["ndf"], fused=self.fused)
+
+    def optimizers(self, lr):
+        return {"vae": torch.optim.Adam(self.model.vae.parameters(), lr=lr),
+                "d": _adam(self.model.discriminator.parameters(), lr * 0.4)}
+
+    def prepare(self):
+        self.loss_fn = self.ddp(_Method(self.model.vae, "loss"))
+        self.D = self.ddp(self.model.discriminator)
+
+    def step(self, x, y, opts):
+        with self.autocast():
+            loss_vae, parts = self.loss_fn(x, self.config["beta"])
+            d_rec = self.D(parts["x_hat"]).float()
+            # the VAE's adversarial term is per pixel-patch; scaled to the sum-over-pixels recon loss
+            adv = F.binary_cross_entropy_with_logits(d_rec, torch.ones_like(d_rec)) * x[0].numel()
+            loss = loss_vae + self.config["adv_weight"] * adv
+        self.backward_step(loss, opts["vae"])
+        with self.autocast():
+            d_real, d_fake = self.D(x).float(), self.D(parts["x_hat"].detach()).float()
+            loss_d = (F.binary_cross_entropy_with_logits(d_real, torch.ones_like(d_real))
+                      + F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake)))
+        self.backward_step(loss_d, opts["d"])
+        return {"loss": loss.item(), "recon": parts["recon"].item(), "kl": parts["kl"].item(),
+                "adv": adv.item() / x[0].numel(), "loss_d": loss_d.item()}
+
+    def generate(self, n, seed, **kw):
+        return _eval_call(self.model.vae, lambda m: torch.cat(
+            [m.sample(len(c), torch.Generator().manual_seed(seed + i)) for i, c in enumerate(torch.arange(n).split(256))]))
+
+    @property
+    def autoencoder(self):
+        return self.model.vae
+
+
+class DDPMTask(Task):
+    name = "ddpm"
+    defaults = dict(block_out_channels=[16, 32, 64], layers_per_block=1,
+                    down_block_types=["DownBlock2D", "DownBlock2D", "AttnDownBlock2D"],
+                    up_block_types=["AttnUpBlock2D", "UpBlock2D", "UpBlock2D"], norm_num_groups=8,
+                    num_train_timesteps=1000, sample_steps=50)
+    train_defaults = dict(epochs=15, batch_size=64, lr=2e-3)
+
+    def build(self):
+        c = self.config
+        return build_unet(sample_size=c["image_size"], in_channels=c["channels"], out_channels=c["channels"],
+                          block_out_channels=tuple(c["block_out_channels"]), layers_per_block=c["layers_per_block"],
+                          down_block_types=tuple(c["down_block_types"]), up_block_types=tuple(c["up_block_types"]),
+                          norm_num_groups=c["norm_num_groups"], fused=self.fused)
+
+    def optimizers(self, lr):
+        return {"unet": torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=0.0)}
+
+    def prepare(self):
+        from ..schedulers import DDPMScheduler
+        self.unet = self.ddp(self.model)
+        self.alphas_cumprod = DDPMScheduler(num_train_timesteps=self.config["num_train_timesteps"]) \
+            .alphas_cumprod.to(self.device)
+
+    def step(self, x, y, opts):
+        from ..ops.diffusion import add_noise, diffusion_loss
+        acp = self.alphas_cumprod
+        t = torch.randint(0, acp.shape[0], (x.shape[0],), device=self.device)
+        noise = torch.randn_like(x)
+        with self.autocast():
+            if self.fused:
+                x_t = add_noise(x, noise, t, acp)
+                loss = diffusion_loss(self.unet(x_t, t).sample.float(), x, noise, t, acp)
+            else:
+                a = acp[t].view(-1, 1, 1, 1)
+                x_t = a.sqrt() * x + (1 - a).sqrt() * noise
+                loss = F.mse_loss(self.unet(x_t, t).sample.float(), noise)
+        self.backward_step(loss, opts["unet"])
+        return {"loss": loss.item()}
+
+    @torch.no_grad()
+    def generate(self, n, seed, steps: int | None = None, scheduler: str = "ddim", progress: bool = False, **kw):
+        from ..sampling import sample
+        sched = make_scheduler(scheduler, self.config["num_train_timesteps"])
+        steps = steps or self.config["sample_steps"]
+        unet = self.model
+        fn = lambda x, t: unet(x, t).sample  # noqa: E731
+        c = self.config
+        out = []
+        was = unet.training
+        unet.eval()
+        try:
+            for i, chunk in enumerate(torch.arange(n).split(256)):
+                shape = (len(chunk), c["channels"], c["image_size"], c["image_size"])
+                out.append(sample(fn, sched, shape, steps, seed=seed + i, progress=progress, device=self.device))
+        finally:
+            unet.train(was)
+        return torch.cat(out).clamp(-1, 1)
+
+
+SCHEDULERS = ("ddim", "ddpm", "euler", "dpm++")
+
+
+def make_scheduler(name: str, num_train_timesteps: int):
+    from .. import schedulers as S
+    cls = {"ddim": S.DDIMScheduler, "ddpm": S.DDPMScheduler, "euler": S.EulerDiscreteScheduler,
+           "dpm++": S.DPMSolverMultistepScheduler}.get(name)
+    if cls is None:
+        raise UsageError(f"--scheduler must be one of {', '.join(SCHEDULERS)}, got {name!r}")
+    return cls(num_train_timesteps=num_train_timesteps)
+
+
+def build_unet(fused: bool, **config) -> nn.Module:
+    """gankern.models.UNet2DModel(**config, fused=...) (diffusers' UNet2DModel keywords). Where that
+    class is absent from this build, diffusers' own UNet2DModel stands in, patched by
+    gankern.optimize() when fused (the same state_dict keys either way)."""
+    cls = getattr(M, "UNet2DModel", None)
+    if cls is not None:
+        return cls(**config, fused=fused)
+    try:
+        from diffusers import UNet2DModel
+    except ImportError:
+        raise UsageError("the ddpm model needs gankern.models.UNet2DModel or diffusers (pip install diffusers)") \
+            from None
+    unet = UNet2DModel(**config)
+    if fused:
+        from ..optimize import optimize
+        optimize(unet)
+    return unet
+
+
+def _eval_call(model: nn.Module, fn: Callable):
+    was = model.training
+    model.eval()
+    try:
+        return fn(model)
+    finally:
+        model.train(was)
+
+
+TASKS = {t.name: t for t in (DCGANTask, VAETask, AutoencoderTask, VAEGANTask, DDPMTask)}

@@ -1,0 +1,43 @@
+"""The benchmark harness: its baselines compute the same thing as the ops they are compared with
+(an "eager" column that did less work would flatter gankern), and the interleaved timer times
+every contender."""
+import torch
+
+from gankern.bench import bias_act as bench_bias_act
+from gankern.bench import norm as bench_norm
+from gankern.bench.timing import interleaved
+from gankern.reference import bias_act as ref_bias_act
+from gankern.reference import norm as ref_norm
+
+from conftest import assert_close
+
+
+def test_stylegan_bias_act_baseline_matches_the_spec():
+    x = torch.randn(3, 8, 5, 7, dtype=torch.float64) * 300  # some values beyond the clamp
+    b = torch.randn(8, dtype=torch.float64)
+    ref = ref_bias_act.bias_act(x, b, 1, "lrelu", 0.2, bench_bias_act.GAIN, bench_bias_act.CLAMP)
+    assert_close(bench_bias_act.stylegan_bias_act(x, b), ref, torch.float64)
+
+
+def test_native_norm_baselines_match_the_spec():
+    x = torch.randn(2, 64, 5, 6, dtype=torch.float64)
+    w, b = torch.randn(64, dtype=torch.float64), torch.randn(64, dtype=torch.float64)
+    ref = ref_norm.group_norm_act(x, 32, w, b, 1e-5, "silu", 0.0, None, None, None, None)[0]
+    assert_close(bench_norm._gn_native(x, w, b), ref, torch.float64)
+    rm, rv = torch.zeros(64, dtype=torch.float64), torch.ones(64, dtype=torch.float64)
+    ref = ref_norm.batch_norm_act(x, w, b, rm.clone(), rv.clone(), True, 1e-5, "relu", 0.0, None)[0]
+    assert_close(bench_norm._bn_native((x, w, b, rm, rv)), ref, torch.float64)
+
+
+def test_interleaved_times_every_contender():
+    calls = {"a": 0, "b": 0}
+
+    def bump(k):
+        calls[k] += 1
+
+    t = interleaved({"a": lambda: bump("a"), "b": lambda: bump("b")}, torch.device("cpu"), budget_s=0.001,
+                    min_reps=7, max_reps=7, rounds=3)
+    assert set(t) == {"a", "b"}
+    assert len(t["a"].times_ms) == 7 and len(t["b"].times_ms) == 7
+    assert calls == {"a": 9, "b": 9}  # two warm-up calls each
+    assert t["a"].faults is not None and t["a"].ms >= 0
