@@ -58,16 +58,20 @@ def upfirdn2d(x: Tensor, f: Tensor, upx: int, upy: int, downx: int, downy: int, 
     x = x.reshape(N, C, H * upy, W * upx)
     # 2. padding (negative: cropping)
     x = _pad_or_crop(x, px0, px1, py0, py1)
-    # 3. FIR filter, depthwise. conv2d cross-correlates, so flip for a true convolution.
+    # 3. FIR filter, the same on every plane: conv2d over the N*C planes as a batch of one-channel
+    #    images (defined for C = 0 too, unlike a depthwise conv with groups=C). conv2d
+    #    cross-correlates, so flip for a true convolution.
     f = f.to(x.dtype)
     if not flip_filter:
         f = f.flip(list(range(f.ndim)))
+    x = x.reshape(N * C, 1, x.shape[2], x.shape[3])
     if f.ndim == 1:
         # gain on the x pass only: the same product as sqrt(gain) per pass, and defined for gain < 0
-        x = F.conv2d(x, (f * gain).reshape(1, 1, 1, -1).expand(C, 1, 1, -1), groups=C)
-        x = F.conv2d(x, f.reshape(1, 1, -1, 1).expand(C, 1, -1, 1), groups=C)
+        x = F.conv2d(x, (f * gain).reshape(1, 1, 1, -1))
+        x = F.conv2d(x, f.reshape(1, 1, -1, 1))
     else:
-        x = F.conv2d(x, (f * gain)[None, None].expand(C, 1, -1, -1), groups=C)
+        x = F.conv2d(x, (f * gain)[None, None])
+    x = x.reshape(N, C, x.shape[2], x.shape[3])
     # 4. keep every down-th sample
     x = x[:, :, ::downy, ::downx]
     return x.to(out_dtype)
