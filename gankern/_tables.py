@@ -13,7 +13,7 @@ namespace given in ENUMS (e.g. ACTIVATIONS["gelu_tanh"] -> gk::kGeluTanh), every
 
 # Storage type codes of gk::View.dtype (csrc/common/view.h); the torch dtype of each is
 # gankern/_native.py: DTYPE_CODES.
-DTYPES = {"float32": 0, "float16": 1, "bfloat16": 2, "float64": 3, "int64": 4}
+DTYPES = {"float32": 0, "float16": 1, "bfloat16": 2, "float64": 3, "int64": 4, "uint8": 5}
 
 # Pointwise activations of the fused ops (csrc/common/activations.h, gankern/triton/activations.py,
 # gankern/reference/activations.py).

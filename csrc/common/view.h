@@ -26,6 +26,7 @@ template <typename T> struct dtype_code;
 template <> struct dtype_code<float> : std::integral_constant<int, kFloat32> {};
 template <> struct dtype_code<double> : std::integral_constant<int, kFloat64> {};
 template <> struct dtype_code<std::int64_t> : std::integral_constant<int, kInt64> {};
+template <> struct dtype_code<std::uint8_t> : std::integral_constant<int, kUint8> {};
 
 inline const char* dtype_name(int code) {
   switch (code) {
@@ -34,6 +35,7 @@ inline const char* dtype_name(int code) {
     case kBfloat16: return "bfloat16";
     case kFloat64: return "float64";
     case kInt64: return "int64";
+    case kUint8: return "uint8";
     default: return "none";
   }
 }

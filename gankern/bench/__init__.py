@@ -8,6 +8,8 @@ from .case import Case
 # Order = order in the report. One line per op family.
 FAMILIES = [
     "bias_act",
+    "upfirdn2d",
+    "filtered_lrelu",
     "norm",
     "vae",
     "diffusion",

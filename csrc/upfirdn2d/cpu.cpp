@@ -1,0 +1,132 @@
+// upfirdn2d on the CPU: one pass over the output, rows in parallel (common/thread_pool.h), vectorized inner
+// loops. The polyphase sum of upfirdn2d.h is evaluated one output row at a time:
+//
+//   separable filter: the y taps of the row are combined first (a weighted sum of at most
+//     ceil(kh/upy) input rows, contiguous and vectorizable), then the x taps run over that row;
+//   2-D filter: the x taps run over each contributing input row with that row of g, accumulated.
+//
+// NCHW: the row machinery of polyphase_cpu.h (phase classes of branch-free FIRs).
+// channels_last: the channel dimension is contiguous, so every tap is a vector over C.
+#include <algorithm>
+#include <optional>
+#include <vector>
+
+#include "common/cpu_memory.h"
+#include "common/thread_pool.h"
+#include "upfirdn2d/polyphase_cpu.h"
+
+namespace gk::upfirdn2d {
+namespace {
+
+// Output rows per claim: a few claims per thread, so a thread that loses its core to another
+// process leaves its unstarted rows to the others (csrc/common/thread_pool.h).
+std::int64_t row_grain(std::int64_t rows) { return std::max<std::int64_t>(1, rows / (8 * cpu_threads())); }
+
+// ---- NCHW ---------------------------------------------------------------------------------------
+
+void run_nchw(const float* x, const float* g, const float* g1, float* y, const Params& p) {
+  const Axis ax{p.W, p.upx, p.downx, p.px0, p.kw}, ay{p.H, p.upy, p.downy, p.py0, p.kh};
+  const XPass xp(ax, p.OW);
+  const std::int64_t rows = p.N * p.C * p.OH;
+  const int max_ty = (p.kh + p.upy - 1) / p.upy;
+  std::vector<std::optional<RowScratch>> scratches(cpu_threads());  // one per pool slot, made on first use
+  parallel_for_slots(rows, row_grain(rows), [&](std::int64_t r, int slot) {
+    std::optional<RowScratch>& scratch = scratches[slot];
+    if (!scratch) scratch.emplace(xp, p.W, max_ty);
+    const std::int64_t oy = r % p.OH, plane = r / p.OH;
+    const std::int64_t n = plane / p.C, c = plane % p.C;
+    pass_row(ay, xp, *scratch, x + n * p.sxn + c * p.sxc, p.sxh, p.W, g, g1, p.kw, 0.f, oy,
+             y + n * p.syn + c * p.syc + oy * p.syh);
+  });
+}
+
+// ---- channels_last ------------------------------------------------------------------------------
+
+// out[0..C) (+)= w * in[0..C)
+GK_CPU_CLONES void axpy_c(float* __restrict out, const float* __restrict in, std::int64_t C, float w, bool first) {
+  if (first) {
+    for (std::int64_t i = 0; i < C; ++i) out[i] = w * in[i];
+  } else {
+    for (std::int64_t i = 0; i < C; ++i) out[i] += w * in[i];
+  }
+}
+
+// One output row of a channels_last image: for each ox, the x taps of `h` over `src` (W pixels of
+// C channels, pixel stride sw), added into out (pixel stride sow) unless `first`.
+void x_pass_cl(const Params& p, const float* src, std::int64_t sw, const float* h, float* out, std::int64_t sow,
+               bool first) {
+  for (std::int64_t ox = 0; ox < p.OW; ++ox) {
+    int k0;
+    std::int64_t i0;
+    first_tap(ox, p.downx, p.upx, p.px0, k0, i0);
+    float* o = out + ox * sow;
+    bool wrote = !first;
+    for (int k = k0, t = 0; k < p.kw; k += p.upx, ++t) {
+      const std::int64_t ix = i0 + t;
+      if (ix < 0 || ix >= p.W) continue;
+      axpy_c(o, src + ix * sw, p.C, h[k], !wrote);
+      wrote = true;
+    }
+    if (!wrote) fill_row(o, p.C, 0.f);
+  }
+}
+
+void run_channels_last(const float* x, const float* g, const float* g1, float* y, const Params& p) {
+  const Axis ay{p.H, p.upy, p.downy, p.py0, p.kh};
+  const std::int64_t rows = p.N * p.OH;
+  const int max_ty = (p.kh + p.upy - 1) / p.upy;
+  struct Scratch {
+    std::vector<float> comb;
+    std::vector<std::int64_t> ty;
+    std::vector<int> tk;
+  };
+  std::vector<Scratch> scratches(cpu_threads());  // one per pool slot, sized on first use
+  parallel_for_slots(rows, row_grain(rows), [&](std::int64_t r, int slot) {
+    Scratch& sc = scratches[slot];
+    if (sc.ty.empty()) {
+      sc.comb.resize(g1 != nullptr ? std::max<std::int64_t>(p.W * p.C, 1) : 1);
+      sc.ty.resize(std::max(max_ty, 1));
+      sc.tk.resize(std::max(max_ty, 1));
+    }
+    const std::int64_t oy = r % p.OH, n = r / p.OH;
+    const float* xn = x + n * p.sxn;
+    float* out = y + n * p.syn + oy * p.syh;
+    const int nt = axis_taps(ay, oy, sc.ty.data(), sc.tk.data());
+    if (nt == 0) {
+      for (std::int64_t ox = 0; ox < p.OW; ++ox) fill_row(out + ox * p.syw, p.C, 0.f);
+      return;
+    }
+    if (g1 != nullptr) {  // combine the rows (a dense W*C block each), then the x pass
+      const float* gy = g1 + p.kw;
+      for (int t = 0; t < nt; ++t)
+        for (std::int64_t ix = 0; ix < p.W; ++ix)
+          axpy_c(sc.comb.data() + ix * p.C, xn + sc.ty[t] * p.sxh + ix * p.sxw, p.C, gy[sc.tk[t]], t == 0);
+      x_pass_cl(p, sc.comb.data(), p.C, g1, out, p.syw, true);
+    } else {
+      for (int t = 0; t < nt; ++t)
+        x_pass_cl(p, xn + sc.ty[t] * p.sxh, p.sxw, g + sc.tk[t] * p.kw, out, p.syw, t == 0);
+    }
+  });
+}
+
+// T: the storage type; the row machinery (polyphase_cpu.h) is fp32, so only float is dispatched.
+template <typename T>
+void run(const Params& p) {
+  const T* x = p.x.as<const T>("x");
+  T* y = p.y.as<T>("y");
+  const float* g = p.g.as<const float>("g");
+  const float* g1 = p.g1.as<const float>("g1");
+  if (p.N * p.C * p.OH * p.OW == 0) return;
+  advise_huge_pages(y, p.N * p.C * p.OH * p.OW * static_cast<std::int64_t>(sizeof(T)));
+  if (p.channels_last) run_channels_last(x, g, g1, y, p);
+  else run_nchw(x, g, g1, y, p);
+}
+
+}  // namespace
+
+void forward(const Params& p, Stream) {
+  check_args("upfirdn2d", p);
+  dispatch_types<float>(p.x.dtype, "upfirdn2d", [&](auto tag) { run<decltype(tag)>(p); });
+}
+
+}  // namespace gk::upfirdn2d
