@@ -40,34 +40,24 @@ def info() -> int:
     return 0
 
 
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
-    return v
+def _number(kind, what: str, positive: bool):
+    """An argparse type: a finite `kind` (int or float), > 0 if `positive` else >= 0; anything else is
+    a usage message naming the option (argparse adds the option's name to ArgumentTypeError)."""
+    def parse(text: str):
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not math.isfinite(v) or v < 0 or (positive and v == 0):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text}")
+        return v
+    return parse
 
 
-def _nonneg_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {v}")
-    return v
-
-
-def _positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not v > 0 or v == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text}")
-    return v
+_positive_int = _number(int, "a positive integer", True)
+_nonneg_int = _number(int, "a non-negative integer", False)
+_positive_float = _number(float, "a positive finite number", True)
+positive_seconds = _number(float, "a finite number of seconds > 0", True)
 
 
 def _add_model_commands(sub) -> None:
@@ -148,18 +138,6 @@ def _run_model_command(args) -> int:
         print(f"gankern {args.cmd}: interrupted", file=sys.stderr)
         return 130
     return 0
-
-
-def positive_seconds(text: str) -> float:
-    """argparse type of --budget: a finite number of seconds > 0 (argparse turns the error into a
-    usage message naming the option)."""
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if not math.isfinite(v) or v <= 0:
-        raise argparse.ArgumentTypeError(f"expected a finite number of seconds > 0, got {text!r}")
-    return v
 
 
 def main(argv: list[str] | None = None) -> int:
