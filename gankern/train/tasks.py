@@ -6,6 +6,7 @@ DistributedDataParallel (`self.ddp(...)`); `self.model` stays the plain module.
 """
 from __future__ import annotations
 
+import abc
 import contextlib
 from typing import Callable
 
@@ -28,7 +29,7 @@ class _Method(nn.Module):
         return getattr(self.model, self.method)(*args, **kwargs)
 
 
-class Task:
+class Task(abc.ABC):
     name = ""
     defaults: dict = {}            # model hyperparameters (stored in the checkpoint)
     train_defaults = dict(epochs=10, batch_size=64, lr=2e-4)
@@ -41,22 +42,26 @@ class Task:
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
         self.model = self.build().to(device)
 
-    # ---- to implement ----------------------------------------------------------------------
+    # ---- every task implements these ----------------------------------------------------------------------
+    @abc.abstractmethod
     def build(self) -> nn.Module:
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def optimizers(self, lr: float) -> dict[str, torch.optim.Optimizer]:
-        raise NotImplementedError
+        ...
 
     def prepare(self) -> None:
         """Wrap for DDP (after the optimizers exist)."""
 
+    @abc.abstractmethod
     def step(self, x: Tensor, y: Tensor, opts: dict) -> dict[str, float]:
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     @torch.no_grad()
     def generate(self, n: int, seed: int, **kw) -> Tensor:
-        raise NotImplementedError
+        ...
 
     def end_epoch(self, train_images: Tensor) -> None:
         """Hook after each epoch (before the checkpoint)."""
