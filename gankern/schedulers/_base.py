@@ -422,6 +422,18 @@ class Scheduler(ConfigIO):
 
         return prev, x0, x0_fn
 
+    def _step(self, plan: D.StepPlan, model_output, sample, return_dict: bool, *, guidance_scale, guidance_rescale,
+              generator, variance_noise):
+        """The public step of the single-history schedulers: run `plan`, advance the step index
+        (when it is tracked) and return a StepOutput, or its tuple form."""
+        prev, x0, x0_fn = self._run(plan, model_output, sample, guidance_scale=guidance_scale,
+                                    guidance_rescale=guidance_rescale, generator=generator,
+                                    variance_noise=variance_noise, noise_dtype=model_output.dtype)
+        if self._step_index is not None:
+            self._step_index += 1
+        out = StepOutput(prev, x0, x0_fn)
+        return out if return_dict else out.to_tuple()
+
     def scale_model_input(self, sample: torch.Tensor, timestep=None) -> torch.Tensor:
         return sample
 

@@ -2,6 +2,7 @@
 in diffusers' float32 values, step-index bookkeeping, input scaling and noising."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from ._base import Scheduler, make_betas, rescale_zero_terminal_snr
@@ -23,6 +24,15 @@ class SigmaScheduler(Scheduler):
         self.sigmas = sigmas.to("cpu")
         self._sig = self.sigmas.tolist()
         self._plans = {}
+
+    def _scale_by_sigma(self, sample: torch.Tensor, timestep) -> torch.Tensor:
+        """sample / sqrt(sigma^2 + 1) at the current step (Euler's input scaling), the divisor in
+        float32 as diffusers computes it."""
+        if self._step_index is None:
+            self._init_step_index(timestep)
+        sigma = np.float32(self._sig[self._step_index])
+        self.is_scale_input_called = True
+        return sample / float(np.sqrt(sigma * sigma + np.float32(1.0)))
 
     def _index(self, timestep) -> int:
         if self._step_index is None:

@@ -9,7 +9,7 @@ import torch
 
 from ..ops import diffusion as D
 from ._alpha import AlphaScheduler
-from ._base import StepOutput, check_num_inference_steps, spaced_timesteps
+from ._base import check_num_inference_steps, spaced_timesteps
 
 
 class DDIMScheduler(AlphaScheduler):
@@ -82,10 +82,5 @@ class DDIMScheduler(AlphaScheduler):
         if isinstance(eta, bool) or not isinstance(eta, (int, float)) or eta < 0 or math.isnan(eta):
             raise ValueError(f"eta must be a number >= 0, got {eta!r}")
         plan = self._cached_plan(t, float(eta), bool(use_clipped_model_output))
-        prev, x0, x0_fn = self._run(plan, model_output, sample, guidance_scale=guidance_scale,
-                                    guidance_rescale=guidance_rescale, generator=generator,
-                                    variance_noise=variance_noise, noise_dtype=model_output.dtype)
-        if self._step_index is not None:
-            self._step_index += 1
-        out = StepOutput(prev, x0, x0_fn)
-        return out if return_dict else out.to_tuple()
+        return self._step(plan, model_output, sample, return_dict, guidance_scale=guidance_scale,
+                          guidance_rescale=guidance_rescale, generator=generator, variance_noise=variance_noise)

@@ -11,7 +11,7 @@ import torch
 from ..ops import diffusion as D
 from ..reference import diffusion as R
 from ._alpha import AlphaScheduler
-from ._base import StepOutput, check_num_inference_steps, spaced_timesteps
+from ._base import check_num_inference_steps, spaced_timesteps
 
 VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large", "learned", "learned_range")
 
@@ -158,10 +158,5 @@ class DDPMScheduler(AlphaScheduler):
             raise ValueError(f"variance_type={self.variance_type!r} needs model_output with 2*C channels "
                              f"(prediction then variance), got shape {tuple(model_output.shape)} for sample "
                              f"{tuple(sample.shape)}")
-        prev, x0, x0_fn = self._run(plan, model_output, sample, guidance_scale=guidance_scale,
-                                    guidance_rescale=guidance_rescale, generator=generator,
-                                    variance_noise=variance_noise, noise_dtype=model_output.dtype)
-        if self._step_index is not None:
-            self._step_index += 1
-        out = StepOutput(prev, x0, x0_fn)
-        return out if return_dict else out.to_tuple()
+        return self._step(plan, model_output, sample, return_dict, guidance_scale=guidance_scale,
+                          guidance_rescale=guidance_rescale, generator=generator, variance_noise=variance_noise)

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from ..ops import diffusion as D
-from ._base import (StepOutput, beta_sigmas, check_num_inference_steps, exponential_sigmas, karras_sigmas, sigma_to_t, spaced_timesteps)
+from ._base import (beta_sigmas, check_num_inference_steps, exponential_sigmas, karras_sigmas, sigma_to_t, spaced_timesteps)
 from ._sigma import SigmaScheduler
 
 
@@ -122,11 +122,7 @@ class EulerDiscreteScheduler(SigmaScheduler):
 
     def scale_model_input(self, sample: torch.Tensor, timestep=None) -> torch.Tensor:
         """sample / sqrt(sigma^2 + 1), the divisor in float32 as diffusers computes it."""
-        if self._step_index is None:
-            self._init_step_index(timestep)
-        sigma = np.float32(self._sig[self._step_index])
-        self.is_scale_input_called = True
-        return sample / float(np.sqrt(sigma * sigma + np.float32(1.0)))
+        return self._scale_by_sigma(sample, timestep)
 
     def _plan(self, i: int, s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = float("inf"),
               s_noise: float = 1.0) -> D.StepPlan:
@@ -154,9 +150,5 @@ class EulerDiscreteScheduler(SigmaScheduler):
                              "(as diffusers' EulerDiscreteScheduler requires)")
         i = self._index(timestep)
         plan = self._cached_plan(i, float(s_churn), float(s_tmin), float(s_tmax), float(s_noise))
-        prev, x0, x0_fn = self._run(plan, model_output, sample, guidance_scale=guidance_scale,
-                                    guidance_rescale=guidance_rescale, generator=generator, variance_noise=None,
-                                    noise_dtype=model_output.dtype)
-        self._step_index += 1
-        out = StepOutput(prev, x0, x0_fn)
-        return out if return_dict else out.to_tuple()
+        return self._step(plan, model_output, sample, return_dict, guidance_scale=guidance_scale,
+                          guidance_rescale=guidance_rescale, generator=generator, variance_noise=None)

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from ..ops import diffusion as D
-from ._base import StepOutput, check_num_inference_steps, spaced_timesteps
+from ._base import check_num_inference_steps, spaced_timesteps
 from ._sigma import SigmaScheduler
 from .euler import sigma_prediction
 
@@ -51,11 +51,8 @@ class EulerAncestralDiscreteScheduler(SigmaScheduler):
         self._begin_index = None
 
     def scale_model_input(self, sample: torch.Tensor, timestep=None) -> torch.Tensor:
-        if self._step_index is None:
-            self._init_step_index(timestep)
-        sigma = np.float32(self._sig[self._step_index])
-        self.is_scale_input_called = True
-        return sample / float(np.sqrt(sigma * sigma + np.float32(1.0)))
+        """sample / sqrt(sigma^2 + 1), the divisor in float32 as diffusers computes it."""
+        return self._scale_by_sigma(sample, timestep)
 
     def _plan(self, i: int) -> D.StepPlan:
         s_from, s_to = self._sig[i], self._sig[i + 1]
@@ -78,9 +75,5 @@ class EulerAncestralDiscreteScheduler(SigmaScheduler):
             raise ValueError("pass one of scheduler.timesteps as the timestep, not an integer step index")
         i = self._index(timestep)
         plan = self._cached_plan(i)
-        prev, x0, x0_fn = self._run(plan, model_output, sample, guidance_scale=guidance_scale,
-                                    guidance_rescale=guidance_rescale, generator=generator, variance_noise=None,
-                                    noise_dtype=model_output.dtype)
-        self._step_index += 1
-        out = StepOutput(prev, x0, x0_fn)
-        return out if return_dict else out.to_tuple()
+        return self._step(plan, model_output, sample, return_dict, guidance_scale=guidance_scale,
+                          guidance_rescale=guidance_rescale, generator=generator, variance_noise=None)
