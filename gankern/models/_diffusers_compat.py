@@ -109,3 +109,21 @@ def check_types(option: str, values, allowed, cls_name: str) -> tuple:
     for v in values:
         check_choice(option, v, allowed, cls_name)
     return values
+
+
+def check_blocks(cls_name: str, down_block_types: tuple, up_block_types: tuple, block_out_channels,
+                 norm_num_groups, fused) -> tuple:
+    """The block-list checks diffusers' AutoencoderKL and UNet2DModel share: as many down blocks,
+    up blocks and widths, a group count dividing every width, a bool `fused`. Returns the widths
+    as a tuple of ints."""
+    block_out_channels = tuple(int(c) for c in block_out_channels)
+    if not (len(down_block_types) == len(up_block_types) == len(block_out_channels)):
+        raise ValueError(f"{cls_name}: down_block_types, up_block_types and block_out_channels must have the same "
+                         f"length, got {len(down_block_types)}, {len(up_block_types)}, {len(block_out_channels)}")
+    if not isinstance(norm_num_groups, int) or isinstance(norm_num_groups, bool) or norm_num_groups < 1 or any(
+            c % norm_num_groups for c in block_out_channels):
+        raise ValueError(f"{cls_name}: norm_num_groups must be a positive int dividing every block_out_channels "
+                         f"entry, got {norm_num_groups!r} for {block_out_channels}")
+    if not isinstance(fused, bool):
+        raise TypeError(f"fused must be a bool, got {type(fused).__name__}")
+    return block_out_channels

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from ..distributions import DiagonalGaussian
 from ..ops.diffusion import draw_seed
 from ._diffusers_blocks import ACTIVATIONS, DownBlock2D, MidBlock2D, UpBlock2D, group_norm, torch_act
-from ._diffusers_compat import AutoencoderKLOutput, ConfigMixin, DecoderOutput, check_choice, check_types
+from ._diffusers_compat import AutoencoderKLOutput, ConfigMixin, DecoderOutput, check_blocks, check_choice, check_types
 
 _EPS = 1e-6  # diffusers' Encoder / Decoder use eps=1e-6 in every GroupNorm
 
@@ -105,16 +105,8 @@ class AutoencoderKL(ConfigMixin, nn.Module):
         down_block_types = check_types("down_block_types", down_block_types, ("DownEncoderBlock2D",), name)
         up_block_types = check_types("up_block_types", up_block_types, ("UpDecoderBlock2D",), name)
         check_choice("act_fn", act_fn, tuple(ACTIVATIONS), name)
-        block_out_channels = tuple(int(c) for c in block_out_channels)
-        if not (len(down_block_types) == len(up_block_types) == len(block_out_channels)):
-            raise ValueError(f"{name}: down_block_types, up_block_types and block_out_channels must have the same "
-                             f"length, got {len(down_block_types)}, {len(up_block_types)}, {len(block_out_channels)}")
-        if not isinstance(norm_num_groups, int) or isinstance(norm_num_groups, bool) or norm_num_groups < 1 or any(
-                c % norm_num_groups for c in block_out_channels):
-            raise ValueError(f"{name}: norm_num_groups must be a positive int dividing every block_out_channels "
-                             f"entry, got {norm_num_groups!r} for {block_out_channels}")
-        if not isinstance(fused, bool):
-            raise TypeError(f"fused must be a bool, got {type(fused).__name__}")
+        block_out_channels = check_blocks(name, down_block_types, up_block_types, block_out_channels,
+                                          norm_num_groups, fused)
         self._register_config(
             in_channels=in_channels, out_channels=out_channels, down_block_types=down_block_types,
             up_block_types=up_block_types, block_out_channels=block_out_channels, layers_per_block=layers_per_block,

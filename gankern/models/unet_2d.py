@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._diffusers_blocks import ACTIVATIONS, DownBlock2D, MidBlock2D, UpBlock2D, group_norm, torch_act
-from ._diffusers_compat import ConfigMixin, UNet2DOutput, check_choice, check_types
+from ._diffusers_compat import ConfigMixin, UNet2DOutput, check_blocks, check_choice, check_types
 
 _DOWN = ("DownBlock2D", "AttnDownBlock2D")
 _UP = ("UpBlock2D", "AttnUpBlock2D")
@@ -79,18 +79,8 @@ class UNet2DModel(ConfigMixin, nn.Module):
         check_choice("num_class_embeds", num_class_embeds, (None,), name)
         down_block_types = check_types("down_block_types", down_block_types, _DOWN, name)
         up_block_types = check_types("up_block_types", up_block_types, _UP, name)
-        block_out_channels = tuple(int(c) for c in block_out_channels)
-        if len(down_block_types) != len(up_block_types) or len(block_out_channels) != len(down_block_types):
-            raise ValueError(f"{name}: down_block_types, up_block_types and block_out_channels must have the same "
-                             f"length, got {len(down_block_types)}, {len(up_block_types)}, {len(block_out_channels)}")
-        if not isinstance(norm_num_groups, int) or isinstance(norm_num_groups, bool) or norm_num_groups < 1:
-            raise ValueError(f"{name}: norm_num_groups must be a positive int, got {norm_num_groups!r}")
-        for c in block_out_channels:
-            if c % norm_num_groups:
-                raise ValueError(f"{name}: norm_num_groups={norm_num_groups} must divide every block_out_channels "
-                                 f"entry, got {block_out_channels}")
-        if not isinstance(fused, bool):
-            raise TypeError(f"fused must be a bool, got {type(fused).__name__}")
+        block_out_channels = check_blocks(name, down_block_types, up_block_types, block_out_channels,
+                                          norm_num_groups, fused)
         self._register_config(
             sample_size=sample_size, in_channels=in_channels, out_channels=out_channels,
             center_input_sample=center_input_sample, time_embedding_type=time_embedding_type,
