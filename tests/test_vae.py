@@ -332,7 +332,8 @@ def test_backward_regenerates_eps():
 
 
 def test_simd_and_portable_cpu_paths_agree():
-    """The AVX2 path and the portable auto-vectorized one (non-AVX2 CPUs) give the same results."""
+    """The generator's AVX2 Philox path (csrc/random/cpu.cpp) and its portable auto-vectorized one
+    (non-AVX2 CPUs) give the same VAE results and normals."""
     if _native.cpu is None:
         pytest.skip("no cpu backend")
     mu, lv = inputs((7, 333))
