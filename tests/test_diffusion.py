@@ -126,6 +126,80 @@ def test_step_half_precision(backend, dtype):
     assert_close(prev, rp, dtype=dtype)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("kind", KINDS + ["noise_tensor"])
+@pytest.mark.parametrize("guided", [False, True])
+def test_cpu_step_half_precision(dtype, kind, guided):
+    """The CPU step on bf16/fp16 tensors (loads and stores in the dtype, math in fp32), every feature,
+    samples of 1500 elements (tiles of 1024 and a tail): prev and x0 within a few units of the format's
+    rounding (conftest.TOL) of the float64 reference on the same rounded inputs."""
+    skip_unless_runnable("diffusion_step", "cpu", "cpu", dtype)
+    shape = (2, 4, 15, 25)
+    mo, x, h = inputs(shape, kind.replace("_tensor", ""), guided, "cpu", dtype)
+    plan = make_plan(kind.replace("_tensor", ""))
+    noise = torch.randn(shape, generator=torch.Generator().manual_seed(9)).to(dtype) if kind == "noise_tensor" else None
+    rescale = 0.7 if guided else 0.0
+    prev, x0 = run("cpu", mo, x, h, plan, guided, rescale=rescale, noise=noise)
+    rp, rx = run("reference", mo.double(), x.double(), h.double(), plan, guided, rescale=rescale,
+                 noise=None if noise is None else noise.double())
+    assert prev.dtype == dtype and x0.dtype == dtype
+    assert_close(prev, rp, dtype=dtype, what="prev")
+    assert_close(x0, rx, dtype=dtype, what="x0")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_cpu_half_training_side(dtype):
+    """add_noise and the diffusion loss (forward and backward) on bf16/fp16 CPU tensors: the dtypes of
+    the fp32 path's contract (loss fp32, gradients in the input dtype), values within the format's
+    rounding of the float64 reference; per-sample factors of the sampling side too."""
+    skip_unless_runnable("diffusion_loss", "cpu", "cpu", dtype)
+    g = torch.Generator().manual_seed(0)
+    shape = (3, 4, 19, 27)  # 2052 elements per sample: two conversion chunks and a tail
+    mo, x0, n = (torch.randn(shape, generator=g).to(dtype) for _ in range(3))
+    t = torch.tensor([5, 500, 990])
+    w = torch.rand(3, generator=g) + 0.5
+    with gankern.use_backend("cpu"):
+        y = gankern.add_noise(x0, n, t, _acp())
+        m1 = mo.clone().requires_grad_()
+        l1 = gankern.diffusion_loss(m1, x0, n, t, _acp(), "v_prediction", w)
+        l1.backward()
+        k = torch.ops.gankern.guidance_rescale_factors(torch.cat([mo, n]), 7.5, 0.7)
+        lo, wr = R.quantile_rank(0.995, mo[0].numel())
+        s = torch.ops.gankern.diffusion_threshold_scales(mo, mo, None, D.StepPlan().set(px=1.0).coefs, 0, lo, wr, 2.5)
+    with gankern.use_backend("reference"):
+        y64 = gankern.add_noise(x0.double(), n.double(), t, _acp())
+        m2 = mo.double().requires_grad_()
+        l2 = gankern.diffusion_loss(m2, x0.double(), n.double(), t, _acp(), "v_prediction", w.double())
+        l2.backward()
+    assert y.dtype == dtype and m1.grad.dtype == dtype
+    assert_close(y, y64, dtype, what="add_noise")
+    assert_close(l1.detach(), l2.detach(), dtype, what="loss")
+    assert_close(m1.grad, m2.grad, dtype, what="dloss/dmodel_output")
+    assert_close(k, R.guidance_rescale_factors(torch.cat([mo, n]).double(), 7.5, 0.7), dtype, what="rescale factors")
+    assert torch.allclose(s.double(), R.threshold_scales(mo.double(), 0.995, 2.5), rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_cpu_half_rounding_is_torchs(dtype):
+    """The CPU's fp32 -> bf16/fp16 rounding (csrc/common/cpu_convert.h: conversion instructions where
+    the CPU has them) is torch's, bit for bit: ties to even, subnormal results, overflow to inf, NaN.
+    add_noise with cn = 0 stores round(ca * x) in fp32, then in the dtype."""
+    skip_unless_runnable("add_noise", "cpu", "cpu", dtype)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(4, 5000, generator=g).to(dtype)
+    x[0, :7] = torch.tensor([float("nan"), float("inf"), -float("inf"), 0.0, -0.0, 1.0, -3.0])
+    tiny = torch.finfo(dtype).tiny
+    # scales: ties and plain rounding, subnormal results (bf16 and fp32 subnormals), overflow
+    ca = torch.tensor([1.0 + 2.0 ** -9 + 2.0 ** -12, tiny * 0.37, 1e-39, 3e4 if dtype == torch.float16 else 3e37])
+    cn = torch.zeros(4)
+    with gankern.use_backend("cpu"):
+        y = torch.ops.gankern.add_noise(x, torch.zeros_like(x), ca, cn)
+    want = (ca.reshape(-1, 1) * x.float()).to(dtype)
+    assert torch.equal(y.isnan(), want.isnan())
+    fin = ~want.isnan()
+    assert torch.equal(y[fin], want[fin])
+
+
 @pytest.mark.parametrize("backend", KERNEL_ONLY_BACKENDS)
 def test_threshold_scales_match_quantile(backend):
     skip_unless_runnable("diffusion_threshold_scales", backend, "cpu")

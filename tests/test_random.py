@@ -80,6 +80,17 @@ def test_dtypes_round_fp32(backend, dtype):
     assert torch.allclose(out.double().cpu(), expect.double(), atol=tol * 6, rtol=tol)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_cpu_half_output_is_fp32_rounded_like_torch(dtype):
+    """The CPU writes bf16/fp16 normals itself (rounded per tile): bit for bit torch's rounding of the
+    same fp32 normals, over several tiles and thread blocks and an odd tail."""
+    skip_unless_runnable("randn", "cpu", "cpu", dtype)
+    with use_backend("cpu"):
+        h = gankern.randn((7, 30001), 11, 5, dtype=dtype)
+        f = gankern.randn((7, 30001), 11, 5)
+    assert h.dtype == dtype and torch.equal(h, f.to(dtype))
+
+
 def test_reference_float32_close_to_float64():
     a = R.randn((4096,), 11, 2**35, dtype=torch.float32)
     close(a, R.randn((4096,), 11, 2**35, dtype=torch.float64))

@@ -171,23 +171,53 @@ def test_channel_chunks_read_in_place(backend, device, pshape):
     assert_close(p.grad[:, half:], gv, what="dlogvar")
 
 
-@pytest.mark.parametrize("backend", ("triton", "cuda", "reference"))
+@pytest.mark.parametrize("backend", ("cpu", "triton", "cuda", "reference"))
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_half_precision(backend, dtype):
+@pytest.mark.parametrize("shape,reduction", [((5, 33), "sum"), ((3, 1501), "none")])  # 1501: rows cross the CPU's tiles
+def test_half_precision(backend, dtype, shape, reduction):
+    """Half inputs: outputs and gradients in the input dtype, each within a few units of the format's
+    rounding (conftest.TOL) of the float64 reference evaluated on the same (rounded) inputs."""
     device = DEVICES[-1]
     skip_unless_runnable("reparameterize_kl", backend, device, dtype)
-    mu, lv = inputs((5, 33), device, dtype)
+    mu, lv = inputs(shape, device, dtype)
     with use_backend(backend):
         m, v = mu.clone().requires_grad_(), lv.clone().requires_grad_()
-        z, kl = gankern.reparameterize_kl(m, v, 7, 8, "sum")
-        (z.float().sum() + kl.float()).backward()
-    assert z.dtype == dtype and kl.dtype == dtype and m.grad.dtype == dtype
-    zr, klr = ref64(mu, lv, 7, 8, "sum")
+        z, kl = gankern.reparameterize_kl(m, v, 7, 8, reduction)
+        gkl = torch.linspace(-1, 1, mu.numel()).reshape(shape) if reduction == "none" else torch.tensor(1.0)
+        (z.float().sum() + (kl.float() * gkl.to(device)).sum()).backward()
+    assert z.dtype == dtype and kl.dtype == dtype and m.grad.dtype == dtype and v.grad.dtype == dtype
+    zr, klr = ref64(mu, lv, 7, 8, reduction)
     assert_close(z, zr, dtype, what="z")
     assert_close(kl, klr, dtype, what="kl")
-    gm, gv = ref64_grads(mu, lv, 7, 8, "sum", torch.ones(5, 33), torch.tensor(1.0))
+    gm, gv = ref64_grads(mu, lv, 7, 8, reduction, torch.ones(shape), gkl.to(dtype))  # kl's gradient as autograd rounds it
     assert_close(m.grad, gm, dtype, what="dmu")
     assert_close(v.grad, gv, dtype, what="dlogvar")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("reduction", ["sum", "none"])
+def test_cpu_half_channel_chunks_and_separate_ops(dtype, reduction):
+    """The CPU half kernels on latent diffusion's layout (mu and logvar the channel halves of one
+    [B, 2C, H, W] tensor, read in place through row strides) and through each op on its own."""
+    skip_unless_runnable("reparameterize_kl", "cpu", "cpu", dtype)
+    g = torch.Generator().manual_seed(3)
+    p64 = torch.randn(3, 8, 13, 11, generator=g, dtype=torch.float64)
+    p = p64.to(dtype)
+    mu, lv = p[:, :4], p[:, 4:]
+    with use_backend("cpu"):
+        z = gankern.reparameterize(mu, lv, 5, 6)
+        kl = gankern.kl_normal(mu, lv, reduction)
+        pg = p.clone().requires_grad_()
+        zz, kk = gankern.reparameterize_kl(pg[:, :4], pg[:, 4:], 5, 6, reduction)
+        (zz.float().sum() + kk.float().sum()).backward()
+    zr, klr = ref64(mu, lv, 5, 6, reduction)
+    assert z.dtype == dtype and kl.dtype == dtype and pg.grad.dtype == dtype
+    assert_close(z, zr, dtype, what="z")
+    assert_close(kl, klr, dtype, what="kl")
+    assert torch.equal(zz, z) and torch.equal(kk, kl)
+    gm, gv = ref64_grads(mu, lv, 5, 6, reduction, torch.ones(mu.shape), torch.ones(klr.shape))
+    assert_close(pg.grad[:, :4], gm, dtype, what="dmu")
+    assert_close(pg.grad[:, 4:], gv, dtype, what="dlogvar")
 
 
 # ---- clamp, NaN, empty ----------------------------------------------------------------------
@@ -302,7 +332,8 @@ def test_backward_regenerates_eps():
 
 
 def test_simd_and_portable_cpu_paths_agree():
-    """The AVX2 path and the portable auto-vectorized one (non-AVX2 CPUs) give the same results."""
+    """The generator's AVX2 Philox path (csrc/random/cpu.cpp) and its portable auto-vectorized one
+    (non-AVX2 CPUs) give the same VAE results and normals."""
     if _native.cpu is None:
         pytest.skip("no cpu backend")
     mu, lv = inputs((7, 333))

@@ -20,7 +20,7 @@ namespace gk::diffusion {
 // kNumCoefs are generated from gankern/_tables.py (DIFFUSION_FLAGS, DIFFUSION_COEFS).
 
 // ---- entry points (cpu.cpp for gankern._C, cuda.cu for gankern._cuda) ------------------------
-// Every full-size tensor: float32 (CPU), float32/16/bf16 (CUDA), one dtype; per-sample tensors
+// Every full-size tensor: float32, float16 or bfloat16, one dtype; per-sample tensors
 // float32 [B].
 
 using Coefs = std::array<float, kNumCoefs>;
@@ -91,7 +91,7 @@ void loss_backward(const LossParams& p, Stream stream);
 
 // CPU only: s_b = clamp(lerp(a_(lo), a_(lo+1), w), 1, max_value) over a = |x0_b|, by selection.
 #define GK_DIFFUSION_THRESHOLD_PARAMS(X)                    \
-  X(gk::View, x0, "float32 [B, S]")                         \
+  X(gk::View, x0, "[B, S]")                                 \
   X(std::int64_t, batch, "B")                               \
   X(std::int64_t, per_sample, "S")                          \
   X(std::int64_t, rank_lo, "rank of the lower order statistic")   \

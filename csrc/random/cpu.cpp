@@ -4,11 +4,13 @@
 // The portable loops rely on -fno-trapping-math (CMakeLists.txt) to vectorize their float selects.
 #include <algorithm>
 #include <cstring>
+#include <type_traits>
 
 #if defined(__GNUC__) && defined(__x86_64__)
 #include <immintrin.h>
 #endif
 
+#include "common/cpu_convert.h"
 #include "common/cpu_memory.h"
 #include "common/thread_pool.h"
 #include "random/random.h"
@@ -269,17 +271,31 @@ void randn_counters_cpu(std::uint64_t seed, std::uint64_t counter0, std::int64_t
   }
 }
 
-void randn(const Params& p, Stream) {
-  float* out = p.out.as<float>("out");
+// S: the output's storage type; normals are made in fp32 and rounded per tile (common/cpu_convert.h).
+template <typename S>
+void randn_impl(const Params& p) {
+  S* out = p.out.as<S>("out");
   const std::int64_t n = p.out.numel;
   const auto seed = static_cast<std::uint64_t>(p.seed), offset = static_cast<std::uint64_t>(p.offset);
-  advise_huge_pages(out, n * 4);
+  advise_huge_pages(out, n * static_cast<std::int64_t>(sizeof(S)));
   const std::int64_t nblocks = (n + kBlock - 1) / kBlock;
   parallel_for(nblocks, 1, [&](std::int64_t blk) {
     const std::int64_t b1 = std::min(n, (blk + 1) * kBlock);
-    for (std::int64_t t = blk * kBlock; t < b1; t += kTile)
-      randn_elements(seed, offset, t, std::min<std::int64_t>(kTile, b1 - t), out + t);
+    for (std::int64_t t = blk * kBlock; t < b1; t += kTile) {
+      const std::int64_t len = std::min<std::int64_t>(kTile, b1 - t);
+      if constexpr (std::is_same_v<S, float>) {
+        randn_elements(seed, offset, t, len, out + t);
+      } else {
+        alignas(64) float tile[kTile];
+        randn_elements(seed, offset, t, len, tile);
+        from_float(tile, out + t, len);
+      }
+    }
   }, nblocks >= kParallelBlocks);
+}
+
+void randn(const Params& p, Stream) {
+  dispatch_types<float, bf16, fp16>(p.out.dtype, "randn", [&](auto tag) { randn_impl<decltype(tag)>(p); });
 }
 
 void set_simd(const SimdParams& p, Stream) { set_cpu_simd(p.enabled); }

@@ -10,7 +10,7 @@
 namespace gk::random {
 
 #define GK_RANDN_PARAMS(X)                                                                 \
-  X(gk::View, out, "the normals, contiguous; float32 (CPU), float32/16/bf16 (CUDA)")       \
+  X(gk::View, out, "the normals, contiguous; float32, float16 or bfloat16")                 \
   X(std::int64_t, seed, "Philox key (the int64 bit pattern of the uint64 key)")            \
   X(std::int64_t, offset, "first Philox counter (int64 bit pattern)")
 GK_STRUCT(Params, GK_RANDN_PARAMS);

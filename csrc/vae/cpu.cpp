@@ -2,15 +2,15 @@
 // consume a tile while it is still in L1, so eps never reaches memory. The thread pool (common/thread_pool.h) splits the elements
 // into fixed blocks of kKlBlockCpu, which also makes the KL partial sums independent of the thread
 // count.
-// The portable loops rely on -fno-trapping-math (CMakeLists.txt) to vectorize their float selects.
+// The segment loops are plain C++ that GCC vectorizes in every GK_CPU_CLONES clone, exp by the one
+// common exp_f32 (common/math.h); they rely on -fno-trapping-math (CMakeLists.txt) to vectorize
+// their float selects.
 #include <algorithm>
 #include <cstring>
-
-#if defined(__GNUC__) && defined(__x86_64__)
-#include <immintrin.h>
-#endif
+#include <type_traits>
 
 #include "common/activations.h"
+#include "common/cpu_convert.h"
 #include "common/cpu_memory.h"
 #include "common/thread_pool.h"
 #include "random/random.h"
@@ -29,7 +29,7 @@ struct Lanes {
 };
 
 template <bool kZ, bool kKl, bool kSum>
-GK_CPU_CLONES void forward_segment_portable(const float* __restrict mu, const float* __restrict lv,
+GK_CPU_CLONES void forward_segment(const float* __restrict mu, const float* __restrict lv,
                                             const float* __restrict eps, float* __restrict z,
                                             float* __restrict kl, std::int64_t len, float lo, float hi,
                                             Lanes* __restrict acc) {
@@ -51,7 +51,7 @@ GK_CPU_CLONES void forward_segment_portable(const float* __restrict mu, const fl
 }
 
 template <bool kZ, bool kKl, bool kKlElem, bool kDmu>
-GK_CPU_CLONES void backward_segment_portable(const float* __restrict dz, const float* __restrict gkl,
+GK_CPU_CLONES void backward_segment(const float* __restrict dz, const float* __restrict gkl,
                                              float gscale, const float* __restrict mu, const float* __restrict lv,
                                              const float* __restrict eps, float* __restrict dmu,
                                              float* __restrict dlv, std::int64_t len, float lo, float hi) {
@@ -73,130 +73,6 @@ GK_CPU_CLONES void backward_segment_portable(const float* __restrict dz, const f
     if constexpr (kDmu) dmu[i] = gm;
     dlv[i] = (raw >= lo && raw <= hi) ? gv : 0.0f;  // torch.clamp's inclusive pass-through mask
   }
-}
-
-#ifdef GK_HAVE_AVX2_PHILOX
-// exp_f32 (Cephes expf), 8 lanes, with the same overflow/underflow/NaN rules.
-GK_AVX2_FMA inline __m256 exp8(__m256 x) {
-  const __m256 hi = _mm256_set1_ps(88.72283905206835f), lo = _mm256_set1_ps(-87.3365447504019f);
-  __m256 xc = _mm256_min_ps(_mm256_max_ps(x, lo), hi);
-  const __m256 nan = _mm256_cmp_ps(x, x, _CMP_UNORD_Q);
-  xc = _mm256_andnot_ps(nan, xc);
-  const __m256 n = _mm256_floor_ps(_mm256_fmadd_ps(xc, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f)));
-  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), xc);
-  r = _mm256_fmadd_ps(n, _mm256_set1_ps(2.12194440e-4f), r);
-  __m256 p = _mm256_set1_ps(1.9875691500E-4f);
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507E-3f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073E-3f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894E-2f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459E-1f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201E-1f));
-  __m256 y = _mm256_add_ps(_mm256_fmadd_ps(_mm256_mul_ps(p, r), r, r), _mm256_set1_ps(1.0f));
-  // 2^n in two steps (n/2 and n - n/2), so n = 128 (x right at hi) does not overflow the exponent.
-  const __m256i ni = _mm256_cvtps_epi32(n);
-  const __m256i h = _mm256_srai_epi32(ni, 1);
-  const __m256i bias = _mm256_set1_epi32(127);
-  y = _mm256_mul_ps(y, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(h, bias), 23)));
-  y = _mm256_mul_ps(y, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_sub_epi32(ni, h), bias), 23)));
-  y = _mm256_blendv_ps(y, _mm256_set1_ps(INFINITY), _mm256_cmp_ps(x, hi, _CMP_GT_OQ));
-  y = _mm256_blendv_ps(y, _mm256_setzero_ps(), _mm256_cmp_ps(x, lo, _CMP_LT_OQ));
-  return _mm256_blendv_ps(y, x, nan);
-}
-
-// torch.clamp: NaN passes (max/min return their second operand when either is NaN).
-GK_AVX2_FMA inline __m256 clamp8(__m256 v, __m256 lo, __m256 hi) { return _mm256_min_ps(hi, _mm256_max_ps(lo, v)); }
-
-template <bool kZ, bool kKl, bool kSum>
-GK_AVX2_FMA inline void forward_step8(const float* __restrict mu, const float* __restrict lv,
-                                      const float* __restrict eps, float* __restrict z, float* __restrict kl,
-                                      __m256 vlo, __m256 vhi, __m256* acc) {
-  const __m256 half = _mm256_set1_ps(0.5f);
-  const __m256 m = _mm256_loadu_ps(mu);
-  const __m256 v = clamp8(_mm256_loadu_ps(lv), vlo, vhi);
-  const __m256 s = exp8(_mm256_mul_ps(half, v));
-  if constexpr (kZ) _mm256_storeu_ps(z, _mm256_fmadd_ps(s, _mm256_loadu_ps(eps), m));
-  if constexpr (kKl || kSum) {
-    // 0.5 * (mu^2 + var - 1 - lv), kl_term's order
-    const __m256 t = _mm256_mul_ps(
-        half, _mm256_sub_ps(_mm256_sub_ps(_mm256_fmadd_ps(m, m, _mm256_mul_ps(s, s)), _mm256_set1_ps(1.0f)), v));
-    if constexpr (kKl) _mm256_storeu_ps(kl, t);
-    if constexpr (kSum) *acc = _mm256_add_ps(*acc, t);
-  }
-}
-
-template <bool kZ, bool kKl, bool kSum>
-GK_AVX2_FMA void forward_segment_avx2(const float* __restrict mu, const float* __restrict lv,
-                                      const float* __restrict eps, float* __restrict z, float* __restrict kl,
-                                      std::int64_t len, float lo, float hi, Lanes* __restrict acc) {
-  const __m256 vlo = _mm256_set1_ps(lo), vhi = _mm256_set1_ps(hi);
-  __m256 acc0 = _mm256_loadu_ps(acc->v), acc1 = _mm256_loadu_ps(acc->v + 8);
-  std::int64_t i = 0;
-  for (; i + 16 <= len; i += 16) {  // two accumulators: the adds do not wait on each other
-    forward_step8<kZ, kKl, kSum>(mu + i, lv + i, eps + i, z + i, kl + i, vlo, vhi, &acc0);
-    forward_step8<kZ, kKl, kSum>(mu + i + 8, lv + i + 8, eps + i + 8, z + i + 8, kl + i + 8, vlo, vhi, &acc1);
-  }
-  if (i + 8 <= len) {
-    forward_step8<kZ, kKl, kSum>(mu + i, lv + i, eps + i, z + i, kl + i, vlo, vhi, &acc0);
-    i += 8;
-  }
-  _mm256_storeu_ps(acc->v, acc0);
-  _mm256_storeu_ps(acc->v + 8, acc1);
-  if (i < len)
-    forward_segment_portable<kZ, kKl, kSum>(mu + i, lv + i, eps + i, z + i, kl + i, len - i, lo, hi, acc);
-}
-
-template <bool kZ, bool kKl, bool kKlElem, bool kDmu>
-GK_AVX2_FMA void backward_segment_avx2(const float* __restrict dz, const float* __restrict gkl, float gscale,
-                                       const float* __restrict mu, const float* __restrict lv,
-                                       const float* __restrict eps, float* __restrict dmu, float* __restrict dlv,
-                                       std::int64_t len, float lo, float hi) {
-  const __m256 vlo = _mm256_set1_ps(lo), vhi = _mm256_set1_ps(hi), half = _mm256_set1_ps(0.5f);
-  const __m256 one = _mm256_set1_ps(1.0f), vscale = _mm256_set1_ps(gscale);
-  const __m256 gconst = _mm256_set1_ps(kKl && !kKlElem ? gscale * gkl[0] : 0.f);
-  std::int64_t i = 0;
-  for (; i + 8 <= len; i += 8) {
-    const __m256 raw = _mm256_loadu_ps(lv + i);
-    const __m256 v = clamp8(raw, vlo, vhi);
-    const __m256 s = exp8(_mm256_mul_ps(half, v));
-    __m256 gm = _mm256_setzero_ps(), gv = _mm256_setzero_ps();
-    if constexpr (kKl) {
-      const __m256 g = kKlElem ? _mm256_mul_ps(vscale, _mm256_loadu_ps(gkl + i)) : gconst;
-      gm = _mm256_mul_ps(g, _mm256_loadu_ps(mu + i));
-      gv = _mm256_mul_ps(_mm256_mul_ps(g, half), _mm256_fmsub_ps(s, s, one));
-    }
-    if constexpr (kZ) {
-      const __m256 d = _mm256_loadu_ps(dz + i);
-      gm = _mm256_add_ps(gm, d);
-      gv = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_mul_ps(d, _mm256_loadu_ps(eps + i)), half), s, gv);
-    }
-    if constexpr (kDmu) _mm256_storeu_ps(dmu + i, gm);
-    const __m256 pass = _mm256_and_ps(_mm256_cmp_ps(raw, vlo, _CMP_GE_OQ), _mm256_cmp_ps(raw, vhi, _CMP_LE_OQ));
-    _mm256_storeu_ps(dlv + i, _mm256_and_ps(pass, gv));
-  }
-  if (i < len)
-    backward_segment_portable<kZ, kKl, kKlElem, kDmu>(kZ ? dz + i : nullptr, kKlElem ? gkl + i : gkl, gscale,
-                                                      mu + i, lv + i, eps + i, kDmu ? dmu + i : nullptr, dlv + i,
-                                                      len - i, lo, hi);
-}
-#endif
-
-template <bool kZ, bool kKl, bool kSum>
-inline void forward_segment(const float* mu, const float* lv, const float* eps, float* z, float* kl, std::int64_t len,
-                            float lo, float hi, Lanes* acc) {
-#ifdef GK_HAVE_AVX2_PHILOX
-  if (kCpuHasAvx2 && g_allow_simd) return forward_segment_avx2<kZ, kKl, kSum>(mu, lv, eps, z, kl, len, lo, hi, acc);
-#endif
-  forward_segment_portable<kZ, kKl, kSum>(mu, lv, eps, z, kl, len, lo, hi, acc);
-}
-
-template <bool kZ, bool kKl, bool kKlElem, bool kDmu>
-inline void backward_segment(const float* dz, const float* gkl, float gscale, const float* mu, const float* lv,
-                             const float* eps, float* dmu, float* dlv, std::int64_t len, float lo, float hi) {
-#ifdef GK_HAVE_AVX2_PHILOX
-  if (kCpuHasAvx2 && g_allow_simd)
-    return backward_segment_avx2<kZ, kKl, kKlElem, kDmu>(dz, gkl, gscale, mu, lv, eps, dmu, dlv, len, lo, hi);
-#endif
-  backward_segment_portable<kZ, kKl, kKlElem, kDmu>(dz, gkl, gscale, mu, lv, eps, dmu, dlv, len, lo, hi);
 }
 
 // Calls f(i, len, row_offset_mu, row_offset_lv) for each run of [i0, i1) that stays inside one row.
@@ -226,20 +102,23 @@ inline void parallel_blocks(std::int64_t n, F&& f) {
                nblocks >= kParallelBlocks);
 }
 
-}  // namespace
+// S: the storage type of mu, logvar and the outputs (float, bf16, fp16); math in fp32. A half-type
+// segment (at most one tile) is converted into float buffers, run by the fp32 loop, and its outputs
+// converted back (common/cpu_convert.h). The KL partials stay float64 whatever S is.
+static_assert(kTile <= kConvertChunk, "a segment fits the conversion buffers");
 
-void forward(const ForwardParams& fp, Stream) {
+template <typename S>
+void forward_impl(const ForwardParams& fp) {
   const Layout L = layout_of(fp);
   const Sampling p = sampling_of(fp);
   const std::int64_t n = L.rows * L.inner;
-  check_args("vae_forward", fp.mu, fp.logvar, n, {&fp.z, &fp.kl});
-  const float* mu = fp.mu.as<const float>("mu");
-  const float* lv = fp.logvar.as<const float>("logvar");
-  float* z = fp.z.as<float>("z");
-  float* kl = fp.kl.as<float>("kl");
+  const S* mu = fp.mu.as<const S>("mu");
+  const S* lv = fp.logvar.as<const S>("logvar");
+  S* z = fp.z.as<S>("z");
+  S* kl = fp.kl.as<S>("kl");
   double* kl_partials = fp.kl_partials.as<double>("kl_partials");
-  advise_huge_pages(z, n * 4);
-  advise_huge_pages(kl, n * 4);
+  advise_huge_pages(z, n * static_cast<std::int64_t>(sizeof(S)));
+  advise_huge_pages(kl, n * static_cast<std::int64_t>(sizeof(S)));
   auto run = [&](auto zt, auto klt, auto sumt) {
     constexpr bool kZ = decltype(zt)::value, kKl = decltype(klt)::value, kSum = decltype(sumt)::value;
     parallel_blocks(n, [&](std::int64_t blk, std::int64_t b0, std::int64_t b1) {
@@ -249,8 +128,18 @@ void forward(const ForwardParams& fp, Stream) {
         const std::int64_t len = std::min<std::int64_t>(kTile, b1 - t);
         if constexpr (kZ) randn_elements(p.seed, p.offset, t, len, eps);
         for_each_row_run(L, t, t + len, [&](std::int64_t i, std::int64_t seg, std::int64_t om, std::int64_t ol) {
-          forward_segment<kZ, kKl, kSum>(mu + om, lv + ol, eps + (i - t), kZ ? z + i : nullptr, kKl ? kl + i : nullptr,
-                                         seg, p.lv_lo, p.lv_hi, &acc);
+          const float* e = eps + (i - t);
+          if constexpr (std::is_same_v<S, float>) {
+            forward_segment<kZ, kKl, kSum>(mu + om, lv + ol, e, kZ ? z + i : nullptr, kKl ? kl + i : nullptr, seg,
+                                           p.lv_lo, p.lv_hi, &acc);
+          } else {
+            alignas(64) float muf[kTile], lvf[kTile], zf[kZ ? kTile : 1], klf[kKl ? kTile : 1];
+            to_float(mu + om, muf, seg);
+            to_float(lv + ol, lvf, seg);
+            forward_segment<kZ, kKl, kSum>(muf, lvf, e, zf, klf, seg, p.lv_lo, p.lv_hi, &acc);
+            if constexpr (kZ) from_float(zf, z + i, seg);
+            if constexpr (kKl) from_float(klf, kl + i, seg);
+          }
         });
       }
       if constexpr (kSum) {
@@ -272,19 +161,19 @@ void forward(const ForwardParams& fp, Stream) {
   else if (hs) run(F{}, F{}, T{});
 }
 
-void backward(const BackwardParams& bp, Stream) {
+template <typename S>
+void backward_impl(const BackwardParams& bp) {
   const Layout L = layout_of(bp);
   const Sampling p = sampling_of(bp);
   const std::int64_t n = L.rows * L.inner;
-  check_args("vae_backward", bp.mu, bp.logvar, n, {&bp.dz, &bp.dmu, &bp.dlv});
-  const float* dz = bp.dz.as<const float>("dz");
+  const S* dz = bp.dz.as<const S>("dz");
   const Grad g{bp.gkl.as<const float>("gkl"), bp.gkl_elementwise, bp.gkl_scale};
-  const float* mu = bp.mu.as<const float>("mu");
-  const float* lv = bp.logvar.as<const float>("logvar");
-  float* dmu = bp.dmu.as<float>("dmu");
-  float* dlv = bp.dlv.as<float>("dlv");
-  advise_huge_pages(dmu, n * 4);
-  advise_huge_pages(dlv, n * 4);
+  const S* mu = bp.mu.as<const S>("mu");
+  const S* lv = bp.logvar.as<const S>("logvar");
+  S* dmu = bp.dmu.as<S>("dmu");
+  S* dlv = bp.dlv.as<S>("dlv");
+  advise_huge_pages(dmu, n * static_cast<std::int64_t>(sizeof(S)));
+  advise_huge_pages(dlv, n * static_cast<std::int64_t>(sizeof(S)));
   auto run = [&](auto zt, auto klt, auto elemt, auto dmut) {
     constexpr bool kZ = decltype(zt)::value, kKl = decltype(klt)::value;
     constexpr bool kElem = decltype(elemt)::value, kDmu = decltype(dmut)::value;
@@ -294,9 +183,21 @@ void backward(const BackwardParams& bp, Stream) {
         const std::int64_t len = std::min<std::int64_t>(kTile, b1 - t);
         if constexpr (kZ) randn_elements(p.seed, p.offset, t, len, eps);
         for_each_row_run(L, t, t + len, [&](std::int64_t i, std::int64_t seg, std::int64_t om, std::int64_t ol) {
-          backward_segment<kZ, kKl, kElem, kDmu>(kZ ? dz + i : nullptr, kElem ? g.gkl + i : g.gkl, g.gkl_scale,
-                                                 mu + om, lv + ol, eps + (i - t), kDmu ? dmu + i : nullptr, dlv + i,
-                                                 seg, p.lv_lo, p.lv_hi);
+          const float* e = eps + (i - t);
+          const float* gk = kElem ? g.gkl + i : g.gkl;
+          if constexpr (std::is_same_v<S, float>) {
+            backward_segment<kZ, kKl, kElem, kDmu>(kZ ? dz + i : nullptr, gk, g.gkl_scale, mu + om, lv + ol, e,
+                                                   kDmu ? dmu + i : nullptr, dlv + i, seg, p.lv_lo, p.lv_hi);
+          } else {
+            alignas(64) float dzf[kZ ? kTile : 1], muf[kTile], lvf[kTile], dmuf[kDmu ? kTile : 1], dlvf[kTile];
+            if constexpr (kZ) to_float(dz + i, dzf, seg);
+            to_float(mu + om, muf, seg);
+            to_float(lv + ol, lvf, seg);
+            backward_segment<kZ, kKl, kElem, kDmu>(dzf, gk, g.gkl_scale, muf, lvf, e, dmuf, dlvf, seg, p.lv_lo,
+                                                   p.lv_hi);
+            if constexpr (kDmu) from_float(dmuf, dmu + i, seg);
+            from_float(dlvf, dlv + i, seg);
+          }
         });
       }
     });
@@ -314,6 +215,18 @@ void backward(const BackwardParams& bp, Stream) {
     if (he) run(F{}, T{}, T{}, T{});
     else run(F{}, T{}, F{}, T{});
   }
+}
+
+}  // namespace
+
+void forward(const ForwardParams& fp, Stream) {
+  check_args("vae_forward", fp.mu, fp.logvar, fp.rows * fp.inner, {&fp.z, &fp.kl});
+  dispatch_types<float, bf16, fp16>(fp.mu.dtype, "vae_forward", [&](auto tag) { forward_impl<decltype(tag)>(fp); });
+}
+
+void backward(const BackwardParams& bp, Stream) {
+  check_args("vae_backward", bp.mu, bp.logvar, bp.rows * bp.inner, {&bp.dz, &bp.dmu, &bp.dlv});
+  dispatch_types<float, bf16, fp16>(bp.mu.dtype, "vae_backward", [&](auto tag) { backward_impl<decltype(tag)>(bp); });
 }
 
 }  // namespace gk::vae

@@ -26,7 +26,7 @@ namespace gk::vae {
   X(float, lv_hi, "logvar clamp: upper bound (inf: none)")
 
 #define GK_VAE_FORWARD_PARAMS(X)                                                            \
-  X(gk::View, mu, "mean; float32 (CPU), float32/16/bf16 (CUDA)")                            \
+  X(gk::View, mu, "mean; float32, float16 or bfloat16")                                     \
   X(gk::View, logvar, "log-variance, mu's dtype")                                           \
   X(gk::View, z, "mu + exp(lv_c / 2) * eps, contiguous, or None")                           \
   X(gk::View, kl, "the elementwise KL term, contiguous, or None")                           \

@@ -54,10 +54,11 @@ def _reset(s):
         s._step_index = STEP
 
 
-def step_case(name: str, label: str, shape, device, quick=False, generator=False) -> Case:
+def step_case(name: str, label: str, shape, device, quick=False, generator=False, dtype=torch.float32) -> Case:
     """One guided step at latents `shape` (the model output has 2 * shape[0] samples). generator:
     pass a torch.Generator to both schedulers (the noise path that reproduces diffusers' images:
-    a noise tensor drawn as diffusers draws it) instead of gankern's in-kernel Philox noise."""
+    a noise tensor drawn as diffusers draws it) instead of gankern's in-kernel Philox noise.
+    dtype: of the latents and model output (bf16: the CPU target is >= 1.6x gankern's fp32 time)."""
     g, d = _sched_pair(name)
     t = g.timesteps[STEP]
     sigma_index = isinstance(g, (GS.EulerDiscreteScheduler, GS.EulerAncestralDiscreteScheduler,
@@ -71,8 +72,8 @@ def step_case(name: str, label: str, shape, device, quick=False, generator=False
 
     def setup():
         gen = torch.Generator().manual_seed(0)
-        x = torch.randn(shape, generator=gen).to(device)
-        mo = torch.randn((2 * shape[0],) + tuple(shape[1:]), generator=gen).to(device)
+        x = torch.randn(shape, generator=gen).to(device, dtype)
+        mo = torch.randn((2 * shape[0],) + tuple(shape[1:]), generator=gen).to(device, dtype)
         return mo, x, t.to(device)
 
     gen = torch.Generator(device=device).manual_seed(0) if generator else None
@@ -95,8 +96,9 @@ def step_case(name: str, label: str, shape, device, quick=False, generator=False
         run_eager, eager_name = run_reference, "reference step (eager)"
     n = math.prod(shape)
     noise = " (generator noise)" if generator else ""
-    return Case("diffusion", f"{label}{noise} step + guidance", tuple(shape), torch.float32, setup, run_gankern,
-                run_eager, bytes=4 * n * (5 if generator else 4), quick=quick, compile=run_reference,
+    es = torch.tensor([], dtype=dtype).element_size()
+    return Case("diffusion", f"{label}{noise} step + guidance", tuple(shape), dtype, setup, run_gankern,
+                run_eager, bytes=es * n * (5 if generator else 4), quick=quick, compile=run_reference,
                 notes=f"eager = {eager_name}; compile = torch.compile of the reference generic step"
                       + ("; noise: torch.Generator, drawn as diffusers draws it" if generator else
                          ("; noise: in-kernel Philox" if plan.stochastic else "")),
@@ -155,6 +157,8 @@ def cases(device: torch.device) -> list[Case]:
         step_case("DDIMScheduler", "DDIM", (16, 4, 128, 128), device, quick=True),
         step_case("DDIMScheduler", "DDIM", (64, 3, 32, 32), device),
         step_case("DDPMScheduler", "DDPM", (16, 4, 128, 128), device, quick=True),
+        # half the bytes: bf16 on the CPU (fp16 on GPUs is the GPU backends' business)
+        step_case("DDIMScheduler", "DDIM", (16, 4, 128, 128), device, dtype=torch.bfloat16),
         step_case("DDPMScheduler", "DDPM", (16, 4, 128, 128), device, quick=True, generator=True),
         step_case("EulerAncestralDiscreteScheduler", "Euler ancestral", (8, 4, 64, 64), device),
         step_case("EulerAncestralDiscreteScheduler", "Euler ancestral", (16, 4, 128, 128), device),

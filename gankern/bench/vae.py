@@ -28,13 +28,13 @@ def eager_reparameterize_kl(mu, lv):
     return z, kl
 
 
-def _pair(shape, device, chunked):
+def _pair(shape, device, chunked, dtype=torch.float32):
     g = torch.Generator(device="cpu").manual_seed(0)
     if chunked:  # [B, 2C, H, W] parameters -> mean, logvar channel chunks (views)
         b, c, *rest = shape
-        params = torch.randn((b, 2 * c, *rest), generator=g).to(device)
+        params = torch.randn((b, 2 * c, *rest), generator=g).to(device, dtype)
         return tuple(params.chunk(2, dim=1))
-    return torch.randn(shape, generator=g).to(device), (torch.randn(shape, generator=g) * 2).to(device)
+    return torch.randn(shape, generator=g).to(device, dtype), (torch.randn(shape, generator=g) * 2).to(device, dtype)
 
 
 def cases(device) -> list[Case]:
@@ -71,4 +71,12 @@ def cases(device) -> list[Case]:
             eager=lambda a: eager_reparameterize_kl(*a),
             bytes=3 * 4 * n, quick=quick and device.type == "cpu", kernel="reparameterize_kl",
             notes="the issue's >= 4x eager, >= 10x torch.compile target" if shape == (4096, 1024) else ""))
+    # bf16 (half the bytes; the CPU target is >= 1.6x gankern's own fp32 time)
+    shape, bf16 = (4096, 1024), torch.bfloat16
+    out.append(Case(
+        op="vae", variant="reparameterize_kl", shape=shape, dtype=bf16,
+        setup=lambda: _pair(shape, device, False, bf16),
+        gankern=lambda a: gankern.reparameterize_kl(a[0], a[1], 1234, 0, "batchmean"),
+        eager=lambda a: eager_reparameterize_kl(*a),
+        bytes=3 * 2 * shape[0] * shape[1], kernel="reparameterize_kl"))
     return out

@@ -28,7 +28,7 @@ def bias_act(x: Tensor, b: Tensor | None = None, dim: int = 1, act: str = "linea
     """y = clamp(act(x + b) * gain, -clamp, clamp), with b broadcast along `dim`.
 
     Args:
-        x: input of any shape; float32 (all backends) or float16/bfloat16 (GPU backends).
+        x: input of any shape; float32, float16 or bfloat16 (every backend; fp32 math).
         b: bias of shape [x.shape[dim]], or None.
         dim: the dimension of x that b runs along.
         act: linear, relu, lrelu, tanh, sigmoid, elu, selu, softplus, swish, gelu (exact),
@@ -151,7 +151,7 @@ def _prepare(x, b, dim, act, clamp):
 
 def _register_native(backend):
     """The cpu and cuda backends: the same Params to the same entry points of either module."""
-    # the CPU kernels load and store fp32, bf16 or fp16 (csrc/common/cpu_dtypes.h), math in fp32
+    # the CPU kernels load and store fp32, bf16 or fp16 (csrc/common/cpu_convert.h), math in fp32
     dtypes = dict(cpu_dtypes=(torch.float32, torch.bfloat16, torch.float16)) if backend == "cpu" else {}
 
     @register("bias_act", backend, **dtypes)

@@ -26,7 +26,7 @@ from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from .. import _native, _tables
 from .. import _tensors as T
-from ..backends import register, resolve_nonempty
+from ..backends import FP32_HALF, register, resolve_nonempty
 from ..reference import diffusion as ref
 from . import _validate as V
 
@@ -599,15 +599,20 @@ def _loss_grad_scale(grad, weight, S):
     return ((2.0 / S) * grad.double() * weight.double()).float().contiguous()
 
 
+# The CPU kernels load and store fp32, bf16 or fp16 (csrc/common/cpu_convert.h), math in fp32.
+def _dtypes(backend: str) -> dict:
+    return dict(cpu_dtypes=FP32_HALF) if backend == "cpu" else {}
+
+
 def _register_step_kernels(backend: str, impl) -> None:
     """diffusion_step, its graph-replay form (coefficients and RNG state read from device buffers)
     and the dynamic-thresholding scales, all on one step launcher."""
-    @register("diffusion_step", backend)
+    @register("diffusion_step", backend, **_dtypes(backend))
     def step(model_output, sample, history, noise, rescale, thresh, coefs, flags, seed, offset, want_x0):
         return impl(model_output, sample, history, noise, rescale, thresh, coefs, flags, seed, offset, want_x0)
 
     if backend == "cpu":  # host memory: read the buffers, then the plain step
-        register("diffusion_step_dev", backend)(_step_dev_via_host(step))
+        register("diffusion_step_dev", backend, **_dtypes(backend))(_step_dev_via_host(step))
     else:
         @register("diffusion_step_dev", backend)
         def step_dev(model_output, sample, history, coefs, rng, flags, want_x0):
@@ -649,7 +654,7 @@ def _register_native(backend: str) -> None:
 
     _register_step_kernels(backend, step_impl)
 
-    @register("guidance_rescale_factors", backend)
+    @register("guidance_rescale_factors", backend, **_dtypes(backend))
     def rescale_factors(model_output, g, rescale):
         mo = model_output.contiguous()
         B = mo.shape[0] // 2
@@ -659,7 +664,7 @@ def _register_native(backend: str) -> None:
                                                             partials=part)
         return _rescale_from_sums(part.double().sum(1), S, rescale)
 
-    @register("add_noise", backend)
+    @register("add_noise", backend, **_dtypes(backend))
     def add_noise(x0, noise, ca, cn):
         x, y = x0.contiguous(), noise.contiguous()
         ca, cn = _per_sample_f32(ca, cn)
@@ -669,7 +674,7 @@ def _register_native(backend: str) -> None:
                                                    per_sample=x.numel() // max(B, 1))
         return out
 
-    @register("diffusion_loss", backend)
+    @register("diffusion_loss", backend, **_dtypes(backend))
     def loss(model_output, x0, noise, tx, tn, weight):
         mo, x0, noise, tx, tn, B, S = _loss_operands(model_output, x0, noise, tx, tn)
         part = _partials(backend, B, S, (), mo.device)
@@ -677,7 +682,7 @@ def _register_native(backend: str) -> None:
                                                          k=None, partials=part, dmo=None, batch=B, per_sample=S)
         return (weight.double() * part.double().sum(1) / S).float()
 
-    @register("diffusion_loss_backward", backend)
+    @register("diffusion_loss_backward", backend, **_dtypes(backend))
     def loss_backward(grad, model_output, x0, noise, tx, tn, weight):
         mo, x0, noise, tx, tn, B, S = _loss_operands(model_output, x0, noise, tx, tn)
         k = _loss_grad_scale(grad, weight, S)
@@ -687,7 +692,7 @@ def _register_native(backend: str) -> None:
         return dmo
 
     if backend == "cpu":
-        @register("diffusion_threshold_scales", "cpu")
+        @register("diffusion_threshold_scales", "cpu", cpu_dtypes=FP32_HALF)
         def threshold_scales_cpu(model_output, sample, rescale, coefs, flags, rank_lo, rank_w, max_value):
             x0 = _x0_before_clamp(_x0_only(step_impl), model_output, sample, rescale, coefs, flags)
             B = x0.shape[0]

@@ -96,9 +96,9 @@ def _randn_reference(shape, seed, offset, dtype, device):
 
 @register("randn", "cpu", cpu_dtypes=FP32_HALF)
 def _randn_cpu(shape, seed, offset, dtype, device):
-    out = T.empty(shape, dtype=torch.float32, device=device)
+    out = T.empty(shape, dtype=dtype, device=device)  # generated in fp32, rounded per tile in C++
     _native.entry("cpu", "random.randn")(out, out=out, seed=seed, offset=offset)
-    return out if dtype == torch.float32 else out.to(dtype)  # generated in fp32, then rounded
+    return out
 
 
 @register("randn", "cuda")

@@ -26,7 +26,7 @@ from torch import Tensor
 
 from .. import _native, _tables
 from .. import _tensors as T
-from ..backends import register, resolve
+from ..backends import FP32_HALF, register, resolve
 from ..reference import vae as ref
 from . import _validate as V
 from ._validate import seed_bits
@@ -318,8 +318,10 @@ _KL_BLOCK = {"cpu": _tables.scalar("VAE_KL_BLOCK_CPU"), "cuda": _tables.scalar("
 def _register_native(backend):
     """The cpu and cuda backends: the same Params to the same entry points of either module."""
     blk = _KL_BLOCK[backend]
+    # the CPU kernels load and store fp32, bf16 or fp16 (csrc/common/cpu_convert.h), math in fp32
+    dtypes = dict(cpu_dtypes=FP32_HALF) if backend == "cpu" else {}
 
-    @register(_FORWARD_OPS, backend)
+    @register(_FORWARD_OPS, backend, **dtypes)
     def forward(mu, logvar, seed, offset, lo, hi, want_z, reduction):
         m, v, (rows, inner, mu_rs, lv_rs) = _row_layout(mu, logvar)
         z, kl, partials = _outputs(mu, want_z, reduction, (mu.numel() + blk - 1) // blk)
@@ -328,7 +330,7 @@ def _register_native(backend):
             seed=seed, offset=offset, lv_lo=lo, lv_hi=hi)
         return z, (_finish_kl(partials, kl, reduction, mu) if reduction is not None else None)
 
-    @register(_BACKWARD_OPS, backend)
+    @register(_BACKWARD_OPS, backend, **dtypes)
     def backward(dz, gkl, mu, logvar, seed, offset, lo, hi, reduction):
         m, v, (rows, inner, mu_rs, lv_rs) = _row_layout(mu, logvar)
         dz = dz.to(mu.dtype).contiguous() if dz is not None else None
