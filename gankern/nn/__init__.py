@@ -3,6 +3,7 @@ from .bias_act import BiasAct
 from .resample import Downsample2d, Upsample2d
 from .norm import Activation, BatchNormAct2d, ConvNormAct, GroupNormAct
 from .vae import Reparameterize
+from .modulated import ModulatedConv2d, SynthesisLayer, SynthesisLayer3, ToRGBLayer
 
 __all__ = ["BiasAct", "GroupNormAct", "BatchNormAct2d", "ConvNormAct", "Activation", "Reparameterize", "Upsample2d",
-           "Downsample2d"]
+           "Downsample2d", "ModulatedConv2d", "SynthesisLayer", "SynthesisLayer3", "ToRGBLayer"]
