@@ -544,6 +544,15 @@ def test_torch_compile_adds_no_graph_breaks():
     torch._dynamo.reset()
     explain = torch._dynamo.explain(unet)(torch.randn(2, 4, 8, 8), torch.tensor([10, 500]), torch.randn(2, 7, 32))
     assert explain.graph_break_count == 0, [r.reason for r in explain.break_reasons]
+    vae = gankern.optimize(_vae().eval(), inplace=False)
+    torch._dynamo.reset()
+    explain = torch._dynamo.explain(vae.decode)(torch.randn(1, 4, 8, 8))
+    assert explain.graph_break_count == 0, [r.reason for r in explain.break_reasons]
+    resnet = _ResNet()
+    gankern.optimize(resnet)  # its blocks' forwards are re-generated (_TracedForward)
+    torch._dynamo.reset()
+    explain = torch._dynamo.explain(resnet)(torch.randn(2, 3, 16, 16))
+    assert explain.graph_break_count == 0, [r.reason for r in explain.break_reasons]
 
 
 def test_ddim_pipeline_same_images_and_scheduler_swap():
