@@ -26,10 +26,13 @@ What it changes, and the promises it keeps:
 from __future__ import annotations
 
 import copy
+import importlib
+import types
 from collections import Counter
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .fold import fold_batchnorm
@@ -132,10 +135,11 @@ def _make_batch_norm_act(bn: nn.BatchNorm2d, act: str | None, alpha: float | Non
     bn.act, bn.alpha = act, alpha
 
 
-def _fuse_norm_act(w: _Walk, norm: nn.Module, act_module: nn.Module) -> bool:
-    """Give `norm` the activation of `act_module` (the caller makes the activation's slot an
-    identity). False, with the reason reported, when it cannot."""
-    act = _act_of(act_module)
+def _fuse_norm_act(w: _Walk, norm: nn.Module, act_module, what: str | None = None) -> bool:
+    """Give `norm` the activation `act_module` (a torch activation module, or an (act, alpha)
+    pair found in a forward); the caller removes the activation from the forward. False, with the
+    reason reported, when it cannot."""
+    act = act_module if isinstance(act_module, tuple) else _act_of(act_module)
     if act is None:
         return False
     if type(norm) is nn.GroupNorm:
@@ -144,12 +148,13 @@ def _fuse_norm_act(w: _Walk, norm: nn.Module, act_module: nn.Module) -> bool:
         make, kind = _make_batch_norm_act, "BatchNormAct2d"
     else:
         return False
-    why = w.why_not_fuse(norm, act_module)
+    why = w.why_not_fuse(norm, act_module if isinstance(act_module, nn.Module) else None)
     if why is not None:
         w.left(norm, why)
         return False
     make(norm, *act)
-    w.replaced(norm, f"{kind}(act={act[0]!r}) absorbing the {type(act_module).__name__} after it", passes=1)
+    what = what or type(act_module).__name__
+    w.replaced(norm, f"{kind}(act={act[0]!r}) absorbing the {what} after it", passes=1)
     return True
 
 
@@ -182,43 +187,155 @@ class _OneLevelTracer(torch.fx.Tracer):
         return True
 
 
+def _trace_one_level(parent: nn.Module) -> torch.fx.Graph | None:
+    """parent's own forward as an fx graph, or None when it cannot stand for every call: tracing
+    fails (data-dependent control flow, unsupported Python), the traced code differs between
+    training and eval mode (`if self.training:` is baked in at trace time), or it reads tensor
+    attributes that are not parameters or buffers (fx would freeze them as constants)."""
+    before, was_training = set(parent.__dict__), parent.training
+    graphs = []
+    try:
+        for training in (was_training, not was_training):
+            parent.training = training  # this module only: its children are leaves
+            graphs.append(_OneLevelTracer().trace(parent))
+    except Exception:  # data-dependent control flow, unsupported Python: leave the module alone
+        return None
+    finally:
+        parent.training = was_training
+        for name in set(parent.__dict__) - before:  # fx stores tensor constants on the traced module
+            del parent.__dict__[name]
+    srcs = {g.python_code(root_module="self").src for g in graphs}
+    if len(srcs) != 1 or any(n.op == "get_attr" and n.target.startswith("_tensor_constant") for n in graphs[0].nodes):
+        return None
+    return graphs[0]
+
+
+# Functional activations fx records in a forward -> the norm kernels' activation (alpha from the call).
+_F_ACTS = {F.relu: "relu", torch.relu: "relu", F.relu_: "relu", torch.relu_: "relu", F.silu: "silu",
+           F.leaky_relu: "lrelu", F.leaky_relu_: "lrelu", F.gelu: "gelu"}
+_METHOD_ACTS = {"relu": "relu", "relu_": "relu"}
+
+
+def _functional_act(node: torch.fx.Node, src: torch.fx.Node) -> tuple[str, float | None] | None:
+    """The activation a call_function / call_method node applies to `src` (its only tensor
+    argument), or None when it is not one the norm kernels run exactly."""
+    if node.op == "call_function" and node.target in _F_ACTS:
+        name, args, kwargs = _F_ACTS[node.target], node.args, dict(node.kwargs)
+    elif node.op == "call_method" and node.target in _METHOD_ACTS:
+        name, args, kwargs = _METHOD_ACTS[node.target], node.args, dict(node.kwargs)
+    else:
+        return None
+    if not args or args[0] is not src:
+        return None
+    kwargs.pop("inplace", None)
+    rest = list(args[1:])
+    if name == "lrelu":
+        slope = kwargs.pop("negative_slope", rest.pop(0) if rest else 0.01)
+        if rest and isinstance(rest[0], bool):
+            rest.pop(0)  # positional inplace
+        return (name, float(slope)) if not rest and not kwargs and isinstance(slope, (int, float)) else None
+    if name == "gelu":
+        approx = kwargs.pop("approximate", "none")
+        if rest or kwargs or approx not in ("none", "tanh"):
+            return None
+        return ("gelu" if approx == "none" else "gelu_tanh"), None
+    if rest and isinstance(rest[0], bool):
+        rest.pop(0)
+    return (name, None) if not rest and not kwargs else None
+
+
+class _TracedForward:
+    """A module's forward after optimize() removed activation calls from it: the code torch.fx
+    generates from the edited graph, called with the module as `self`, so it reads the module's
+    current submodules and parameters at every call. Stored as the instance's `forward`; pickles
+    and deep-copies as (module, source, globals) and is recompiled on load."""
+
+    def __init__(self, owner: nn.Module, src: str, globals_spec: dict):
+        self.owner, self.src, self.globals_spec = owner, src, globals_spec
+        env = {k: importlib.import_module(v) if kind == "module" else v for k, (kind, v) in globals_spec.items()}
+        exec(compile(src, f"<gankern.optimize: {type(owner).__qualname__}.forward>", "exec"), env)
+        self._fn = env["forward"]
+
+    @classmethod
+    def from_graph(cls, owner: nn.Module, graph: torch.fx.Graph) -> "_TracedForward":
+        code = graph.python_code(root_module="self")
+        spec = {k: ("module", v.__name__) if isinstance(v, types.ModuleType) else ("value", v)
+                for k, v in code.globals.items()}
+        return cls(owner, code.src, spec)
+
+    def __call__(self, *args, **kwargs):
+        return self._fn(self.owner, *args, **kwargs)
+
+    def __reduce__(self):
+        return (_TracedForward, (self.owner, self.src, self.globals_spec))
+
+
 def _fx_pairs(w: _Walk, fold_bn: bool) -> None:
     """Norm -> activation (and, with fold_bn, conv -> BatchNorm) pairs inside forwards that are not
     nn.Sequential, found by tracing each module's forward with torch.fx (a torchvision-style
-    ResNet's stem, a custom block). Only pairs that need no change of the forward: the norm's output
-    goes only to the activation module, and that module is applied nowhere else."""
+    ResNet's stem and blocks, a custom block).
+
+    - The norm's output goes only to an activation module applied nowhere else: the activation
+      moves into the norm and its slot becomes nn.Identity (the forward is unchanged).
+    - The activation is a function (`F.relu(self.bn(x))`, `.relu_()`) or a module also applied
+      elsewhere (torchvision's BasicBlock `self.relu`, used again after the residual add): the
+      activation moves into the norm and the forward is re-generated from the traced graph
+      without that one call (_TracedForward), once per module."""
     for parent in list(w.model.modules()):
         if isinstance(parent, nn.Sequential) or not parent._modules or type(parent).__module__.startswith(
                 ("torch.", "diffusers.", "gankern.")):
             continue
-        try:
-            graph = _OneLevelTracer().trace(parent)
-        except Exception:  # data-dependent control flow, unsupported Python: leave the module alone
+        graph = _trace_one_level(parent)
+        if graph is None:
             continue
+        rewritten = isinstance(parent.__dict__.get("forward"), _TracedForward)
         calls: dict[str, list] = {}
         for node in graph.nodes:
             if node.op == "call_module":
                 calls.setdefault(node.target, []).append(node)
+        dropped = []
         for target, nodes in calls.items():
             if "." in target or len(nodes) != 1:
                 continue
             node, child = nodes[0], parent._modules.get(target)
             users = list(node.users)
-            if child is None or len(users) != 1 or users[0].op != "call_module" or "." in str(users[0].target):
+            if child is None or len(users) != 1:
                 continue
-            nxt_name = users[0].target
+            user = users[0]
+            if user.op != "call_module":
+                act = _functional_act(user, node)
+                call = f"{getattr(user.target, '__name__', user.target)}() call"
+                if act is not None and not rewritten and _fuse_norm_act(w, child, act, call):
+                    dropped.append(user)
+                continue
+            if "." in str(user.target):
+                continue
+            nxt_name = user.target
             nxt = parent._modules.get(nxt_name)
-            if nxt is None or len(calls.get(nxt_name, [])) != 1 or w.uses[id(nxt)] != 1:
+            if nxt is None:
                 continue
-            if fold_bn and isinstance(nxt, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)) and \
+            only_here = len(calls.get(nxt_name, [])) == 1 and w.uses[id(nxt)] == 1
+            if fold_bn and only_here and isinstance(nxt, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)) and \
                     w.uses[id(child)] == 1 and _foldable(child, nxt):
                 from .nn.norm import fold_conv_bn
                 fold_conv_bn(child, nxt)
                 w.report.folded.append((w.name(child), w.name(nxt)))
                 act = getattr(nxt, "act", None)  # a BatchNormAct2d keeps its activation
                 setattr(parent, nxt_name, Activation(act, getattr(nxt, "alpha", None)) if act else nn.Identity())
-            elif _fuse_norm_act(w, child, nxt):
-                setattr(parent, nxt_name, nn.Identity())
+            elif only_here:
+                if _fuse_norm_act(w, child, nxt):
+                    setattr(parent, nxt_name, nn.Identity())
+            elif not rewritten and not _has_hooks(nxt) and _act_of(nxt) is not None and \
+                    _fuse_norm_act(w, child, nxt, f"{type(nxt).__name__} call (the module is applied elsewhere too)"):
+                dropped.append(user)
+        if dropped:
+            for user in dropped:
+                user.replace_all_uses_with(user.args[0])
+                graph.erase_node(user)
+            graph.lint()
+            object.__setattr__(parent, "forward", _TracedForward.from_graph(parent, graph))
+            w.report.replaced.append((w.name(parent), f"forward re-generated by torch.fx without {len(dropped)} "
+                                                      "activation call(s) now fused into the norm before them"))
 
 
 def _foldable(conv, bn) -> bool:
@@ -248,7 +365,7 @@ def _diffusers_blocks(w: _Walk, channels_last: bool) -> None:
                 why = f"gankern.{op} has no native CPU kernel in this build (the reference would be slower)"
         if why is None and _has_hooks(m):
             why = "has hooks"
-        if why is None and fused_cls is dif.FusedResnetBlock2D:
+        if why is None and fused_cls in (dif.FusedResnetBlock2D, dif.FusedResnetBlockCondNorm2D):
             why = w.why_not_fuse(m.norm1, m.nonlinearity) or w.why_not_fuse(m.norm2)
         if why is not None:
             w.left(m, f"{type(m).__name__} left as diffusers runs it: {why}")
@@ -259,8 +376,12 @@ def _diffusers_blocks(w: _Walk, channels_last: bool) -> None:
             w.claimed.update((id(m.norm1), id(m.norm2)))
     _fuse_named_pairs(w, dif.NORM_ACT_ATTRIBUTES)
     for m in w.model.modules():
-        if type(m).__name__ in ("ResnetBlockCondNorm2D", "SpatialNorm", "AdaGroupNorm"):
-            w.left(m, f"{type(m).__name__}: conditional norms are not covered yet")
+        if type(m).__name__ == "SpatialNorm":
+            w.left(m, "SpatialNorm: its scale and shift are full tensors (convolutions of the latent), which the "
+                      "norm kernel does not take; its GroupNorm runs gankern's kernel")
+        elif type(m).__name__ in ("AdaLayerNorm", "AdaLayerNormZero", "AdaLayerNormSingle", "AdaLayerNormContinuous"):
+            w.left(m, f"{type(m).__name__}: per-sample LayerNorm modulation is not covered (gankern.layer_norm takes "
+                      "[D] affine parameters only)")
 
 
 def _device_type(m: nn.Module) -> str:

@@ -5,10 +5,13 @@ import io
 
 import pytest
 import torch
+import torch._dynamo
+import torch.nn.functional as F
 from torch import nn
 
 import gankern
 from gankern.nn import BatchNormAct2d, GroupNormAct
+from gankern.optimize import _TracedForward
 
 from conftest import assert_close
 
@@ -239,10 +242,21 @@ def test_resnet_training_fusion_and_eval_folding():
     want = copy.deepcopy(model).double()
     report = gankern.optimize(model)
     assert type(model.bn1) is BatchNormAct2d and model.bn1.act == "relu" and isinstance(model.relu, nn.Identity)
-    # the blocks' relu also runs after the residual add: fusing it would need a new forward
-    assert type(model.layer1[0].bn1) is nn.BatchNorm2d and isinstance(model.layer1[0].relu, nn.ReLU)
+    # The blocks' relu module also runs after the residual add: bn1 takes the relu, the module
+    # stays for the post-add call, and the block's forward is re-generated without the first call.
+    block = model.layer1[0]
+    assert type(block.bn1) is BatchNormAct2d and block.bn1.act == "relu" and isinstance(block.relu, nn.ReLU)
+    assert isinstance(block.__dict__.get("forward"), _TracedForward)
     assert ("bn1", "BatchNormAct2d(act='relu') absorbing the ReLU after it") in report.replaced
+    assert any(n == "layer2.1" and "forward re-generated" in what for n, what in report.replaced)
+    assert gankern.optimize(model).replaced == []  # twice: nothing more to do
     _check_training(model, want, torch.randn(4, 3, 32, 32))
+    for m in (copy.deepcopy(model), _save_load(model)):
+        b = m.layer1[0]
+        assert b.forward.owner is b, "the re-generated forward must follow its module through copies"
+        with torch.no_grad():  # eval: a training-mode call would update the running statistics
+            x = torch.randn(2, 3, 16, 16)
+            assert_close(m.eval()(x), copy.deepcopy(model).eval()(x).double(), what="copy")
     model.eval(), want.eval()
     keys = set(model.state_dict())
     report = gankern.optimize(model, fold_bn=True)
@@ -252,6 +266,62 @@ def test_resnet_training_fusion_and_eval_folding():
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert_close(model(x), want(x.double()), what="folded ResNet")
+
+
+class _FunctionalActs(nn.Module):
+    """Activations written as functions in forward(): F.relu(self.bn(x)) and friends."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(4, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.gn = nn.GroupNorm(4, 8)
+        self.gn2 = nn.GroupNorm(2, 8)
+        self.bn_out = nn.BatchNorm2d(8)
+
+    def forward(self, x, shift: float = 0.0):
+        h = F.relu(self.bn(self.conv(x)))
+        h = F.leaky_relu(self.gn(h), 0.1) + shift
+        h = self.gn2(h).relu_()
+        return torch.sigmoid(self.bn_out(h))  # sigmoid: not a norm-kernel activation, left
+
+
+class _TrainingBranch(nn.Module):
+    """A forward that differs between training and eval: torch.fx would bake one branch in."""
+
+    def __init__(self):
+        super().__init__()
+        self.bn = nn.BatchNorm2d(4)
+
+    def forward(self, x):
+        return F.relu(self.bn(x)) if self.training else F.silu(self.bn(x))
+
+
+def test_functional_activations_are_fused_by_rewriting_the_forward():
+    torch.manual_seed(0)
+    model = _randomize_norms(_FunctionalActs())
+    want = copy.deepcopy(model).double()
+    keys, params = list(model.state_dict()), list(model.parameters())
+    report = gankern.optimize(model)
+    assert (model.bn.act, model.gn.act, model.gn2.act) == ("relu", "lrelu", "relu") and model.gn.alpha == 0.1
+    assert type(model.bn_out) is nn.BatchNorm2d
+    assert isinstance(model.__dict__["forward"], _TracedForward)
+    assert list(model.state_dict()) == keys and all(p is q for p, q in zip(model.parameters(), params))
+    assert gankern.optimize(model).replaced == []
+    _check_training(model, want, torch.randn(3, 4, 6, 6), params_skip=("conv.bias",))  # exact gradient 0
+    x = torch.randn(2, 4, 5, 5)
+    with torch.no_grad():
+        assert_close(model(x, shift=0.5), want(x.double(), shift=0.5), what="keyword argument")
+        model.eval(), want.eval()
+        for m in (model, copy.deepcopy(model), _save_load(model)):
+            assert_close(m(x), want(x.double()), what="eval / copies")
+    torch._dynamo.reset()
+    assert_close(torch.compile(model, fullgraph=True)(x), want(x.double()), what="compiled rewritten forward")
+
+    branchy = _TrainingBranch()
+    report = gankern.optimize(branchy)
+    assert type(branchy.bn) is nn.BatchNorm2d and "forward" not in branchy.__dict__, \
+        "a forward that depends on self.training is not re-generated from one traced branch"
 
 
 def _dcgan():
@@ -398,6 +468,65 @@ def test_vae_encode_decode():
         assert_close(vae.decode(z).sample, want.decode(z.double()).sample, what="decode")
 
 
+def test_ada_group_norm_blocks_and_spatial_norm_left():
+    """ResnetBlockCondNorm2D as diffusers builds it for time_embedding_norm="ada_group" (AdaGroupNorm
+    + SiLU fused) and "spatial" (SpatialNorm: left, reported)."""
+    from diffusers.models.resnet import ResnetBlockCondNorm2D
+    from gankern.integrations.diffusers import FusedAdaGroupNorm, FusedResnetBlockCondNorm2D
+    torch.manual_seed(0)
+    ada = ResnetBlockCondNorm2D(in_channels=16, out_channels=32, temb_channels=12, groups=4,
+                                time_embedding_norm="ada_group", down=True)
+    spatial = ResnetBlockCondNorm2D(in_channels=32, out_channels=32, temb_channels=4, groups=4,
+                                    time_embedding_norm="spatial")
+    model = nn.ModuleList([ada, spatial])
+    want = copy.deepcopy(model).double()
+    report = gankern.optimize(model)
+    assert type(ada) is FusedResnetBlockCondNorm2D and type(ada.norm1) is FusedAdaGroupNorm
+    assert type(spatial) is ResnetBlockCondNorm2D
+    assert any(n == "1.norm1" and "SpatialNorm" in why for n, why in report.left_alone)
+    x = torch.randn(2, 16, 6, 6, requires_grad=True)
+    temb = torch.randn(2, 12, requires_grad=True)
+    xd, tembd = (t.detach().double().requires_grad_() for t in (x, temb))
+    y, ref = ada(x, temb), want[0](xd, tembd)
+    assert_close(y, ref, what="ada_group block")
+    r = torch.randn_like(y)
+    (y * r).sum().backward()
+    (ref * r.double()).sum().backward()
+    assert_close(x.grad, xd.grad, what="input gradient")
+    assert_close(temb.grad, tembd.grad, what="embedding gradient")
+    for (name, p), q in zip(ada.named_parameters(), want[0].parameters()):
+        _assert_close_deep(p.grad, q.grad, what=f"grad of {name}")
+    zq = torch.randn(2, 4, 3, 3)
+    with torch.no_grad():
+        assert_close(spatial(y.detach(), zq), want[1](y.detach().double(), zq.double()), what="spatial block")
+        assert_close(_save_load(ada)(x, temb), y.detach().double(), what="pickled")
+
+
+def test_time_embedding_mlp_fused():
+    from diffusers.models.embeddings import TimestepEmbedding
+    from gankern.integrations.diffusers import FusedTimestepEmbedding
+    torch.manual_seed(0)
+    for act in ("silu", "gelu", "relu"):
+        emb = TimestepEmbedding(16, 32, act_fn=act, cond_proj_dim=8)
+        want = copy.deepcopy(emb).double()
+        report = gankern.optimize(emb)
+        assert type(emb) is FusedTimestepEmbedding and report.replaced
+        s, c = torch.randn(3, 16, requires_grad=True), torch.randn(3, 8)
+        sd = s.detach().double().requires_grad_()
+        y, ref = emb(s, c), want(sd, c.double())
+        assert_close(y, ref, what=f"{act} time embedding")
+        y.sum().backward(), ref.sum().backward()
+        assert_close(s.grad, sd.grad, what=f"{act} time embedding gradient")
+        assert_close(emb.linear_1.bias.grad, want.linear_1.bias.grad, what="bias gradient")
+    assert type(_unet_cond_optimized().time_embedding) is FusedTimestepEmbedding
+
+
+def _unet_cond_optimized():
+    unet = _unet_cond()
+    gankern.optimize(unet)
+    return unet
+
+
 def test_torch_compile_adds_no_graph_breaks():
     import torch._dynamo
     from diffusers.models.resnet import ResnetBlock2D
@@ -414,6 +543,15 @@ def test_torch_compile_adds_no_graph_breaks():
     unet = gankern.optimize(_unet_cond(), inplace=False)
     torch._dynamo.reset()
     explain = torch._dynamo.explain(unet)(torch.randn(2, 4, 8, 8), torch.tensor([10, 500]), torch.randn(2, 7, 32))
+    assert explain.graph_break_count == 0, [r.reason for r in explain.break_reasons]
+    vae = gankern.optimize(_vae().eval(), inplace=False)
+    torch._dynamo.reset()
+    explain = torch._dynamo.explain(vae.decode)(torch.randn(1, 4, 8, 8))
+    assert explain.graph_break_count == 0, [r.reason for r in explain.break_reasons]
+    resnet = _ResNet()
+    gankern.optimize(resnet)  # its blocks' forwards are re-generated (_TracedForward)
+    torch._dynamo.reset()
+    explain = torch._dynamo.explain(resnet)(torch.randn(2, 3, 16, 16))
     assert explain.graph_break_count == 0, [r.reason for r in explain.break_reasons]
 
 

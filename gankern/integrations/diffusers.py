@@ -19,16 +19,25 @@ not cover exactly.
 - BasicTransformerBlock (norm_type "layer_norm", as SD 1.x/2.x): each "residual add -> LayerNorm"
   becomes one add_layer_norm pass that writes both the new residual stream and its normalization.
 - GEGLU: gelu(gate) * hidden from the halves of one projection in one pass (gankern.geglu).
+- TimestepEmbedding (linear_1 -> act -> linear_2): the activation runs with linear_1's bias in
+  one bias_act pass over the matmul's output.
+- AdaGroupNorm (GroupNorm without affine, then x * (1 + scale) + shift from the embedding) is one
+  group_norm_act pass with per-(N, C) scale/shift; in ResnetBlockCondNorm2D ("ada_group" UNets)
+  the SiLU after each AdaGroupNorm joins that pass too.
 """
 from __future__ import annotations
 
 import torch
 from diffusers.models.activations import GEGLU
 from diffusers.models.attention import BasicTransformerBlock
-from diffusers.models.resnet import ResnetBlock2D
+from diffusers.models.embeddings import TimestepEmbedding
+from diffusers.models.normalization import AdaGroupNorm
+from diffusers.models.resnet import ResnetBlock2D, ResnetBlockCondNorm2D
 from diffusers.models.transformers.transformer_2d import Transformer2DModel
+import torch.nn.functional as F
 from torch import nn
 
+from ..ops.bias_act import bias_act
 from ..ops.geglu import geglu
 from ..ops.layer_norm import add_layer_norm
 from ..ops.norm import group_norm_act
@@ -195,6 +204,114 @@ class FusedGEGLU(GEGLU):
         return geglu(self.proj(hidden_states))  # diffusers' GEGLU: exact (erf) GELU
 
 
+# ---- TimestepEmbedding -----------------------------------------------------------------------
+
+# Activation modules diffusers' get_activation builds -> the bias_act activation computing the same.
+def _bias_act_name(m) -> str | None:
+    if type(m) is nn.SiLU:
+        return "silu"
+    if type(m) is nn.ReLU:
+        return "relu"
+    if type(m) is nn.GELU:
+        return "gelu" if m.approximate == "none" else "gelu_tanh"
+    return None
+
+
+def _plain_linear(m) -> bool:
+    return type(m) is nn.Linear and not (m._forward_hooks or m._forward_pre_hooks)
+
+
+def timestep_embedding_problem(m: TimestepEmbedding) -> str | None:
+    if m.act is None or _bias_act_name(m.act) is None:
+        return f"activation {type(m.act).__name__} has no bias_act equivalent"
+    if not _plain_linear(m.linear_1):
+        return "linear_1 is not a plain nn.Linear (or has hooks)"
+    return None
+
+
+class FusedTimestepEmbedding(TimestepEmbedding):
+    """TimestepEmbedding whose activation runs with linear_1's bias in one bias_act pass."""
+
+    def forward(self, sample, condition=None):
+        act = _bias_act_name(self.act)
+        if act is None or sample.ndim != 2 or not _ln_kernel_input(sample) or not _plain_linear(self.linear_1):
+            return super().forward(sample, condition)  # e.g. linear_1 swapped for a LoRA layer since
+        if condition is not None:
+            sample = sample + self.cond_proj(condition)
+        sample = bias_act(F.linear(sample, self.linear_1.weight), self.linear_1.bias, dim=1, act=act, gain=1.0)
+        sample = self.linear_2(sample)
+        if self.post_act is not None:
+            sample = self.post_act(sample)
+        return sample
+
+
+# ---- AdaGroupNorm and ResnetBlockCondNorm2D --------------------------------------------------
+
+def ada_group_norm_problem(m: AdaGroupNorm) -> str | None:
+    return None
+
+
+def _ada_gn(norm: AdaGroupNorm, x: torch.Tensor, emb: torch.Tensor, act: str | None) -> torch.Tensor:
+    """act(AdaGroupNorm(x, emb)) in one group_norm_act pass (diffusers: F.group_norm without
+    affine, then x * (1 + scale) + shift with scale, shift = linear(act(emb)).chunk(2))."""
+    if norm.act:
+        emb = norm.act(emb)
+    scale, shift = norm.linear(emb).chunk(2, dim=1)
+    return group_norm_act(x, norm.num_groups, None, None, norm.eps, act, scale=scale, shift=shift)
+
+
+def _ada_input(x: torch.Tensor, emb: torch.Tensor) -> bool:
+    return x.ndim == 4 and emb.ndim == 2 and _kernel_input(x)
+
+
+class FusedAdaGroupNorm(AdaGroupNorm):
+    """AdaGroupNorm in one group_norm_act pass (scale/shift per (N, C))."""
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        if not _ada_input(x, emb):
+            return super().forward(x, emb)
+        return _ada_gn(self, x, emb, None)
+
+
+def _is_ada_group_norm(m) -> bool:
+    return type(m) in (AdaGroupNorm, FusedAdaGroupNorm) and not (m._forward_hooks or m._forward_pre_hooks)
+
+
+def resnet_cond_norm_problem(block: ResnetBlockCondNorm2D) -> str | None:
+    if not (_is_ada_group_norm(block.norm1) and _is_ada_group_norm(block.norm2)):
+        return (f"norms are {type(block.norm1).__name__} (only AdaGroupNorm is covered; SpatialNorm scales by a "
+                "full tensor, which the norm kernel does not take)")
+    if not isinstance(block.nonlinearity, nn.SiLU):
+        return f"activation {type(block.nonlinearity).__name__} is not SiLU"
+    return None
+
+
+class FusedResnetBlockCondNorm2D(ResnetBlockCondNorm2D):
+    """ResnetBlockCondNorm2D ("ada_group") whose AdaGroupNorms carry the SiLU after them."""
+
+    def forward(self, input_tensor: torch.Tensor, temb: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        if args or kwargs or not _ada_input(input_tensor, temb) or not (
+                _is_ada_group_norm(self.norm1) and _is_ada_group_norm(self.norm2)):
+            return super().forward(input_tensor, temb, *args, **kwargs)
+        hidden_states = _ada_gn(self.norm1, input_tensor, temb, "silu")
+        if self.upsample is not None:
+            if hidden_states.shape[0] >= 64:  # as diffusers: upsample_nearest_nhwc fails on large batches
+                input_tensor = input_tensor.contiguous()
+                hidden_states = hidden_states.contiguous()
+            input_tensor = self.upsample(input_tensor)
+            hidden_states = self.upsample(hidden_states)
+        elif self.downsample is not None:
+            input_tensor = self.downsample(input_tensor)
+            hidden_states = self.downsample(hidden_states)
+        hidden_states = self.conv1(hidden_states)
+        hidden_states = _ada_gn(self.norm2, hidden_states, temb, "silu")
+        hidden_states = self.dropout(hidden_states)
+        hidden_states = self.conv2(hidden_states)
+        if self.conv_shortcut is not None:
+            input_tensor = self.conv_shortcut(input_tensor)
+        return (input_tensor + hidden_states) / self.output_scale_factor
+
+
 # Block class -> (fused class, why-not function, passes saved per call, description). The
 # optimizer switches exactly these classes (never subclasses it does not know).
 FUSED_BLOCKS = {
@@ -205,6 +322,12 @@ FUSED_BLOCKS = {
     BasicTransformerBlock: (FusedBasicTransformerBlock, transformer_block_problem, 2,
                             "BasicTransformerBlock: residual add + LayerNorm fused (norm2, norm3)"),
     GEGLU: (FusedGEGLU, geglu_problem, 1, "GEGLU: gelu(gate) * hidden in one pass"),
+    TimestepEmbedding: (FusedTimestepEmbedding, timestep_embedding_problem, 1,
+                        "TimestepEmbedding: linear_1's bias + activation in one bias_act pass"),
+    ResnetBlockCondNorm2D: (FusedResnetBlockCondNorm2D, resnet_cond_norm_problem, 2,
+                            "ResnetBlockCondNorm2D: AdaGroupNorm + SiLU fused (norm1, norm2)"),
+    AdaGroupNorm: (FusedAdaGroupNorm, ada_group_norm_problem, 2,
+                   "AdaGroupNorm: group norm + per-sample scale/shift in one pass"),
 }
 
 # Modules whose forward applies `act` right after `norm` and nowhere else (checked against
