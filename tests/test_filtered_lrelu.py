@@ -148,22 +148,32 @@ def test_stylegan3_shape_12_taps(backend):
     assert_close(g1, want)
 
 
-@pytest.mark.parametrize("backend", ["triton", "cuda"])
+@pytest.mark.parametrize("backend", ["cpu", "triton", "cuda"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_half_precision(backend, dtype):
-    skip_unless_runnable("filtered_lrelu", backend, KERNEL_DEVICE, dtype)
+@pytest.mark.parametrize("case", ["2d_down", "separable_bias"])
+def test_half_precision(backend, dtype, case):
+    """x and y in the half dtype, the intermediate image, the mask decision and every sum in fp32:
+    y and dx (the masked pass) within the format's rounding (conftest.TOL) of float64 at the same x."""
+    device = "cpu" if backend == "cpu" else KERNEL_DEVICE
+    skip_unless_runnable("filtered_lrelu", backend, device, dtype)
     g = torch.Generator().manual_seed(8)
-    x = torch.randn(2, 3, 7, 6, generator=g).to(KERNEL_DEVICE, dtype)
-    fu, fd = torch.randn(4, generator=g).to(KERNEL_DEVICE), torch.randn(3, 3, generator=g).to(KERNEL_DEVICE)
-    kw = dict(up=2, down=2, padding=2, clamp=4.0)
+    x = torch.randn(2, 3, 7, 6, generator=g).to(device, dtype)
+    if case == "2d_down":
+        fu, fd, b = torch.randn(4, generator=g), torch.randn(3, 3, generator=g), None
+        kw = dict(up=2, down=2, padding=2, clamp=4.0)
+    else:
+        fu, fd, b = torch.randn(6, generator=g), torch.randn(5, generator=g), torch.randn(3, generator=g)
+        kw = dict(up=2, down=1, padding=[3, 2, 1, 3], gain=1.5, slope=0.1)
+    fu, fd = fu.to(device), fd.to(device)
+    b = b.to(device, dtype) if b is not None else None
     xk = x.clone().requires_grad_()
     with gankern.use_backend(backend):
-        y = gankern.filtered_lrelu(xk, fu, fd, None, **kw)
-        dy = torch.randn(y.shape, generator=g).to(KERNEL_DEVICE, dtype)
+        y = gankern.filtered_lrelu(xk, fu, fd, b, **kw)
+        dy = torch.randn(y.shape, generator=g).to(device, dtype)
         y.backward(dy)
-    assert y.dtype == dtype
+    assert y.dtype == dtype and xk.grad.dtype == dtype
     xd = x.double().requires_grad_()
-    want = _ref(xd, fu, fd, None, **kw)
+    want = _ref(xd, fu, fd, b.double() if b is not None else None, **kw)
     want.backward(dy.double())
     assert_close(y, want, dtype)
     assert_close(xk.grad, xd.grad, dtype)

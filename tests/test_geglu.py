@@ -105,17 +105,47 @@ def test_bad_inputs(call, exc, words):
         assert w in str(info.value), f"{w!r} not in {info.value!s}"
 
 
-@pytest.mark.parametrize("backend", ["triton", "cuda"])
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_half_precision(backend, dtype):
-    skip_unless_runnable("geglu", backend, KERNEL_DEVICE, dtype)
-    x = torch.randn(3, 17, 2 * 33, device=KERNEL_DEVICE).to(dtype)
+def _check_half(backend, x, approximate="none", g=None):
+    """Half x: loads and stores in x's dtype, math in fp32, so y and dx are within the format's
+    rounding (conftest.TOL) of the float64 formula evaluated at the same (already rounded) x."""
+    dtype = x.dtype
     xk = x.clone().requires_grad_()
-    y = _run(backend, xk)
+    y = _run(backend, xk, approximate)
     assert y.dtype == dtype
-    assert_close(y, _eager(x.double()), dtype=dtype)
-    dy = torch.randn_like(y)
+    assert_close(y, _eager(x.double(), approximate), dtype=dtype)
+    dy = torch.randn(y.shape, generator=g).to(x.device, dtype)
     y.backward(dy)
     xd = x.double().requires_grad_()
-    _eager(xd).backward(dy.double())
+    _eager(xd, approximate).backward(dy.double())
+    assert xk.grad.dtype == dtype
     assert_close(xk.grad, xd.grad, dtype=dtype, what="dx")
+
+
+@pytest.mark.parametrize("backend", ["cpu", "triton", "cuda"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+def test_half_precision(backend, dtype, approximate):
+    device = "cpu" if backend == "cpu" else KERNEL_DEVICE
+    skip_unless_runnable("geglu", backend, device, dtype)
+    g = torch.Generator().manual_seed(3)
+    x = (torch.randn(3, 17, 2 * 33, generator=g) * 2).to(device, dtype)
+    _check_half(backend, x, approximate, g)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@settings(max_examples=8, deadline=None)
+@given(lead=st.lists(st.integers(1, 7), min_size=0, max_size=3), half=st.integers(1, 70),
+       seed=st.integers(0, 2**31 - 1))
+def test_cpu_half_random_shapes(dtype, lead, half, seed):
+    """The CPU kernels' half path at odd half-widths (the vector loops' tails)."""
+    skip_unless_runnable("geglu", "cpu", "cpu", dtype)
+    g = torch.Generator().manual_seed(seed)
+    _check_half("cpu", (torch.randn(*lead, 2 * half, generator=g) * 2).to(dtype), g=g)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_cpu_half_nan_inf(dtype):
+    """NaN and infinities survive the half conversions as the float64 formula gives them."""
+    skip_unless_runnable("geglu", "cpu", "cpu", dtype)
+    x = torch.tensor([[1.0, float("nan"), float("inf"), -2.0, 0.5, float("-inf"), 3.0, 0.25]]).to(dtype)
+    assert_close(_run("cpu", x), _eager(x.double()), dtype=dtype)

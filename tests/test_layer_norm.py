@@ -116,17 +116,62 @@ def test_bad_inputs(call, exc, words):
         assert w in str(info.value), f"{w!r} not in {info.value!s}"
 
 
-@pytest.mark.parametrize("backend", ["triton", "cuda"])
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_half_precision(backend, dtype):
-    skip_unless_runnable("layer_norm", backend, KERNEL_DEVICE, dtype)
-    x = torch.randn(3, 17, 96, device=KERNEL_DEVICE).to(dtype)
-    r = torch.randn_like(x)
-    w, b = _params(96, True, device=KERNEL_DEVICE)
+def _check_half(backend, x, r, w, b, eps=1e-5, g=None):
+    """Half inputs: h = x + r is stored in the input dtype (as torch's add rounds it) and y
+    normalizes that stored h (as eager code normalizing the rounded sum does), so the float64
+    expectation is taken of the rounded h; the kernels' math is fp32, the outputs rounded once
+    (conftest.TOL: a few units of the format's epsilon). Gradients: dx (= dresidual) vs autograd of
+    the float64 LayerNorm at the stored h, dweight/dbias (fp32 sums) vs float64."""
+    dtype = x.dtype
+    leaves = [t.clone().requires_grad_() if t is not None else None for t in (x, r, w, b)]
+    xk, rk, wk, bk = leaves
     with gankern.use_backend(backend):
-        y, h = add_layer_norm(x, r, w, b)
-    assert y.dtype == dtype and h.dtype == dtype
-    want_h = (x.float() + r.float()).to(dtype)  # h is stored in the input dtype, as torch's add...
-    assert_close(h, want_h.double(), dtype=dtype, what="h")
-    # ...and y normalizes the stored h (as eager code normalizing the rounded sum does)
-    assert_close(y, F.layer_norm(want_h.double(), (96,), w.double(), b.double()), dtype=dtype)
+        if r is None:
+            y, h = layer_norm(xk, wk, bk, eps), None
+        else:
+            y, h = add_layer_norm(xk, rk, wk, bk, eps)
+    assert y.dtype == dtype and (h is None or h.dtype == dtype)
+    want_h = x if r is None else (x.float() + r.float()).to(dtype)
+    if h is not None:
+        assert_close(h, want_h.double(), dtype=dtype, what="h")
+    hd = want_h.double().requires_grad_()
+    wd, bd = (t.double().requires_grad_() if t is not None else None for t in (w, b))
+    want_y = F.layer_norm(hd, hd.shape[-1:], wd, bd, eps)
+    assert_close(y, want_y, dtype=dtype, what="y")
+    dy = torch.randn(y.shape, generator=g).to(x.device, dtype)
+    got = torch.autograd.grad(y, [t for t in leaves if t is not None], dy)
+    want = torch.autograd.grad(want_y, [t for t in (hd, wd, bd) if t is not None], dy.double())
+    assert got[0].dtype == dtype
+    assert_close(got[0], want[0], dtype=dtype, what="dx")
+    if r is not None:
+        assert_close(got[1], want[0], dtype=dtype, what="dresidual")
+    for name, a, e in zip(("dweight", "dbias"), got[2 if r is not None else 1:], want[1:]):
+        assert_close(a, e, dtype=dtype, scale=e.abs().max().item(), what=name)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "triton", "cuda"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("residual", [False, True])
+def test_half_precision(backend, dtype, residual):
+    device = "cpu" if backend == "cpu" else KERNEL_DEVICE
+    skip_unless_runnable("layer_norm", backend, device, dtype)
+    g = torch.Generator().manual_seed(5)
+    x = (torch.randn(3, 17, 96, generator=g) * 2 + 1).to(device, dtype)
+    r = torch.randn(x.shape, generator=g).to(device, dtype) if residual else None
+    w, b = _params(96, True, g, device=device)
+    _check_half(backend, x, r, w, b, g=g)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@settings(max_examples=8, deadline=None)
+@given(lead=st.lists(st.integers(1, 9), min_size=0, max_size=3), D=st.integers(4, 300),
+       seed=st.integers(0, 2**31 - 1), residual=st.booleans(), affine=st.booleans(),
+       eps=st.sampled_from([1e-5, 0.1]))
+def test_cpu_half_random_shapes(dtype, lead, D, seed, residual, affine, eps):
+    """The CPU kernels' half path at odd row lengths (the vector loops' tails) and row counts."""
+    skip_unless_runnable("layer_norm", "cpu", "cpu", dtype)
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.randn(*lead, D, generator=g) * 3).to(dtype)
+    r = torch.randn(*lead, D, generator=g).to(dtype) if residual else None
+    w, b = _params(D, affine, g)
+    _check_half("cpu", x, r, w, b, eps, g=g)

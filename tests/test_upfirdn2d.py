@@ -228,21 +228,27 @@ def test_matches_direct_definition():
     assert_close(got[0, 0], want)
 
 
-@pytest.mark.parametrize("backend", ["triton", "cuda"])
+@pytest.mark.parametrize("backend", ["cpu", "triton", "cuda"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
 def test_half_precision(backend, dtype):
-    skip_unless_runnable("upfirdn2d", backend, KERNEL_DEVICE, dtype)
-    x0 = torch.randn(2, 5, 9, 11, device=KERNEL_DEVICE).to(dtype)
+    """Loads and stores in x's dtype, sums in fp32, each output rounded once: within the format's
+    rounding (conftest.TOL) of the float64 reference at the same x; both layouts, the separable and
+    the 2-D filter paths, up and down."""
+    device = "cpu" if backend == "cpu" else KERNEL_DEVICE
+    skip_unless_runnable("upfirdn2d", backend, device, dtype)
+    x0 = torch.randn(2, 5, 9, 11, device=device).to(dtype)
     for x in (x0, x0.contiguous(memory_format=torch.channels_last)):
         for f, kw in [(torch.randn(4), dict(up=2, padding=[2, 1])),
-                      (torch.randn(3, 12), dict(down=2, padding=[5, 6, 1, 1]))]:
-            f = f.to(KERNEL_DEVICE)
+                      (torch.randn(3, 12), dict(down=2, padding=[5, 6, 1, 1])),
+                      (torch.randn(3, 3), dict(up=[2, 1], down=[1, 2], padding=[1, 2, 0, 1]))]:
+            f = f.to(device)
             xk = x.clone().requires_grad_()
             with gankern.use_backend(backend):
                 y = gankern.upfirdn2d(xk, f, **kw)
-                dy = torch.randn(y.shape, device=KERNEL_DEVICE).to(dtype)
+                dy = torch.randn(y.shape, device=device).to(dtype)
                 y.backward(dy)
-            assert y.dtype == dtype
+            assert y.dtype == dtype and xk.grad.dtype == dtype
+            assert y.is_contiguous(memory_format=torch.channels_last) == (x is not x0)
             assert_close(y, _ref(x, f, **kw), dtype, what="forward")
             xd = x.double().requires_grad_()
             _ref(xd, f, **kw).backward(dy.double())

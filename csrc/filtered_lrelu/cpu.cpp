@@ -2,10 +2,15 @@
 // (TH x TW floats: 27 KiB at StyleGAN3-T's 36x36, up 2, 12 taps) is computed row by row with the
 // upfirdn2d row machinery (csrc/upfirdn2d/polyphase_cpu.h), activated in place (writing or reading
 // the mask), and filtered down, all while it sits in L1/L2: memory traffic is x, the mask and y.
+// Storage fp32, bf16 or fp16 (common/cpu_dtypes.h): x is converted as stage A reads it, the
+// intermediate image and every sum are fp32 (so the mask is decided in fp32), each output row is
+// rounded once.
 #include <algorithm>
 #include <optional>
+#include <type_traits>
 #include <vector>
 
+#include "common/cpu_dtypes.h"
 #include "common/cpu_memory.h"
 #include "common/thread_pool.h"
 #include "filtered_lrelu/filtered_lrelu.h"
@@ -38,7 +43,7 @@ struct PlaneScratch {
   std::vector<float> t;
 };
 
-// T: the storage type; the row machinery (polyphase_cpu.h) is fp32, so only float is dispatched.
+// T: the storage type of x and y (float, bf16, fp16).
 template <typename T>
 void run_planes(const Params& p) {
   const T* x = p.x.as<const T>("x");
@@ -70,8 +75,14 @@ void run_planes(const Params& p) {
     if (p.mode == 0) point_row<0>(t, mp, tsize, p);
     else point_row<1>(t, mp, tsize, p);
     T* yp = y + plane * p.OH * p.OW;
-    for (std::int64_t r = 0; r < p.OH; ++r)
-      upfirdn2d::pass_row(by, xb, s->sb, t, p.TW, p.TW, gB, gB1, p.kbx, 0.f, r, yp + r * p.OW);
+    for (std::int64_t r = 0; r < p.OH; ++r) {
+      if constexpr (std::is_same_v<T, float>) {
+        upfirdn2d::pass_row(by, xb, s->sb, t, p.TW, p.TW, gB, gB1, p.kbx, 0.f, r, yp + r * p.OW);
+      } else {
+        upfirdn2d::pass_row(by, xb, s->sb, t, p.TW, p.TW, gB, gB1, p.kbx, 0.f, r, s->sb.row.data());
+        upfirdn2d::store_row(yp + r * p.OW, s->sb.row.data(), p.OW);
+      }
+    }
   });
 }
 
@@ -79,7 +90,7 @@ void run_planes(const Params& p) {
 
 void run(const Params& p, Stream) {
   check_args("filtered_lrelu", p);
-  dispatch_types<float>(p.x.dtype, "filtered_lrelu", [&](auto tag) { run_planes<decltype(tag)>(p); });
+  dispatch_types<float, bf16, fp16>(p.x.dtype, "filtered_lrelu", [&](auto tag) { run_planes<decltype(tag)>(p); });
 }
 
 }  // namespace gk::filtered_lrelu

@@ -23,7 +23,7 @@ namespace gk::filtered_lrelu {
 
 // One fused pass (mode 0: the forward, writes the mask; mode 1: the masked form, reads it).
 #define GK_FILTERED_LRELU_PARAMS(X)                                                                \
-  X(gk::View, x, "input [N, C, H, W] NCHW contiguous; float32 (CPU) / fp32|fp16|bf16 (CUDA)")     \
+  X(gk::View, x, "input [N, C, H, W] NCHW contiguous; float32, float16 or bfloat16")     \
   X(gk::View, b, "per-channel bias float32 [C] (mode 0), or None")                                \
   X(gk::View, mask, "uint8 [N, C, TH, TW]: written by mode 0, read by mode 1")                    \
   X(gk::View, gA, "stage A correlation kernel float32 [kay, kax], gain folded in")                \

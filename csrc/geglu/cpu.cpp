@@ -1,6 +1,8 @@
-// geglu on the CPU: one pass, OpenMP over blocks of rows, a vectorizable loop per row half.
+// geglu on the CPU: one pass, the thread pool over blocks of rows, a vectorizable loop per row half.
+// Storage fp32, bf16 or fp16 (common/cpu_dtypes.h): loads converted to float, math in fp32, stores rounded.
 #include <algorithm>
 
+#include "common/cpu_dtypes.h"
 #include "common/cpu_memory.h"
 #include "common/thread_pool.h"
 #include "geglu/geglu.h"
@@ -60,7 +62,7 @@ void dispatch(const Params& p) {
   const char* op = kBwd ? "geglu_backward" : "geglu";
   check_args(op, p, kBwd);
   if (p.rows == 0 || p.D == 0) return;
-  dispatch_types<float>(p.x.dtype, op, [&](auto tag) { run<decltype(tag), kBwd>(p); });
+  dispatch_types<float, bf16, fp16>(p.x.dtype, op, [&](auto tag) { run<decltype(tag), kBwd>(p); });
 }
 
 }  // namespace

@@ -11,7 +11,7 @@
 namespace gk::geglu {
 
 #define GK_GEGLU_PARAMS(X)                                                                  \
-  X(gk::View, x, "input (rows, 2 D), contiguous; float32 (CPU), float32/16/bf16 (CUDA)")     \
+  X(gk::View, x, "input (rows, 2 D), contiguous; float32, float16 or bfloat16")     \
   X(gk::View, dy, "backward: gradient of y (rows, D), x's dtype; forward: None")             \
   X(gk::View, out, "y (rows, D) (forward) or dx (rows, 2 D) (backward), x's dtype")          \
   X(std::int64_t, rows, "number of rows")                                                  \

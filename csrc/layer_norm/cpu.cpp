@@ -3,9 +3,14 @@
 // Row statistics: two passes (the mean, then the centered sum of squares, which stays accurate when
 // |mean| >> std), each with kLanes independent fp32 partial sums (a vectorizable reduction without
 // -ffast-math) added up in double.
+// Storage fp32, bf16 or fp16 (common/cpu_dtypes.h): every loop is templated on the storage type T,
+// loads are converted to float, math and reductions stay fp32/double, stores round to T. With a
+// residual, h is rounded to T when stored and the statistics are taken of the stored h (as the CUDA
+// kernel does), so the backward, which reads h back, sees the forward's exact row.
 #include <algorithm>
 #include <cmath>
 
+#include "common/cpu_dtypes.h"
 #include "common/cpu_memory.h"
 #include "common/thread_pool.h"
 #include "layer_norm/layer_norm.h"
@@ -15,61 +20,75 @@ namespace {
 
 constexpr int kLanes = 16;
 
-GK_CPU_CLONES double row_sum(const float* __restrict v, std::int64_t D) {
+template <typename T>
+GK_CPU_CLONES double row_sum(const T* __restrict v, std::int64_t D) {
   float acc[kLanes] = {};
   std::int64_t j = 0;
   for (; j + kLanes <= D; j += kLanes)
-    for (int l = 0; l < kLanes; ++l) acc[l] += v[j + l];
+    for (int l = 0; l < kLanes; ++l) acc[l] += static_cast<float>(v[j + l]);
   double s = 0.0;
   for (int l = 0; l < kLanes; ++l) s += acc[l];
-  for (; j < D; ++j) s += v[j];
+  for (; j < D; ++j) s += static_cast<float>(v[j]);
   return s;
 }
 
-GK_CPU_CLONES double row_centered_sq(const float* __restrict v, std::int64_t D, float m) {
+template <typename T>
+GK_CPU_CLONES double row_centered_sq(const T* __restrict v, std::int64_t D, float m) {
   float acc[kLanes] = {};
   std::int64_t j = 0;
   for (; j + kLanes <= D; j += kLanes)
-    for (int l = 0; l < kLanes; ++l) acc[l] += (v[j + l] - m) * (v[j + l] - m);
+    for (int l = 0; l < kLanes; ++l) {
+      const float d = static_cast<float>(v[j + l]) - m;
+      acc[l] += d * d;
+    }
   double s = 0.0;
   for (int l = 0; l < kLanes; ++l) s += acc[l];
-  for (; j < D; ++j) s += static_cast<double>(v[j] - m) * (v[j] - m);
+  for (; j < D; ++j) {
+    const float d = static_cast<float>(v[j]) - m;
+    s += static_cast<double>(d) * d;
+  }
   return s;
 }
 
-GK_CPU_CLONES void add_rows(float* __restrict h, const float* __restrict x, const float* __restrict r, std::int64_t D) {
-  for (std::int64_t j = 0; j < D; ++j) h[j] = x[j] + r[j];
+template <typename T>
+GK_CPU_CLONES void add_rows(T* __restrict h, const T* __restrict x, const T* __restrict r, std::int64_t D) {
+  for (std::int64_t j = 0; j < D; ++j) h[j] = static_cast<T>(static_cast<float>(x[j]) + static_cast<float>(r[j]));
 }
 
-GK_CPU_CLONES void normalize_row(float* __restrict y, const float* __restrict h, std::int64_t D, float m, float rs,
+template <typename T>
+GK_CPU_CLONES void normalize_row(T* __restrict y, const T* __restrict h, std::int64_t D, float m, float rs,
                                  const float* __restrict w, const float* __restrict b) {
-  if (w && b) for (std::int64_t j = 0; j < D; ++j) y[j] = (h[j] - m) * rs * w[j] + b[j];
-  else if (w) for (std::int64_t j = 0; j < D; ++j) y[j] = (h[j] - m) * rs * w[j];
-  else if (b) for (std::int64_t j = 0; j < D; ++j) y[j] = (h[j] - m) * rs + b[j];
-  else for (std::int64_t j = 0; j < D; ++j) y[j] = (h[j] - m) * rs;
+  auto xhat = [&](std::int64_t j) { return (static_cast<float>(h[j]) - m) * rs; };
+  if (w && b) for (std::int64_t j = 0; j < D; ++j) y[j] = static_cast<T>(xhat(j) * w[j] + b[j]);
+  else if (w) for (std::int64_t j = 0; j < D; ++j) y[j] = static_cast<T>(xhat(j) * w[j]);
+  else if (b) for (std::int64_t j = 0; j < D; ++j) y[j] = static_cast<T>(xhat(j) + b[j]);
+  else for (std::int64_t j = 0; j < D; ++j) y[j] = static_cast<T>(xhat(j));
 }
 
 // g = dy * w; returns (sum g, sum g * xhat) and adds dy * xhat, dy into the part's accumulators.
-GK_CPU_CLONES void backward_sums(const float* __restrict dy, const float* __restrict h, const float* __restrict w,
+template <typename T>
+GK_CPU_CLONES void backward_sums(const T* __restrict dy, const T* __restrict h, const float* __restrict w,
                                  std::int64_t D, float m, float rs, float* __restrict dw, float* __restrict db,
                                  float* __restrict out2) {
   float sg[kLanes] = {}, sgx[kLanes] = {};
   std::int64_t j = 0;
   for (; j + kLanes <= D; j += kLanes)
     for (int l = 0; l < kLanes; ++l) {
-      const float xhat = (h[j + l] - m) * rs, g = w ? dy[j + l] * w[j + l] : dy[j + l];
+      const float d = static_cast<float>(dy[j + l]), xhat = (static_cast<float>(h[j + l]) - m) * rs;
+      const float g = w ? d * w[j + l] : d;
       sg[l] += g;
       sgx[l] += g * xhat;
-      dw[j + l] += dy[j + l] * xhat;
-      db[j + l] += dy[j + l];
+      dw[j + l] += d * xhat;
+      db[j + l] += d;
     }
   float tg = 0.f, tgx = 0.f;
   for (; j < D; ++j) {
-    const float xhat = (h[j] - m) * rs, g = w ? dy[j] * w[j] : dy[j];
+    const float d = static_cast<float>(dy[j]), xhat = (static_cast<float>(h[j]) - m) * rs;
+    const float g = w ? d * w[j] : d;
     tg += g;
     tgx += g * xhat;
-    dw[j] += dy[j] * xhat;
-    db[j] += dy[j];
+    dw[j] += d * xhat;
+    db[j] += d;
   }
   for (int l = 0; l < kLanes; ++l) {
     tg += sg[l];
@@ -79,34 +98,32 @@ GK_CPU_CLONES void backward_sums(const float* __restrict dy, const float* __rest
   out2[1] = tgx;
 }
 
-GK_CPU_CLONES void backward_apply(float* __restrict dx, const float* __restrict dy, const float* __restrict dh,
-                                  const float* __restrict h, const float* __restrict w, std::int64_t D, float m,
+template <typename T>
+GK_CPU_CLONES void backward_apply(T* __restrict dx, const T* __restrict dy, const T* __restrict dh,
+                                  const T* __restrict h, const float* __restrict w, std::int64_t D, float m,
                                   float rs, float mean_g, float mean_gx) {
   for (std::int64_t j = 0; j < D; ++j) {
-    const float xhat = (h[j] - m) * rs, g = w ? dy[j] * w[j] : dy[j];
+    const float d = static_cast<float>(dy[j]), xhat = (static_cast<float>(h[j]) - m) * rs;
+    const float g = w ? d * w[j] : d;
     float v = rs * (g - mean_g - xhat * mean_gx);
-    if (dh) v += dh[j];
-    dx[j] = v;
+    if (dh) v += static_cast<float>(dh[j]);
+    dx[j] = static_cast<T>(v);
   }
 }
 
-}  // namespace
-
-void forward(const ForwardParams& p, Stream) {
-  const char* op = "layer_norm";
-  check_forward(op, p);
-  dispatch_types<float>(p.x.dtype, op, [&](auto) {});
-  const float* x = p.x.as<const float>("x");
-  const float* r = p.residual.as<const float>("residual");
+template <typename T>
+void run_forward(const ForwardParams& p) {
+  const T* x = p.x.as<const T>("x");
+  const T* r = p.residual.as<const T>("residual");
   const float *w = p.weight.as<const float>("weight"), *b = p.bias.as<const float>("bias");
-  float *y = p.y.as<float>("y"), *h = p.h.as<float>("h");
+  T *y = p.y.as<T>("y"), *h = p.h.as<T>("h");
   float *mean = p.mean.as<float>("mean"), *rstd = p.rstd.as<float>("rstd");
   const std::int64_t D = p.D;
-  advise_huge_pages(y, p.y.numel * static_cast<std::int64_t>(sizeof(float)));
-  if (h) advise_huge_pages(h, p.h.numel * static_cast<std::int64_t>(sizeof(float)));
+  advise_huge_pages(y, p.y.numel * static_cast<std::int64_t>(sizeof(T)));
+  if (h) advise_huge_pages(h, p.h.numel * static_cast<std::int64_t>(sizeof(T)));
   // rows claimed in chunks, at least 4 per thread (csrc/common/thread_pool.h)
   parallel_for(p.rows, std::max<std::int64_t>(1, p.rows / (4 * cpu_threads())), [&](std::int64_t row) {
-    const float* src = x + row * D;
+    const T* src = x + row * D;
     if (r) {
       add_rows(h + row * D, src, r + row * D, D);
       src = h + row * D;
@@ -120,16 +137,15 @@ void forward(const ForwardParams& p, Stream) {
   });
 }
 
-void backward(const BackwardParams& p, Stream) {
-  const char* op = "layer_norm_backward";
-  check_backward(op, p);
-  dispatch_types<float>(p.h.dtype, op, [&](auto) {});
-  const float *dy = p.dy.as<const float>("dy"), *dh = p.dh.as<const float>("dh"), *h = p.h.as<const float>("h");
+template <typename T>
+void run_backward(const BackwardParams& p) {
+  const T *dy = p.dy.as<const T>("dy"), *dh = p.dh.as<const T>("dh"), *h = p.h.as<const T>("h");
   const float *mean = p.mean.as<const float>("mean"), *rstd = p.rstd.as<const float>("rstd");
   const float* w = p.weight.as<const float>("weight");
-  float *dx = p.dx.as<float>("dx"), *dw = p.dweight.as<float>("dweight"), *db = p.dbias.as<float>("dbias");
+  T* dx = p.dx.as<T>("dx");
+  float *dw = p.dweight.as<float>("dweight"), *db = p.dbias.as<float>("dbias");
   const std::int64_t D = p.D;
-  advise_huge_pages(dx, p.dx.numel * static_cast<std::int64_t>(sizeof(float)));
+  advise_huge_pages(dx, p.dx.numel * static_cast<std::int64_t>(sizeof(T)));
   // one task per part: the parts (and so the summation order) do not depend on the thread count
   parallel_for(p.parts, 1, [&](std::int64_t k) {
     float* dwk = dw + k * D;
@@ -144,6 +160,20 @@ void backward(const BackwardParams& p, Stream) {
       backward_apply(dx + o, dy + o, dh ? dh + o : nullptr, h + o, w, D, mean[row], rstd[row], s[0] * inv, s[1] * inv);
     }
   });
+}
+
+}  // namespace
+
+// The storage types the CPU kernels take: fp32, bf16, fp16 (common/cpu_dtypes.h), math in fp32.
+void forward(const ForwardParams& p, Stream) {
+  check_forward("layer_norm", p);
+  dispatch_types<float, bf16, fp16>(p.x.dtype, "layer_norm", [&](auto tag) { run_forward<decltype(tag)>(p); });
+}
+
+void backward(const BackwardParams& p, Stream) {
+  check_backward("layer_norm_backward", p);
+  dispatch_types<float, bf16, fp16>(p.h.dtype, "layer_norm_backward",
+                                    [&](auto tag) { run_backward<decltype(tag)>(p); });
 }
 
 }  // namespace gk::layer_norm

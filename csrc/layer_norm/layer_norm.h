@@ -14,7 +14,7 @@
 namespace gk::layer_norm {
 
 #define GK_LAYER_NORM_FORWARD_PARAMS(X)                                                     \
-  X(gk::View, x, "input (rows, D), contiguous; float32 (CPU), float32/16/bf16 (CUDA)")       \
+  X(gk::View, x, "input (rows, D), contiguous; float32, float16 or bfloat16")       \
   X(gk::View, residual, "added to x before the statistics (x's dtype), or None")             \
   X(gk::View, weight, "fp32 [D], or None")                                                   \
   X(gk::View, bias, "fp32 [D], or None")                                                     \

@@ -7,6 +7,10 @@
 //     share their first tap k0 and their input window advances by s*down/up samples per q), so each
 //     class is a short FIR over a zero-extended copy of the row: branch-free loops GCC vectorizes.
 //
+// Input rows may be stored as fp32, bf16 or fp16 (Tin: converted to float as they are read, in the
+// row combination or the zero-extended copy); everything after that, and the output row, is fp32
+// (callers with a half output round a finished row: csrc/upfirdn2d/cpu.cpp).
+//
 // Internal linkage (anonymous namespace): each including file gets its own clones.
 #pragma once
 #include <algorithm>
@@ -47,20 +51,29 @@ inline int axis_taps(const Axis& a, std::int64_t o, std::int64_t* idx, int* ks) 
   return n;
 }
 
-GK_CPU_CLONES void scale_row(float* __restrict out, const float* __restrict in, std::int64_t n, float w) {
-  for (std::int64_t i = 0; i < n; ++i) out[i] = w * in[i];
+template <typename Tin>
+GK_CPU_CLONES void scale_row(float* __restrict out, const Tin* __restrict in, std::int64_t n, float w) {
+  for (std::int64_t i = 0; i < n; ++i) out[i] = w * static_cast<float>(in[i]);
 }
 
-GK_CPU_CLONES void axpy_row(float* __restrict out, const float* __restrict in, std::int64_t n, float w) {
-  for (std::int64_t i = 0; i < n; ++i) out[i] += w * in[i];
+template <typename Tin>
+GK_CPU_CLONES void axpy_row(float* __restrict out, const Tin* __restrict in, std::int64_t n, float w) {
+  for (std::int64_t i = 0; i < n; ++i) out[i] += w * static_cast<float>(in[i]);
 }
 
 GK_CPU_CLONES void fill_row(float* __restrict out, std::int64_t n, float v) {
   for (std::int64_t i = 0; i < n; ++i) out[i] = v;
 }
 
-GK_CPU_CLONES void add_row(float* __restrict out, const float* __restrict in, std::int64_t n, float b) {
-  for (std::int64_t i = 0; i < n; ++i) out[i] = in[i] + b;
+template <typename Tin>
+GK_CPU_CLONES void add_row(float* __restrict out, const Tin* __restrict in, std::int64_t n, float b) {
+  for (std::int64_t i = 0; i < n; ++i) out[i] = static_cast<float>(in[i]) + b;
+}
+
+// out[i] = in[i] rounded to the storage type T (a finished fp32 row into a half output).
+template <typename T>
+GK_CPU_CLONES void store_row(T* __restrict out, const float* __restrict in, std::int64_t n) {
+  for (std::int64_t i = 0; i < n; ++i) out[i] = static_cast<T>(in[i]);
 }
 
 // x taps of one row: input `ext` holds samples lo..hi-1 of the row (zeros outside [0, n)).
@@ -130,7 +143,8 @@ inline void x_pass(const XPass& xp, float* out, float* acc, const float* ext, co
 }
 
 // Copies row `src` (n samples) plus `bias` into ext, zero-extended to lo..hi-1.
-inline void extend_row(float* ext, const float* src, const XPass& xp, std::int64_t n, float bias = 0.f) {
+template <typename Tin>
+inline void extend_row(float* ext, const Tin* src, const XPass& xp, std::int64_t n, float bias = 0.f) {
   const std::int64_t a = std::max<std::int64_t>(0, xp.lo), b = std::min<std::int64_t>(n, xp.hi);
   fill_row(ext, xp.width(), 0.f);
   if (a < b) add_row(ext + (a - xp.lo), src + a, b - a, bias);
@@ -139,17 +153,20 @@ inline void extend_row(float* ext, const float* src, const XPass& xp, std::int64
 // Scratch for one thread and one pass.
 struct RowScratch {
   std::vector<float> ext, comb, acc;
+  std::vector<float> row;  // a finished fp32 output row, for callers that round it to a half output
   std::vector<std::int64_t> ty;
   std::vector<int> tk;
   RowScratch(const XPass& xp, std::int64_t in_w, int max_ty)
       : ext(std::max<std::int64_t>(xp.width(), 1)), comb(std::max<std::int64_t>(in_w, 1)), acc(xp.out + 1),
+        row(std::max<std::int64_t>(xp.out, 1)),
         ty(std::max(max_ty, 1)), tk(std::max(max_ty, 1)) {}
 };
 
 // Output row `o` of an upfirdn pass over an image whose row r starts at rows + r * row_stride
 // (in_w contiguous samples). g: [ky][kx] 2-D correlation kernel; g1: separable x then y rows, or
 // nullptr. `bias` is added to every real input sample (not to padding or inserted zeros).
-inline void pass_row(const Axis& ay, const XPass& xp, RowScratch& s, const float* rows, std::int64_t row_stride,
+template <typename Tin>
+inline void pass_row(const Axis& ay, const XPass& xp, RowScratch& s, const Tin* rows, std::int64_t row_stride,
                      std::int64_t in_w, const float* g, const float* g1, int kw, float bias, std::int64_t o,
                      float* out) {
   const int nt = axis_taps(ay, o, s.ty.data(), s.tk.data());

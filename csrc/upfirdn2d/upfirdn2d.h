@@ -21,7 +21,7 @@ namespace gk::upfirdn2d {
 
 // One upfirdn2d pass (the forward; the backward is the same pass with backward_args, in Python).
 #define GK_UPFIRDN2D_PARAMS(X)                                                                   \
-  X(gk::View, x, "input [N, C, H, W], NCHW or channels_last; float32 (CPU) / fp32|fp16|bf16 (CUDA)") \
+  X(gk::View, x, "input [N, C, H, W], NCHW or channels_last; float32, float16 or bfloat16") \
   X(gk::View, g, "correlation kernel float32 [kh, kw], gain folded in")                          \
   X(gk::View, g1, "separable factors float32 [2, kw] (x pass, y pass; kw == kh), or None (CPU only)") \
   X(gk::View, y, "output [N, C, OH, OW], x's dtype and layout")                                  \

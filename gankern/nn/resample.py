@@ -1,12 +1,14 @@
 """Upsample2d / Downsample2d: StyleGAN's FIR resampling layers (upfirdn2d with a fixed filter).
 
 The filter is a buffer named `resample_filter`, as in StyleGAN2/3's layers, so their state_dicts
-carry over."""
+carry over. Under torch.autocast the input is cast to the autocast dtype and the kernel runs in it
+(the filter stays fp32; sums are fp32 on every backend), as torch's own autocast-listed layers do."""
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from .._tensors import autocast_input
 from ..ops.upfirdn2d import downsample2d, setup_filter, upsample2d
 
 
@@ -19,7 +21,7 @@ class Upsample2d(nn.Module):
         self.register_buffer("resample_filter", setup_filter(list(resample_filter)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return upsample2d(x, self.resample_filter, up=self.up, padding=self.padding)
+        return upsample2d(autocast_input(x), self.resample_filter, up=self.up, padding=self.padding)
 
     def extra_repr(self) -> str:
         return f"up={self.up}, filter={tuple(self.resample_filter.shape)}, padding={self.padding}"
@@ -34,7 +36,7 @@ class Downsample2d(nn.Module):
         self.register_buffer("resample_filter", setup_filter(list(resample_filter)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return downsample2d(x, self.resample_filter, down=self.down, padding=self.padding)
+        return downsample2d(autocast_input(x), self.resample_filter, down=self.down, padding=self.padding)
 
     def extra_repr(self) -> str:
         return f"down={self.down}, filter={tuple(self.resample_filter.shape)}, padding={self.padding}"

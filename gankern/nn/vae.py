@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from .._tensors import autocast_input
 from ..ops import vae as ops
 
 
@@ -11,7 +12,8 @@ class Reparameterize(nn.Module):
 
     Training mode samples; eval mode returns mu unless sample_in_eval. With kl_reduction set
     ("sum", "mean", "batchmean" or "none"), forward returns (z, kl) from one fused pass
-    (gankern.reparameterize_kl). No parameters or buffers: state_dict is empty.
+    (gankern.reparameterize_kl). No parameters or buffers: state_dict is empty. Under
+    torch.autocast, mu and logvar are cast to the autocast dtype and the kernels run in it.
     """
 
     def __init__(self, logvar_clamp: tuple[float, float] | None = ops.DEFAULT_CLAMP, kl_reduction: str | None = None,
@@ -24,6 +26,7 @@ class Reparameterize(nn.Module):
         self.sample_in_eval = sample_in_eval
 
     def forward(self, mu: Tensor, logvar: Tensor, seed: int | None = None, offset: int = 0):
+        mu, logvar = autocast_input(mu), autocast_input(logvar)
         sample = self.training or self.sample_in_eval
         if self.kl_reduction is None:
             return ops.reparameterize(mu, logvar, seed, offset, self.logvar_clamp) if sample else mu

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from .. import _native
 from .. import _tensors as T
-from ..backends import register, resolve_nonempty
+from ..backends import FP32_HALF, register, resolve_nonempty
 from ..reference import filtered_lrelu as ref
 from ..reference import upfirdn2d as ref_up
 from . import _validate as V
@@ -35,7 +35,7 @@ def filtered_lrelu(x: Tensor, fu: Tensor | None = None, fd: Tensor | None = None
     """StyleGAN3's filtered leaky ReLU (reference/filtered_lrelu.py gives the order of operations).
 
     Args:
-        x: [N, C, H, W]; float32 (all backends), float16/bfloat16 (GPU backends).
+        x: [N, C, H, W]; float32, float16 or bfloat16 (every backend; math in fp32).
         fu, fd: upsampling / downsampling filters, 1-D (separable) or 2-D; None for identity.
         b: bias [C] added before upsampling, or None.
         up, down: int or [x, y] >= 1. padding: int, [x, y] or [x0, x1, y0, y1] (upsampling pass).
@@ -228,7 +228,10 @@ def _launch(backend, x, b, mask, mode, fa, fb, up_a, pad_a, flip_a, gain_a, down
 
 
 def _register_kernels(backend):
-    @register("filtered_lrelu", backend)
+    # the CPU kernels load and store fp32, bf16 or fp16 (csrc/common/cpu_dtypes.h), math in fp32
+    dtypes = dict(cpu_dtypes=FP32_HALF) if backend == "cpu" else {}
+
+    @register("filtered_lrelu", backend, **dtypes)
     def _fwd(x, fu, fd, b, up, down, pad, gain, slope, clamp, flip_filter):
         (TH, TW), out_hw = _sizes(x, fu, fd, up, down, pad)
         mask = torch.zeros(x.shape[0], x.shape[1], TH, TW, dtype=torch.uint8, device=x.device)
@@ -236,7 +239,7 @@ def _register_kernels(backend):
                     flip_filter, 1.0, out_hw, gain, slope, clamp)
         return y, mask
 
-    @register("filtered_lrelu_masked", backend)
+    @register("filtered_lrelu_masked", backend, **dtypes)
     def _masked_kernel(x, mask, fa, fb, up_a, pad_a, flip_a, gain_a, down_b, pad_b, flip_b, gain_b, gain, slope):
         return _launch(backend, x, None, mask.contiguous(), 1, fa, fb, up_a, pad_a, flip_a, gain_a, down_b, pad_b,
                        flip_b, gain_b, _masked_out_hw(mask, fb, down_b, pad_b), gain, slope, None)

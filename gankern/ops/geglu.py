@@ -12,7 +12,7 @@ from torch import Tensor
 
 from .. import _native
 from .. import _tensors as T
-from ..backends import register, resolve
+from ..backends import FP32_HALF, register, resolve
 from ..reference import geglu as ref
 from . import _validate as V
 
@@ -23,7 +23,7 @@ def geglu(x: Tensor, approximate: str = "none") -> Tensor:
     """hidden * gelu(gate), hidden and gate the first and second halves of x's last dimension.
 
     Args:
-        x: (..., 2 D); float32 (all backends) or float16/bfloat16 (GPU backends).
+        x: (..., 2 D); float32, float16 or bfloat16 (every backend; math in fp32).
         approximate: "none" (exact erf GELU, torch's default) or "tanh".
     Returns (..., D), contiguous.
     """
@@ -124,14 +124,17 @@ def _geglu_backward_triton(dy, x, approximate):
 
 def _register_native(backend):
     """The cpu and cuda backends: the same Params (csrc/geglu/geglu.h) to either module."""
-    @register("geglu", backend)
+    # the CPU kernels load and store fp32, bf16 or fp16 (csrc/common/cpu_dtypes.h), math in fp32
+    dtypes = dict(cpu_dtypes=FP32_HALF) if backend == "cpu" else {}
+
+    @register("geglu", backend, **dtypes)
     def forward(x, approximate):
         x, rows, D = _rows(x)
         y = _out(x)
         _native.entry(backend, "geglu.forward")(x, x=x, dy=None, out=y, rows=rows, D=D, tanh=approximate == "tanh")
         return y
 
-    @register("geglu_backward", backend)
+    @register("geglu_backward", backend, **dtypes)
     def backward(dy, x, approximate):
         x, rows, D = _rows(x)
         dx = T.empty_like(x)

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from .. import _native
 from .. import _tensors as T
-from ..backends import register, resolve
+from ..backends import FP32_HALF, register, resolve
 from ..reference import layer_norm as ref
 from . import _validate as V
 
@@ -49,7 +49,7 @@ def add_layer_norm(x: Tensor, residual: Tensor, weight: Tensor | None = None, bi
     """(LayerNorm(x + residual), x + residual) in one pass; normalized over the last dimension.
 
     Args:
-        x, residual: (..., D), same shape; float32 (all backends) or float16/bfloat16 (GPU backends).
+        x, residual: (..., D), same shape; float32, float16 or bfloat16 (every backend; statistics in fp32).
         weight, bias: (D,) affine, or None.
         eps: > 0, added to the variance.
     """
@@ -181,7 +181,10 @@ def _parts(rows: int) -> int:
 
 def _register_native(backend):
     """The cpu and cuda backends: the same Params (csrc/layer_norm/layer_norm.h) to either module."""
-    @register("layer_norm", backend)
+    # the CPU kernels load and store fp32, bf16 or fp16 (csrc/common/cpu_dtypes.h), math in fp32
+    dtypes = dict(cpu_dtypes=FP32_HALF) if backend == "cpu" else {}
+
+    @register("layer_norm", backend, **dtypes)
     def forward(x, residual, weight, bias, eps):
         x, rows, D = _rows(x)
         y = T.empty_like(x)
@@ -192,7 +195,7 @@ def _register_native(backend):
                                                      y=y, h=h, mean=mean, rstd=rstd, rows=rows, D=D, eps=eps)
         return y, (h if h is not None else x.new_empty(0)), mean, rstd
 
-    @register("layer_norm_backward", backend)
+    @register("layer_norm_backward", backend, **dtypes)
     def backward(dy, dh, h, mean, rstd, weight):
         h, rows, D = _rows(h)
         parts = _parts(rows)

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from .. import _native
 from .. import _tensors as T
-from ..backends import register, resolve_nonempty
+from ..backends import FP32_HALF, register, resolve_nonempty
 from ..reference import upfirdn2d as ref
 from . import _validate as V
 
@@ -84,7 +84,7 @@ def upfirdn2d(x: Tensor, f: Tensor | None, up=1, down=1, padding=0, flip_filter:
     """Upsample (zero insertion), pad (negative crops), FIR filter, downsample a batch of images.
 
     Args:
-        x: [N, C, H, W]; float32 (all backends), float16/bfloat16 (GPU backends), NCHW or
+        x: [N, C, H, W]; float32, float16 or bfloat16 (every backend; math in fp32), NCHW or
             channels_last (the output keeps the layout).
         f: 1-D filter [k] (separable: along x, then y) or 2-D [k_y, k_x]; None for identity.
         up, down: int or [x, y], >= 1.
@@ -264,7 +264,10 @@ def _geometry(x, y, g, up, down, pad):
 
 
 def _register_native(backend):
-    @register("upfirdn2d", backend)
+    # the CPU kernels load and store fp32, bf16 or fp16 (csrc/common/cpu_dtypes.h), math in fp32
+    dtypes = dict(cpu_dtypes=FP32_HALF) if backend == "cpu" else {}
+
+    @register("upfirdn2d", backend, **dtypes)
     def forward(x, f, up, down, pad, flip_filter, gain):
         x, y, g, g1 = _prepare(x, f, up, down, pad, flip_filter, gain)
         sxn, sxc, sxh, sxw = x.stride()
