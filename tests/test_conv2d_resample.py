@@ -147,6 +147,9 @@ F4 = gankern.setup_filter([1, 3, 3, 1])
     (lambda: gankern.conv2d_resample(X, W3, F4, groups=3), ValueError, ["groups"]),
     (lambda: gankern.conv2d_resample(X, W3, F4, groups=0), ValueError, ["groups"]),
     (lambda: gankern.conv2d_resample(X, W3, F4, flip_weight=1), TypeError, ["flip_weight"]),
+    (lambda: gankern.conv2d_resample(X, W3, F4, padding=-2), ValueError, ["no output"]),
+    (lambda: gankern.conv2d_resample(X, W3, F4, down=2, padding=[0, 0, -3, -3]), ValueError, ["no output"]),
+    (lambda: gankern.conv2d_resample(X[:, :, :0], W3, F4, padding=2), ValueError, ["row"]),
 ])
 def test_bad_inputs(call, exc, words):
     with pytest.raises(exc) as info:
