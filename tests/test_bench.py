@@ -41,3 +41,30 @@ def test_interleaved_times_every_contender():
     assert len(t["a"].times_ms) == 7 and len(t["b"].times_ms) == 7
     assert calls == {"a": 9, "b": 9}  # two warm-up calls each
     assert t["a"].faults is not None and t["a"].ms >= 0
+
+
+def test_gan_layers_baselines_match_gankern():
+    """The plain-torch StyleGAN2 formulations the gan_layers cases time do the same work as gankern's."""
+    from gankern.bench import gan_layers as bench_gan
+
+    dev = torch.device("cpu")
+    layer, x, dy = bench_gan._block_setup((2, 8, 8, 8), torch.float32, dev)()
+    with torch.no_grad():
+        layer.bias.normal_()
+    for got, want in zip(bench_gan._block_ours((layer, x, dy)), bench_gan._block_eager((layer, x, dy))):
+        assert_close(got, want)
+    x = torch.randn(8, 6, 3, 3, dtype=torch.float64)
+    from gankern.reference import minibatch_std as ref_mbstd
+    assert_close(bench_gan.eager_minibatch_std(x), ref_mbstd.minibatch_std(x, 4, 1), torch.float64)
+    ours, plain, real, _ = bench_gan._r1_setup(4, 8, dev, False)()
+    for p in ours.parameters():
+        if p.ndim == 1:
+            torch.nn.init.normal_(p)
+    plain.load_state_dict(ours.state_dict())
+    ours, plain, real = ours.double(), plain.double(), real.double()  # float64: same work, rounding aside
+    assert_close(plain(real), ours(real), torch.float64)
+    for got, want in zip(bench_gan._r1_ours((ours, plain, real, None)), bench_gan._r1_eager((ours, plain, real, None))):
+        if want is None:
+            assert got is None
+        else:
+            assert_close(got, want, torch.float64)

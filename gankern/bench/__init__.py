@@ -10,6 +10,7 @@ FAMILIES = [
     "bias_act",
     "upfirdn2d",
     "filtered_lrelu",
+    "gan_layers",
     "modulated_conv",
     "norm",
     "vae",

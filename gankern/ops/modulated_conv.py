@@ -11,8 +11,9 @@
      `gankern::modconv_epilogue(y, scale, noise, bias, act, ...)` -> clamp(act(y * scale[n, c] +
        noise + bias[c]) * gain): after the convolution (d, noise and the layer's bias_act in one
        pass) and, with scale = styles alone, the input scaling before the shared convolution.
-  3. the convolution between them is torch's (a grouped one with N groups for the fused strategy,
-     one shared one otherwise), with StyleGAN2's resampling order when up/down > 1.
+  3. the convolution between them is gankern.conv2d_resample (torch's convolutions in the cheap
+     order around upfirdn2d): a grouped one with N groups for the fused strategy, one shared one
+     otherwise.
 
 Gradients: every backward is torch ops and gankern custom ops that have gradients themselves
 (bias_act_backward for the activation, modconv_dcoefs recomputed inside the backward), so
@@ -24,7 +25,6 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from .. import _native
@@ -33,7 +33,8 @@ from ..backends import register, resolve_nonempty
 from ..reference import activations as ref_acts
 from ..reference import modulated_conv as ref
 from . import _validate as V
-from .upfirdn2d import _out_layout, _padding, upfirdn2d
+from .conv2d_resample import conv2d_resample
+from .upfirdn2d import _out_layout, _padding
 
 
 # ---- strategy choice ----------------------------------------------------------------------------
@@ -170,13 +171,13 @@ def modulated_conv2d(x: Tensor, weight: Tensor, styles: Tensor, demodulate: bool
         noise = noise.to(x.dtype)
     if fused:
         w = torch.ops.gankern.modconv_weight(weight, styles, demodulate).reshape(N * O, I, kh, kw).to(x.dtype)
-        y = _conv2d_resample(x.reshape(1, N * I, H, W), w, f, up, down, pad, N, flip_weight, flip_filter)
+        y = conv2d_resample(x.reshape(1, N * I, H, W), w, f, up, down, list(pad), N, flip_weight, flip_filter)
         y = y.reshape(N, O, OH, OW)
         scale = None if input_gain is None else input_gain.reshape(1, 1).expand(N, O).to(weight.dtype)
         epilogue = epilogue or input_gain is not None
     else:
         xs = torch.ops.gankern.modconv_epilogue(x, styles, None, None, "linear", 0.0, 1.0, None)
-        y = _conv2d_resample(xs, weight.to(x.dtype), f, up, down, pad, 1, flip_weight, flip_filter)
+        y = conv2d_resample(xs, weight, f, up, down, list(pad), 1, flip_weight, flip_filter)
         scale = torch.ops.gankern.modconv_dcoefs(weight, styles) if demodulate else None
         if input_gain is not None:
             g = input_gain.reshape(1, 1).to(weight.dtype)
@@ -185,26 +186,6 @@ def modulated_conv2d(x: Tensor, weight: Tensor, styles: Tensor, demodulate: bool
     if not epilogue:
         return y
     return torch.ops.gankern.modconv_epilogue(y, scale, noise, bias, act, alpha, gain, clamp)
-
-
-def _conv2d_resample(x, w, f, up, down, pad, groups, flip_weight, flip_filter):
-    """StyleGAN2's resampling convolution from torch's conv2d and gankern.upfirdn2d (both
-    differentiable to any order), in the literal order of ref.conv2d_resample."""
-    px0, px1, py0, py1 = ref.resample_padding(f, up, down, pad)
-    if up > 1:
-        x = upfirdn2d(x, f, up=up, padding=[px0, px1, py0, py1], flip_filter=flip_filter, gain=up * up)
-        px0 = px1 = py0 = py1 = 0
-    if min(px0, px1, py0, py1) < 0:
-        x = x[:, :, max(-py0, 0): x.shape[2] - max(-py1, 0), max(-px0, 0): x.shape[3] - max(-px1, 0)]
-        px0, px1, py0, py1 = max(px0, 0), max(px1, 0), max(py0, 0), max(py1, 0)
-    w = w if flip_weight else w.flip([2, 3])
-    if px0 == px1 and py0 == py1:
-        x = F.conv2d(x, w, padding=(py0, px0), groups=groups)
-    else:
-        x = F.conv2d(F.pad(x, [px0, px1, py0, py1]), w, groups=groups)
-    if down > 1:
-        x = upfirdn2d(x, f, down=down, flip_filter=flip_filter)
-    return x
 
 
 # ---- custom ops ---------------------------------------------------------------------------------
