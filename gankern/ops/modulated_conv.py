@@ -119,6 +119,8 @@ def modulated_conv2d(x: Tensor, weight: Tensor, styles: Tensor, demodulate: bool
     if x.ndim != 4:
         raise ValueError(f"x must be a 4-D [N, I, H, W] tensor, got shape {tuple(x.shape)}")
     N, I, H, W = x.shape
+    if I == 0:  # torch's conv2d returns 0 output channels for 0 input channels: refuse, not mis-shape
+        raise ValueError(f"x must have at least one input channel, got shape {tuple(x.shape)}")
     if weight.ndim != 4 or weight.shape[1] != I:
         raise ValueError(f"weight must have shape [O, I={I}, kh, kw], got {tuple(weight.shape)}")
     if styles.ndim != 2 or tuple(styles.shape) != (N, I):
@@ -166,6 +168,7 @@ def modulated_conv2d(x: Tensor, weight: Tensor, styles: Tensor, demodulate: bool
         weight, styles = ref.prenormalize(weight.float(), styles.float())
     styles = styles.to(weight.dtype)
     fused = _fused_default(x, weight, styles) if fused_modconv is None else fused_modconv
+    fused = fused and N > 0  # an empty batch has no groups to convolve; the non-fused form is defined
     epilogue = noise is not None or bias is not None or act != "linear" or gain != 1 or clamp is not None
     if noise is not None:
         noise = noise.to(x.dtype)
@@ -198,10 +201,15 @@ def _check_ws(weight: Tensor, styles: Tensor) -> None:
         raise TypeError(f"styles ({styles.dtype}) must have weight's dtype ({weight.dtype})")
 
 
+def _emptier(weight: Tensor, styles: Tensor) -> Tensor:
+    """The operand whose emptiness decides (an empty batch or empty weight runs the reference)."""
+    return styles if styles.numel() == 0 else weight
+
+
 @torch.library.custom_op("gankern::modconv_weight", mutates_args=())
 def _modconv_weight(weight: Tensor, styles: Tensor, demodulate: bool) -> Tensor:
     _check_ws(weight, styles)
-    return resolve_nonempty("modconv_weight", weight)(weight, styles, demodulate).contiguous()
+    return resolve_nonempty("modconv_weight", _emptier(weight, styles))(weight, styles, demodulate).contiguous()
 
 
 @_modconv_weight.register_fake
@@ -212,7 +220,7 @@ def _(weight, styles, demodulate):
 @torch.library.custom_op("gankern::modconv_dcoefs", mutates_args=())
 def _modconv_dcoefs(weight: Tensor, styles: Tensor) -> Tensor:
     _check_ws(weight, styles)
-    return resolve_nonempty("modconv_dcoefs", weight)(weight, styles).contiguous()
+    return resolve_nonempty("modconv_dcoefs", _emptier(weight, styles))(weight, styles).contiguous()
 
 
 @_modconv_dcoefs.register_fake
