@@ -102,8 +102,9 @@ class FusedResnetBlock2D(ResnetBlock2D):
         hidden_states = self.conv2(hidden_states)
 
         if self.conv_shortcut is not None:
-            if self.training:  # as diffusers (DDP gradient strides)
-                input_tensor = input_tensor.contiguous()
+            if self.training:  # as diffusers (DDP gradient strides), keeping a dense NHWC tensor as it is
+                cl = input_tensor.is_contiguous(memory_format=torch.channels_last)
+                input_tensor = input_tensor if cl else input_tensor.contiguous()
             input_tensor = self.conv_shortcut(input_tensor)
 
         # conv2's output is a fresh tensor autograd does not need: add into it.
