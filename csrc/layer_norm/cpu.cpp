@@ -1,14 +1,18 @@
-// layer_norm on the CPU: OpenMP over rows; each row (a token, D <= a few thousand floats) stays in
+// layer_norm on the CPU: the thread pool over rows; each row (a token, D <= a few thousand floats) stays in
 // L1/L2 between its passes, so DRAM traffic is one read of the inputs and one write of the outputs.
 // Row statistics: two passes (the mean, then the centered sum of squares, which stays accurate when
 // |mean| >> std), each with kLanes independent fp32 partial sums (a vectorizable reduction without
 // -ffast-math) added up in double.
-// Storage fp32, bf16 or fp16 (common/cpu_dtypes.h): every loop is templated on the storage type T,
-// loads are converted to float, math and reductions stay fp32/double, stores round to T. With a
-// residual, h is rounded to T when stored and the statistics are taken of the stored h (as the CUDA
-// kernel does), so the backward, which reads h back, sees the forward's exact row.
+// Storage fp32, bf16 or fp16 (common/cpu_dtypes.h): loops are templated on the storage type T,
+// loads are converted to float, math and reductions stay fp32/double, stores round to T. A half
+// forward converts each row once into an fp32 scratch row (in L1) and runs the statistics and the
+// output pass from there. With a residual, h is rounded to T when stored and
+// the statistics are taken of the stored h (as the CUDA kernel does), so the backward, which reads
+// h back, sees the forward's exact row.
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
+#include <vector>
 
 #include "common/cpu_dtypes.h"
 #include "common/cpu_memory.h"
@@ -20,45 +24,60 @@ namespace {
 
 constexpr int kLanes = 16;
 
-template <typename T>
-GK_CPU_CLONES double row_sum(const T* __restrict v, std::int64_t D) {
+GK_CPU_CLONES double row_sum(const float* __restrict v, std::int64_t D) {
   float acc[kLanes] = {};
   std::int64_t j = 0;
   for (; j + kLanes <= D; j += kLanes)
-    for (int l = 0; l < kLanes; ++l) acc[l] += static_cast<float>(v[j + l]);
+    for (int l = 0; l < kLanes; ++l) acc[l] += v[j + l];
   double s = 0.0;
   for (int l = 0; l < kLanes; ++l) s += acc[l];
-  for (; j < D; ++j) s += static_cast<float>(v[j]);
+  for (; j < D; ++j) s += v[j];
   return s;
 }
 
-template <typename T>
-GK_CPU_CLONES double row_centered_sq(const T* __restrict v, std::int64_t D, float m) {
+GK_CPU_CLONES double row_centered_sq(const float* __restrict v, std::int64_t D, float m) {
   float acc[kLanes] = {};
   std::int64_t j = 0;
   for (; j + kLanes <= D; j += kLanes)
     for (int l = 0; l < kLanes; ++l) {
-      const float d = static_cast<float>(v[j + l]) - m;
+      const float d = v[j + l] - m;
       acc[l] += d * d;
     }
   double s = 0.0;
   for (int l = 0; l < kLanes; ++l) s += acc[l];
   for (; j < D; ++j) {
-    const float d = static_cast<float>(v[j]) - m;
+    const float d = v[j] - m;
     s += static_cast<double>(d) * d;
   }
   return s;
 }
 
+GK_CPU_CLONES void add_rows(float* __restrict h, const float* __restrict x, const float* __restrict r, std::int64_t D) {
+  for (std::int64_t j = 0; j < D; ++j) h[j] = x[j] + r[j];
+}
+
+// A half row into fp32 scratch: hf = h as stored, where h = x + r rounded to T is also written out.
+// (Plain elementwise loops: GCC vectorizes the conversions here, not inside a lane-split reduction.)
 template <typename T>
-GK_CPU_CLONES void add_rows(T* __restrict h, const T* __restrict x, const T* __restrict r, std::int64_t D) {
-  for (std::int64_t j = 0; j < D; ++j) h[j] = static_cast<T>(static_cast<float>(x[j]) + static_cast<float>(r[j]));
+GK_CPU_CLONES void add_round_row(float* __restrict hf, T* __restrict h, const T* __restrict x, const T* __restrict r,
+                                 std::int64_t D) {
+  for (std::int64_t j = 0; j < D; ++j) {
+    // (rounded twice rather than a T copied: GCC does not vectorize a loop storing a struct value)
+    const float v = static_cast<float>(x[j]) + static_cast<float>(r[j]);
+    h[j] = static_cast<T>(v);
+    hf[j] = static_cast<float>(static_cast<T>(v));
+  }
 }
 
 template <typename T>
-GK_CPU_CLONES void normalize_row(T* __restrict y, const T* __restrict h, std::int64_t D, float m, float rs,
+GK_CPU_CLONES void widen_row(float* __restrict hf, const T* __restrict x, std::int64_t D) {
+  for (std::int64_t j = 0; j < D; ++j) hf[j] = static_cast<float>(x[j]);
+}
+
+template <typename T>
+GK_CPU_CLONES void normalize_row(T* __restrict y, const float* __restrict h, std::int64_t D, float m, float rs,
                                  const float* __restrict w, const float* __restrict b) {
-  auto xhat = [&](std::int64_t j) { return (static_cast<float>(h[j]) - m) * rs; };
+  auto xhat = [&](std::int64_t j) { return (h[j] - m) * rs; };
   if (w && b) for (std::int64_t j = 0; j < D; ++j) y[j] = static_cast<T>(xhat(j) * w[j] + b[j]);
   else if (w) for (std::int64_t j = 0; j < D; ++j) y[j] = static_cast<T>(xhat(j) * w[j]);
   else if (b) for (std::int64_t j = 0; j < D; ++j) y[j] = static_cast<T>(xhat(j) + b[j]);
@@ -111,6 +130,17 @@ GK_CPU_CLONES void backward_apply(T* __restrict dx, const T* __restrict dy, cons
   }
 }
 
+// The rest of a row once its mean is known: variance, statistics, output row.
+template <typename T>
+void finish_row(const ForwardParams& p, std::int64_t row, const float* src, double m, T* y, float* mean, float* rstd,
+                const float* w, const float* b) {
+  const double var = p.D ? row_centered_sq(src, p.D, static_cast<float>(m)) / static_cast<double>(p.D) : 0.0;
+  const float rs = static_cast<float>(1.0 / std::sqrt(var + static_cast<double>(p.eps)));
+  mean[row] = static_cast<float>(m);
+  rstd[row] = rs;
+  normalize_row(y, src, p.D, static_cast<float>(m), rs, w, b);
+}
+
 template <typename T>
 void run_forward(const ForwardParams& p) {
   const T* x = p.x.as<const T>("x");
@@ -122,19 +152,29 @@ void run_forward(const ForwardParams& p) {
   advise_huge_pages(y, p.y.numel * static_cast<std::int64_t>(sizeof(T)));
   if (h) advise_huge_pages(h, p.h.numel * static_cast<std::int64_t>(sizeof(T)));
   // rows claimed in chunks, at least 4 per thread (csrc/common/thread_pool.h)
-  parallel_for(p.rows, std::max<std::int64_t>(1, p.rows / (4 * cpu_threads())), [&](std::int64_t row) {
-    const T* src = x + row * D;
-    if (r) {
-      add_rows(h + row * D, src, r + row * D, D);
-      src = h + row * D;
-    }
-    const double m = D ? row_sum(src, D) / static_cast<double>(D) : 0.0;
-    const double var = D ? row_centered_sq(src, D, static_cast<float>(m)) / static_cast<double>(D) : 0.0;
-    const float rs = static_cast<float>(1.0 / std::sqrt(var + static_cast<double>(p.eps)));
-    mean[row] = static_cast<float>(m);
-    rstd[row] = rs;
-    normalize_row(y + row * D, src, D, static_cast<float>(m), rs, w, b);
-  });
+  const std::int64_t grain = std::max<std::int64_t>(1, p.rows / (4 * cpu_threads()));
+  if constexpr (std::is_same_v<T, float>) {
+    parallel_for(p.rows, grain, [&](std::int64_t row) {
+      const T* src = x + row * D;
+      if (r) {
+        add_rows(h + row * D, src, r + row * D, D);
+        src = h + row * D;
+      }
+      const double m = D ? row_sum(src, D) / static_cast<double>(D) : 0.0;
+      finish_row(p, row, src, m, y + row * D, mean, rstd, w, b);
+    });
+  } else {
+    std::vector<std::vector<float>> scratch(cpu_threads());  // one fp32 row per pool slot
+    parallel_for_slots(p.rows, grain, [&](std::int64_t row, int slot) {
+      std::vector<float>& hf = scratch[slot];
+      if (hf.empty()) hf.resize(std::max<std::int64_t>(D, 1));
+      const std::int64_t o = row * D;
+      if (r) add_round_row(hf.data(), h + o, x + o, r + o, D);
+      else widen_row(hf.data(), x + o, D);
+      const double m = D ? row_sum(hf.data(), D) / static_cast<double>(D) : 0.0;
+      finish_row(p, row, hf.data(), m, y + o, mean, rstd, w, b);
+    });
+  }
 }
 
 template <typename T>
