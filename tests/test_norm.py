@@ -342,17 +342,93 @@ def test_bad_inputs():
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_half_precision_falls_back_or_runs(device):
+def test_half_precision_runs_on_every_device(device):
     x = torch.randn(2, 8, 4, 4, device=device).to(torch.bfloat16)
-    y = gankern.group_norm_act(x, 4, act="silu") if device != "cpu" else None
-    if y is not None:
-        assert_close(y, _ref64(x.float(), 4, {}, "silu"), dtype=torch.bfloat16)
-    else:
-        with use_backend("reference"):
-            y = gankern.group_norm_act(x, 4, act="silu")
-        assert y.dtype == torch.bfloat16
-        assert_close(y, _ref64(x.float(), 4, {}, "silu"), dtype=torch.bfloat16)
+    y = gankern.group_norm_act(x, 4, act="silu")
+    assert y.dtype == torch.bfloat16
+    assert_close(y, _ref64(x.float(), 4, {}, "silu"), dtype=torch.bfloat16)
+    if device == "cpu":
+        from gankern.backends import which
+        assert which("group_norm_act", x) == "cpu"
 
+
+# ---- bf16 / fp16 on the CPU backend: loads and stores in the dtype, math in fp32 --------------------
+# Tolerances (conftest TOL) are a few units of the output format's rounding relative to the
+# reference's magnitude; the inputs are exact in the format, so that rounding and the fp32 math are
+# the only errors. Parameter gradients are fp32 sums and keep the fp32 tolerance.
+
+HALF = [torch.bfloat16, torch.float16]
+
+
+@pytest.mark.parametrize("dtype", HALF)
+@settings(**SETTINGS)
+@given(shp=shapes, act=st.sampled_from(ACTS), cl=st.booleans(), extras=st.sets(st.sampled_from(EXTRAS)))
+def test_cpu_group_norm_act_half(dtype, shp, act, cl, extras):
+    Nn, G, Cg, spatial = shp
+    while Cg * math.prod(spatial) < 3:  # dx of 1- and 2-element groups is 0 analytically
+        Cg += 1
+    shape = (Nn, G * Cg, *spatial)
+    x, p = _gn_inputs(shape, G, extras, cl, "cpu", dtype)
+    dy = torch.randn(shape, generator=torch.Generator().manual_seed(7)).to(dtype)
+    with use_backend("cpu"):
+        y = gankern.group_norm_act(x, G, act=act, **p)
+        got = _grads(lambda t: gankern.group_norm_act(t.pop("x"), G, act=act, **t), x, p, dy)
+    assert y.dtype == dtype and (y.stride() == x.stride() or math.prod(spatial) == 1)
+    assert_close(y, _ref64(x, G, p, act), dtype=dtype)
+    want = _grads(lambda t: _ref64(t.pop("x"), G, t, act), x.double(), {k: v.double() for k, v in p.items()},
+                  dy.double())
+    for k in want:
+        assert got[k].dtype == p.get(k, x).dtype
+        assert_close(got[k], want[k], dtype=dtype if k in ("x", "residual") else torch.float32, what=f"d{k}",
+                     scale=_grad_scale(k, want))
+
+
+@pytest.mark.parametrize("dtype", HALF)
+@pytest.mark.parametrize("cl", [False, True])
+@pytest.mark.parametrize("shape, G", [((4, 64, 16, 16), 32), ((3, 96, 9, 11), 8), ((2, 40, 33), 4),
+                                      ((1, 64, 30, 30), 16)])
+def test_cpu_group_norm_act_half_fused_shapes(dtype, cl, shape, G):
+    """Shapes with enough (sample, group) items for the fused one-pass kernels, odd sizes included."""
+    x, p = _gn_inputs(shape, G, EXTRAS, cl, "cpu", dtype)
+    dy = torch.randn(shape, generator=torch.Generator().manual_seed(7)).to(dtype)
+    with use_backend("cpu"):
+        got = _grads(lambda t: gankern.group_norm_act(t.pop("x"), G, act="silu", **t), x, p, dy)
+        y = gankern.group_norm_act(x, G, act="silu", **p)
+    assert_close(y, _ref64(x, G, p, "silu"), dtype=dtype)
+    want = _grads(lambda t: _ref64(t.pop("x"), G, t, "silu"), x.double(), {k: v.double() for k, v in p.items()},
+                  dy.double())
+    for k in want:
+        assert_close(got[k], want[k], dtype=dtype if k in ("x", "residual") else torch.float32, what=f"d{k}",
+                     scale=_grad_scale(k, want))
+
+
+@pytest.mark.parametrize("dtype", HALF)
+@settings(**SETTINGS)
+@given(shp=shapes, act=st.sampled_from(ACTS), cl=st.booleans(), training=st.booleans(), res=st.booleans())
+def test_cpu_batch_norm_act_half(dtype, shp, act, cl, training, res):
+    Nn, G, Cg, spatial = shp
+    C = G * Cg
+    shape = (Nn + 1, C, *spatial)  # more than one value per channel
+    x = _make(shape, cl, "cpu", dtype)
+    g = torch.Generator().manual_seed(3)
+    w, b = torch.randn(C, generator=g), torch.randn(C, generator=g)
+    rm, rv = torch.randn(C, generator=g), torch.rand(C, generator=g) + 0.5
+    r = torch.randn(shape, generator=g).to(dtype) if res else None
+    dy = torch.randn(shape, generator=g).to(dtype)
+    leaves = [x.detach().requires_grad_(), w.requires_grad_(), b.requires_grad_()]
+    with use_backend("cpu"):
+        y = gankern.batch_norm_act(leaves[0], rm.clone(), rv.clone(), leaves[1], leaves[2], training=training, act=act,
+                                   residual=r)
+        got = torch.autograd.grad(y, leaves, dy)
+    want_leaves = [t.detach().double().requires_grad_() for t in leaves]
+    want_y, _, _ = ref.batch_norm_act(want_leaves[0], want_leaves[1], want_leaves[2], rm.double(), rv.double(),
+                                      training, 1e-5, act, 0.2, None if r is None else r.double())
+    want = torch.autograd.grad(want_y, want_leaves, dy.double())
+    assert y.dtype == dtype
+    assert_close(y, want_y, dtype=dtype)
+    for name, a, e in zip(("x", "weight", "bias"), got, want):
+        assert_close(a, e, dtype=dtype if name == "x" else torch.float32, what=f"d{name}",
+                     scale=e.abs().max().item() + 1e-6)
 
 
 # ---- GPU (skipped without CUDA) ----------------------------------------------------------------

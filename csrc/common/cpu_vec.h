@@ -42,4 +42,55 @@ GK_VINLINE float hsum(vf v) {
   return s;
 }
 
+// ---- 16-float vectors for the AVX-512 path ------------------------------------------------------
+// A 64-byte vector is one zmm register where AVX-512 is enabled, but GCC lowers it badly for AVX2
+// (measured 6x slower than vf on a silu loop: spills), so it must only be used in functions
+// compiled for x86-64-v4: GK_CPU_WIDE below, picked at run time with cpu_wide() (target_clones
+// cannot pick the vector width per clone). Code written over a lane type V (load_as<V>, store,
+// hsum, and the templates of common/math.h) serves both widths.
+typedef float vf16 __attribute__((vector_size(64)));
+typedef std::int32_t vi16 __attribute__((vector_size(64)));
+
+template <>
+struct FloatLanes<vf16> {
+  using Int = vi16;
+  static GK_VINLINE vi16 to_int(vf16 x) { return __builtin_convertvector(x, vi16); }
+  static GK_VINLINE vi16 to_bits(vf16 x) { return (vi16)x; }
+  static GK_VINLINE vf16 from_bits(vi16 b) { return (vf16)b; }
+};
+
+template <typename V>
+GK_VINLINE V load_as(const float* p) {
+  V v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+GK_VINLINE void store(float* p, vf16 v) { std::memcpy(p, &v, sizeof(v)); }
+GK_VINLINE float hsum(vf16 v) {
+  float s = 0.f;
+  for (int l = 0; l < 16; ++l) s += v[l];
+  return s;
+}
+template <typename V>
+constexpr int lanes_of = static_cast<int>(sizeof(V) / sizeof(float));
+
+// GK_CPU_WIDE: a function compiled for AVX-512 only (call it only where cpu_wide() is true).
+// Absent when the build leaves the AVX-512 clone out (GANKERN_CPU_CLONES=v3 / none).
+// GK_CPU_CLONES_NARROW: the clones of the 8-float body of a function that also has a GK_CPU_WIDE
+// body (AVX-512 CPUs take that one, so its narrow form needs no AVX-512 clone).
+#if GK_CPU_HAND_SIMD && !defined(GK_CPU_CLONES_V3)
+#define GK_CPU_WIDE_BUILT 1
+#define GK_CPU_WIDE __attribute__((target("arch=x86-64-v4")))
+#define GK_CPU_CLONES_NARROW __attribute__((target_clones("arch=x86-64-v3", "default")))
+inline bool cpu_wide() {
+  static const bool wide = __builtin_cpu_supports("x86-64-v4");
+  return wide;
+}
+#else
+#define GK_CPU_WIDE_BUILT 0
+#define GK_CPU_WIDE
+#define GK_CPU_CLONES_NARROW GK_CPU_CLONES
+inline bool cpu_wide() { return false; }
+#endif
+
 }  // namespace gk

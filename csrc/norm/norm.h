@@ -1,14 +1,15 @@
 // Normalization + activation kernels shared by group_norm_act and batch_norm_act.
 //
 // Both norms reduce to the same passes over x once their small per-(sample, channel) coefficient
-// tables are known (gankern/ops/norm.py does that arithmetic, or group_coefficients_cpu below):
+// tables are known (gankern/ops/norm.py does that arithmetic, or, for the CPU GroupNorm, the
+// group_coefficients / group_gradients functions below):
 //   stats      per-(n, c) mean and m2 of x over the spatial positions (one read of x)
 //   apply      y = act((x - M[n,c]) * A[n,c] + B[n,c]) (+ residual)     (one read, one write)
 //   bwd reduce with u = x - M, g = dy * act'(u*A + B), xh = u*P: per-(n, c) sums of g, g*xh, xh
 //   bwd apply  dx = g * A2[n,c] + u * B2[n,c] + C2[n,c]
 // Subtracting the mean first (rather than folding it into B) keeps h accurate when the variance
-// is small against the mean, where x*A + B cancels to a few correct digits.
-// so the saved state is x and the small statistics, never the normalized tensor.
+// is small against the mean, where x*A + B cancels to a few correct digits. The backward recomputes
+// h, so the saved state is x and the small statistics, never the normalized tensor.
 //
 // Layout contract: x (and y, residual, dy, dx) are dense, either NCHW-contiguous ([N][C][HW]) or
 // channels_last ([N][HW][C]); HW is the product of the spatial sizes. Coefficient tables are fp32
@@ -17,6 +18,7 @@
 #include <cstdint>
 
 #include "common/activations.h"
+#include "common/macros.h"
 #include "common/view.h"
 #include "common/welford.h"
 
@@ -30,8 +32,57 @@ struct Shape {
 // The activations the norm kernels support (gankern/ops/norm.py: ACTS), for gk::dispatch_act.
 using NormActs = ActList<kLinear, kRelu, kLrelu, kSwish, kGelu, kGeluTanh>;
 
+// ---- GroupNorm coefficient and gradient math: the one C++ copy ----------------------------------
+// (Python: gankern/reference/norm.py group_affine / group_gradients; Triton: triton/norm.py
+// _group_coefficients.) Used by the CPU kernels (cpu.cpp: the fused forward and backward, and the
+// forward's generic path); the CUDA backend takes its tables from the Python function.
+//
+// With the group's mean and rstd of z = x + temb, the forward folds everything per-(n, c) into
+//   h = ((x + temb - mean) * rstd * weight + bias) * (1 + scale) + shift = (x - M) * A + B.
+// Absent extras are weight 1, bias/temb/scale/shift 0. R: double on the CPU, float on a GPU.
+template <typename R>
+struct GroupCoefficients {
+  R M, A, B;
+};
+template <typename R>
+GK_HOST_DEVICE inline GroupCoefficients<R> group_coefficients(R mean, R rstd, R temb, R weight, R bias, R scale,
+                                                              R shift) {
+  const R sc1 = R(1) + scale;
+  return {mean - temb, rstd * weight * sc1, bias * sc1 + shift};
+}
+
+// Backward: per (n, c), Sg = sum of g, Sgxh = sum of g * xh, Sxh = sum of xh over the channel's HW
+// positions, g = dy * act'(h), xh = (x - M) * rstd. The group couples its channels through
+//   c1 = sum over the group's channels of weight * (1 + scale) * Sg   / (Cg * HW),
+//   c2 = sum over the group's channels of weight * (1 + scale) * Sgxh / (Cg * HW)
+// (group_gradient_weight is the per-channel factor). Then dx = g * A2 + (x - M) * B2 + C2, and the
+// per-(n, c) parameter gradients (dweight, dbias are summed over n by the caller).
+template <typename R>
+GK_HOST_DEVICE inline R group_gradient_weight(R weight, R scale) { return weight * (R(1) + scale); }
+
+template <typename R>
+struct GroupGradients {
+  R A2, B2, C2, dweight, dbias, dtemb, dscale, dshift;
+};
+template <typename R>
+GK_HOST_DEVICE inline GroupGradients<R> group_gradients(R Sg, R Sgxh, R Sxh, R HW, R rstd, R weight, R bias,
+                                                        R scale, R c1, R c2) {
+  const R sc1 = R(1) + scale;
+  GroupGradients<R> o;
+  o.A2 = rstd * weight * sc1;
+  o.B2 = -rstd * c2 * rstd;
+  o.C2 = -rstd * c1;
+  o.dweight = sc1 * Sgxh;
+  o.dbias = sc1 * Sg;
+  o.dtemb = o.A2 * Sg - rstd * c2 * Sxh - rstd * c1 * HW;
+  o.dscale = weight * Sgxh + bias * Sg;
+  o.dshift = Sg;
+  return o;
+}
+
 // ---- entry points (cpu.cpp for gankern._C, cuda.cu for gankern._cuda) ---------------------------
-// x, y, residual, dy, dx: float32 (CPU), float32/16/bf16 (CUDA), one dtype; tables float32 [N*C].
+// x, y, residual, dy, dx: float32, float16 or bfloat16, one dtype (loads and stores in it, math and
+// reductions in float32/float64); tables float32 [N*C].
 
 #define GK_NORM_SHAPE_PARAMS(X)                              \
   X(std::int64_t, N, "samples")                              \
@@ -93,7 +144,10 @@ void backward_reduce(const ReduceParams& p, Stream stream);
 
 // CPU only: the whole GroupNorm forward in one call (Python-side table arithmetic would cost more
 // than the passes at small shapes): statistics, tables (M, A, B: tables[0..3*N*C)), the normalize
-// pass. scratch: 2 * N * C doubles.
+// pass. Where there are enough (sample, group) work items whose data fit in L2, one parallel loop
+// whose items each take the statistics of their groups and normalize them right away (the second
+// read from L2), in either layout; otherwise statistics, tables, normalize as three sweeps.
+// scratch: 2 * N * C doubles.
 #define GK_NORM_GROUP_FORWARD_PARAMS(X)                          \
   X(gk::View, x, "input")                                        \
   X(gk::View, weight, "float32 [C] or None")                     \
@@ -152,39 +206,7 @@ inline void check_operands(const char* op, const View& x, std::initializer_list<
   }
 }
 
-// ---- what the kernels are (internal to cpu.cpp / cuda.cu) -------------------------------------
-
-void channel_stats_cpu(const float* x, const Shape& s, double* mean, double* m2);
-void apply_cpu(const float* x, const float* M, const float* A, const float* B, const float* res, float* y,
-               const Shape& s, int act, float alpha);
-void backward_reduce_cpu(const float* dy, const float* x, const float* M, const float* A, const float* B,
-                         const float* P, const Shape& s, int act, float alpha, double* sums);
-void backward_apply_cpu(const float* dy, const float* x, const float* M, const float* A, const float* B,
-                        const float* A2, const float* B2, const float* C2, float* dx, const Shape& s, int act,
-                        float alpha);
-
-// GroupNorm forward coefficients from per-channel statistics (any pointer but mean/m2 may be null):
-// group moments of z = x + temb by Chan's merge, then A/B folding rstd, weight, bias, scale, shift.
-void group_coefficients_cpu(const double* mean, const double* m2, std::int64_t N, std::int64_t C, std::int64_t G,
-                            std::int64_t HW, double eps, const float* weight, const float* bias, const float* temb,
-                            const float* scale, const float* shift, float* M, float* A, float* B, float* gmean,
-                            float* grstd);
-
-// The whole GroupNorm forward: statistics, coefficient tables (M, A, B: tables[0..3*N*C)) and the
-// normalize pass. scratch: 2 * N * C doubles.
-void group_norm_forward_cpu(const float* x, const Shape& s, std::int64_t G, double eps, const float* weight,
-                            const float* bias, const float* temb, const float* scale, const float* shift,
-                            const float* res, float* y, float* tables, float* gmean, float* grstd, double* scratch,
-                            int act, float alpha);
-
-// The whole GroupNorm backward in one call, when the layout allows the fused per-group path
-// (NCHW, enough (n, group) tasks, groups small enough to keep in L2); returns false otherwise and
-// writes nothing. gmean/grstd: the forward's (N, G) statistics. grads: 5 * N * C doubles, per
-// (n, c): weight-gradient and bias-gradient partials (summed over n by the caller), dtemb, dscale,
-// dshift.
-bool group_norm_backward_cpu(const float* dy, const float* x, const Shape& s, std::int64_t G, const float* gmean,
-                             const float* grstd, const float* weight, const float* bias, const float* temb,
-                             const float* scale, const float* shift, float* dx, double* grads, int act, float alpha);
+// ---- what the CUDA kernels are (internal to cuda.cu) --------------------------------------------
 
 // CUDA: x/y/res/dy/dx in storage dtype `dtype` (gk::DType), tables fp32. The reductions split the
 // positions of each (n, c) into chunks of `chunk` positions (cuda_split_chunk picks it so the grid

@@ -6,16 +6,21 @@ y = act((x - M) * A + B) with small per-(n, c) coefficient tables M, A, B foldin
 weight, bias, temb, scale and shift; backward recomputes h instead of saving it, reduces per-(n, c)
 sums of g = dy * act'(h), and applies dx = g * A2 + (x - M) * B2 + C2.
 
-Where the O(N * C) table arithmetic is done (each a route to gankern/reference/norm.py's formulas,
-which the tests compare every backend with):
-  - here in torch, float64 (_gn_tables, _gn_backward_k, the BatchNorm helpers): BatchNorm on every
-    backend, GroupNorm on the cuda backend, and the GroupNorm backward of the triton backend and
-    of the CPU shapes the fused C++ backward does not take;
-  - the Triton GroupNorm forward: its finalize kernel (gankern/triton/norm.py);
-  - the CPU GroupNorm forward, and its backward where the layout allows: C++
-    (csrc/norm/cpu.cpp: group_coefficients_cpu, group_norm_backward_cpu), to avoid a dozen small
-    torch calls on a path that takes ~1 ms.
+Every kernel backend takes one route (_register_backend): the backend's whole-GroupNorm entry
+point where it has one for the call (_Kernels.group_forward / group_backward), else the generic
+passes with the tables computed here in torch, float64. The GroupNorm coefficient and gradient
+arithmetic exists once per language:
+  - Python: gankern/reference/norm.py group_coefficients / group_gradients, used by the reference
+    forward, the reference (closed-form) backward, and the torch-side tables of every backend's
+    generic passes: the cuda backend's GroupNorm, the triton backend's backward, and the CPU
+    backward of the shapes its fused C++ backward does not take (channels_last, large groups);
+  - C++: csrc/norm/norm.h group_coefficients / group_gradients, used by the CPU entry points
+    group_norm_forward (every CPU GroupNorm forward) and group_norm_backward (fused, NCHW);
+  - Triton: triton/norm.py _group_coefficients, in the finalize kernel of the triton forward.
+BatchNorm's tables are computed here (_bn_tables) for every backend.
 
+Storage dtypes: the CPU kernels load and store float32, bfloat16 or float16 with fp32 math; the GPU
+kernels float32/float16/bfloat16. Statistics and parameter gradients are fp32.
 Weight/bias gradients are per-(n, c) partial sums reduced over n by torch: deterministic, no atomics.
 """
 from __future__ import annotations
@@ -36,7 +41,7 @@ from . import _validate as V
 _STAT = torch.float32
 
 
-# Activations the norm kernels implement (csrc/norm/cpu.cpp: dispatch_norm_act).
+# Activations the norm kernels implement (csrc/norm/norm.h: NormActs).
 ACTS = ("linear", "relu", "lrelu", "silu", "gelu", "gelu_tanh")
 
 
@@ -83,8 +88,8 @@ def group_norm_act(x: Tensor, num_groups: int, weight: Tensor | None = None, bia
     """y = act(GroupNorm(x + temb) * (1 + scale) + shift) + residual, in one pass over x.
 
     Args:
-        x: (N, C, *spatial) with 0-3 spatial dims, NCHW or channels_last; float32 on CPU,
-            float32/float16/bfloat16 on GPU (statistics in fp32).
+        x: (N, C, *spatial) with 0-3 spatial dims, NCHW or channels_last; float32, float16 or
+            bfloat16 (math and statistics in fp32).
         num_groups: G, dividing C.
         weight, bias: per-channel affine, shape [C] (None: 1 and 0).
         eps: > 0, added to the group variance.
@@ -319,47 +324,11 @@ def _norm_layout(x):
     return x.contiguous(), N, C, HW, False
 
 
-def _nc_or(t, N, C, fill, dtype, device):
-    if t is None:
-        return torch.full((N, C), fill, dtype=dtype, device=device)
-    return t.to(dtype).reshape(1, C).expand(N, C) if t.ndim == 1 else t.to(dtype)
-
-
 def _gn_tables(x, mean, rstd, G, w, b, temb, scale, shift, dt):
-    """Per-(n, c) tables in dtype dt: xhat = (x - M) * P and h = (x - M) * A + B, plus the pieces
-    the gradient formulas need."""
-    N, C = x.shape[:2]
-    dev = x.device
-    rs = rstd.to(dt).repeat_interleave(C // G, dim=1)
-    mu = mean.to(dt).repeat_interleave(C // G, dim=1)
-    wt = _nc_or(w, N, C, 1.0, dt, dev)
-    bs = _nc_or(b, N, C, 0.0, dt, dev)
-    sc1 = 1 + _nc_or(scale, N, C, 0.0, dt, dev)
-    sh = _nc_or(shift, N, C, 0.0, dt, dev)
-    M = mu - _nc_or(temb, N, C, 0.0, dt, dev)
-    return dict(M=M, P=rs, A=rs * wt * sc1, B=bs * sc1 + sh, rs=rs, wt=wt, bs=bs, sc1=sc1)
-
-
-def _gn_param_grads(sums, tb, x, G):
-    """(coefficients of dx, dw, db, dtemb, dscale, dshift) from the per-(n, c) sums."""
-    N, C = x.shape[:2]
-    HW = math.prod(x.shape[2:])
-    Sg, Sgxh, Sxh = sums[0], sums[1], sums[2]
-    rs, wt, bs, sc1 = tb["rs"], tb["wt"], tb["bs"], tb["sc1"]
-    dshift = Sg.clone()  # outputs must not share storage
-    dscale = wt * Sgxh + bs * Sg
-    Su, Suxh = sc1 * Sg, sc1 * Sgxh  # gradient at the affine output
-    dw = Suxh.sum(0)
-    db = Su.sum(0)
-    cnt = max((C // G) * HW, 1)
-    c1 = (wt * Su).reshape(N, G, C // G).sum(-1).repeat_interleave(C // G, dim=1) / cnt
-    c2 = (wt * Suxh).reshape(N, G, C // G).sum(-1).repeat_interleave(C // G, dim=1) / cnt
-    # dx = rs * (wt * sc1 * g - c1 - c2 * xhat), xhat = (x - M) * P
-    A2 = rs * wt * sc1
-    B2 = -rs * c2 * tb["P"]
-    C2 = -rs * c1
-    dtemb = A2 * Sg - rs * c2 * Sxh - rs * c1 * HW
-    return (A2, B2, C2), dw, db, dtemb, dscale, dshift
+    """Per-(n, c) tables in dtype dt: xhat = (x - M) * P and h = (x - M) * A + B
+    (gankern/reference/norm.py group_coefficients)."""
+    M, A, B = ref.group_coefficients(mean.to(dt), rstd.to(dt), x.shape[1], w, b, temb, scale, shift)
+    return dict(M=M, P=rstd.to(dt).repeat_interleave(x.shape[1] // G, dim=1), A=A, B=B)
 
 
 def _bn_tables(x, mean, var, w, b, eps, dt):
@@ -372,7 +341,8 @@ def _bn_tables(x, mean, var, w, b, eps, dt):
 
 
 class _Kernels(Protocol):
-    """The four passes of one kernel backend (csrc/norm/norm.h), on torch tensors."""
+    """The four passes of one kernel backend (csrc/norm/norm.h), on torch tensors, and optional
+    whole-GroupNorm routes that return None where the backend has none for the call."""
 
     def stats(self, x, N, C, HW, cl) -> tuple[Tensor, Tensor]: ...  # per-(n, c) mean, m2: (N, C)
 
@@ -381,6 +351,22 @@ class _Kernels(Protocol):
     def bwd_reduce(self, dy, x, M, A, B, P, N, C, HW, cl, act, alpha) -> Tensor: ...  # (3, N, C)
 
     def bwd_apply(self, dy, x, M, A, B, A2, B2, C2, N, C, HW, cl, act, alpha) -> Tensor: ...
+
+    def group_forward(self, x, G, w, b, eps, act, alpha, temb, scale, shift, res, N, C, HW,
+                      cl) -> tuple[Tensor, Tensor, Tensor] | None: ...  # (y, mean, rstd)
+
+    def group_backward(self, dy, x, mean, rstd, G, w, b, act, alpha, temb, scale, shift, N, C, HW,
+                       cl) -> tuple[Tensor, ...] | None: ...  # as group_norm_act_backward
+
+
+class _Passes:
+    """Backends whose GroupNorm is the generic passes plus the torch-side tables."""
+
+    def group_forward(self, *args):
+        return None
+
+    def group_backward(self, *args):
+        return None
 
 
 def _f32(t, like=None):
@@ -391,6 +377,10 @@ def _f32(t, like=None):
 
 def _gn_forward(k: _Kernels, x, G, w, b, eps, act, alpha, temb, scale, shift, residual):
     x, N, C, HW, cl = _norm_layout(x)
+    res = None if residual is None else T.like(residual.to(x.dtype), x)
+    whole = k.group_forward(x, G, w, b, eps, act, alpha, temb, scale, shift, res, N, C, HW, cl)
+    if whole is not None:
+        return whole
     mean_c, m2_c = k.stats(x, N, C, HW, cl)
     dt = torch.float64
     mean_c, m2_c = mean_c.to(dt), m2_c.to(dt)
@@ -400,7 +390,6 @@ def _gn_forward(k: _Kernels, x, G, w, b, eps, act, alpha, temb, scale, shift, re
     m2g = m2_c.reshape(N, G, C // G).sum(-1) + HW * (mean_c.reshape(N, G, C // G) - mg[..., None]).pow(2).sum(-1)
     rstd = torch.rsqrt(m2g / max((C // G) * HW, 1) + eps)
     tb = _gn_tables(x, mg, rstd, G, w, b, temb, scale, shift, dt)
-    res = None if residual is None else T.like(residual.to(x.dtype), x)
     y = k.apply(x, _f32(tb["M"], x), _f32(tb["A"], x), _f32(tb["B"], x), res, N, C, HW, cl, act, alpha)
     return y, mg.to(_stat_dtype(x)), rstd.to(_stat_dtype(x))
 
@@ -411,13 +400,17 @@ def _gn_backward_k(k: _Kernels, dy, x, mean, rstd, G, w, b, eps, act, alpha, tem
         pc, ps = (torch.zeros(s, dtype=_stat_dtype(x), device=x.device) for s in ((C,), (N, C)))
         return (torch.zeros_like(x), pc, pc.clone(), ps, ps.clone(), ps.clone())
     dy = T.like(dy.to(x.dtype), x)
+    whole = k.group_backward(dy, x, mean, rstd, G, w, b, act, alpha, temb, scale, shift, N, C, HW, cl)
+    if whole is not None:
+        return whole
     dt = torch.float64
     tb = _gn_tables(x, mean, rstd, G, w, b, temb, scale, shift, dt)
     M, A, B = _f32(tb["M"], x), _f32(tb["A"], x), _f32(tb["B"], x)
-    sums = k.bwd_reduce(dy, x, M, A, B, _f32(tb["P"], x), N, C, HW, cl, act, alpha).to(dt)
-    (A2, B2, C2), dw, db, dtemb, dscale, dshift = _gn_param_grads(sums, tb, x, G)
-    dx = k.bwd_apply(dy, x, M, A, B, _f32(A2, x), _f32(B2, x), _f32(C2, x), N, C, HW, cl, act, alpha)
-    return tuple([dx] + [g.to(_stat_dtype(x)) for g in (dw, db, dtemb, dscale, dshift)])
+    Sg, Sgxh, Sxh = k.bwd_reduce(dy, x, M, A, B, _f32(tb["P"], x), N, C, HW, cl, act, alpha).to(dt)
+    d = ref.group_gradients(Sg, Sgxh, Sxh, HW, rstd.to(dt), w, b, scale)
+    dx = k.bwd_apply(dy, x, M, A, B, _f32(d["A2"], x), _f32(d["B2"], x), _f32(d["C2"], x), N, C, HW, cl, act, alpha)
+    grads = (d["dweight"].sum(0), d["dbias"].sum(0), d["dtemb"], d["dscale"], d["dshift"])
+    return tuple([dx] + [g.to(_stat_dtype(x)) for g in grads])
 
 
 def _bn_forward(k: _Kernels, x, w, b, rm, rv, training, eps, act, alpha, residual):
@@ -463,21 +456,20 @@ def _bn_backward_k(k: _Kernels, dy, x, mean, var, w, b, training, eps, act, alph
     return dx, Sgxh.to(_stat_dtype(x)), Sg.to(_stat_dtype(x))
 
 
-def _register_kernels(backend: str, k: _Kernels, *, skip_gn_forward: bool = False,
-                      skip_gn_backward: bool = False):
-    if not skip_gn_forward:
-        register("group_norm_act", backend)(lambda *a: _gn_forward(k, *a))
-    if not skip_gn_backward:
-        register("group_norm_act_backward", backend)(lambda *a: _gn_backward_k(k, *a))
-    register("batch_norm_act", backend)(lambda *a: _bn_forward(k, *a))
-    register("batch_norm_act_backward", backend)(lambda *a: _bn_backward_k(k, *a))
+def _register_backend(backend: str, k: _Kernels, **dtypes):
+    """The four ops of a kernel backend: the same route for every backend (the whole-GroupNorm
+    hooks of `k` first, then the generic passes)."""
+    register("group_norm_act", backend, **dtypes)(lambda *a: _gn_forward(k, *a))
+    register("group_norm_act_backward", backend, **dtypes)(lambda *a: _gn_backward_k(k, *a))
+    register("batch_norm_act", backend, **dtypes)(lambda *a: _bn_forward(k, *a))
+    register("batch_norm_act_backward", backend, **dtypes)(lambda *a: _bn_backward_k(k, *a))
 
 
 # ---- reference backward: the same passes in torch ---------------------------------------------
 # (autograd cannot run inside a custom op's implementation, so the reference backward is closed
 # form; tests check it against autograd of the reference forward and with gradcheck in float64)
 
-class _TorchKernels:
+class _TorchKernels(_Passes):
     @staticmethod
     def _v(t, N, C):
         return t.reshape(N, C, 1)
@@ -517,7 +509,7 @@ register("batch_norm_act_backward", "reference")(lambda *a: _bn_backward_k(_Torc
 
 # ---- cpu and cuda (csrc/norm/norm.h): the same passes of either module -------------------------
 
-class _NativeKernels:
+class _NativeKernels(_Passes):
     """Launchers of the norm entry points of one native backend. The reductions return partials
     [S][3][N*C] over splits of `chunk` positions (norm.split_chunk: one split on the CPU, in
     float64; enough to fill the GPU on CUDA, in float32), merged here in fixed order."""
@@ -573,45 +565,46 @@ class _NativeKernels:
         return dx
 
 
-_CPU_KERNELS = _NativeKernels("cpu")
-_register_kernels("cpu", _CPU_KERNELS, skip_gn_forward=True, skip_gn_backward=True)
-_register_kernels("cuda", _NativeKernels("cuda"))
+class _CpuKernels(_NativeKernels):
+    """The CPU module's passes plus its whole-GroupNorm entry points (csrc/norm/cpu.cpp), which do
+    the table arithmetic in C++: a dozen small torch calls would cost more than the passes at small
+    shapes."""
 
+    def __init__(self):
+        super().__init__("cpu")
 
-@register("group_norm_act", "cpu")
-def _gn_forward_cpu(x, G, w, b, eps, act, alpha, temb, scale, shift, residual):
-    x, N, C, HW, cl = _norm_layout(x)
-    res = None if residual is None else T.like(residual.to(x.dtype), x)
-    y = T.empty_like(x)
-    tables = torch.empty((3, N, C), dtype=torch.float32)
-    mean, rstd = torch.empty((N, G), dtype=torch.float32), torch.empty((N, G), dtype=torch.float32)
-    scratch = torch.empty((2, N, C), dtype=torch.float64)
-    w, b, temb, scale, shift = (_f32(t) for t in (w, b, temb, scale, shift))
-    _native.entry("cpu", "norm.group_norm_forward")(
-        x, x=x, weight=w, bias=b, temb=temb, scale=scale, shift=shift, residual=res, y=y, tables=tables, gmean=mean,
-        grstd=rstd, scratch=scratch, G=G, eps=eps, act=ref_acts.get(act).code, alpha=alpha, N=N, C=C, HW=HW,
-        channels_last=cl)
-    return y, mean, rstd
+    def group_forward(self, x, G, w, b, eps, act, alpha, temb, scale, shift, res, N, C, HW, cl):
+        y = T.empty_like(x)
+        tables = torch.empty((3, N, C), dtype=torch.float32)
+        mean, rstd = torch.empty((N, G), dtype=torch.float32), torch.empty((N, G), dtype=torch.float32)
+        scratch = torch.empty((2, N, C), dtype=torch.float64)
+        w, b, temb, scale, shift = (_f32(t) for t in (w, b, temb, scale, shift))
+        self._run("group_norm_forward", x, x=x, weight=w, bias=b, temb=temb, scale=scale, shift=shift, residual=res,
+                  y=y, tables=tables, gmean=mean, grstd=rstd, scratch=scratch, G=G, eps=eps,
+                  act=ref_acts.get(act).code, alpha=alpha, N=N, C=C, HW=HW, channels_last=cl)
+        return y, mean, rstd
 
-
-@register("group_norm_act_backward", "cpu")
-def _gn_backward_cpu(dy, x, mean, rstd, G, w, b, eps, act, alpha, temb, scale, shift):
-    x, N, C, HW, cl = _norm_layout(x)
-    dy = T.like(dy.to(x.dtype), x)
-    dx = T.empty_like(x)
-    grads = torch.empty((5, N, C), dtype=torch.float64)
-    fmean, frstd, fw, fb, ftemb, fscale, fshift = (_f32(t) for t in (mean, rstd, w, b, temb, scale, shift))
-    if _native.entry("cpu", "norm.group_norm_backward")(
-            x, dy=dy, x=x, gmean=fmean, grstd=frstd, weight=fw, bias=fb, temb=ftemb, scale=fscale, shift=fshift,
-            dx=dx, grads=grads, G=G, act=ref_acts.get(act).code, alpha=alpha, N=N, C=C, HW=HW, channels_last=cl):
+    def group_backward(self, dy, x, mean, rstd, G, w, b, act, alpha, temb, scale, shift, N, C, HW, cl):
+        """The fused C++ backward where the layout allows it (NCHW, groups that fit in L2), else None."""
+        dx = T.empty_like(x)
+        grads = torch.empty((5, N, C), dtype=torch.float64)
+        fmean, frstd, fw, fb, ftemb, fscale, fshift = (_f32(t) for t in (mean, rstd, w, b, temb, scale, shift))
+        if not self._run("group_norm_backward", x, dy=dy, x=x, gmean=fmean, grstd=frstd, weight=fw, bias=fb,
+                         temb=ftemb, scale=fscale, shift=fshift, dx=dx, grads=grads, G=G,
+                         act=ref_acts.get(act).code, alpha=alpha, N=N, C=C, HW=HW, channels_last=cl):
+            return None
         dw, db = grads[0].sum(0), grads[1].sum(0)  # deterministic reduction of the per-sample partials
         return tuple([dx] + [g.to(_STAT) for g in (dw, db, grads[2], grads[3], grads[4])])
-    return _gn_backward_k(_CPU_KERNELS, dy, x, mean, rstd, G, w, b, eps, act, alpha, temb, scale, shift)
+
+
+# the CPU kernels load and store fp32, bf16 or fp16 (csrc/common/cpu_dtypes.h), math in fp32
+_register_backend("cpu", _CpuKernels(), cpu_dtypes=(torch.float32, torch.bfloat16, torch.float16))
+_register_backend("cuda", _NativeKernels("cuda"))
 
 
 # ---- triton ----------------------------------------------------------------------------------
 
-class _TritonKernels:
+class _TritonKernels(_Passes):
     @staticmethod
     def _tk():
         from ..triton import norm as tk
@@ -638,20 +631,16 @@ class _TritonKernels:
         return self._tk().pointwise(dy, x, None, T.empty_like(x), M, A, B, A2, B2, C2, C, HW, cl,
                                     ref_acts.get(act).code, alpha)
 
+    def group_forward(self, x, G, w, b, eps, act, alpha, temb, scale, shift, res, N, C, HW, cl):
+        """Three launches: statistics, a finalize kernel for the tables (triton/norm.py), normalize."""
+        if HW == 0:
+            return None
+        tk = self._tk()
+        w, b, temb, scale, shift = (_f32(t) for t in (w, b, temb, scale, shift))
+        tables, mean, rstd = tk.group_norm_tables(x, G, eps, w, b, temb, scale, shift, N, C, HW, cl)
+        y = tk.pointwise(None, x, res, T.empty_like(x), tables[0], tables[1], tables[2], None, None, None, C, HW, cl,
+                         ref_acts.get(act).code, alpha)
+        return y, mean, rstd
 
-_register_kernels("triton", _TritonKernels(), skip_gn_forward=True)
 
-
-@register("group_norm_act", "triton")
-def _gn_forward_triton(x, G, w, b, eps, act, alpha, temb, scale, shift, residual):
-    """Three launches: statistics, a finalize kernel for the tables, the normalize pass."""
-    from ..triton import norm as tk
-    x, N, C, HW, cl = _norm_layout(x)
-    if HW == 0:
-        return _gn_forward(_TritonKernels(), x, G, w, b, eps, act, alpha, temb, scale, shift, residual)
-    res = None if residual is None else T.like(residual.to(x.dtype), x)
-    w, b, temb, scale, shift = (_f32(t) for t in (w, b, temb, scale, shift))
-    tables, mean, rstd = tk.group_norm_tables(x, G, eps, w, b, temb, scale, shift, N, C, HW, cl)
-    y = tk.pointwise(None, x, res, T.empty_like(x), tables[0], tables[1], tables[2], None, None, None, C, HW, cl,
-                     ref_acts.get(act).code, alpha)
-    return y, mean, rstd
+_register_backend("triton", _TritonKernels())

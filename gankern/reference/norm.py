@@ -50,6 +50,57 @@ def _finish(h: Tensor, act: str, alpha: float, residual: Tensor | None) -> Tenso
     return y
 
 
+def _per_channel(t: Tensor | None, N: int, C: int, fill: float, like: Tensor) -> Tensor:
+    """A (C,) or (N, C) tensor, or None (= fill), as (N, C) in like's dtype and device."""
+    if t is None:
+        return torch.full((N, C), fill, dtype=like.dtype, device=like.device)
+    t = t.to(like.dtype)
+    return t.reshape(1, C).expand(N, C) if t.ndim == 1 else t.reshape(N, C)
+
+
+def group_coefficients(mean: Tensor, rstd: Tensor, C: int, weight: Tensor | None, bias: Tensor | None,
+                       temb: Tensor | None, scale: Tensor | None,
+                       shift: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+    """GroupNorm folded per (n, c): h = ((x + temb - mean) * rstd * weight + bias) * (1 + scale) + shift
+    = (x - M) * A + B. mean, rstd: (N, G) of z = x + temb; returns M, A, B as (N, C) in mean's dtype.
+
+    The one Python copy of this arithmetic: the reference forward (A, B) and the torch-side tables of
+    the kernel backends (gankern/ops/norm.py) use it; C++ has csrc/norm/norm.h group_coefficients
+    (the CPU kernels), Triton triton/norm.py _group_coefficients (its finalize kernel)."""
+    N, G = mean.shape
+    rs = rstd.repeat_interleave(C // G, dim=1) if C else rstd.new_zeros((N, 0))
+    mu = mean.repeat_interleave(C // G, dim=1) if C else mean.new_zeros((N, 0))
+    sc1 = 1 + _per_channel(scale, N, C, 0.0, rs)
+    A = rs * _per_channel(weight, N, C, 1.0, rs) * sc1
+    B = _per_channel(bias, N, C, 0.0, rs) * sc1 + _per_channel(shift, N, C, 0.0, rs)
+    return mu - _per_channel(temb, N, C, 0.0, rs), A, B
+
+
+def group_gradients(Sg: Tensor, Sgxh: Tensor, Sxh: Tensor, HW: int, rstd: Tensor, weight: Tensor | None,
+                    bias: Tensor | None, scale: Tensor | None) -> dict[str, Tensor]:
+    """GroupNorm backward from the per-(n, c) sums over positions of g = dy * act'(h) (Sg), g * xhat
+    (Sgxh) and xhat (Sxh), xhat = (x - M) * rstd. rstd: (N, G). Returns (N, C) tensors: the
+    coefficients of dx = g * A2 + (x - M) * B2 + C2, and the per-sample gradients dweight, dbias
+    (to be summed over n), dtemb, dscale, dshift.
+
+    The one Python copy (the closed-form backward of the reference, Triton, CUDA and the CPU shapes
+    its fused C++ backward does not take); C++: csrc/norm/norm.h group_gradients."""
+    N, C = Sg.shape
+    G = rstd.shape[1]
+    Cg = C // G
+    rs = rstd.to(Sg.dtype).repeat_interleave(Cg, dim=1)
+    wt = _per_channel(weight, N, C, 1.0, Sg)
+    bs = _per_channel(bias, N, C, 0.0, Sg)
+    sc1 = 1 + _per_channel(scale, N, C, 0.0, Sg)
+    cnt = max(Cg * HW, 1)
+    gw = wt * sc1  # csrc/norm/norm.h group_gradient_weight
+    c1 = (gw * Sg).reshape(N, G, Cg).sum(-1).repeat_interleave(Cg, dim=1) / cnt
+    c2 = (gw * Sgxh).reshape(N, G, Cg).sum(-1).repeat_interleave(Cg, dim=1) / cnt
+    A2 = rs * wt * sc1
+    return dict(A2=A2, B2=-rs * c2 * rs, C2=-rs * c1, dweight=sc1 * Sgxh, dbias=sc1 * Sg,
+                dtemb=A2 * Sg - rs * c2 * Sxh - rs * c1 * HW, dscale=wt * Sgxh + bs * Sg, dshift=Sg.clone())
+
+
 def group_norm_act(x: Tensor, num_groups: int, weight: Tensor | None, bias: Tensor | None, eps: float, act: str,
                    alpha: float, temb: Tensor | None, scale: Tensor | None, shift: Tensor | None,
                    residual: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
@@ -63,17 +114,7 @@ def group_norm_act(x: Tensor, num_groups: int, weight: Tensor | None, bias: Tens
     var = zg.var(-1, unbiased=False)
     rstd = torch.rsqrt(var + eps)
     # the per-(n, c) coefficients folded first, as the kernels do: h = (z - mean) * a + b
-    a = rstd.repeat_interleave(C // num_groups, dim=1) if C else rstd.new_zeros((N, 0))
-    b = torch.zeros_like(a)
-    if weight is not None:
-        a = a * weight.to(a.dtype)
-    if bias is not None:
-        b = b + bias.to(a.dtype)
-    if scale is not None:
-        a = a * (1 + scale.to(a.dtype))
-        b = b * (1 + scale.to(a.dtype))
-    if shift is not None:
-        b = b + shift.to(a.dtype)
+    _, a, b = group_coefficients(mean, rstd, C, weight, bias, None, scale, shift)
     h = (zg - mean[..., None]).reshape(xf.shape) * _nc(a, xf) + _nc(b, xf)
     y = _finish(h, act, alpha, residual)
     stat_dtype = torch.float64 if xf.dtype == torch.float64 else torch.float32

@@ -63,6 +63,15 @@ def _stats_kernel(x_ptr, shift_ptr, mean_ptr, m2_ptr, N, C, HW, chunk, sN, sC, s
 
 
 @triton.jit
+def _group_coefficients(mean_hi, mean_lo, rstd, weight, bias, scale, shift):
+    """GroupNorm folded per channel, h = (x - M) * A + B (the Triton copy of
+    gankern/reference/norm.py group_coefficients and csrc/norm/norm.h group_coefficients). The
+    group's mean minus temb comes as the sum mean_hi + mean_lo, formed last to keep its precision."""
+    sc1 = 1.0 + scale
+    return mean_hi + mean_lo, rstd * weight * sc1, bias * sc1 + shift
+
+
+@triton.jit
 def _gn_finalize_kernel(k_ptr, mean_ptr, m2_ptr, cnt_ptr, S, N, C, G, Cg, HW, eps, w_ptr, b_ptr, t_ptr, sc_ptr,
                         sh_ptr, M_ptr, A_ptr, B_ptr, gmean_ptr, grstd_ptr, HAS_W: tl.constexpr, HAS_B: tl.constexpr,
                         HAS_T: tl.constexpr, HAS_SC: tl.constexpr, HAS_SH: tl.constexpr, BCG: tl.constexpr):
@@ -102,21 +111,23 @@ def _gn_finalize_kernel(k_ptr, mean_ptr, m2_ptr, cnt_ptr, S, N, C, G, Cg, HW, ep
     tl.store(gmean_ptr + pid, kref + gm)
     tl.store(grstd_ptr + pid, rstd)
     c = g * Cg + j
-    mm = kref + gm
-    if HAS_T:
-        mm = (kref - te) + gm
-    a = tl.zeros([BCG], tl.float32) + rstd
+    # the group's mean is kref + gm; with temb, M = mean - temb is formed as (kref - temb) + gm
+    te_or0 = tl.zeros([BCG], tl.float32)
+    w = tl.full([BCG], 1.0, tl.float32)
     bb = tl.zeros([BCG], tl.float32)
+    sc = tl.zeros([BCG], tl.float32)
+    sh = tl.zeros([BCG], tl.float32)
+    if HAS_T:
+        te_or0 = te
     if HAS_W:
-        a = a * tl.load(w_ptr + c, mask=cm, other=0.0)
+        w = tl.load(w_ptr + c, mask=cm, other=0.0)
     if HAS_B:
         bb = tl.load(b_ptr + c, mask=cm, other=0.0)
     if HAS_SC:
-        sc1 = 1.0 + tl.load(sc_ptr + nc, mask=cm, other=0.0)
-        a = a * sc1
-        bb = bb * sc1
+        sc = tl.load(sc_ptr + nc, mask=cm, other=0.0)
     if HAS_SH:
-        bb = bb + tl.load(sh_ptr + nc, mask=cm, other=0.0)
+        sh = tl.load(sh_ptr + nc, mask=cm, other=0.0)
+    mm, a, bb = _group_coefficients(kref - te_or0, gm, rstd, w, bb, sc, sh)
     tl.store(M_ptr + nc, mm, mask=cm)
     tl.store(A_ptr + nc, a, mask=cm)
     tl.store(B_ptr + nc, bb, mask=cm)
