@@ -8,6 +8,7 @@ __version__ = "0.1.0"
 from .backends import backends, use_backend  # noqa: E402
 from .ops.bias_act import bias_act  # noqa: E402
 from .ops.filtered_lrelu import filtered_lrelu  # noqa: E402
+from .ops.modulated_conv import modulated_conv2d  # noqa: E402
 from .ops.upfirdn2d import downsample2d, filter2d, setup_filter, upfirdn2d, upsample2d  # noqa: E402
 from .ops.conv2d_resample import conv2d_resample  # noqa: E402
 from .ops.minibatch_std import minibatch_std  # noqa: E402
@@ -29,7 +30,7 @@ from . import models  # noqa: E402
 __all__ = [
     "__version__", "backends", "use_backend", "nn",
     "bias_act", "upfirdn2d", "setup_filter", "upsample2d", "downsample2d", "filter2d",  # StyleGAN
-    "conv2d_resample", "filtered_lrelu", "minibatch_std", "r1_penalty", "path_length_penalty",
+    "conv2d_resample", "filtered_lrelu", "minibatch_std", "modulated_conv2d", "r1_penalty", "path_length_penalty",
     "group_norm_act", "batch_norm_act", "fold_batchnorm", "optimize",  # normalization, patching
     "geglu", "layer_norm", "add_layer_norm",                        # transformer blocks
     "randn", "randn_like", "random_seed",                           # counter-based RNG
