@@ -192,46 +192,70 @@ class StyleGAN2Task(Task):
 
     def step(self, x, y, opts):
         c, m = self.config, self.model
-        G, D = m.generator, m.discriminator
         i = int(m.num_minibatches)
-        b = x.shape[0]
         out = {}
-        # G main: softplus(-D(G(z))), the non-saturating logistic loss
-        self._toggle(D, False)
-        with self.autocast():
-            fake, _ = self.G(torch.randn(b, c["z_dim"], device=self.device), c["style_mixing_prob"])
-            loss_g = F.softplus(-self.D(fake).float()).mean()
-        self.backward_step(loss_g, opts["g"])
-        out["loss_g"] = loss_g.item()
-        # G reg: path length, lazily
+        fake, out["loss_g"] = self.g_main(x.shape[0], opts)
         if c["pl_weight"] and i % c["pl_interval"] == 0:
-            from ..regularizers import path_length_penalty
-            pb = max(b // c["pl_batch_shrink"], 1)
-            with self.autocast():
-                ws = G.mixed_ws(torch.randn(pb, c["z_dim"], device=self.device), c["style_mixing_prob"])
-                pen, new_mean = path_length_penalty(lambda w: G.synthesis(w, "random"), ws, m.pl_mean,
-                                                    decay=c["pl_decay"], weight=c["pl_weight"])
-            m.pl_mean.copy_(new_mean)
-            loss_pl = pen.float().mean()
-            self._reg_step(loss_pl * c["pl_interval"], opts["g"], G)
-            out["loss_pl"] = loss_pl.item()
-        self._toggle(D, True)
-        # D main: softplus(D(G(z))) + softplus(-D(x))
-        self._toggle(G, False)
-        with self.autocast():
-            loss_d = (F.softplus(self.D(fake.detach()).float()).mean() + F.softplus(-self.D(x).float()).mean())
-        self.backward_step(loss_d, opts["d"])
-        out["loss_d"] = loss_d.item()
-        # D reg: R1 = gamma/2 ||grad_x D(x)||^2 at the reals, lazily
+            out["loss_pl"] = self.g_reg(x.shape[0], opts)
+        out["loss_d"] = self.d_main(x, fake, opts)
         if c["r1_gamma"] and i % c["r1_interval"] == 0:
-            from ..regularizers import r1_penalty
-            with self.autocast():
-                r1 = r1_penalty(D, x, gamma=c["r1_gamma"]).float().mean()
-            self._reg_step(r1 * c["r1_interval"], opts["d"], D)
-            out["loss_r1"] = r1.item()
-        self._toggle(G, True)
+            out["loss_r1"] = self.d_reg(x, opts)
         m.num_minibatches += 1
         return out
+
+    # the phases of a minibatch (public for gankern/bench/models_stylegan.py)
+    def g_main(self, batch: int, opts) -> tuple[Tensor, float]:
+        """softplus(-D(G(z))), the non-saturating logistic loss; returns the images (for D main)."""
+        c, D = self.config, self.model.discriminator
+        self._toggle(D, False)
+        with self.autocast():
+            fake, _ = self.G(torch.randn(batch, c["z_dim"], device=self.device), c["style_mixing_prob"])
+            loss = F.softplus(-self.D(fake).float()).mean()
+        self.backward_step(loss, opts["g"])
+        self._toggle(D, True)
+        return fake.detach(), loss.item()
+
+    def g_reg(self, batch: int, opts) -> float:
+        """The path-length penalty on batch / pl_batch_shrink new samples, times pl_interval."""
+        c, m = self.config, self.model
+        G = m.generator
+        with self.autocast():
+            ws = G.mixed_ws(torch.randn(max(batch // c["pl_batch_shrink"], 1), c["z_dim"], device=self.device),
+                            c["style_mixing_prob"])
+            pen, new_mean = self.path_length(lambda w: G.synthesis(w, "random"), ws, m.pl_mean,
+                                             decay=c["pl_decay"], weight=c["pl_weight"])
+        m.pl_mean.copy_(new_mean)
+        loss = pen.float().mean()
+        self._reg_step(loss * c["pl_interval"], opts["g"], G)
+        return loss.item()
+
+    def d_main(self, x: Tensor, fake: Tensor, opts) -> float:
+        """softplus(D(fake)) + softplus(-D(x))."""
+        G = self.model.generator
+        self._toggle(G, False)
+        with self.autocast():
+            loss = F.softplus(self.D(fake).float()).mean() + F.softplus(-self.D(x).float()).mean()
+        self.backward_step(loss, opts["d"])
+        self._toggle(G, True)
+        return loss.item()
+
+    def d_reg(self, x: Tensor, opts) -> float:
+        """R1 = gamma / 2 * ||grad_x D(x)||^2 at the reals, times r1_interval."""
+        c, D = self.config, self.model.discriminator
+        with self.autocast():
+            r1 = self.r1(D, x, gamma=c["r1_gamma"]).float().mean()
+        self._reg_step(r1 * c["r1_interval"], opts["d"], D)
+        return r1.item()
+
+    @staticmethod
+    def r1(D, x, gamma):
+        from ..regularizers import r1_penalty
+        return r1_penalty(D, x, gamma=gamma)
+
+    @staticmethod
+    def path_length(synthesis, ws, pl_mean, decay, weight):
+        from ..regularizers import path_length_penalty
+        return path_length_penalty(synthesis, ws, pl_mean, decay=decay, weight=weight)
 
     @torch.no_grad()
     def generate(self, n, seed, truncation_psi: float = 1.0, **kw):
