@@ -99,7 +99,7 @@ def test_stock_compile_of_autograd_grad_needs_the_patch():
     D = TinyD()
     real = torch.randn(4, 3, 8, 8).requires_grad_()
     fn = torch.compile(lambda x: R._r1(D, x, None, None, False), fullgraph=True, backend="aot_eager")
-    with pytest.raises(Exception):
+    with pytest.raises(torch._dynamo.exc.Unsupported, match="trace_autograd_ops"):
         fn(real)
     torch._dynamo.reset()
 

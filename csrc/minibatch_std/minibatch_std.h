@@ -40,7 +40,8 @@ inline void check_args(const char* op, const Params& p, bool backward) {
   check(p.out.numel == p.N * (backward ? p.C : p.C + p.F) * p.HW, op, "out has the wrong number of elements");
   check(!backward || p.dout.numel == p.N * (p.C + p.F) * p.HW, op, "dout must have N * (C + F) * HW elements");
   check(p.s.numel == (p.N / p.G) * p.F, op, "s must have (N / G) * F elements");
-  check_same(op, p.x, {&p.out, &p.dout});
+  check(p.out.dtype == p.x.dtype && (p.dout.is_none() || p.dout.dtype == p.x.dtype), op,
+        "x, out (and dout) must share one dtype");
   p.s.as<const float>("s");
 }
 

@@ -11,6 +11,7 @@ FAMILIES = [
     "upfirdn2d",
     "filtered_lrelu",
     "gan_layers",
+    "modulated_conv",
     "norm",
     "vae",
     "diffusion",

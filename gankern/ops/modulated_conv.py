@@ -79,7 +79,8 @@ def modulated_conv2d(x: Tensor, weight: Tensor, styles: Tensor, demodulate: bool
                      down: int = 1, resample_filter: Tensor | None = None, noise: Tensor | None = None,
                      fused_modconv: bool | None = None, flip_weight: bool = True, flip_filter: bool = False,
                      bias: Tensor | None = None, act: str = "linear", alpha: float | None = None,
-                     gain: float | None = None, clamp: float | None = None) -> Tensor:
+                     gain: float | None = None, clamp: float | None = None,
+                     input_gain: Tensor | None = None) -> Tensor:
     """StyleGAN2's modulated convolution (reference/modulated_conv.py is the specification).
 
     Args:
@@ -100,6 +101,9 @@ def modulated_conv2d(x: Tensor, weight: Tensor, styles: Tensor, demodulate: bool
         flip_filter: as in upfirdn2d.
         bias, act, alpha, gain, clamp: an optional epilogue with bias_act's definition, applied
             after the noise in the same pass (gain defaults to act's StyleGAN2 gain).
+        input_gain: StyleGAN3's input scaling, a one-element tensor (its magnitude EMA's rsqrt)
+            that multiplies the demodulated weights, i.e. the convolution's output; folded into the
+            epilogue's per-(sample, channel) scale.
     """
     V.tensor(x, "x")
     V.tensor(weight, "weight")
@@ -111,7 +115,12 @@ def modulated_conv2d(x: Tensor, weight: Tensor, styles: Tensor, demodulate: bool
         raise ValueError(f"weight must have shape [O, I={I}, kh, kw], got {tuple(weight.shape)}")
     if styles.ndim != 2 or tuple(styles.shape) != (N, I):
         raise ValueError(f"styles must have shape [N, I] = [{N}, {I}], got {tuple(styles.shape)}")
-    V.same_device(x, "x", weight=weight, styles=styles, noise=noise, bias=bias, resample_filter=resample_filter)
+    V.same_device(x, "x", weight=weight, styles=styles, noise=noise, bias=bias, resample_filter=resample_filter,
+                  input_gain=input_gain)
+    if input_gain is not None:
+        V.tensor(input_gain, "input_gain")
+        if input_gain.numel() != 1:
+            raise ValueError(f"input_gain must hold one value, got shape {tuple(input_gain.shape)}")
     demodulate, flip_weight, flip_filter = (_bool(demodulate, "demodulate"), _bool(flip_weight, "flip_weight"),
                                             _bool(flip_filter, "flip_filter"))
     if fused_modconv is not None:
@@ -156,12 +165,16 @@ def modulated_conv2d(x: Tensor, weight: Tensor, styles: Tensor, demodulate: bool
         w = torch.ops.gankern.modconv_weight(weight, styles, demodulate).reshape(N * O, I, kh, kw).to(x.dtype)
         y = _conv2d_resample(x.reshape(1, N * I, H, W), w, f, up, down, pad, N, flip_weight, flip_filter)
         y = y.reshape(N, O, OH, OW)
-        scale = None
+        scale = None if input_gain is None else input_gain.reshape(1, 1).expand(N, O).to(weight.dtype)
+        epilogue = epilogue or input_gain is not None
     else:
         xs = torch.ops.gankern.modconv_epilogue(x, styles, None, None, "linear", 0.0, 1.0, None)
         y = _conv2d_resample(xs, weight.to(x.dtype), f, up, down, pad, 1, flip_weight, flip_filter)
         scale = torch.ops.gankern.modconv_dcoefs(weight, styles) if demodulate else None
-        epilogue = epilogue or demodulate
+        if input_gain is not None:
+            g = input_gain.reshape(1, 1).to(weight.dtype)
+            scale = g.expand(N, O) if scale is None else scale * g
+        epilogue = epilogue or scale is not None
     if not epilogue:
         return y
     return torch.ops.gankern.modconv_epilogue(y, scale, noise, bias, act, alpha, gain, clamp)

@@ -110,8 +110,9 @@ def conv2d_resample(x: Tensor, w: Tensor, f: Tensor | None, up: int, down: int,
 def modulated_conv2d(x: Tensor, weight: Tensor, styles: Tensor, demodulate: bool, padding, up: int, down: int,
                      f: Tensor | None, noise: Tensor | None, fused: bool, flip_weight: bool, flip_filter: bool,
                      bias: Tensor | None = None, act: str = "linear", alpha: float = 0.2, gain: float = 1.0,
-                     clamp: float | None = None) -> Tensor:
-    """The whole op, arguments normalized (padding: (x0, x1, y0, y1)); `fused` picks the form."""
+                     clamp: float | None = None, input_gain: Tensor | None = None) -> Tensor:
+    """The whole op, arguments normalized (padding: (x0, x1, y0, y1)); `fused` picks the form.
+    input_gain (StyleGAN3, one value) multiplies the demodulated weights, i.e. y."""
     out_dtype = x.dtype
     if x.dtype == torch.float16 and demodulate:
         weight, styles = prenormalize(weight.float(), styles.float())
@@ -128,4 +129,6 @@ def modulated_conv2d(x: Tensor, weight: Tensor, styles: Tensor, demodulate: bool
     else:
         y = conv2d_resample(x * styles[:, :, None, None], weight, f, up, down, padding, 1, flip_weight, flip_filter)
         scale = demod_coefs(weight, styles) if demodulate else None
+    if input_gain is not None:
+        y = y * input_gain.to(y.dtype).reshape(())
     return epilogue(y, scale, noise, bias, act, alpha, gain, clamp).to(out_dtype)
