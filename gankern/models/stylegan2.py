@@ -7,7 +7,8 @@ NVIDIA's code. Parameter and buffer names follow StyleGAN2's layouts (`mapping.f
 state_dict moves between `fused=True` and `fused=False`.
 
 - fused=True: every hot path is a gankern op or layer: EqualizedLinear (addmm + bias_act) in the
-  mapping network and the affines, `modulated_conv2d` with noise + bias + lrelu in its epilogue,
+  mapping network, gankern.nn.SynthesisLayer / ToRGBLayer (`modulated_conv2d` with noise + bias +
+  lrelu in its epilogue; the style affines are one addmm either way),
   `upsample2d` for the skip RGB, EqualizedConv2d (`conv2d_resample` + bias_act) and
   MinibatchStdDev in the discriminator.
 - fused=False: the same parameters through plain torch, in the form a StyleGAN2 user runs without
@@ -29,8 +30,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..nn.equalized import EqualizedConv2d, EqualizedLinear
+from ..nn import modulated as nn_modulated
 from ..nn.minibatch_std import MinibatchStdDev
-from ..ops.modulated_conv import modulated_conv2d
 from ..ops.upfirdn2d import setup_filter, upsample2d
 from ._layers import check_fused
 
@@ -202,69 +203,52 @@ class MappingNetwork(nn.Module):
         return x
 
 
-class SynthesisLayer(nn.Module):
-    """StyleGAN2's synthesis layer: styles = affine(w) (bias init 1); modulated + demodulated 3x3
-    conv (up=2 with the FIR filter for the first layer of a block); + per-pixel noise * noise_strength;
-    + bias; lrelu * sqrt(2); optional clamp. Keys: affine.{weight,bias}, weight, noise_strength,
-    bias, buffers resample_filter, noise_const."""
+class SynthesisLayer(nn_modulated.SynthesisLayer):
+    """gankern.nn.SynthesisLayer (StyleGAN2's: affine with bias init 1, modulated + demodulated
+    3x3 conv, up=2 with the FIR filter for a block's first layer, noise * noise_strength, bias,
+    lrelu * sqrt(2), clamp; keys affine.{weight,bias}, weight, noise_strength, bias, buffers
+    resample_filter, noise_const). fused=False runs StyleGAN2's non-fused modulation in plain
+    torch: scale the activations by the styles, one shared conv, scale by the demodulation
+    coefficients, add noise, bias + leaky ReLU."""
 
-    def __init__(self, in_channels: int, out_channels: int, w_dim: int, resolution: int, up: int = 1,
-                 kernel_size: int = 3, conv_clamp: float | None = None, fused: bool = True):
-        super().__init__()
-        self.up, self.resolution, self.conv_clamp, self.fused = up, resolution, conv_clamp, fused
-        self.padding = kernel_size // 2
-        self.affine = Linear(w_dim, in_channels, bias_init=1, fused=fused)
-        self.weight = nn.Parameter(torch.randn([out_channels, in_channels, kernel_size, kernel_size]))
-        self.noise_strength = nn.Parameter(torch.zeros([]))
-        self.bias = nn.Parameter(torch.zeros([out_channels]))
-        self.register_buffer("resample_filter", setup_filter(list(RESAMPLE_FILTER)))
-        self.register_buffer("noise_const", torch.randn([resolution, resolution]))
+    def __init__(self, *args, fused: bool = True, **kw):
+        super().__init__(*args, **kw)
+        self.fused = fused
 
     def forward(self, x: Tensor, w: Tensor, noise_mode: str = "random", gain: float = 1) -> Tensor:
-        styles = self.affine(w)
+        if self.fused:
+            return super().forward(x, w, noise_mode, gain=gain)
+        if noise_mode not in ("random", "const", "none"):
+            raise ValueError(f"noise_mode must be 'random', 'const' or 'none', got {noise_mode!r}")
+        styles = self.affine(w)   # addmm: plain torch already
         noise = None
         if noise_mode == "random":
-            noise = torch.randn([x.shape[0], 1, self.resolution, self.resolution], device=x.device,
-                                dtype=x.dtype) * self.noise_strength
+            noise = torch.randn([x.shape[0], 1, self.resolution, self.resolution], device=x.device) * self.noise_strength
         elif noise_mode == "const":
             noise = (self.noise_const * self.noise_strength)[None, None]
-        elif noise_mode != "none":
-            raise ValueError(f"noise_mode must be 'random', 'const' or 'none', got {noise_mode!r}")
-        clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
-        flip_weight = self.up == 1   # the transposed conv of up=2 is a true convolution
-        if self.fused:
-            return modulated_conv2d(x, self.weight, styles, demodulate=True, padding=self.padding, up=self.up,
-                                    resample_filter=self.resample_filter if self.up > 1 else None, noise=noise,
-                                    flip_weight=flip_weight, bias=self.bias, act="lrelu", gain=SQRT2 * gain,
-                                    clamp=clamp)
-        # StyleGAN2's non-fused modulation: scale the activations, one shared conv, demodulate after
         d = ((self.weight[None] * styles[:, None, :, None, None]).square().sum(dim=[2, 3, 4]) + DEMOD_EPS).rsqrt()
         y = torch_conv2d_resample(x * styles[:, :, None, None], self.weight, self.resample_filter, up=self.up,
-                                  padding=self.padding, flip_weight=flip_weight)
+                                  padding=self.padding, flip_weight=self.up == 1)
         y = y * d[:, :, None, None]
         if noise is not None:
             y = y + noise
-        return torch_lrelu(y, self.bias, SQRT2 * gain, clamp)
+        clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
+        return torch_lrelu(y, self.bias, self.act_gain * gain, clamp)
 
 
-class ToRGBLayer(nn.Module):
-    """1x1 modulated conv without demodulation (styles scaled by 1/sqrt(in_channels)) + bias.
-    Keys: affine.{weight,bias}, weight, bias."""
+class ToRGBLayer(nn_modulated.ToRGBLayer):
+    """gankern.nn.ToRGBLayer (1x1 modulated conv without demodulation, styles scaled by
+    1/sqrt(in_channels), bias, clamp; keys affine.{weight,bias}, weight, bias); fused=False: plain
+    torch."""
 
-    def __init__(self, in_channels: int, out_channels: int, w_dim: int, conv_clamp: float | None = None,
-                 fused: bool = True):
-        super().__init__()
-        self.conv_clamp, self.fused = conv_clamp, fused
-        self.affine = Linear(w_dim, in_channels, bias_init=1, fused=fused)
-        self.weight = nn.Parameter(torch.randn([out_channels, in_channels, 1, 1]))
-        self.bias = nn.Parameter(torch.zeros([out_channels]))
-        self.weight_gain = 1 / math.sqrt(in_channels)
+    def __init__(self, *args, fused: bool = True, **kw):
+        super().__init__(*args, **kw)
+        self.fused = fused
 
     def forward(self, x: Tensor, w: Tensor) -> Tensor:
-        styles = self.affine(w) * self.weight_gain
         if self.fused:
-            return modulated_conv2d(x, self.weight, styles, demodulate=False, bias=self.bias, act="linear", gain=1.0,
-                                    clamp=self.conv_clamp)
+            return super().forward(x, w)
+        styles = self.affine(w) * self.weight_gain
         y = F.conv2d(x * styles[:, :, None, None], self.weight) + self.bias[None, :, None, None]
         return y.clamp(-self.conv_clamp, self.conv_clamp) if self.conv_clamp is not None else y
 
