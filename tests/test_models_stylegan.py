@@ -169,6 +169,29 @@ def test_discriminator_fused_equals_plain_outputs_and_grads():
     _grads_close(f, p)
 
 
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_fused_model_on_the_gpu_backends(backend):
+    """The fused model with every op forced onto the CUDA kernels (the emulator here) or Triton (the
+    interpreter here): G and D forward + backward equal the plain-torch model's."""
+    from conftest import skip_unless_runnable
+    for op in ("bias_act", "upfirdn2d", "modconv_epilogue", "minibatch_std"):
+        skip_unless_runnable(op, backend, torch.device("cpu"))
+    kw = dict(image_size=8, channels=1, z_dim=8, w_dim=8, mapping_layers=1, channel_base=32, channel_max=8)
+    f, p = _pair(M.StyleGAN2, **kw)
+    z = torch.randn(4, 8)
+    outs = []
+    for m, ctx in ((f, gankern.use_backend(backend)), (p, gankern.use_backend("reference"))):
+        with ctx:
+            torch.manual_seed(1)
+            img = m.generator(z)
+            logits = m.discriminator(img)
+            (logits * torch.tensor([[1.0], [-2.0], [0.5], [3.0]])).sum().backward()
+        outs.append((img, logits))
+    _close(outs[0][0], outs[1][0], "image")
+    _close(outs[0][1], outs[1][1], "logits")
+    _grads_close(f, p)
+
+
 def test_r1_through_the_discriminator_equals_a_reference_computation():
     """gankern.r1_penalty through the fused discriminator (gankern's ops, their double backward)
     equals R1 computed by hand with torch.autograd on the plain-torch one, and so do the
