@@ -14,7 +14,7 @@ def _id(c):
 
 
 def test_every_suite_has_cases_and_the_quick_set_is_a_subset():
-    assert {s.split(":")[1] for s in BM.SUITES} == {"gankern_models", "diffusers_models"}
+    assert {s.split(":")[1] for s in BM.SUITES} == {"gankern_models", "diffusers_models", "stylegan_models"}
     names = {(c.model, c.what) for c in BM.collect(CPU, "quick")}
     assert ("dcgan", "train step (G + D)") in names and ("ddpm", "UNet train step") in names
     assert any(m.startswith("diffusers") for m, _ in names)

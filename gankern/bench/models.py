@@ -37,6 +37,7 @@ SCALES = ("tiny", "quick", "full")
 SUITES = [
     "gankern.bench.models:gankern_models",
     "gankern.bench.models_diffusers:diffusers_models",
+    "gankern.bench.models_stylegan:stylegan_models",
 ]
 
 

@@ -43,15 +43,22 @@ def save_grid(x: torch.Tensor, path: Path, pad: int = 2, columns: int | None = N
     return path
 
 
+def history_keys(history: list[dict]) -> list[str]:
+    """Every key of the step records, in order of first appearance (a task may report some losses
+    only on some steps, e.g. lazy regularizers)."""
+    return list(dict.fromkeys(k for h in history for k in h))
+
+
 def save_loss_curve(history: list[dict], path: Path, title: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    keys = [k for k in history[0] if k not in ("epoch", "step")] if history else []
+    keys = [k for k in history_keys(history) if k not in ("epoch", "step")]
     fig, axes = plt.subplots(1, max(1, len(keys)), figsize=(3.2 * max(1, len(keys)), 2.8), squeeze=False)
-    steps = np.array([h["step"] for h in history])
     for ax, k in zip(axes[0], keys):
-        v = np.array([h[k] for h in history], dtype=float)
+        # a loss may be reported on some steps only (StyleGAN2's lazy regularizers)
+        steps = np.array([h["step"] for h in history if k in h])
+        v = np.array([h[k] for h in history if k in h], dtype=float)
         ax.plot(steps, v, lw=0.5, alpha=0.4)
         win = max(1, len(v) // 30)
         if len(v) >= win > 1:

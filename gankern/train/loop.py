@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from . import checkpoint as C
 from . import data as D
 from .errors import UsageError
-from .images import save_grid, save_images, save_loss_curve
+from .images import history_keys, save_grid, save_images, save_loss_curve
 from .tasks import TASKS
 
 GRID_N = 36          # images in each epoch's sample grid
@@ -168,8 +168,12 @@ def train(model: str, data: str = "digits", epochs: int | None = None, batch_siz
 
 def _epoch_means(history, epoch):
     rows = [h for h in history if h["epoch"] == epoch]
-    keys = [k for k in rows[0] if k not in ("epoch", "step")] if rows else []
-    return {k: sum(r[k] for r in rows) / len(rows) for k in keys}
+    keys = [k for k in history_keys(rows) if k not in ("epoch", "step")]
+    means = {}
+    for k in keys:   # over the steps that report k (lazy regularizers report on some steps only)
+        v = [r[k] for r in rows if k in r]
+        means[k] = sum(v) / len(v)
+    return means
 
 
 def _epoch_outputs(task, model, out_dir: Path, epoch: int, history: list[dict]) -> None:
@@ -177,9 +181,9 @@ def _epoch_outputs(task, model, out_dir: Path, epoch: int, history: list[dict]) 
     save_grid(imgs, out_dir / "samples" / f"epoch_{epoch + 1:03d}.png")
     if history:
         save_loss_curve(history, out_dir / "loss.png", f"{model}: loss per step")
-        keys = list(history[0])
+        keys = history_keys(history)
         with open(out_dir / "metrics.csv", "w", newline="") as f:   # rewritten whole: resume-safe
-            w = csv.DictWriter(f, fieldnames=keys)
+            w = csv.DictWriter(f, fieldnames=keys, restval="")   # empty: not computed that step
             w.writeheader()
             w.writerows(history)
 

@@ -136,6 +136,135 @@ class DCGANTask(Task):
             G.train(was)
 
 
+class StyleGAN2Task(Task):
+    """StyleGAN2's training (Karras et al. 2020): non-saturating logistic loss; lazy R1 on the reals
+    every r1_interval minibatches, gamma r1_gamma; lazy path-length regularization every pl_interval
+    minibatches on batch / pl_batch_shrink samples; style mixing. A lazy regularizer's loss is
+    multiplied by its interval, and Adam's learning rate and betas are adjusted by
+    interval / (interval + 1), as the paper's lazy regularization does. The phases of one
+    minibatch: G main, G reg (when due), D main, D reg (when due); D main reuses the G phase's
+    images, detached. The minibatch count and the path-length mean are buffers of the model, so a
+    checkpoint resumes the schedule exactly."""
+    name = "stylegan2"
+    defaults = dict(z_dim=64, w_dim=64, mapping_layers=2, channel_base=1024, channel_max=64, r1_gamma=0.01,
+                    r1_interval=16, pl_weight=2.0, pl_interval=4, pl_batch_shrink=2, pl_decay=0.01,
+                    style_mixing_prob=0.9)
+    train_defaults = dict(epochs=10, batch_size=32, lr=2e-3)
+
+    def build(self):
+        c = self.config
+        return M.StyleGAN2(c["image_size"], c["channels"], c["z_dim"], c["w_dim"], c["mapping_layers"],
+                           c["channel_base"], c["channel_max"], fused=self.fused)
+
+    def _lazy_adam(self, params, lr, interval):
+        ratio = interval / (interval + 1) if interval else 1.0
+        return torch.optim.Adam(params, lr=lr * ratio, betas=(0.0, 0.99 ** ratio), eps=1e-8)
+
+    def optimizers(self, lr):
+        c = self.config
+        return {"g": self._lazy_adam(self.model.generator.parameters(), lr, c["pl_interval"] if c["pl_weight"] else 0),
+                "d": self._lazy_adam(self.model.discriminator.parameters(), lr, c["r1_interval"] if c["r1_gamma"] else 0)}
+
+    def prepare(self):
+        self.G = self.ddp(_Method(self.model.generator, "train_forward"))
+        self.D = self.ddp(self.model.discriminator)
+
+    def _reg_step(self, loss: Tensor, opt: torch.optim.Optimizer, module: nn.Module) -> None:
+        """A regularizer's update. Its gradient penalty differentiates through the plain module
+        (DistributedDataParallel does not support torch.autograd.grad), so under torch.distributed
+        the gradients are averaged here."""
+        opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.distributed:
+            world = torch.distributed.get_world_size()
+            for p in module.parameters():
+                if p.grad is not None:
+                    torch.distributed.all_reduce(p.grad)
+                    p.grad /= world
+        self.scaler.step(opt)
+        self.scaler.update()
+
+    def _toggle(self, module: nn.Module, on: bool) -> None:
+        # the other network's parameter gradients are not needed in a phase (StyleGAN2 turns them
+        # off); under DDP every parameter must take part in each backward, so they stay on there
+        if not self.distributed:
+            module.requires_grad_(on)
+
+    def step(self, x, y, opts):
+        c, m = self.config, self.model
+        i = int(m.num_minibatches)
+        out = {}
+        fake, out["loss_g"] = self.g_main(x.shape[0], opts)
+        if c["pl_weight"] and i % c["pl_interval"] == 0:
+            out["loss_pl"] = self.g_reg(x.shape[0], opts)
+        out["loss_d"] = self.d_main(x, fake, opts)
+        if c["r1_gamma"] and i % c["r1_interval"] == 0:
+            out["loss_r1"] = self.d_reg(x, opts)
+        m.num_minibatches += 1
+        return out
+
+    # the phases of a minibatch (public for gankern/bench/models_stylegan.py)
+    def g_main(self, batch: int, opts) -> tuple[Tensor, float]:
+        """softplus(-D(G(z))), the non-saturating logistic loss; returns the images (for D main)."""
+        c, D = self.config, self.model.discriminator
+        self._toggle(D, False)
+        with self.autocast():
+            fake, _ = self.G(torch.randn(batch, c["z_dim"], device=self.device), c["style_mixing_prob"])
+            loss = F.softplus(-self.D(fake).float()).mean()
+        self.backward_step(loss, opts["g"])
+        self._toggle(D, True)
+        return fake.detach(), loss.item()
+
+    def g_reg(self, batch: int, opts) -> float:
+        """The path-length penalty on batch / pl_batch_shrink new samples, times pl_interval."""
+        c, m = self.config, self.model
+        G = m.generator
+        with self.autocast():
+            ws = G.mixed_ws(torch.randn(max(batch // c["pl_batch_shrink"], 1), c["z_dim"], device=self.device),
+                            c["style_mixing_prob"])
+            pen, new_mean = self.path_length(lambda w: G.synthesis(w, "random"), ws, m.pl_mean,
+                                             decay=c["pl_decay"], weight=c["pl_weight"])
+        m.pl_mean.copy_(new_mean)
+        loss = pen.float().mean()
+        self._reg_step(loss * c["pl_interval"], opts["g"], G)
+        return loss.item()
+
+    def d_main(self, x: Tensor, fake: Tensor, opts) -> float:
+        """softplus(D(fake)) + softplus(-D(x))."""
+        G = self.model.generator
+        self._toggle(G, False)
+        with self.autocast():
+            loss = F.softplus(self.D(fake).float()).mean() + F.softplus(-self.D(x).float()).mean()
+        self.backward_step(loss, opts["d"])
+        self._toggle(G, True)
+        return loss.item()
+
+    def d_reg(self, x: Tensor, opts) -> float:
+        """R1 = gamma / 2 * ||grad_x D(x)||^2 at the reals, times r1_interval."""
+        c, D = self.config, self.model.discriminator
+        with self.autocast():
+            r1 = self.r1(D, x, gamma=c["r1_gamma"]).float().mean()
+        self._reg_step(r1 * c["r1_interval"], opts["d"], D)
+        return r1.item()
+
+    @staticmethod
+    def r1(D, x, gamma):
+        from ..regularizers import r1_penalty
+        return r1_penalty(D, x, gamma=gamma)
+
+    @staticmethod
+    def path_length(synthesis, ws, pl_mean, decay, weight):
+        from ..regularizers import path_length_penalty
+        return path_length_penalty(synthesis, ws, pl_mean, decay=decay, weight=weight)
+
+    @torch.no_grad()
+    def generate(self, n, seed, truncation_psi: float = 1.0, **kw):
+        g = torch.Generator().manual_seed(seed)
+        z = torch.randn(n, self.config["z_dim"], generator=g).to(self.device)
+        return _eval_call(self.model.generator, lambda G: torch.cat(
+            [G(zb, truncation_psi, noise_mode="const") for zb in z.split(256)]).clamp(-1, 1))
+
+
 class VAETask(Task):
     name = "vae"
     model_cls = M.ConvVAE
@@ -331,4 +460,4 @@ def _eval_call(model: nn.Module, fn: Callable):
         model.train(was)
 
 
-TASKS = {t.name: t for t in (DCGANTask, VAETask, AutoencoderTask, VAEGANTask, DDPMTask)}
+TASKS = {t.name: t for t in (DCGANTask, StyleGAN2Task, VAETask, AutoencoderTask, VAEGANTask, DDPMTask)}

@@ -1,0 +1,78 @@
+"""`gankern bench --models` cases for StyleGAN2's training (the `gankern train stylegan2` task at its
+default config, 32x32 single-channel digits): fused vs eager (the same model, fused=False: the
+plain-torch StyleGAN2 formulation) vs torch.compile of the eager model.
+
+The lazy regularizers run on some minibatches only, so they are timed as their own cases: the cost
+of an average minibatch with lazy R1 (every 16) is `train step + R1 step / 16`, plus `path-length
+step / 4` where path length is on. Every variant runs the task's own phase methods
+(gankern/train/tasks.py: StyleGAN2Task.g_main / g_reg / d_main / d_reg), so the bench times what
+training runs. The compile variant compiles the networks' forwards (dynamo cannot put
+torch.autograd.grad in a graph on its own, pytorch #91469); for R1 it uses
+gankern.regularizers.compiled_r1_penalty, which traces the gradient into one graph.
+"""
+from __future__ import annotations
+
+import torch
+
+from .models import ModelCase
+
+
+def _task(device, variant: str, batch: int):
+    from ..train.tasks import StyleGAN2Task, _Method
+    config = dict(StyleGAN2Task.defaults, image_size=32, channels=1, num_classes=10)
+    torch.manual_seed(0)
+    task = StyleGAN2Task(config, variant == "fused", torch.device(device))
+    opts = task.optimizers(2e-3)
+    task.prepare()
+    if variant == "compile":
+        task.G = torch.compile(_Method(task.model.generator, "train_forward"))
+        task.D = torch.compile(task.model.discriminator)
+    x = torch.rand(batch, 1, 32, 32, device=device) * 2 - 1
+    return task, opts, x
+
+
+def _train_step(device, batch):
+    def build(variant):
+        task, opts, x = _task(device, variant, batch)
+
+        def step():
+            fake, _ = task.g_main(batch, opts)
+            return torch.tensor(task.d_main(x, fake, opts))
+        return step
+    return build
+
+
+def _r1_step(device, batch):
+    def build(variant):
+        task, opts, x = _task(device, variant, batch)
+        if variant == "compile":
+            from ..regularizers import compiled_r1_penalty
+            fn = compiled_r1_penalty(task.model.discriminator)
+            task.r1 = lambda D, real, gamma: fn(real, gamma=gamma)
+        return lambda: torch.tensor(task.d_reg(x, opts))
+    return build
+
+
+def _pl_step(device, batch):
+    def build(variant):
+        task, opts, x = _task(device, variant, batch)
+        if variant == "compile":
+            from ..regularizers import compiled_path_length_penalty
+            synthesis = task.model.generator.synthesis
+            fn = compiled_path_length_penalty(lambda w: synthesis(w, "random"))
+            task.path_length = lambda syn, ws, pl_mean, decay, weight: fn(ws, pl_mean, decay, None, weight)
+        return lambda: torch.tensor(task.g_reg(batch, opts))
+    return build
+
+
+def stylegan_models(device, scale: str) -> list[ModelCase]:
+    b = {"tiny": 4, "quick": 16, "full": 32}[scale]
+    shape = (b, 1, 32, 32)
+    return [
+        ModelCase("stylegan2", "train step (G main + D main)", shape, _train_step(device, b),
+                  notes="`gankern train stylegan2` defaults; style mixing 0.9"),
+        ModelCase("stylegan2", "R1 step (lazy: every 16)", shape, _r1_step(device, b),
+                  notes="double backward through D; per minibatch: train step + this / 16"),
+        ModelCase("stylegan2", "path-length step (lazy: every 4)", shape, _pl_step(device, b), quick=False,
+                  notes="double backward through the synthesis network, batch / 2"),
+    ]
