@@ -17,7 +17,6 @@ so autograd gives the gradients R1 and path-length regularization need.
 """
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
