@@ -393,3 +393,22 @@ def test_layers_torch_compile_fullgraph(which):
     params = [x, w, layer.weight, layer.bias]
     for a, b in zip(torch.autograd.grad(y, params, gy), torch.autograd.grad(want, params, gy)):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_bench_baselines_match_gankern():
+    """The StyleGAN2 formulations `gankern bench --ops modulated_conv` times do the same work."""
+    from gankern.bench import modulated_conv as B
+    g = torch.Generator().manual_seed(10)
+    x, w, s = torch.randn(2, 6, 5, 5, generator=g), torch.randn(6, 6, 3, 3, generator=g), torch.randn(2, 6, generator=g)
+    nz = torch.randn(2, 1, 5, 5, generator=g)
+    for fused in (True, False):
+        torch.testing.assert_close(B.stylegan2_modulated_conv2d(x, w, s, nz, fused_modconv=fused),
+                                   gankern.modulated_conv2d(x, w, s, padding=1, noise=nz), rtol=1e-4, atol=1e-4)
+    a = B._layer_setup((2, 6, 5, 5), torch.device("cpu"), torch.float32, True)()
+    ours = B._fwd_bwd(lambda a: B._gk_layer(a, None))(a)
+    for fused in (True, False):
+        theirs = B._fwd_bwd(lambda a: B.stylegan2_synthesis_layer(a[0], a[1], a[2], a[3], fused))(a)
+        for p, q in zip(ours, theirs):
+            assert (p is None) == (q is None)
+            if p is not None:
+                torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-4)
