@@ -30,7 +30,8 @@ from . import models  # noqa: E402
 __all__ = [
     "__version__", "backends", "use_backend", "nn",
     "bias_act", "upfirdn2d", "setup_filter", "upsample2d", "downsample2d", "filter2d",  # StyleGAN
-    "conv2d_resample", "filtered_lrelu", "minibatch_std", "modulated_conv2d", "r1_penalty", "path_length_penalty",
+    "conv2d_resample", "filtered_lrelu", "minibatch_std", "r1_penalty", "path_length_penalty",
+    "modulated_conv2d",
     "group_norm_act", "batch_norm_act", "fold_batchnorm", "optimize",  # normalization, patching
     "geglu", "layer_norm", "add_layer_norm",                        # transformer blocks
     "randn", "randn_like", "random_seed",                           # counter-based RNG

@@ -11,7 +11,7 @@ import gankern
 from gankern.ops import upfirdn2d as U
 from gankern.reference import conv2d_resample as ref
 
-from conftest import KERNEL_BACKENDS, assert_close, skip_unless_runnable
+from conftest import KERNEL_BACKENDS, KERNEL_DEVICE, assert_close, skip_unless_runnable
 
 FILTERS = {"none": None, "box2": [1, 1], "binomial4": [1, 3, 3, 1], "tri3": [1, 2, 1], "sep8": [1, 2, 3, 4, 4, 3, 2, 1]}
 
@@ -147,9 +147,28 @@ F4 = gankern.setup_filter([1, 3, 3, 1])
     (lambda: gankern.conv2d_resample(X, W3, F4, groups=3), ValueError, ["groups"]),
     (lambda: gankern.conv2d_resample(X, W3, F4, groups=0), ValueError, ["groups"]),
     (lambda: gankern.conv2d_resample(X, W3, F4, flip_weight=1), TypeError, ["flip_weight"]),
+    (lambda: gankern.conv2d_resample(X, W3, F4, padding=-2), ValueError, ["no output"]),
+    (lambda: gankern.conv2d_resample(X, W3, F4, down=2, padding=[0, 0, -3, -3]), ValueError, ["no output"]),
+    (lambda: gankern.conv2d_resample(X[:, :, :0], W3, F4, padding=2), ValueError, ["row"]),
 ])
 def test_bad_inputs(call, exc, words):
     with pytest.raises(exc) as info:
         call()
     for w in words:
         assert w in str(info.value), f"{w!r} not in {info.value!s}"
+
+
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("up, down", [(2, 1), (1, 2), (1, 1)])
+def test_half_precision(backend, dtype, up, down):
+    skip_unless_runnable("upfirdn2d", backend, KERNEL_DEVICE, dtype)
+    g = torch.Generator().manual_seed(7)
+    x, w = torch.randn(2, 4, 6, 7, generator=g), torch.randn(3, 4, 3, 3, generator=g)
+    f = gankern.setup_filter([1, 3, 3, 1])
+    with gankern.use_backend(backend):
+        y = gankern.conv2d_resample(x.to(KERNEL_DEVICE, dtype), w.to(KERNEL_DEVICE, dtype), f.to(KERNEL_DEVICE),
+                                    up=up, down=down, padding=1)
+    assert y.dtype == dtype
+    want = _ref(x.to(dtype), w.to(dtype), f, up=up, down=down, padding=1)
+    assert_close(y, want, dtype=dtype)

@@ -134,6 +134,6 @@ def cases(device: torch.device) -> list[Case]:
     out.append(Case("modulated_conv", "SynthesisLayer fwd+bwd (training)", shape, dtype,
                     _layer_setup(shape, device, dtype, True), _fwd_bwd(lambda a: _gk_layer(a, None)),
                     _fwd_bwd(lambda a: stylegan2_synthesis_layer(a[0], a[1], a[2], a[3], False)),
-                    bytes=(5 * n + 3 * 512 * 512 * 9) * 4, kernel="modconv_epilogue",
+                    bytes=(5 * n + 3 * 512 * 512 * 9) * 4, kernel="modconv_epilogue", quick=True,
                     notes="eager: StyleGAN2 training (non-fused modconv) + bias_act reference"))
     return out

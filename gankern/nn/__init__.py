@@ -8,5 +8,5 @@ from .vae import Reparameterize
 from .modulated import ModulatedConv2d, SynthesisLayer, SynthesisLayer3, ToRGBLayer
 
 __all__ = ["BiasAct", "GroupNormAct", "BatchNormAct2d", "ConvNormAct", "Activation", "Reparameterize", "Upsample2d",
-           "Downsample2d", "EqualizedLinear", "EqualizedConv2d", "MinibatchStdDev",
-           "ModulatedConv2d", "SynthesisLayer", "SynthesisLayer3", "ToRGBLayer"]
+           "Downsample2d", "EqualizedLinear", "EqualizedConv2d",
+           "MinibatchStdDev", "ModulatedConv2d", "SynthesisLayer", "SynthesisLayer3", "ToRGBLayer"]

@@ -11,8 +11,8 @@ Parameter and buffer names (StyleGAN2 `networks.py`, StyleGAN3 `networks_stylega
     SynthesisLayer3     affine.weight [I, w_dim], affine.bias [I] (bias_init 1), weight [O, I, k, k],
     (StyleGAN3)         bias [O], buffers magnitude_ema [], up_filter, down_filter
 
-The affine layer is StyleGAN's equalized-learning-rate FullyConnectedLayer (`_Affine`: weight
-stored as randn / lr_multiplier, multiplied by lr_multiplier / sqrt(in_features) in forward).
+The affine layer is StyleGAN's equalized-learning-rate FullyConnectedLayer (gankern.nn.EqualizedLinear,
+bias_init 1).
 
 Where StyleGAN2 runs the modulated conv, noise and bias_act as three steps, these layers make one
 gankern call: the noise and the bias + activation + gain + clamp are the modulated conv's
@@ -27,28 +27,10 @@ from torch import nn
 
 from .._tensors import autocast_input
 from ..ops.filtered_lrelu import filtered_lrelu
+from .equalized import EqualizedLinear
 from ..ops.modulated_conv import modulated_conv2d
 from ..ops.upfirdn2d import setup_filter
 from ..reference.activations import get as get_act
-
-
-class _Affine(nn.Module):
-    """StyleGAN's FullyConnectedLayer with equalized learning rate (names: weight, bias):
-    y = x @ (weight * lr_multiplier / sqrt(in))^T + bias * lr_multiplier."""
-
-    def __init__(self, in_features: int, out_features: int, bias_init: float = 1.0, lr_multiplier: float = 1.0):
-        super().__init__()
-        self.weight = nn.Parameter(torch.randn(out_features, in_features) / lr_multiplier)
-        self.bias = nn.Parameter(torch.full([out_features], float(bias_init)))
-        self.weight_gain = lr_multiplier / math.sqrt(in_features)
-        self.bias_gain = lr_multiplier
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b = self.bias * self.bias_gain if self.bias_gain != 1 else self.bias
-        return torch.addmm(b.to(x.dtype), x, (self.weight * self.weight_gain).to(x.dtype).t())
-
-    def extra_repr(self) -> str:
-        return f"in_features={self.weight.shape[1]}, out_features={self.weight.shape[0]}"
 
 
 class ModulatedConv2d(nn.Module):
@@ -61,7 +43,7 @@ class ModulatedConv2d(nn.Module):
         self.in_channels, self.out_channels, self.w_dim = in_channels, out_channels, w_dim
         self.up, self.down, self.demodulate = up, down, demodulate
         self.padding = kernel_size // 2
-        self.affine = _Affine(w_dim, in_channels, bias_init=1)
+        self.affine = EqualizedLinear(w_dim, in_channels, bias_init=1)
         self.weight = nn.Parameter(torch.randn(out_channels, in_channels, kernel_size, kernel_size))
         self.register_buffer("resample_filter", setup_filter(list(resample_filter)))
 
@@ -91,7 +73,7 @@ class SynthesisLayer(nn.Module):
         self.register_buffer("resample_filter", setup_filter(list(resample_filter)))
         self.padding = kernel_size // 2
         self.act_gain = get_act(activation).def_gain
-        self.affine = _Affine(w_dim, in_channels, bias_init=1)
+        self.affine = EqualizedLinear(w_dim, in_channels, bias_init=1)
         fmt = torch.channels_last if channels_last else torch.contiguous_format
         self.weight = nn.Parameter(torch.randn([out_channels, in_channels, kernel_size, kernel_size]).to(
             memory_format=fmt))
@@ -130,7 +112,7 @@ class ToRGBLayer(nn.Module):
                  conv_clamp: float | None = None, channels_last: bool = False):
         super().__init__()
         self.in_channels, self.out_channels, self.w_dim, self.conv_clamp = in_channels, out_channels, w_dim, conv_clamp
-        self.affine = _Affine(w_dim, in_channels, bias_init=1)
+        self.affine = EqualizedLinear(w_dim, in_channels, bias_init=1)
         fmt = torch.channels_last if channels_last else torch.contiguous_format
         self.weight = nn.Parameter(torch.randn([out_channels, in_channels, kernel_size, kernel_size]).to(
             memory_format=fmt))
@@ -172,7 +154,7 @@ class SynthesisLayer3(nn.Module):
         self.is_torgb, self.conv_kernel, self.conv_clamp = is_torgb, conv_kernel, conv_clamp
         self.up_factor, self.down_factor, self.padding = up, down, padding
         self.magnitude_ema_beta = magnitude_ema_beta
-        self.affine = _Affine(w_dim, in_channels, bias_init=1)
+        self.affine = EqualizedLinear(w_dim, in_channels, bias_init=1)
         self.weight = nn.Parameter(torch.randn([out_channels, in_channels, conv_kernel, conv_kernel]))
         self.bias = nn.Parameter(torch.zeros([out_channels]))
         self.register_buffer("magnitude_ema", torch.ones([]))

@@ -49,6 +49,22 @@ def _check_weight(x: Tensor, w, groups) -> Tensor:
     return w
 
 
+def _check_output_size(x: Tensor, k_hw, f_hw, up: int, down: int, pad, padding) -> None:
+    """The naive order's sizes per axis: pad/upsample/filter, valid conv, filter/downsample; each
+    must leave at least one sample (torch's convolutions would fail with a less clear error)."""
+    H, W = x.shape[2], x.shape[3]
+    if H < 1 or W < 1:
+        raise ValueError(f"x must have at least one row and column, got shape {tuple(x.shape)}")
+    for size, k, f, p0, p1 in ((H, k_hw[0], f_hw[0], pad[2], pad[3]), (W, k_hw[1], f_hw[1], pad[0], pad[1])):
+        n = size * up + p0 + p1 - (f if up > 1 else 1) + 1  # after upsampling, padding and filtering
+        n = n - k + 1                                        # after the valid convolution
+        if down > 1:
+            n = (n - f) // down + 1 if n >= f else 0         # after the down filter
+        if n < 1:
+            raise ValueError(f"conv2d_resample of a {H}x{W} image with a {k_hw[0]}x{k_hw[1]} kernel, up={up}, "
+                             f"down={down}, padding={padding} leaves no output; pad more or crop less")
+
+
 def _conv(x: Tensor, w: Tensor, flip_weight: bool, groups: int, stride: int = 1, padding=0) -> Tensor:
     """torch's conv2d cross-correlates: flip the weight for a true convolution."""
     return F.conv2d(x, w if flip_weight else w.flip([2, 3]), stride=stride, padding=padding, groups=groups)
@@ -95,6 +111,7 @@ def conv2d_resample(x: Tensor, w: Tensor, f: Tensor | None = None, up: int = 1, 
     x0, x1, y0, y1 = centring_padding(U._padding(padding), (fw, fh), up, down)
     kh, kw = w.shape[2], w.shape[3]
     pad = [x0, x1, y0, y1]
+    _check_output_size(x, (kh, kw), (fh, fw), up, down, pad, padding)
 
     if kh == 1 and kw == 1 and up == 1 and down > 1:
         x = U.upfirdn2d(x, f, down=down, padding=pad, flip_filter=flip_filter)
@@ -105,6 +122,10 @@ def conv2d_resample(x: Tensor, w: Tensor, f: Tensor | None = None, up: int = 1, 
     if up == 1 and down > 1:
         x = U.upfirdn2d(x, f, padding=pad, flip_filter=flip_filter)
         return _conv(x, w, flip_weight, groups, stride=down)
+    if up > 1 and x.shape[1] == 0:  # conv_transpose2d refuses a weight with no input channels
+        x = U.upfirdn2d(x, f, up=up, padding=pad, flip_filter=flip_filter, gain=up * up)
+        x = _conv(x, w, flip_weight, groups)
+        return U.upfirdn2d(x, f, down=down, flip_filter=flip_filter) if down > 1 else x
     if up > 1:
         # The transposed conv's full output starts kw-1 (kh-1) samples before the naive order's
         # valid conv and ends kw-up (kh-up) after it: shift the filter's padding by those amounts.

@@ -11,8 +11,9 @@
      `gankern::modconv_epilogue(y, scale, noise, bias, act, ...)` -> clamp(act(y * scale[n, c] +
        noise + bias[c]) * gain): after the convolution (d, noise and the layer's bias_act in one
        pass) and, with scale = styles alone, the input scaling before the shared convolution.
-  3. the convolution between them is torch's (a grouped one with N groups for the fused strategy,
-     one shared one otherwise), with StyleGAN2's resampling order when up/down > 1.
+  3. the convolution between them is gankern.conv2d_resample (torch's convolutions in the cheap
+     order around upfirdn2d): a grouped one with N groups for the fused strategy, one shared one
+     otherwise.
 
 Gradients: every backward is torch ops and gankern custom ops that have gradients themselves
 (bias_act_backward for the activation, modconv_dcoefs recomputed inside the backward), so
@@ -24,7 +25,6 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from .. import _native
@@ -33,17 +33,25 @@ from ..backends import register, resolve_nonempty
 from ..reference import activations as ref_acts
 from ..reference import modulated_conv as ref
 from . import _validate as V
-from .upfirdn2d import _out_layout, _padding, upfirdn2d
+from .conv2d_resample import conv2d_resample
+from .upfirdn2d import _out_layout, _padding
 
 
 # ---- strategy choice ----------------------------------------------------------------------------
 
 def _fused_default(x: Tensor, weight: Tensor, styles: Tensor) -> bool:
-    """fused_modconv=None. CPU: the measured rule (benchmarks/NOTES.md, "Modulated convolution"):
-    TODO(measure). CUDA: StyleGAN2's published heuristic, unmeasured here (no GPU): fused in
+    """fused_modconv=None.
+
+    CPU: non-fused, always. Measured on the 2-vCPU AMD EPYC dev VM (fp32, 3x3, no grad, the two
+    strategies interleaved in one process, loaded machine; fused time / non-fused time):
+    N=16 C=512 at 4 px 10.7, at 16 px 3.5; N=1 C=512 at 4/16/64 px 1.01/1.04/1.04; N=4 C=256 32 px
+    1.05; N=1 C=64 128 px 0.86; N=4 C=64 128 px 1.06; N=1 C=32 256 px 1.11; N=4 C=32 256 px 0.85.
+    Fused never wins by more than the noise (~15%) and loses up to 10x when the batch is large
+    (oneDNN's grouped conv over N groups, plus writing N*O*I*k*k weights), so no shape rule pays.
+    CUDA: StyleGAN2's published heuristic, unmeasured here (no GPU in the sessions so far): fused in
     inference (no gradient wanted) when x is float32 or the batch is 1, else non-fused."""
-    training = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or styles.requires_grad)
     if x.device.type == "cuda":
+        training = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or styles.requires_grad)
         return (not training) and (x.dtype == torch.float32 or x.shape[0] == 1)
     return False
 
@@ -111,6 +119,8 @@ def modulated_conv2d(x: Tensor, weight: Tensor, styles: Tensor, demodulate: bool
     if x.ndim != 4:
         raise ValueError(f"x must be a 4-D [N, I, H, W] tensor, got shape {tuple(x.shape)}")
     N, I, H, W = x.shape
+    if I == 0:  # torch's conv2d returns 0 output channels for 0 input channels: refuse, not mis-shape
+        raise ValueError(f"x must have at least one input channel, got shape {tuple(x.shape)}")
     if weight.ndim != 4 or weight.shape[1] != I:
         raise ValueError(f"weight must have shape [O, I={I}, kh, kw], got {tuple(weight.shape)}")
     if styles.ndim != 2 or tuple(styles.shape) != (N, I):
@@ -158,18 +168,19 @@ def modulated_conv2d(x: Tensor, weight: Tensor, styles: Tensor, demodulate: bool
         weight, styles = ref.prenormalize(weight.float(), styles.float())
     styles = styles.to(weight.dtype)
     fused = _fused_default(x, weight, styles) if fused_modconv is None else fused_modconv
+    fused = fused and N > 0  # an empty batch has no groups to convolve; the non-fused form is defined
     epilogue = noise is not None or bias is not None or act != "linear" or gain != 1 or clamp is not None
     if noise is not None:
         noise = noise.to(x.dtype)
     if fused:
         w = torch.ops.gankern.modconv_weight(weight, styles, demodulate).reshape(N * O, I, kh, kw).to(x.dtype)
-        y = _conv2d_resample(x.reshape(1, N * I, H, W), w, f, up, down, pad, N, flip_weight, flip_filter)
+        y = conv2d_resample(x.reshape(1, N * I, H, W), w, f, up, down, list(pad), N, flip_weight, flip_filter)
         y = y.reshape(N, O, OH, OW)
         scale = None if input_gain is None else input_gain.reshape(1, 1).expand(N, O).to(weight.dtype)
         epilogue = epilogue or input_gain is not None
     else:
         xs = torch.ops.gankern.modconv_epilogue(x, styles, None, None, "linear", 0.0, 1.0, None)
-        y = _conv2d_resample(xs, weight.to(x.dtype), f, up, down, pad, 1, flip_weight, flip_filter)
+        y = conv2d_resample(xs, weight, f, up, down, list(pad), 1, flip_weight, flip_filter)
         scale = torch.ops.gankern.modconv_dcoefs(weight, styles) if demodulate else None
         if input_gain is not None:
             g = input_gain.reshape(1, 1).to(weight.dtype)
@@ -178,26 +189,6 @@ def modulated_conv2d(x: Tensor, weight: Tensor, styles: Tensor, demodulate: bool
     if not epilogue:
         return y
     return torch.ops.gankern.modconv_epilogue(y, scale, noise, bias, act, alpha, gain, clamp)
-
-
-def _conv2d_resample(x, w, f, up, down, pad, groups, flip_weight, flip_filter):
-    """StyleGAN2's resampling convolution from torch's conv2d and gankern.upfirdn2d (both
-    differentiable to any order), in the literal order of ref.conv2d_resample."""
-    px0, px1, py0, py1 = ref.resample_padding(f, up, down, pad)
-    if up > 1:
-        x = upfirdn2d(x, f, up=up, padding=[px0, px1, py0, py1], flip_filter=flip_filter, gain=up * up)
-        px0 = px1 = py0 = py1 = 0
-    if min(px0, px1, py0, py1) < 0:
-        x = x[:, :, max(-py0, 0): x.shape[2] - max(-py1, 0), max(-px0, 0): x.shape[3] - max(-px1, 0)]
-        px0, px1, py0, py1 = max(px0, 0), max(px1, 0), max(py0, 0), max(py1, 0)
-    w = w if flip_weight else w.flip([2, 3])
-    if px0 == px1 and py0 == py1:
-        x = F.conv2d(x, w, padding=(py0, px0), groups=groups)
-    else:
-        x = F.conv2d(F.pad(x, [px0, px1, py0, py1]), w, groups=groups)
-    if down > 1:
-        x = upfirdn2d(x, f, down=down, flip_filter=flip_filter)
-    return x
 
 
 # ---- custom ops ---------------------------------------------------------------------------------
@@ -210,10 +201,15 @@ def _check_ws(weight: Tensor, styles: Tensor) -> None:
         raise TypeError(f"styles ({styles.dtype}) must have weight's dtype ({weight.dtype})")
 
 
+def _emptier(weight: Tensor, styles: Tensor) -> Tensor:
+    """The operand whose emptiness decides (an empty batch or empty weight runs the reference)."""
+    return styles if styles.numel() == 0 else weight
+
+
 @torch.library.custom_op("gankern::modconv_weight", mutates_args=())
 def _modconv_weight(weight: Tensor, styles: Tensor, demodulate: bool) -> Tensor:
     _check_ws(weight, styles)
-    return resolve_nonempty("modconv_weight", weight)(weight, styles, demodulate).contiguous()
+    return resolve_nonempty("modconv_weight", _emptier(weight, styles))(weight, styles, demodulate).contiguous()
 
 
 @_modconv_weight.register_fake
@@ -224,7 +220,7 @@ def _(weight, styles, demodulate):
 @torch.library.custom_op("gankern::modconv_dcoefs", mutates_args=())
 def _modconv_dcoefs(weight: Tensor, styles: Tensor) -> Tensor:
     _check_ws(weight, styles)
-    return resolve_nonempty("modconv_dcoefs", weight)(weight, styles).contiguous()
+    return resolve_nonempty("modconv_dcoefs", _emptier(weight, styles))(weight, styles).contiguous()
 
 
 @_modconv_dcoefs.register_fake

@@ -36,11 +36,10 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from . import bias_act as ref_bias_act
-from . import upfirdn2d as ref_up
+from . import conv2d_resample as ref_cr
 
 DEMOD_EPS = 1e-8
 
@@ -82,29 +81,16 @@ def epilogue(y: Tensor, scale: Tensor | None, noise: Tensor | None, bias: Tensor
 
 def resample_padding(f: Tensor | None, up: int, down: int, padding: tuple[int, int, int, int]):
     """conv2d_resample's padding [x0, x1, y0, y1]: the user's, plus what keeps the image centred
-    through the up/down filter f."""
-    px0, px1, py0, py1 = padding
-    fw, fh = (1, 1) if f is None else (f.shape[-1], f.shape[0])
-    if up > 1:
-        px0, px1, py0, py1 = px0 + (fw + up - 1) // 2, px1 + (fw - up) // 2, py0 + (fh + up - 1) // 2, py1 + (fh - up) // 2
-    if down > 1:
-        px0, px1 = px0 + (fw - down + 1) // 2, px1 + (fw - down) // 2
-        py0, py1 = py0 + (fh - down + 1) // 2, py1 + (fh - down) // 2
-    return px0, px1, py0, py1
+    through the up/down filter f (reference/conv2d_resample.py: centring_padding)."""
+    return ref_cr.centring_padding(padding, (1, 1) if f is None else (f.shape[-1], f.shape[0]), up, down)
 
 
 def conv2d_resample(x: Tensor, w: Tensor, f: Tensor | None, up: int, down: int,
                     padding: tuple[int, int, int, int], groups: int, flip_weight: bool, flip_filter: bool) -> Tensor:
-    """StyleGAN2's resampling convolution, in its literal order (upsample+pad, conv, downsample)."""
-    px0, px1, py0, py1 = resample_padding(f, up, down, padding)
-    if up > 1:
-        x = ref_up.upfirdn2d(x, f, up, up, 1, 1, px0, px1, py0, py1, flip_filter, up * up)
-    else:
-        x = ref_up._pad_or_crop(x, px0, px1, py0, py1)
-    x = F.conv2d(x, w if flip_weight else w.flip([2, 3]), groups=groups)
-    if down > 1:
-        x = ref_up.upfirdn2d(x, f, 1, 1, down, down, 0, 0, 0, 0, flip_filter, 1.0)
-    return x
+    """StyleGAN2's resampling convolution in its literal order (reference/conv2d_resample.py)."""
+    f = x.new_ones([1, 1]) if f is None else f.to(x.dtype)
+    return ref_cr.conv2d_resample(x, w, f, up, down, resample_padding(f, up, down, padding), groups, flip_weight,
+                                  flip_filter)
 
 
 def modulated_conv2d(x: Tensor, weight: Tensor, styles: Tensor, demodulate: bool, padding, up: int, down: int,
