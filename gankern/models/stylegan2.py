@@ -223,7 +223,8 @@ class SynthesisLayer(nn_modulated.SynthesisLayer):
         styles = self.affine(w)   # addmm: plain torch already
         noise = None
         if noise_mode == "random":
-            noise = torch.randn([x.shape[0], 1, self.resolution, self.resolution], device=x.device) * self.noise_strength
+            shape = [x.shape[0], 1, self.resolution, self.resolution]
+            noise = torch.randn(shape, device=x.device) * self.noise_strength
         elif noise_mode == "const":
             noise = (self.noise_const * self.noise_strength)[None, None]
         d = ((self.weight[None] * styles[:, None, :, None, None]).square().sum(dim=[2, 3, 4]) + DEMOD_EPS).rsqrt()

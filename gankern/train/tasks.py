@@ -161,9 +161,9 @@ class StyleGAN2Task(Task):
         return torch.optim.Adam(params, lr=lr * ratio, betas=(0.0, 0.99 ** ratio), eps=1e-8)
 
     def optimizers(self, lr):
-        c = self.config
-        return {"g": self._lazy_adam(self.model.generator.parameters(), lr, c["pl_interval"] if c["pl_weight"] else 0),
-                "d": self._lazy_adam(self.model.discriminator.parameters(), lr, c["r1_interval"] if c["r1_gamma"] else 0)}
+        c, m = self.config, self.model
+        return {"g": self._lazy_adam(m.generator.parameters(), lr, c["pl_interval"] if c["pl_weight"] else 0),
+                "d": self._lazy_adam(m.discriminator.parameters(), lr, c["r1_interval"] if c["r1_gamma"] else 0)}
 
     def prepare(self):
         self.G = self.ddp(_Method(self.model.generator, "train_forward"))
