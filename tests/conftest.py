@@ -88,3 +88,13 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def fused_plain_pair(cls, **kw):
+    """A model built with fused=True and the same model with fused=False holding the same weights
+    (the models' state_dicts move between the two)."""
+    torch.manual_seed(0)
+    fused = cls(fused=True, **kw)
+    plain = cls(fused=False, **kw)
+    plain.load_state_dict(fused.state_dict())
+    return fused, plain

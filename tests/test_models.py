@@ -5,19 +5,12 @@ import pytest
 import torch
 
 import gankern
+from conftest import fused_plain_pair
 from gankern import models as M
 from gankern.train import data as D
 
 # fp32 models: the fused kernels and torch round differently, and convolutions amplify it a little.
 RTOL, ATOL = 2e-4, 2e-5
-
-
-def _pair(cls, **kw):
-    torch.manual_seed(0)
-    fused = cls(fused=True, **kw)
-    plain = cls(fused=False, **kw)
-    plain.load_state_dict(fused.state_dict())
-    return fused, plain
 
 
 def _close(a, b, what, rtol=RTOL, atol=ATOL):
@@ -52,7 +45,7 @@ def test_fused_must_be_bool():
 
 
 def test_dcgan_train_mode_outputs_and_grads():
-    f, p = _pair(M.DCGAN, image_size=32)
+    f, p = fused_plain_pair(M.DCGAN, image_size=32)
     z = torch.randn(8, 64, 1, 1)
     x = torch.rand(8, 1, 32, 32) * 2 - 1
     outs = []
@@ -69,7 +62,7 @@ def test_dcgan_train_mode_outputs_and_grads():
 
 
 def test_dcgan_eval_folds_batchnorm():
-    f, p = _pair(M.DCGAN, image_size=32)
+    f, p = fused_plain_pair(M.DCGAN, image_size=32)
     with torch.no_grad():   # a few training batches so the running statistics are not the identity
         for _ in range(3):
             f.generator(torch.randn(16, 64, 1, 1))
@@ -87,7 +80,7 @@ def test_dcgan_eval_folds_batchnorm():
 
 @pytest.mark.parametrize("cls", [M.ConvVAE, M.Autoencoder])
 def test_vae_loss_and_grads_match(cls):
-    f, p = _pair(cls)
+    f, p = fused_plain_pair(cls)
     x = torch.rand(6, 1, 32, 32) * 2 - 1
     res = []
     for m in (f, p):
@@ -122,7 +115,7 @@ def test_vae_api():
 
 
 def test_vaegan_discriminator_match():
-    f, p = _pair(M.VAEGAN)
+    f, p = fused_plain_pair(M.VAEGAN)
     x = torch.randn(4, 1, 32, 32)
     a, b = f.discriminator(x), p.discriminator(x)
     assert a.shape == (4, 1, 6, 6)

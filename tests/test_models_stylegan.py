@@ -4,6 +4,8 @@ exactly through the CLI."""
 import pytest
 import torch
 
+from conftest import fused_plain_pair
+
 import gankern
 from gankern import cli
 from gankern import models as M
@@ -17,14 +19,6 @@ from gankern.train import train
 # fp32 models: the fused kernels and torch sum in other orders, and the networks amplify it a little
 RTOL = 2e-4
 SMALL = dict(image_size=16, channels=1, z_dim=16, w_dim=16, mapping_layers=2, channel_base=128, channel_max=16)
-
-
-def _pair(cls, **kw):
-    torch.manual_seed(0)
-    fused = cls(fused=True, **kw)
-    plain = cls(fused=False, **kw)
-    plain.load_state_dict(fused.state_dict())
-    return fused, plain
 
 
 def _close(a, b, what, rtol=RTOL):
@@ -137,7 +131,7 @@ def test_style_mixing_replaces_a_suffix_of_ws():
 
 @pytest.mark.parametrize("noise_mode", ["random", "const"])
 def test_generator_fused_equals_plain_outputs_and_grads(noise_mode):
-    f, p = _pair(M.StyleGAN2Generator, **SMALL)
+    f, p = fused_plain_pair(M.StyleGAN2Generator, **SMALL)
     for m in (f, p):   # non-zero noise strengths and biases, so every term is exercised
         with torch.no_grad():
             for n, t in m.named_parameters():
@@ -156,7 +150,7 @@ def test_generator_fused_equals_plain_outputs_and_grads(noise_mode):
 
 
 def test_discriminator_fused_equals_plain_outputs_and_grads():
-    f, p = _pair(M.StyleGAN2Discriminator, image_size=16, channels=3, channel_base=128, channel_max=16)
+    f, p = fused_plain_pair(M.StyleGAN2Discriminator, image_size=16, channels=3, channel_base=128, channel_max=16)
     x = torch.randn(8, 3, 16, 16)
     outs = []
     for m in (f, p):
@@ -177,7 +171,7 @@ def test_fused_model_on_the_gpu_backends(backend):
     for op in ("bias_act", "upfirdn2d", "modconv_epilogue", "minibatch_std"):
         skip_unless_runnable(op, backend, torch.device("cpu"))
     kw = dict(image_size=8, channels=1, z_dim=8, w_dim=8, mapping_layers=1, channel_base=32, channel_max=8)
-    f, p = _pair(M.StyleGAN2, **kw)
+    f, p = fused_plain_pair(M.StyleGAN2, **kw)
     z = torch.randn(4, 8)
     outs = []
     for m, ctx in ((f, gankern.use_backend(backend)), (p, gankern.use_backend("reference"))):
@@ -196,7 +190,7 @@ def test_r1_through_the_discriminator_equals_a_reference_computation():
     """gankern.r1_penalty through the fused discriminator (gankern's ops, their double backward)
     equals R1 computed by hand with torch.autograd on the plain-torch one, and so do the
     discriminator's parameter gradients of the penalty (the double backward)."""
-    f, p = _pair(M.StyleGAN2Discriminator, image_size=16, channels=1, channel_base=128, channel_max=16)
+    f, p = fused_plain_pair(M.StyleGAN2Discriminator, image_size=16, channels=1, channel_base=128, channel_max=16)
     real = torch.randn(8, 1, 16, 16)
     gamma = 10.0
     pen_f = r1_penalty(f, real, gamma=gamma)
@@ -210,7 +204,7 @@ def test_r1_through_the_discriminator_equals_a_reference_computation():
 
 
 def test_path_length_penalty_fused_equals_plain():
-    f, p = _pair(M.StyleGAN2Generator, **SMALL)
+    f, p = fused_plain_pair(M.StyleGAN2Generator, **SMALL)
     z = torch.randn(4, 16)
     res = []
     for m in (f, p):

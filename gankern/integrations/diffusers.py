@@ -73,15 +73,7 @@ class FusedResnetBlock2D(ResnetBlock2D):
             return super().forward(input_tensor, temb, *args, **kwargs)  # the cases diffusers handles alone
 
         hidden_states = _gn(self.norm1, input_tensor, "silu")
-        if self.upsample is not None:
-            if hidden_states.shape[0] >= 64:  # as diffusers: upsample_nearest_nhwc fails on large batches
-                input_tensor = input_tensor.contiguous()
-                hidden_states = hidden_states.contiguous()
-            input_tensor = self.upsample(input_tensor)
-            hidden_states = self.upsample(hidden_states)
-        elif self.downsample is not None:
-            input_tensor = self.downsample(input_tensor)
-            hidden_states = self.downsample(hidden_states)
+        input_tensor, hidden_states = _resample_pair(self, input_tensor, hidden_states)
 
         hidden_states = self.conv1(hidden_states)
 
@@ -126,6 +118,19 @@ def transformer_2d_problem(model: Transformer2DModel) -> str | None:
     if model.use_linear_projection:
         return "linear projections: proj_out already sees the token layout"
     return None
+
+
+def _resample_pair(block, input_tensor: torch.Tensor, hidden_states: torch.Tensor):
+    """A diffusers ResNet block's optional up/downsampling of its input and hidden state, as
+    diffusers does it."""
+    if block.upsample is not None:
+        if hidden_states.shape[0] >= 64:  # as diffusers: upsample_nearest_nhwc fails on large batches
+            input_tensor = input_tensor.contiguous()
+            hidden_states = hidden_states.contiguous()
+        return block.upsample(input_tensor), block.upsample(hidden_states)
+    if block.downsample is not None:
+        return block.downsample(input_tensor), block.downsample(hidden_states)
+    return input_tensor, hidden_states
 
 
 class FusedTransformer2DModel(Transformer2DModel):
@@ -295,15 +300,7 @@ class FusedResnetBlockCondNorm2D(ResnetBlockCondNorm2D):
                 _is_ada_group_norm(self.norm1) and _is_ada_group_norm(self.norm2)):
             return super().forward(input_tensor, temb, *args, **kwargs)
         hidden_states = _ada_gn(self.norm1, input_tensor, temb, "silu")
-        if self.upsample is not None:
-            if hidden_states.shape[0] >= 64:  # as diffusers: upsample_nearest_nhwc fails on large batches
-                input_tensor = input_tensor.contiguous()
-                hidden_states = hidden_states.contiguous()
-            input_tensor = self.upsample(input_tensor)
-            hidden_states = self.upsample(hidden_states)
-        elif self.downsample is not None:
-            input_tensor = self.downsample(input_tensor)
-            hidden_states = self.downsample(hidden_states)
+        input_tensor, hidden_states = _resample_pair(self, input_tensor, hidden_states)
         hidden_states = self.conv1(hidden_states)
         hidden_states = _ada_gn(self.norm2, hidden_states, temb, "silu")
         hidden_states = self.dropout(hidden_states)
