@@ -148,3 +148,31 @@ def test_layer_bad_arguments():
         ConvNormAct(2, 4, 3, norm="layer")
     with pytest.raises(ValueError, match="num_groups|divisible"):
         GroupNormAct(3, 4)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_layers_run_the_cpu_kernels_in_half_precision(dtype, monkeypatch):
+    """Half-precision activations (e.g. from a convolution under torch.autocast) go to the CPU
+    kernels in their dtype, with fp32 parameters."""
+    from gankern.ops import norm as ops_norm
+    calls = []
+    real = ops_norm._CpuKernels.group_forward
+    monkeypatch.setattr(ops_norm._CpuKernels, "group_forward", lambda self, x, *a: calls.append(x.dtype) or
+                        real(self, x, *a))
+    torch.manual_seed(0)
+    ref = nn.GroupNorm(4, 16)
+    layer = GroupNormAct(4, 16, act="silu")
+    layer.load_state_dict(ref.state_dict())
+    x = torch.randn(2, 16, 7, 7)
+    conv = nn.Conv2d(16, 16, 1)
+    with torch.autocast("cpu", dtype=torch.bfloat16) if dtype == torch.bfloat16 else torch.no_grad():
+        h = conv(x) if dtype == torch.bfloat16 else conv(x).to(dtype)
+        y = layer(h)
+    assert h.dtype == dtype and y.dtype == dtype and calls == [dtype]
+    want = F.silu(ref(h.float()))
+    torch.testing.assert_close(y.float(), want, rtol=2e-2, atol=2e-2)
+    bn = BatchNormAct2d(16, act="relu").train()
+    tbn = nn.BatchNorm2d(16).train()
+    yb = bn(h.detach())
+    assert yb.dtype == dtype
+    torch.testing.assert_close(yb.float(), F.relu(tbn(h.detach().float())), rtol=2e-2, atol=2e-2)

@@ -32,8 +32,8 @@ class GroupNormAct(nn.GroupNorm):
     def forward(self, x: Tensor, temb: Tensor | None = None, scale: Tensor | None = None,
                 shift: Tensor | None = None, residual: Tensor | None = None) -> Tensor:
         if not _kernel_runs(x) and temb is None and scale is None and shift is None and residual is None:
-            # What nn.GroupNorm accepts and the kernels do not (more than 3 spatial dims, half
-            # precision on the CPU): torch's own ops, so a swapped-in layer never refuses an input.
+            # What nn.GroupNorm accepts and the kernels do not (more than 3 spatial dims): torch's
+            # own ops, so a swapped-in layer never refuses an input.
             return _torch_act(F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps), self.act, self.alpha)
         return group_norm_act(x, self.num_groups, self.weight, self.bias, self.eps, self.act, alpha=self.alpha,
                               temb=temb, scale=scale, shift=shift, residual=residual)
@@ -43,8 +43,9 @@ class GroupNormAct(nn.GroupNorm):
 
 
 def _kernel_runs(x: Tensor) -> bool:
-    """Whether gankern's norm kernels take x: (N, C) to (N, C, D, H, W), fp32/fp64 on the CPU."""
-    return 2 <= x.ndim <= 5 and (x.device.type != "cpu" or x.dtype in (torch.float32, torch.float64))
+    """Whether gankern's norm ops take x: (N, C) to (N, C, D, H, W) (any float dtype: fp32, fp16 and
+    bf16 run the kernels, fp64 the reference)."""
+    return 2 <= x.ndim <= 5
 
 
 def _torch_act(h: Tensor, act: str | None, alpha: float | None) -> Tensor:
