@@ -25,6 +25,21 @@ struct alignas(sizeof(T) * N) Vec {
   T v[N];
 };
 
+// Sum of v over a block of kThreads threads (a multiple of 32), returned to every thread. Fixed
+// order (warp shuffles, then the warps' sums in warp order), so deterministic. Every thread of the
+// block must call it; `sh` is kThreads / 32 floats of shared memory, reusable across calls.
+template <int kThreads>
+__device__ __forceinline__ float block_sum(float v, float* sh) {
+  for (int off = 16; off > 0; off >>= 1) v += __shfl_down_sync(0xffffffffu, v, off);
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  __syncthreads();  // sh may still be read by the previous call
+  if (lane == 0) sh[warp] = v;
+  __syncthreads();
+  float t = 0.f;
+  for (int w = 0; w < kThreads / 32; ++w) t += sh[w];
+  return t;
+}
+
 // The 16-byte vector paths need every pointer they touch aligned (nullptr: not touched).
 inline bool aligned16(const void* p) { return p == nullptr || reinterpret_cast<std::uintptr_t>(p) % 16 == 0; }
 

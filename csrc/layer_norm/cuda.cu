@@ -10,18 +10,6 @@ namespace {
 
 constexpr int kThreads = 256;
 
-// Sum over the block, returned to every thread. `sh` holds kThreads / 32 floats.
-__device__ float block_sum(float v, float* sh) {
-  for (int off = 16; off > 0; off >>= 1) v += __shfl_down_sync(0xffffffffu, v, off);
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  __syncthreads();  // sh may still be read by the previous call
-  if (lane == 0) sh[warp] = v;
-  __syncthreads();
-  float t = 0.f;
-  for (int w = 0; w < kThreads / 32; ++w) t += sh[w];
-  return t;
-}
-
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
 forward_kernel(const T* __restrict__ x, const T* __restrict__ res, const float* __restrict__ w,
@@ -38,13 +26,13 @@ forward_kernel(const T* __restrict__ x, const T* __restrict__ res, const float* 
     }
     float s = 0.f;
     for (std::int64_t j = threadIdx.x; j < D; j += kThreads) s += to_f32(src[j]);
-    const float m = block_sum(s, sh) / static_cast<float>(D);
+    const float m = block_sum<kThreads>(s, sh) / static_cast<float>(D);
     float q = 0.f;
     for (std::int64_t j = threadIdx.x; j < D; j += kThreads) {
       const float d = to_f32(src[j]) - m;
       q += d * d;
     }
-    const float rs = 1.f / sqrtf(block_sum(q, sh) / static_cast<float>(D) + eps);  // (no rsqrtf in the emulator)
+    const float rs = 1.f / sqrtf(block_sum<kThreads>(q, sh) / static_cast<float>(D) + eps);  // (no rsqrtf in the emulator)
     for (std::int64_t j = threadIdx.x; j < D; j += kThreads) {
       float v = (to_f32(src[j]) - m) * rs;
       if (w) v *= __ldg(w + j);
@@ -82,8 +70,8 @@ backward_kernel(const T* __restrict__ dy, const T* __restrict__ dh, const T* __r
         dwk[j] += d * xhat;  // column j belongs to this thread in every row
         dbk[j] += d;
       }
-      const float mg = block_sum(sg, sh) / static_cast<float>(D);
-      const float mgx = block_sum(sgx, sh) / static_cast<float>(D);
+      const float mg = block_sum<kThreads>(sg, sh) / static_cast<float>(D);
+      const float mgx = block_sum<kThreads>(sgx, sh) / static_cast<float>(D);
       for (std::int64_t j = threadIdx.x; j < D; j += kThreads) {
         const float d = to_f32(dy[o + j]), xhat = (to_f32(h[o + j]) - m) * rs;
         const float g = w ? d * __ldg(w + j) : d;

@@ -9,19 +9,6 @@ namespace {
 
 constexpr int kThreads = 256;
 
-// Sum of v over the block, in a fixed order (warp shuffles, then warp 0 over the warps' sums).
-__device__ float block_sum(float v) {
-  __shared__ float sh[kThreads / 32];
-  for (int off = 16; off > 0; off >>= 1) v += __shfl_down_sync(0xffffffffu, v, off);
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  if (lane == 0) sh[warp] = v;
-  __syncthreads();
-  float t = 0.f;
-  if (threadIdx.x == 0)
-    for (int k = 0; k < kThreads / 32; ++k) t += sh[k];
-  return t;  // valid in thread 0
-}
-
 // The group's mean and sqrt(var + eps) at (j, ch, pixel q).
 template <typename T>
 __device__ __forceinline__ void group_moments(const T* __restrict__ x, const Params& p, std::int64_t j, std::int64_t ch,
@@ -49,7 +36,8 @@ __global__ void __launch_bounds__(kThreads) stat_kernel(const T* __restrict__ x,
     group_moments(x, p, j, f * c + e / p.HW, e % p.HW, mu, sd);
     acc += sd;
   }
-  const float t = block_sum(acc);
+  __shared__ float sh[kThreads / 32];
+  const float t = block_sum<kThreads>(acc, sh);
   if (threadIdx.x == 0) s[blockIdx.x] = t / static_cast<float>(len);
 }
 
@@ -73,7 +61,8 @@ __global__ void __launch_bounds__(kThreads) ds_kernel(const T* __restrict__ dout
     const std::int64_t g = e / p.HW, q = e % p.HW;
     acc += to_f32(dout[((g * n + j) * (p.C + p.F) + p.C + f) * p.HW + q]);
   }
-  const float t = block_sum(acc);
+  __shared__ float sh[kThreads / 32];
+  const float t = block_sum<kThreads>(acc, sh);
   if (threadIdx.x == 0) ds[blockIdx.x] = t / static_cast<float>(c * p.HW);
 }
 

@@ -9,18 +9,6 @@ namespace {
 
 constexpr int kThreads = 256;
 
-// Sum over the block, returned to every thread. `sh` holds kThreads / 32 floats.
-__device__ float block_sum(float v, float* sh) {
-  for (int off = 16; off > 0; off >>= 1) v += __shfl_down_sync(0xffffffffu, v, off);
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  __syncthreads();  // sh may still be read by the previous call
-  if (lane == 0) sh[warp] = v;
-  __syncthreads();
-  float t = 0.f;
-  for (int w = 0; w < kThreads / 32; ++w) t += sh[w];
-  return t;
-}
-
 __global__ void __launch_bounds__(kThreads)
 modulate_kernel(const float* __restrict__ w, const float* __restrict__ st, float* __restrict__ wmod,
                 float* __restrict__ dc, std::int64_t N, std::int64_t O, std::int64_t I, std::int64_t K,
@@ -38,7 +26,7 @@ modulate_kernel(const float* __restrict__ w, const float* __restrict__ st, float
         const float v = wo[j] * sn[j / K];
         acc += v * v;
       }
-      d = 1.f / sqrtf(block_sum(acc, sh) + kDemodEps);
+      d = 1.f / sqrtf(block_sum<kThreads>(acc, sh) + kDemodEps);
       if (dc != nullptr && threadIdx.x == 0) dc[no] = d;
     }
     if (wmod != nullptr)
