@@ -158,7 +158,7 @@ def test_bad_inputs(call, exc, words):
         assert w in str(info.value), f"{w!r} not in {info.value!s}"
 
 
-@pytest.mark.parametrize("backend", ["triton", "cuda"])
+@pytest.mark.parametrize("backend", ["cpu", "triton", "cuda"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("up, down", [(2, 1), (1, 2), (1, 1)])
 def test_half_precision(backend, dtype, up, down):
