@@ -67,9 +67,15 @@ def autocast_input(x: torch.Tensor) -> torch.Tensor:
     runs its kernels in that dtype as torch's own autocast-listed layers do; otherwise x unchanged.
     gankern's ops are custom ops, which autocast does not cast by itself."""
     dev = x.device.type
+    if dev not in _AUTOCAST_DEVICES:  # torch.is_autocast_enabled raises for e.g. "meta"
+        return x
     if x.is_floating_point() and torch.is_autocast_enabled(dev):
         return x.to(torch.get_autocast_dtype(dev))
     return x
+
+
+# Device types torch.autocast supports (and gankern has backends for).
+_AUTOCAST_DEVICES = frozenset({"cpu", "cuda"})
 
 
 # ---- output layouts ----------------------------------------------------------------------------
