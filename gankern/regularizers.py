@@ -67,7 +67,7 @@ def _r1(D, real, c, gamma, return_logits):
 
 
 def path_length_penalty(G_synthesis_fn: Callable, ws: Tensor, pl_mean: Tensor, decay: float = 0.01,
-                        noise: Tensor | None = None, weight: float | None = None):
+                        noise: Tensor | None = None, weight: float | None = None, all_processes: bool = False):
     """StyleGAN2's path-length penalty: (||J_w^T y|| - pl_mean)^2 per sample, and the new pl_mean.
 
     Args:
@@ -78,10 +78,14 @@ def path_length_penalty(G_synthesis_fn: Callable, ws: Tensor, pl_mean: Tensor, d
         decay: pl_mean moves by this fraction towards the batch mean (lerp).
         noise: y, the random image-space direction; default randn_like(images) / sqrt(H * W).
         weight: if given, the penalty is scaled by it (StyleGAN2's pl_weight).
+        all_processes: under torch.distributed, pl_mean moves towards the mean path length of every
+            process's samples (an all_reduce of the batch means, equal shares assumed; every process
+            must call it), so all processes keep the same pl_mean and the penalty is the one a
+            single process computes on the whole batch. Without it each process tracks its own.
     Returns (penalty [N], new_pl_mean detached). Store the new mean: pl_mean.copy_(new_pl_mean).
     Path length per sample: sqrt(mean over ws of the squared gradient norm over w_dim).
     """
-    return _path_length(G_synthesis_fn, _ws_with_grad(ws), pl_mean, decay, noise, weight)
+    return _path_length(G_synthesis_fn, _ws_with_grad(ws), pl_mean, decay, noise, weight, all_processes)
 
 
 def _ws_with_grad(ws: Tensor) -> Tensor:
@@ -89,7 +93,7 @@ def _ws_with_grad(ws: Tensor) -> Tensor:
     return ws if ws.requires_grad else ws.detach().requires_grad_(True)
 
 
-def _path_length(G_synthesis_fn, ws, pl_mean, decay, noise, weight):
+def _path_length(G_synthesis_fn, ws, pl_mean, decay, noise, weight, all_processes=False):
     img = G_synthesis_fn(ws)
     if noise is None:
         noise = torch.randn_like(img) / math.sqrt(img.shape[2] * img.shape[3])
@@ -98,7 +102,12 @@ def _path_length(G_synthesis_fn, ws, pl_mean, decay, noise, weight):
     if lengths.ndim > 1:
         lengths = lengths.mean(dim=1)
     lengths = lengths.sqrt()
-    new_mean = pl_mean.lerp(lengths.mean().to(pl_mean.dtype), decay)
+    batch_mean = lengths.mean()
+    if all_processes and torch.distributed.is_available() and torch.distributed.is_initialized():
+        batch_mean = batch_mean.detach().clone()   # only the (detached) running mean needs it
+        torch.distributed.all_reduce(batch_mean)
+        batch_mean /= torch.distributed.get_world_size()
+    new_mean = pl_mean.lerp(batch_mean.to(pl_mean.dtype), decay)
     penalty = (lengths - new_mean.detach()).square()
     if weight is not None:
         penalty = penalty * float(weight)

@@ -120,7 +120,7 @@ def train(model: str, data: str = "digits", epochs: int | None = None, batch_siz
                         persistent_workers=False)
     start_epoch, step, history = 0, 0, []
     if ckpt is not None:
-        task.model.load_state_dict(ckpt["model"])
+        task.load_model_state(ckpt["model"])
         for k, o in opts.items():
             o.load_state_dict(ckpt["optimizers"][k])
         task.scaler.load_state_dict(ckpt["scaler"])
@@ -195,7 +195,7 @@ def load_task(ckpt: dict, fused: bool | None, device: torch.device):
         raise UsageError(f"checkpoint of unknown model {ckpt['task']!r}")
     task = task_cls(ckpt["config"], ckpt["fused"] if fused is None else fused, device)
     try:
-        task.model.load_state_dict(ckpt["model"])
+        task.load_model_state(ckpt["model"])
     except RuntimeError as e:
         raise UsageError(f"checkpoint weights do not fit the {ckpt['task']} model: {str(e)[:300]}") from None
     task.model.eval()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import copy
 from typing import Callable
 
 import torch
@@ -38,6 +39,7 @@ class Task(abc.ABC):
     def __init__(self, config: dict, fused: bool, device: torch.device, precision: str = "fp32"):
         self.config, self.fused, self.device = config, fused, device
         self.distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        self.world_size = torch.distributed.get_world_size() if self.distributed else 1
         self.amp_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
         self.model = self.build().to(device)
@@ -65,6 +67,10 @@ class Task(abc.ABC):
 
     def end_epoch(self, train_images: Tensor) -> None:
         """Hook after each epoch (before the checkpoint)."""
+
+    def load_model_state(self, state: dict) -> None:
+        """Loads a checkpoint's model state_dict (strict)."""
+        self.model.load_state_dict(state)
 
     # ---- shared ----------------------------------------------------------------------------
     def ddp(self, module: nn.Module) -> nn.Module:
@@ -143,13 +149,25 @@ class StyleGAN2Task(Task):
     multiplied by its interval, and Adam's learning rate and betas are adjusted by
     interval / (interval + 1), as the paper's lazy regularization does. The phases of one
     minibatch: G main, G reg (when due), D main, D reg (when due); D main reuses the G phase's
-    images, detached. The minibatch count and the path-length mean are buffers of the model, so a
-    checkpoint resumes the schedule exactly."""
+    images, detached; then the generator EMA is updated (`update_ema`). The minibatch count, the
+    path-length mean and the EMA generator (`model.generator_ema`) are in the model's state_dict,
+    so a checkpoint resumes the schedule exactly. Samples come from the EMA generator."""
     name = "stylegan2"
+    # ema_kimg / ema_rampup: the paper's (half-life 10k images, ramp-up 0.05). On digits (1528
+    # training images; 10 epochs of batch 32 = 15k images) the ramp-up is what binds: the half-life
+    # is 5% of the images seen, ~750 images (~24 minibatches) at the end of the default run.
     defaults = dict(z_dim=64, w_dim=64, mapping_layers=2, channel_base=1024, channel_max=64, r1_gamma=0.01,
                     r1_interval=16, pl_weight=2.0, pl_interval=4, pl_batch_shrink=2, pl_decay=0.01,
-                    style_mixing_prob=0.9)
+                    style_mixing_prob=0.9, ema_kimg=10.0, ema_rampup=0.05)
     train_defaults = dict(epochs=10, batch_size=32, lr=2e-3)
+
+    def __init__(self, config: dict, fused: bool, device: torch.device, precision: str = "fp32"):
+        # configs of checkpoints from before the EMA get its defaults
+        config = dict({k: StyleGAN2Task.defaults[k] for k in ("ema_kimg", "ema_rampup")}, **config)
+        super().__init__(config, fused, device, precision)
+        # The EMA generator is a submodule of the model, so model.state_dict() (the checkpoint) holds
+        # it, under the same keys fused or not; it is never trained, only averaged (update_ema).
+        self.model.generator_ema = copy.deepcopy(self.model.generator).requires_grad_(False)
 
     def build(self):
         c = self.config
@@ -172,17 +190,45 @@ class StyleGAN2Task(Task):
     def _reg_step(self, loss: Tensor, opt: torch.optim.Optimizer, module: nn.Module) -> None:
         """A regularizer's update. Its gradient penalty differentiates through the plain module
         (DistributedDataParallel does not support torch.autograd.grad), so under torch.distributed
-        the gradients are averaged here."""
+        the gradients are averaged here: one all_reduce of them all, flattened (a call per
+        parameter costs a round trip each). Every process has the same parameters with a gradient
+        (the same code ran), so the flattened layouts agree."""
         opt.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if self.distributed:
-            world = torch.distributed.get_world_size()
-            for p in module.parameters():
-                if p.grad is not None:
-                    torch.distributed.all_reduce(p.grad)
-                    p.grad /= world
+            grads = [p.grad for p in module.parameters() if p.grad is not None]
+            flat = torch.cat([g.reshape(-1) for g in grads])
+            torch.distributed.all_reduce(flat)
+            flat /= self.world_size
+            for g, avg in zip(grads, flat.split([g.numel() for g in grads])):
+                g.copy_(avg.view_as(g))
         self.scaler.step(opt)
         self.scaler.update()
+
+    @torch.no_grad()
+    def update_ema(self, batch: int) -> None:
+        """StyleGAN2's generator EMA after a minibatch of `batch` images (all processes together):
+        ema = lerp(G, ema, beta) with beta = 0.5 ** (batch / half_life); the half-life is ema_kimg
+        thousand images, but at most ema_rampup times the images seen before this minibatch (the
+        ramp-up: early on the average forgets the random start quickly; after the first minibatch
+        the EMA is G). Buffers (w_avg, noise_const, filters) are copied. Under DDP every process
+        does this from the same parameters (the step left them equal): no communication needed."""
+        c, m = self.config, self.model
+        half_life = c["ema_kimg"] * 1000
+        if c["ema_rampup"]:
+            half_life = min(half_life, int(m.num_minibatches) * batch * c["ema_rampup"])
+        beta = 0.5 ** (batch / half_life) if half_life > 0 else 0.0
+        for p_ema, p in zip(m.generator_ema.parameters(), m.generator.parameters()):
+            p_ema.copy_(p.lerp(p_ema, beta))
+        for b_ema, b in zip(m.generator_ema.buffers(), m.generator.buffers()):
+            b_ema.copy_(b)
+
+    def load_model_state(self, state: dict) -> None:
+        # a checkpoint from before the EMA existed: the EMA starts as its generator
+        if not any(k.startswith("generator_ema.") for k in state):
+            state = dict(state, **{"generator_ema." + k[len("generator."):]: v for k, v in state.items()
+                                   if k.startswith("generator.")})
+        self.model.load_state_dict(state)
 
     def _toggle(self, module: nn.Module, on: bool) -> None:
         # the other network's parameter gradients are not needed in a phase (StyleGAN2 turns them
@@ -200,6 +246,7 @@ class StyleGAN2Task(Task):
         out["loss_d"] = self.d_main(x, fake, opts)
         if c["r1_gamma"] and i % c["r1_interval"] == 0:
             out["loss_r1"] = self.d_reg(x, opts)
+        self.update_ema(x.shape[0] * self.world_size)
         m.num_minibatches += 1
         return out
 
@@ -255,13 +302,16 @@ class StyleGAN2Task(Task):
     @staticmethod
     def path_length(synthesis, ws, pl_mean, decay, weight):
         from ..regularizers import path_length_penalty
-        return path_length_penalty(synthesis, ws, pl_mean, decay=decay, weight=weight)
+        # all_processes: under DDP pl_mean follows the whole batch's mean path length, so it stays
+        # equal on every process (it is saved from rank 0) and the penalty is the single-process one
+        return path_length_penalty(synthesis, ws, pl_mean, decay=decay, weight=weight, all_processes=True)
 
     @torch.no_grad()
     def generate(self, n, seed, truncation_psi: float = 1.0, **kw):
+        """Samples of the EMA generator (as the paper's results), with its constant noise."""
         g = torch.Generator().manual_seed(seed)
         z = torch.randn(n, self.config["z_dim"], generator=g).to(self.device)
-        return _eval_call(self.model.generator, lambda G: torch.cat(
+        return _eval_call(self.model.generator_ema, lambda G: torch.cat(
             [G(zb, truncation_psi, noise_mode="const") for zb in z.split(256)]).clamp(-1, 1))
 
 
