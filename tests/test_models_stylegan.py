@@ -248,6 +248,7 @@ def test_training_step_fused_equals_plain(monkeypatch):
         losses = [task.step(x, None, opts) for _ in range(3)]
         runs.append((task, losses))
     (tf, lf), (tp, lp) = runs
+    assert list(tf.model.state_dict()) == list(tp.model.state_dict())   # the EMA generator's keys included
     for a, b in zip(lf, lp):
         assert list(a) == list(b)
         for k in a:
@@ -284,3 +285,57 @@ def test_cli_train_sample_and_exact_resume(tiny_npz, tmp_path, monkeypatch):
     for k, v in full["model"].items():
         assert torch.equal(v, resumed["model"][k]), f"{k} differs after resume"
     assert full["history"] == resumed["history"]
+    # the EMA generator is in the checkpoint and, after 4 minibatches, no longer the generator
+    ema = {k: v for k, v in full["model"].items() if k.startswith("generator_ema.")}
+    assert len(ema) == sum(k.startswith("generator.") for k in full["model"])
+    assert any(not torch.equal(v, full["model"]["generator." + k[len("generator_ema."):]]) for k, v in ema.items())
+
+
+def _ema_task(**kw):
+    from gankern.train.tasks import StyleGAN2Task
+    config = dict(StyleGAN2Task.defaults, image_size=8, channels=1, num_classes=10, z_dim=8, w_dim=8, channel_base=32,
+                  channel_max=8, **kw)
+    torch.manual_seed(0)
+    return StyleGAN2Task(config, True, torch.device("cpu"))
+
+
+@pytest.mark.parametrize("minibatches,beta", [
+    (0, 0.0),                        # first minibatch: the ramp-up makes the half-life 0, EMA = G
+    (10, 0.5 ** (8 / (80 * 0.05))),  # ramp-up: half-life 5% of the 80 images seen
+    (1000, 0.5 ** (8 / 100)),        # then ema_kimg: 100 images
+])
+def test_generator_ema_half_life_rule(minibatches, beta):
+    task = _ema_task(ema_kimg=0.1, ema_rampup=0.05)
+    m = task.model
+    assert not any(p.requires_grad for p in m.generator_ema.parameters())
+    assert list(m.generator_ema.state_dict()) == list(m.generator.state_dict())
+    with torch.no_grad():   # an EMA and buffers that differ from the generator's
+        for t in [*m.generator_ema.parameters(), m.generator.mapping.w_avg]:
+            t.normal_()
+    before = {k: v.clone() for k, v in m.generator_ema.state_dict().items()}
+    m.num_minibatches.fill_(minibatches)
+    task.update_ema(8)
+    params = {n for n, _ in m.generator.named_parameters()}
+    for k, g in m.generator.state_dict().items():
+        got = m.generator_ema.state_dict()[k]
+        want = g.lerp(before[k], beta) if k in params else g   # buffers: copied
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7, msg=lambda msg: f"{k}: {msg}")
+
+
+def test_samples_come_from_the_ema_generator():
+    task = _ema_task()
+    m = task.model
+    with torch.no_grad():
+        for p in m.generator_ema.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    z = torch.randn(3, 8, generator=torch.Generator().manual_seed(5))
+    want = m.generator_ema.eval()(z, noise_mode="const").clamp(-1, 1)
+    got = task.generate(3, 5)
+    torch.testing.assert_close(got, want)
+    assert not torch.allclose(got, m.generator.eval()(z, noise_mode="const").clamp(-1, 1))
+    # a checkpoint from before the EMA existed loads, its EMA starting as its generator
+    old = {k: v for k, v in m.state_dict().items() if not k.startswith("generator_ema.")}
+    fresh = _ema_task()
+    fresh.load_model_state(old)
+    for k, v in fresh.model.generator.state_dict().items():
+        assert torch.equal(fresh.model.generator_ema.state_dict()[k], v), k
