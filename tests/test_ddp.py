@@ -251,19 +251,40 @@ def test_dcgan_step_on_two_processes_normalizes_each_share(gan_ddp_runs):
         torch.testing.assert_close(s0[k], per_share["state"][k], rtol=1e-4, atol=1e-5, msg=lambda m: f"{k}: {m}")
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not on PATH")
-def test_cli_under_torchrun(tmp_path):
+def _torchrun_train(tmp_path, model: str, images: int):
+    """`torchrun --nproc_per_node 2 -m gankern train MODEL` for one epoch at 16x16, batch 8, on the
+    first `images` digits; returns (the run's folder, the completed process)."""
     import numpy as np
     from gankern.train import data as D
     ds, _ = D.load("digits", 8)
-    np.savez(tmp_path / "d.npz", x=((ds.images[:64, 0] + 1) * 127.5).round().to(torch.uint8).numpy(),
-             y=ds.labels[:64].numpy())
+    np.savez(tmp_path / "d.npz", x=((ds.images[:images, 0] + 1) * 127.5).round().to(torch.uint8).numpy(),
+             y=ds.labels[:images].numpy())
     out = tmp_path / "run"
     r = subprocess.run(["torchrun", "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port",
-                        str(_free_port()), "-m", "gankern", "train", "autoencoder", "--data", str(tmp_path / "d.npz"),
+                        str(_free_port()), "-m", "gankern", "train", model, "--data", str(tmp_path / "d.npz"),
                         "--image-size", "16", "--batch-size", "8", "--epochs", "1", "--out", str(out),
                         "--no-progress"], capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1],
                        env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert (out / "checkpoint.pt").is_file() and r.stderr.count("autoencoder epoch 1/1") == 1   # rank 0 only
+    assert (out / "checkpoint.pt").is_file() and r.stderr.count(f"{model} epoch 1/1") == 1   # rank 0 only
+    return out, r
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not on PATH")
+def test_cli_under_torchrun(tmp_path):
+    _torchrun_train(tmp_path, "autoencoder", 64)
+
+
+@pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not on PATH")
+def test_stylegan2_cli_under_torchrun(tmp_path):
+    """The real CLI on 2 processes: 2 minibatches of 4 + 4 (24 digits, 85% for training), the first
+    with both lazy regularizers (the manual all-reduces and pl_mean's), then the EMA; rank 0 saves.
+    Not marked slow (CI skips those): it is the one run of the StyleGAN2 phases under torchrun."""
+    from gankern.train import checkpoint as C
+    out, _ = _torchrun_train(tmp_path, "stylegan2", 24)
+    ckpt = C.load(out / "checkpoint.pt", expect_task="stylegan2")
+    assert ckpt["step"] == 2 and int(ckpt["model"]["num_minibatches"]) == 2 and ckpt["model"]["pl_mean"] > 0
+    assert "generator_ema.mapping.fc0.weight" in ckpt["model"]
+    header = (out / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert header == ["epoch", "step", "loss_g", "loss_pl", "loss_d", "loss_r1"]
