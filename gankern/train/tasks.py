@@ -232,9 +232,16 @@ class StyleGAN2Task(Task):
 
     def _toggle(self, module: nn.Module, on: bool) -> None:
         # the other network's parameter gradients are not needed in a phase (StyleGAN2 turns them
-        # off); under DDP every parameter must take part in each backward, so they stay on there
-        if not self.distributed:
-            module.requires_grad_(on)
+        # off). Under DDP too: the network whose gradients are off runs as its plain module
+        # (`_without_ddp`), so its DDP reducer never waits for them.
+        module.requires_grad_(on)
+
+    @staticmethod
+    def _without_ddp(module: nn.Module) -> nn.Module:
+        """The module a DistributedDataParallel wraps (a network that only passes gradients
+        through in a phase needs no gradient averaging), else the module itself (e.g. compiled)."""
+        from torch.nn.parallel import DistributedDataParallel
+        return module.module if isinstance(module, DistributedDataParallel) else module
 
     def step(self, x, y, opts):
         c, m = self.config, self.model
@@ -257,7 +264,7 @@ class StyleGAN2Task(Task):
         self._toggle(D, False)
         with self.autocast():
             fake, _ = self.G(torch.randn(batch, c["z_dim"], device=self.device), c["style_mixing_prob"])
-            loss = F.softplus(-self.D(fake).float()).mean()
+            loss = F.softplus(-self._without_ddp(self.D)(fake).float()).mean()
         self.backward_step(loss, opts["g"])
         self._toggle(D, True)
         return fake.detach(), loss.item()
