@@ -28,6 +28,7 @@ keyword arguments, and any tensor argument that is not exactly a torch.Tensor or
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 
 import torch
@@ -45,19 +46,36 @@ _tracing = torch._C._get_tracing_state
 _grad_enabled = torch._C.is_grad_enabled
 _any_requires_grad = torch._C._any_requires_grad
 
-# Calls taken by the fast path, per op name (tests check that it is taken in eager and only there).
+# Calls taken by the fast path, per op name, while count_calls is set (tests check that it is taken
+# in eager and only there).
 calls: dict[str, int] = {}
 count_calls = False
 
+# False: every call goes through torch.library (tests compare both paths; benchmarks A/B them).
+enabled = True
 
-def _eager(args) -> bool:
-    """True when torch.library's custom-op path would do nothing but run the op's own code."""
+
+@contextlib.contextmanager
+def fast_path(on: bool):
+    """Turn the eager fast path on or off inside the block (process-wide: for tests and benchmarks)."""
+    global enabled
+    old, enabled = enabled, on
+    try:
+        yield
+    finally:
+        enabled = old
+
+
+def _eager(args, tensor_positions) -> bool:
+    """True when torch.library's custom-op path would do nothing but run the op's own code.
+    tensor_positions: the indices of the schema's Tensor arguments (the others cannot hold one)."""
     # is_compiling first: dynamo folds it to True and never traces the C calls after it
     if _is_compiling() or _dispatch_modes() or _function_mode() or _functorch() or _tracing() \
             or forward_ad._current_level >= 0:
         return False
-    for a in args:
-        if isinstance(a, torch.Tensor) and (type(a) not in _PLAIN or a.is_meta):
+    for i in tensor_positions:
+        a = args[i]
+        if a is not None and (type(a) not in _PLAIN or a.is_meta):
             return False
     return True
 
@@ -77,25 +95,38 @@ class Op:
         # defaults of trailing parameters, filled in as torch.library fills them for setup_context
         self._defaults = tuple(p.default for p in params)
         self._function = None  # the autograd.Function, once register_autograd is called
+        schema_args = self.overload._schema.arguments
+        tensor_or_none = torch._C.OptionalType.ofTensor()
+        self._tensor_positions = tuple(i for i, a in enumerate(schema_args) if a.type.isSubtypeOf(tensor_or_none))
+        if any("Tensor" in str(a.type) for i, a in enumerate(schema_args) if i not in self._tensor_positions):
+            raise TypeError(f"{qualname}: tensor-list arguments are not supported by gankern._op (the eager "
+                            "check looks at Tensor and Optional[Tensor] arguments only)")
 
     def register_fake(self, fn):
         return self.custom.register_fake(fn)
 
     def register_autograd(self, backward, *, setup_context):
         self.custom.register_autograd(backward, setup_context=setup_context)
-        forward = self._run
+        run = self._run
+
+        # setup_context is called inside forward (as torch.library's generated Function does), not
+        # given as Function.setup_context: with one, Function.apply binds the arguments with
+        # inspect.signature on every call (~10 us).
+        def forward(ctx, *args):
+            out = run(*args)
+            setup_context(ctx, args, out)
+            return out
 
         self._function = type(f"{self.name}_fast", (torch.autograd.Function,), {
             "forward": staticmethod(forward),
-            "setup_context": staticmethod(setup_context),
             "backward": staticmethod(backward),
         })
 
     def __call__(self, *args, **kwargs):
-        if kwargs or not _eager(args):
-            return self.overload(*args, **kwargs)
         if len(args) < self._nparams:
             args = args + self._defaults[len(args):]
+        if kwargs or not enabled or not _eager(args, self._tensor_positions):
+            return self.overload(*args, **kwargs)
         if count_calls:
             calls[self.name] = calls.get(self.name, 0) + 1
         if _grad_enabled() and _any_requires_grad(*args):
