@@ -23,8 +23,12 @@ kernel. So in plain eager mode a call skips it and does what that path would do,
 torch.compile/dynamo tracing, an active TorchDispatchMode (FakeTensor, make_fx/export, the
 contract suite's recorder) or TorchFunctionMode (including `torch.set_default_device`), a
 functorch transform (vmap, grad, functionalize), forward-mode AD (a dual level), the JIT tracer,
-keyword arguments, and any tensor argument that is not exactly a torch.Tensor or nn.Parameter
-(subclasses, FakeTensor) or is on the meta device.
+keyword arguments or omitted defaults, and any tensor argument that is not exactly a
+torch.Tensor or nn.Parameter (subclasses, FakeTensor) or is on the meta device.
+
+What the fast path does not repeat: torch.library's check of each argument against the schema
+(an int for a float...). Only gankern's own code calls the op objects, after the functional API's
+validation; `torch.ops.gankern.*`, which users may call, is unchanged.
 """
 from __future__ import annotations
 
@@ -90,10 +94,7 @@ class Op:
         self.qualname = qualname
         self.name = qualname.split("::")[1]
         self._fn = fn
-        params = list(inspect.signature(fn).parameters.values())
-        self._nparams = len(params)
-        # defaults of trailing parameters, filled in as torch.library fills them for setup_context
-        self._defaults = tuple(p.default for p in params)
+        self._nparams = len(inspect.signature(fn).parameters)
         self._function = None  # the autograd.Function, once register_autograd is called
         schema_args = self.overload._schema.arguments
         tensor_or_none = torch._C.OptionalType.ofTensor()
@@ -123,9 +124,8 @@ class Op:
         })
 
     def __call__(self, *args, **kwargs):
-        if len(args) < self._nparams:
-            args = args + self._defaults[len(args):]
-        if kwargs or not enabled or not _eager(args, self._tensor_positions):
+        # every argument positional (gankern's callers pass them all): else torch.library binds them
+        if kwargs or len(args) != self._nparams or not enabled or not _eager(args, self._tensor_positions):
             return self.overload(*args, **kwargs)
         if count_calls:
             calls[self.name] = calls.get(self.name, 0) + 1
