@@ -17,6 +17,10 @@ import subprocess
 import sys
 import time
 
+# import this checkout's gankern (the script lives in <tree>/benchmarks/), or --ab's tree in the child
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.environ.get("GANKERN_TREE", HERE))
+
 
 def cases():
     import torch
@@ -68,7 +72,7 @@ def measure(rounds: int, toggle: bool) -> dict:
                 with gankern._op.fast_path(False):
                     off.append(per_call_us(fn, n))
             on.append(per_call_us(fn, n))
-        res[name] = (sorted(on)[len(on) // 2], sorted(off)[len(off) // 2] if off else None)
+        res[name] = (sorted(on)[len(on) // 2], sorted(off)[len(off) // 2] if off else float("nan"))
     return res
 
 
@@ -86,11 +90,10 @@ def main():
     for k, (on, off) in res.items():
         print(f"{k:52s} {on:9.1f} {off:9.1f} {off / on:8.2f}")
     if a.ab:
-        here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         runs = {"this": [], "other": []}
         for _ in range(3):  # alternate the trees
-            for tag, tree in (("other", a.ab), ("this", here)):
-                env = dict(os.environ, PYTHONPATH=tree)
+            for tag, tree in (("other", os.path.abspath(a.ab)), ("this", HERE)):
+                env = dict(os.environ, GANKERN_TREE=tree)
                 outp = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", "--rounds",
                                        str(a.rounds)], env=env, cwd=tree, capture_output=True, text=True,
                                       check=True).stdout

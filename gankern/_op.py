@@ -33,6 +33,7 @@ validation; `torch.ops.gankern.*`, which users may call, is unchanged.
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 
 import torch
@@ -88,13 +89,22 @@ class Op:
     """A gankern custom op: `torch.ops.gankern.<name>` plus the eager fast path (module doc).
     `register_fake` / `register_autograd` register on the custom op as torch.library's do."""
 
-    def __init__(self, qualname: str, fn):
+    def __init__(self, qualname: str, fn, check=None):
+        self._impl = fn  # the op without its operand check (Op.unchecked)
+        if check is not None:
+            @functools.wraps(fn)
+            def checked(*args):
+                check(*args)
+                return impl(*args)
+            # the schema is inferred from fn's signature, its string annotations evaluated where fn lives
+            checked.__signature__ = inspect.signature(fn, eval_str=True)
+            impl, fn = fn, checked
         self.custom = torch.library.custom_op(qualname, mutates_args=())(fn)
         self.overload = self.custom._opoverload
         self.qualname = qualname
         self.name = qualname.split("::")[1]
         self._fn = fn
-        self._nparams = len(inspect.signature(fn).parameters)
+        self._nparams = len(inspect.signature(self._impl).parameters)
         self._function = None  # the autograd.Function, once register_autograd is called
         schema_args = self.overload._schema.arguments
         tensor_or_none = torch._C.OptionalType.ofTensor()
@@ -124,20 +134,31 @@ class Op:
         })
 
     def __call__(self, *args, **kwargs):
+        return self._call(self._fn, args, kwargs)
+
+    def unchecked(self, *args):
+        """The op, for a caller that has validated the operands itself (a functional API that
+        builds them): in eager mode without a gradient the op's `check` is skipped; in every other
+        case this is calling the op."""
+        return self._call(self._impl, args, None)
+
+    def _call(self, fn, args, kwargs):
         # every argument positional (gankern's callers pass them all): else torch.library binds them
         if kwargs or len(args) != self._nparams or not enabled or not _eager(args, self._tensor_positions):
-            return self.overload(*args, **kwargs)
+            return self.overload(*args, **(kwargs or {}))
         if count_calls:
             calls[self.name] = calls.get(self.name, 0) + 1
         if _grad_enabled() and _any_requires_grad(*args):
             if self._function is None:  # no formula: torch.library's own error
                 return self.overload(*args)
             return self._function.apply(*args)
-        return self._run(*args)
+        out = fn(*args)
+        _c_check_aliasing_constraint(self.qualname, args, {}, out)  # torch.library's check (C++, ~1 us)
+        return out
 
     def _run(self, *args):
-        """The op's own function (its backend dispatch), with torch.library's check that no output
-        aliases an input or another output (C++, ~1 us)."""
+        """The op's own function (check and backend dispatch), with torch.library's check that no
+        output aliases an input or another output."""
         out = self._fn(*args)
         _c_check_aliasing_constraint(self.qualname, args, {}, out)
         return out
@@ -146,10 +167,14 @@ class Op:
         return f"<gankern op {self.name}: torch.ops.gankern.{self.name} with an eager fast path>"
 
 
-def custom_op(qualname: str):
+def custom_op(qualname: str, *, check=None):
     """Decorator replacing `torch.library.custom_op(qualname, mutates_args=())` (module doc).
     Every gankern op is functional (mutates nothing): an op that mutates would need torch.library's
-    version-counter bookkeeping, which the fast path does not do."""
+    version-counter bookkeeping, which the fast path does not do.
+
+    check: optional `check(*args)` raising for bad operands, run before the op's function on every
+    call (torch.ops.gankern.* are public) except `Op.unchecked` calls in eager mode, where the
+    functional API has validated what it built."""
     def deco(fn) -> Op:
-        return Op(qualname, fn)
+        return Op(qualname, fn, check)
     return deco

@@ -264,3 +264,19 @@ def test_keyword_arguments_go_through_the_custom_op(counted):
     assert not counted
     assert torch.equal(y, op(x, None, 1, "relu", 0.2, math.sqrt(2), None)) and counted["bias_act"] == 1
     assert op.overload is torch.ops.gankern.bias_act.default
+
+
+def test_operand_check_runs_except_for_unchecked_eager_calls(counted):
+    """check= runs on torch.ops calls and plain Op calls; Op.unchecked skips it only on the fast path."""
+    from gankern.ops import diffusion as D
+    op = D._guidance_rescale_factors
+    bad = torch.randn(3, 2)  # guidance needs an even batch
+    with pytest.raises(ValueError, match="2\\*B samples"):
+        torch.ops.gankern.guidance_rescale_factors(bad, 2.0, 0.5)
+    with pytest.raises(ValueError, match="2\\*B samples"):
+        op(bad, 2.0, 0.5)
+    with _op.fast_path(False), pytest.raises(ValueError, match="2\\*B samples"):
+        op.unchecked(bad, 2.0, 0.5)
+    good = torch.randn(4, 2, 3)
+    assert torch.equal(op.unchecked(good, 2.0, 0.5), torch.ops.gankern.guidance_rescale_factors(good, 2.0, 0.5))
+    assert counted["guidance_rescale_factors"] == 2  # op(bad) and op.unchecked(good)

@@ -157,7 +157,7 @@ def fused_step(model_output: Tensor, sample: Tensor, plan: StepPlan, *, guidance
         if not guided:
             raise ValueError("guidance_rescale needs guidance_scale (a batched unconditional + conditional output)")
         mo_pred = _pred_channels(model_output, sample)
-        rescale = _guidance_rescale_factors(mo_pred, coefs[R.C_G], guidance_rescale)
+        rescale = _guidance_rescale_factors.unchecked(mo_pred, coefs[R.C_G], guidance_rescale)
         flags |= R.RESCALE
     thresh = None
     if plan.threshold is not None and sample.numel() == 0:
@@ -167,10 +167,10 @@ def fused_step(model_output: Tensor, sample: Tensor, plan: StepPlan, *, guidance
     elif plan.threshold is not None:
         ratio, max_value = plan.threshold
         lo, w = ref.quantile_rank(ratio, sample[0].numel())
-        thresh = _diffusion_threshold_scales(model_output, sample, rescale, coefs, flags, lo, w, float(max_value))
+        thresh = _diffusion_threshold_scales.unchecked(model_output, sample, rescale, coefs, flags, lo, w, float(max_value))
         flags |= R.THRESH
-    prev, x0 = _diffusion_step(model_output, sample, history, noise, rescale, thresh, coefs, flags, int(seed),
-                               int(offset), bool(want_x0))
+    prev, x0 = _diffusion_step.unchecked(model_output, sample, history, noise, rescale, thresh, coefs, flags,
+                                         int(seed), int(offset), bool(want_x0))
     return prev, (x0 if want_x0 else None)
 
 
@@ -324,11 +324,15 @@ def _check_loss_op(model_output, x0, noise, tx, tn, weight, grad=None) -> None:
 _ALL_FLAGS = (R.GUIDED | R.CLIP | R.THRESH | R.HIST | R.NOISE | R.VAR | R.RESCALE | R.HAS_VAR_CHANNELS)
 
 
-@_op.custom_op("gankern::diffusion_step")
+# fused_step builds these operands itself and calls the step ops' `unchecked` (gankern/_op.py)
+def _check_step(model_output, sample, history, noise, rescale, thresh, coefs, flags, seed, offset, want_x0):
+    _check_step_op(model_output, sample, history, noise, rescale, thresh, coefs, flags)
+
+
+@_op.custom_op("gankern::diffusion_step", check=_check_step)
 def _diffusion_step(model_output: Tensor, sample: Tensor, history: Optional[Tensor], noise: Optional[Tensor],
                     rescale: Optional[Tensor], thresh: Optional[Tensor], coefs: list[float], flags: int, seed: int,
                     offset: int, want_x0: bool) -> tuple[Tensor, Tensor]:
-    _check_step_op(model_output, sample, history, noise, rescale, thresh, coefs, flags)
     return _contiguous(resolve_nonempty("diffusion_step", sample)(model_output, sample, history, noise, rescale, thresh,
                                                                   coefs, flags, seed, offset, want_x0), sample)
 
@@ -338,9 +342,9 @@ def _(model_output, sample, history, noise, rescale, thresh, coefs, flags, seed,
     return _empty_contiguous(sample), (_empty_contiguous(sample) if want_x0 else sample.new_empty((0,)))
 
 
-@_op.custom_op("gankern::guidance_rescale_factors")
+@_op.custom_op("gankern::guidance_rescale_factors", check=lambda model_output, g, rescale: _check_guided_output(
+    model_output))
 def _guidance_rescale_factors(model_output: Tensor, g: float, rescale: float) -> Tensor:
-    _check_guided_output(model_output)
     return resolve_nonempty("guidance_rescale_factors", model_output)(model_output, g, rescale)
 
 
@@ -350,13 +354,16 @@ def _(model_output, g, rescale):
     return model_output.new_empty((model_output.shape[0] // 2,), dtype=dt)
 
 
-@_op.custom_op("gankern::diffusion_threshold_scales")
-def _diffusion_threshold_scales(model_output: Tensor, sample: Tensor, rescale: Optional[Tensor], coefs: list[float],
-                                flags: int, rank_lo: int, rank_w: float, max_value: float) -> Tensor:
+def _check_threshold(model_output, sample, rescale, coefs, flags, rank_lo, rank_w, max_value):
     _check_step_op(model_output, sample, None, None, rescale, None, coefs, flags & (R.GUIDED | R.RESCALE | R.VAR))
     S = sample[0].numel() if sample.shape[0] else 1
     if not (0 <= rank_lo < S and 0.0 <= rank_w <= 1.0):
         raise ValueError(f"rank_lo must be in [0, {S}) and rank_w in [0, 1], got {rank_lo}, {rank_w}")
+
+
+@_op.custom_op("gankern::diffusion_threshold_scales", check=_check_threshold)
+def _diffusion_threshold_scales(model_output: Tensor, sample: Tensor, rescale: Optional[Tensor], coefs: list[float],
+                                flags: int, rank_lo: int, rank_w: float, max_value: float) -> Tensor:
     return resolve_nonempty("diffusion_threshold_scales", sample)(model_output, sample, rescale, coefs, flags, rank_lo,
                                                                   rank_w, max_value)
 
