@@ -280,3 +280,28 @@ def test_operand_check_runs_except_for_unchecked_eager_calls(counted):
     good = torch.randn(4, 2, 3)
     assert torch.equal(op.unchecked(good, 2.0, 0.5), torch.ops.gankern.guidance_rescale_factors(good, 2.0, 0.5))
     assert counted["guidance_rescale_factors"] == 2  # op(bad) and op.unchecked(good)
+
+
+def test_guidance_rescale_factors_in_python_floats_are_torchs_bits():
+    """The CPU computes the per-sample rescale factors in Python floats (cheaper than a dozen torch
+    ops on [B] tensors): the same IEEE operations, so the same bits; zero variance falls back to
+    torch's inf/NaN."""
+    from gankern.ops import diffusion as D
+
+    def torch_formula(sums, S, r):
+        sc, sc2, sm, sm2 = sums.unbind(1)
+        var_c = (sc2 - sc * sc / S) / (S - 1)
+        var_m = (sm2 - sm * sm / S) / (S - 1)
+        return ((1 - r) + r * (var_c / var_m).sqrt()).float()
+
+    g = torch.Generator().manual_seed(5)
+    for S in (2, 3, 4096, 12345):
+        sums = torch.rand(64, 4, dtype=torch.float64, generator=g) * torch.tensor([1.0, 10, 1, 10], dtype=torch.float64)
+        sums[:, 1] += sums[:, 0] ** 2 / S  # non-negative variance
+        sums[:, 3] += sums[:, 2] ** 2 / S + 1e-3
+        for r in (0.0, 0.3, 0.7, 1.0):
+            got, want = D._rescale_from_sums(sums, S, r), torch_formula(sums, S, r)
+            assert torch.equal(got.view(torch.int32), want.view(torch.int32))
+    flat = torch.tensor([[1.0, 2.0, 2.0, 4.0]], dtype=torch.float64)  # var_m = 0
+    got, want = D._rescale_from_sums(flat, 2, 0.5), torch_formula(flat, 2, 0.5)
+    torch.testing.assert_close(got, want, equal_nan=True, rtol=0, atol=0)

@@ -17,6 +17,7 @@ selection pass and passed to the step as [B] tensors.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -571,10 +572,23 @@ def _step_operands(model_output, sample, history, noise, rescale, thresh, want_x
 
 def _rescale_from_sums(sums: Tensor, S: int, rescale: float) -> Tensor:
     """k_b from per-sample (sum c, sum c^2, sum m, sum m^2) in float64: unbiased stds as torch.std."""
+    if sums.device.type == "cpu":  # a dozen torch ops on [B] tensors cost ~4x these Python floats
+        try:
+            return torch.tensor([_rescale_one(*row, S, rescale) for row in sums.tolist()], dtype=torch.float32)
+        except (ZeroDivisionError, ValueError):  # a zero or negative variance: torch's inf/NaN below
+            pass
     sc, sc2, sm, sm2 = sums.unbind(1)
     var_c = (sc2 - sc * sc / S) / (S - 1)
     var_m = (sm2 - sm * sm / S) / (S - 1)
     return ((1 - rescale) + rescale * (var_c / var_m).sqrt()).float()
+
+
+def _rescale_one(sc, sc2, sm, sm2, S, rescale):
+    """One sample of _rescale_from_sums, the same IEEE double operations in the same order (so the
+    same bits; Python raises where torch would give inf/NaN)."""
+    var_c = (sc2 - sc * sc / S) / (S - 1)
+    var_m = (sm2 - sm * sm / S) / (S - 1)
+    return (1 - rescale) + rescale * math.sqrt(var_c / var_m)
 
 
 def _per_sample_f32(*ts):
