@@ -112,7 +112,9 @@ def restride(out, like: torch.Tensor, strides: tuple):
     differ); tuples element by element; other outputs (statistics, None) pass through."""
     if isinstance(out, (tuple, list)):
         return type(out)(restride(o, like, strides) for o in out)
-    if out is None or out.shape != like.shape or out.numel() <= 1 or _same_layout(out, strides):
+    # the kernels' outputs: exactly the strides (one tuple comparison, the eager hot path)
+    if out is None or out.stride() == strides or out.shape != like.shape or out.numel() <= 1 \
+            or _same_layout(out, strides):
         return out
     fixed = torch.empty_strided(out.shape, strides, dtype=out.dtype, device=out.device)
     fixed.copy_(out)

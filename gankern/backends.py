@@ -180,6 +180,7 @@ def register(op: str | tuple[str, ...], backend: str, *, cpu_dtypes: Iterable | 
     cpu_d, cuda_d = _DEFAULT_DTYPES[backend]
 
     def deco(fn):
+        _chosen.clear()
         impl = _no_alias(fn) if backend == "reference" else fn
         for name in (op,) if isinstance(op, str) else op:
             _REGISTRY.setdefault(name, {})[backend] = Impl(
@@ -227,11 +228,22 @@ def _auto_order(op: str, device: torch.device) -> list[str]:
     return ["reference"]
 
 
+# The automatic first choice per (op, device type, dtype): resolve runs on every eager op call, and
+# the choice depends only on the registry (register() clears this) and on which backends are
+# available (_available, cached for the process already; clear_cache() resets both). Fallbacks are
+# not cached (they warn).
+_chosen: dict[tuple, Callable] = {}
+
+
 def resolve(op: str, x: torch.Tensor) -> Callable:
     """The implementation of `op` to run for inputs like `x` (device and dtype)."""
     device, dtype = x.device, x.dtype
     forced = forced_backend()
-    if forced is not None:
+    if forced is None:
+        fn = _chosen.get((op, device.type, dtype))
+        if fn is not None:
+            return fn
+    else:
         why = why_not(op, forced, device, dtype)
         if why is not None:
             raise RuntimeError(f"gankern.{op}: backend {forced!r} was requested but cannot run: {why}")
@@ -240,10 +252,18 @@ def resolve(op: str, x: torch.Tensor) -> Callable:
     for name in order:
         why = why_not(op, name, device, dtype)
         if why is None:
-            if name != order[0]:
+            if name != order[0]:  # not cached: the fallback warning's bookkeeping stays in _warn_once
                 _warn_once(op, f"{why_not(op, order[0], device, dtype)}; falling back to the {name} backend")
-            return _REGISTRY[op][name].fn
+                return _REGISTRY[op][name].fn
+            fn = _chosen[(op, device.type, dtype)] = _REGISTRY[op][name].fn
+            return fn
     raise RuntimeError(f"gankern.{op}: no backend can run {dtype} on {device}")
+
+
+def clear_cache() -> None:
+    """Forget cached backend availability and choices (after changing the environment at run time)."""
+    _available.cache_clear()
+    _chosen.clear()
 
 
 def resolve_nonempty(op: str, x: torch.Tensor) -> Callable:

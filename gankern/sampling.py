@@ -187,8 +187,7 @@ def _sample_graph(model, scheduler, x: Tensor, guidance_scale, guidance_rescale,
     def body():
         x_in = torch.cat([s_x, s_x]) if guided else s_x
         out = model(x_in * s_scale, s_t)
-        prev, x0 = torch.ops.gankern.diffusion_step_dev(out, s_x, s_hist if want_x0 else None, s_coef, s_rng, flags,
-                                                       want_x0)
+        prev, x0 = D._diffusion_step_dev(out, s_x, s_hist if want_x0 else None, s_coef, s_rng, flags, want_x0)
         s_x.copy_(prev)
         if want_x0:
             s_hist.copy_(x0)

@@ -75,12 +75,12 @@ def test_forced_backend_that_cannot_run_raises():
 
 def test_cuda_backend_on_cpu_only_under_the_emulator(monkeypatch):
     monkeypatch.setattr(B._native, "cuda_emulated", lambda: False)
-    B._available.cache_clear()
+    B.clear_cache()
     try:
         assert B.why_not("bias_act", "cuda", "cpu", torch.float32) is not None
     finally:
         monkeypatch.undo()
-        B._available.cache_clear()
+        B.clear_cache()
 
 
 def test_fallback_warns_once_per_reason():

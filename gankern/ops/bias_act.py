@@ -15,7 +15,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .. import _native
+from .. import _native, _op
 from .. import _tensors as T
 from ..backends import register, resolve_nonempty
 from ..reference import activations as ref_acts
@@ -51,12 +51,12 @@ def bias_act(x: Tensor, b: Tensor | None = None, dim: int = 1, act: str = "linea
     gain = a.def_gain if gain is None else V.real(gain, "gain")
     if clamp is not None:
         clamp = V.real(clamp, "clamp", min_value=0.0)
-    return torch.ops.gankern.bias_act(x, b, dim, act, alpha, gain, clamp)
+    return _bias_act(x, b, dim, act, alpha, gain, clamp)
 
 
 # ---- custom ops ------------------------------------------------------------------------------
 
-@torch.library.custom_op("gankern::bias_act", mutates_args=())
+@_op.custom_op("gankern::bias_act")
 def _bias_act(x: Tensor, b: Optional[Tensor], dim: int, act: str, alpha: float, gain: float,
               clamp: Optional[float]) -> Tensor:
     return T.restride(resolve_nonempty("bias_act", x)(x, b, dim, act, alpha, gain, clamp), x, T.kept_strides(x))
@@ -68,7 +68,7 @@ def _(x, b, dim, act, alpha, gain, clamp):
     return T.empty_strided_like(x, T.kept_strides(x))
 
 
-@torch.library.custom_op("gankern::bias_act_backward", mutates_args=())
+@_op.custom_op("gankern::bias_act_backward")
 def _bias_act_backward(dy: Tensor, x: Tensor, b: Optional[Tensor], dim: int, act: str, alpha: float,
                        gain: float, clamp: Optional[float]) -> Tensor:
     dx = resolve_nonempty("bias_act_backward", x)(dy, x, b, dim, act, alpha, gain, clamp)
@@ -98,7 +98,7 @@ def _setup(ctx, inputs, output):
 def _backward(ctx, dy):
     x, b = ctx.saved_tensors
     dim = ctx.params[0]
-    dx = torch.ops.gankern.bias_act_backward(dy, x, b, *ctx.params)
+    dx = _bias_act_backward(dy, x, b, *ctx.params)
     db = _reduce_to_bias(dx, b, dim) if b is not None and ctx.needs_input_grad[1] else None
     return dx, db, None, None, None, None, None
 
@@ -117,7 +117,7 @@ def _backward_bwd(ctx, g):
     kernel applied to g; d/dx and d/db need act'', taken from the reference by autograd."""
     dy, x, b = ctx.saved_tensors
     dim = ctx.params[0]
-    g_dy = torch.ops.gankern.bias_act_backward(g, x, b, *ctx.params) if ctx.needs_input_grad[0] else None
+    g_dy = _bias_act_backward(g, x, b, *ctx.params) if ctx.needs_input_grad[0] else None
     g_x = g_b = None
     if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
         with torch.enable_grad():

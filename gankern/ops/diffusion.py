@@ -17,14 +17,14 @@ selection pass and passed to the step as [B] tensors.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
 from torch import Tensor
-from torch.utils._python_dispatch import _get_current_dispatch_mode
 
-from .. import _native, _tables
+from .. import _native, _op, _tables
 from .. import _tensors as T
 from ..backends import FP32_HALF, register, resolve_nonempty
 from ..reference import diffusion as ref
@@ -70,16 +70,6 @@ def draw_seed(generator: torch.Generator | None = None) -> int:
         # a CUDA generator: drawing on its device then .item() would synchronize; use its seed
         return int(generator.initial_seed()) & ((1 << 63) - 1)
     return int(torch.randint(0, 2**63 - 1, (), generator=generator, dtype=torch.int64).item())
-
-
-def _call(op: str, probe: Tensor, *args):
-    """Run a custom op. Eagerly, on plain tensors, the backend is called directly: the Python
-    custom-op dispatch costs ~0.15 ms, as much as the step kernel itself at SD latent sizes. Under
-    torch.compile / export / tracing (fake or subclass tensors) or a dispatch mode (opcheck, flop
-    counters) it goes through torch.ops so the graph or the mode sees the op."""
-    if type(probe) is Tensor and not torch.compiler.is_compiling() and _get_current_dispatch_mode() is None:
-        return _contiguous(resolve_nonempty(op, probe)(*args), probe)
-    return getattr(torch.ops.gankern, op)(*args)
 
 
 def _contiguous(out, like: Tensor):
@@ -168,7 +158,7 @@ def fused_step(model_output: Tensor, sample: Tensor, plan: StepPlan, *, guidance
         if not guided:
             raise ValueError("guidance_rescale needs guidance_scale (a batched unconditional + conditional output)")
         mo_pred = _pred_channels(model_output, sample)
-        rescale = _call("guidance_rescale_factors", mo_pred, mo_pred, coefs[R.C_G], guidance_rescale)
+        rescale = _guidance_rescale_factors.unchecked(mo_pred, coefs[R.C_G], guidance_rescale)
         flags |= R.RESCALE
     thresh = None
     if plan.threshold is not None and sample.numel() == 0:
@@ -178,11 +168,10 @@ def fused_step(model_output: Tensor, sample: Tensor, plan: StepPlan, *, guidance
     elif plan.threshold is not None:
         ratio, max_value = plan.threshold
         lo, w = ref.quantile_rank(ratio, sample[0].numel())
-        thresh = _call("diffusion_threshold_scales", sample, model_output, sample, rescale, coefs, flags, lo, w,
-                       float(max_value))
+        thresh = _diffusion_threshold_scales.unchecked(model_output, sample, rescale, coefs, flags, lo, w, float(max_value))
         flags |= R.THRESH
-    prev, x0 = _call("diffusion_step", sample, model_output, sample, history, noise, rescale, thresh, coefs, flags,
-                     int(seed), int(offset), bool(want_x0))
+    prev, x0 = _diffusion_step.unchecked(model_output, sample, history, noise, rescale, thresh, coefs, flags,
+                                         int(seed), int(offset), bool(want_x0))
     return prev, (x0 if want_x0 else None)
 
 
@@ -225,7 +214,7 @@ def add_noise(x0: Tensor, noise: Tensor, timesteps: Tensor, alphas_cumprod: Tens
     if noise.shape != x0.shape:
         raise ValueError(f"noise shape {tuple(noise.shape)} must equal x0 shape {tuple(x0.shape)}")
     ca, cn = _timestep_coefs(x0, timesteps, alphas_cumprod)
-    return torch.ops.gankern.add_noise(x0, noise.to(x0.dtype), ca, cn)
+    return _add_noise(x0, noise.to(x0.dtype), ca, cn)
 
 
 def diffusion_loss(model_output: Tensor, x0: Tensor, noise: Tensor, timesteps: Tensor, alphas_cumprod: Tensor,
@@ -265,7 +254,7 @@ def diffusion_loss(model_output: Tensor, x0: Tensor, noise: Tensor, timesteps: T
                              f"{tuple(weighting.shape)}")
         w = weighting.reshape(-1).to(sa.dtype)
     x0, noise = x0.to(model_output.dtype), noise.to(model_output.dtype)
-    per = torch.ops.gankern.diffusion_loss(model_output, x0, noise, tx, tn, w)
+    per = _diffusion_loss(model_output, x0, noise, tx, tn, w)
     return per.mean() if reduction == "mean" else per
 
 
@@ -336,11 +325,15 @@ def _check_loss_op(model_output, x0, noise, tx, tn, weight, grad=None) -> None:
 _ALL_FLAGS = (R.GUIDED | R.CLIP | R.THRESH | R.HIST | R.NOISE | R.VAR | R.RESCALE | R.HAS_VAR_CHANNELS)
 
 
-@torch.library.custom_op("gankern::diffusion_step", mutates_args=())
+# fused_step builds these operands itself and calls the step ops' `unchecked` (gankern/_op.py)
+def _check_step(model_output, sample, history, noise, rescale, thresh, coefs, flags, seed, offset, want_x0):
+    _check_step_op(model_output, sample, history, noise, rescale, thresh, coefs, flags)
+
+
+@_op.custom_op("gankern::diffusion_step", check=_check_step)
 def _diffusion_step(model_output: Tensor, sample: Tensor, history: Optional[Tensor], noise: Optional[Tensor],
                     rescale: Optional[Tensor], thresh: Optional[Tensor], coefs: list[float], flags: int, seed: int,
                     offset: int, want_x0: bool) -> tuple[Tensor, Tensor]:
-    _check_step_op(model_output, sample, history, noise, rescale, thresh, coefs, flags)
     return _contiguous(resolve_nonempty("diffusion_step", sample)(model_output, sample, history, noise, rescale, thresh,
                                                                   coefs, flags, seed, offset, want_x0), sample)
 
@@ -350,9 +343,9 @@ def _(model_output, sample, history, noise, rescale, thresh, coefs, flags, seed,
     return _empty_contiguous(sample), (_empty_contiguous(sample) if want_x0 else sample.new_empty((0,)))
 
 
-@torch.library.custom_op("gankern::guidance_rescale_factors", mutates_args=())
+@_op.custom_op("gankern::guidance_rescale_factors", check=lambda model_output, g, rescale: _check_guided_output(
+    model_output))
 def _guidance_rescale_factors(model_output: Tensor, g: float, rescale: float) -> Tensor:
-    _check_guided_output(model_output)
     return resolve_nonempty("guidance_rescale_factors", model_output)(model_output, g, rescale)
 
 
@@ -362,13 +355,16 @@ def _(model_output, g, rescale):
     return model_output.new_empty((model_output.shape[0] // 2,), dtype=dt)
 
 
-@torch.library.custom_op("gankern::diffusion_threshold_scales", mutates_args=())
-def _diffusion_threshold_scales(model_output: Tensor, sample: Tensor, rescale: Optional[Tensor], coefs: list[float],
-                                flags: int, rank_lo: int, rank_w: float, max_value: float) -> Tensor:
+def _check_threshold(model_output, sample, rescale, coefs, flags, rank_lo, rank_w, max_value):
     _check_step_op(model_output, sample, None, None, rescale, None, coefs, flags & (R.GUIDED | R.RESCALE | R.VAR))
     S = sample[0].numel() if sample.shape[0] else 1
     if not (0 <= rank_lo < S and 0.0 <= rank_w <= 1.0):
         raise ValueError(f"rank_lo must be in [0, {S}) and rank_w in [0, 1], got {rank_lo}, {rank_w}")
+
+
+@_op.custom_op("gankern::diffusion_threshold_scales", check=_check_threshold)
+def _diffusion_threshold_scales(model_output: Tensor, sample: Tensor, rescale: Optional[Tensor], coefs: list[float],
+                                flags: int, rank_lo: int, rank_w: float, max_value: float) -> Tensor:
     return resolve_nonempty("diffusion_threshold_scales", sample)(model_output, sample, rescale, coefs, flags, rank_lo,
                                                                   rank_w, max_value)
 
@@ -379,7 +375,7 @@ def _(model_output, sample, rescale, coefs, flags, rank_lo, rank_w, max_value):
     return sample.new_empty((sample.shape[0],), dtype=dt)
 
 
-@torch.library.custom_op("gankern::add_noise", mutates_args=())
+@_op.custom_op("gankern::add_noise")
 def _add_noise(x0: Tensor, noise: Tensor, ca: Tensor, cn: Tensor) -> Tensor:
     _check_lincomb(x0, noise, ca, cn)
     return _contiguous(resolve_nonempty("add_noise", x0)(x0, noise, ca, cn), x0)
@@ -416,7 +412,7 @@ def _add_noise_backward(ctx, g):
 _add_noise.register_autograd(_add_noise_backward, setup_context=_add_noise_setup)
 
 
-@torch.library.custom_op("gankern::diffusion_loss", mutates_args=())
+@_op.custom_op("gankern::diffusion_loss")
 def _diffusion_loss(model_output: Tensor, x0: Tensor, noise: Tensor, tx: Tensor, tn: Tensor, weight: Tensor) -> Tensor:
     _check_loss_op(model_output, x0, noise, tx, tn, weight)
     return resolve_nonempty("diffusion_loss", model_output)(model_output, x0, noise, tx, tn, weight)
@@ -428,7 +424,7 @@ def _(model_output, x0, noise, tx, tn, weight):
     return model_output.new_empty((model_output.shape[0],), dtype=dt)
 
 
-@torch.library.custom_op("gankern::diffusion_loss_backward", mutates_args=())
+@_op.custom_op("gankern::diffusion_loss_backward")
 def _diffusion_loss_backward(grad: Tensor, model_output: Tensor, x0: Tensor, noise: Tensor, tx: Tensor, tn: Tensor,
                              weight: Tensor) -> Tensor:
     _check_loss_op(model_output, x0, noise, tx, tn, weight, grad)
@@ -448,7 +444,7 @@ def _loss_setup(ctx, inputs, output):
 def _loss_backward(ctx, grad):
     mo, x0, noise, tx, tn, w = ctx.saved_tensors
     need = ctx.needs_input_grad
-    dmo = torch.ops.gankern.diffusion_loss_backward(grad, mo, x0, noise, tx, tn, w)
+    dmo = _diffusion_loss_backward(grad, mo, x0, noise, tx, tn, w)
     # target = tx x0 + tn noise enters with a minus sign; rarely needed, so plain torch ops
     dx0 = -ref.per_sample(tx, mo.ndim).to(dmo.dtype) * dmo if need[1] else None
     dn = -ref.per_sample(tn, mo.ndim).to(dmo.dtype) * dmo if need[2] else None
@@ -510,7 +506,7 @@ def _lerp_sorted(a: Tensor, lo: int, w: float) -> Tensor:
 
 # ---- the graph-replay variant: coefficients and (seed, offset) read from device buffers ---------
 
-@torch.library.custom_op("gankern::diffusion_step_dev", mutates_args=())
+@_op.custom_op("gankern::diffusion_step_dev")
 def _diffusion_step_dev(model_output: Tensor, sample: Tensor, history: Optional[Tensor], coefs: Tensor, rng: Tensor,
                         flags: int, want_x0: bool) -> tuple[Tensor, Tensor]:
     """diffusion_step with coefs (float32 [NCOEF]) and rng (int64 [seed, offset]) in device memory,
@@ -576,10 +572,23 @@ def _step_operands(model_output, sample, history, noise, rescale, thresh, want_x
 
 def _rescale_from_sums(sums: Tensor, S: int, rescale: float) -> Tensor:
     """k_b from per-sample (sum c, sum c^2, sum m, sum m^2) in float64: unbiased stds as torch.std."""
+    if sums.device.type == "cpu":  # a dozen torch ops on [B] tensors cost ~4x these Python floats
+        try:
+            return torch.tensor([_rescale_one(*row, S, rescale) for row in sums.tolist()], dtype=torch.float32)
+        except (ZeroDivisionError, ValueError):  # a zero or negative variance: torch's inf/NaN below
+            pass
     sc, sc2, sm, sm2 = sums.unbind(1)
     var_c = (sc2 - sc * sc / S) / (S - 1)
     var_m = (sm2 - sm * sm / S) / (S - 1)
     return ((1 - rescale) + rescale * (var_c / var_m).sqrt()).float()
+
+
+def _rescale_one(sc, sc2, sm, sm2, S, rescale):
+    """One sample of _rescale_from_sums, the same IEEE double operations in the same order (so the
+    same bits; Python raises where torch would give inf/NaN)."""
+    var_c = (sc2 - sc * sc / S) / (S - 1)
+    var_m = (sm2 - sm * sm / S) / (S - 1)
+    return (1 - rescale) + rescale * math.sqrt(var_c / var_m)
 
 
 def _per_sample_f32(*ts):

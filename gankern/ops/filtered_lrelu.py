@@ -20,7 +20,7 @@ from typing import List, Optional
 import torch
 from torch import Tensor
 
-from .. import _native
+from .. import _native, _op
 from .. import _tensors as T
 from ..backends import FP32_HALF, register, resolve_nonempty
 from ..reference import filtered_lrelu as ref
@@ -62,7 +62,7 @@ def filtered_lrelu(x: Tensor, fu: Tensor | None = None, fd: Tensor | None = None
         raise ValueError(f"filtered_lrelu of a {x.shape[2]}x{x.shape[3]} image with up={up}, down={down}, "
                          f"padding={padding} and filters {tuple(fu.shape)}, {tuple(fd.shape)} leaves no output; "
                          "pad more")
-    y, _ = torch.ops.gankern.filtered_lrelu(x, fu, fd, b, [upx, upy], [downx, downy], pad, gain, slope, clamp,
+    y, _ = _filtered_lrelu(x, fu, fd, b, [upx, upy], [downx, downy], pad, gain, slope, clamp,
                                             flip_filter)
     return y
 
@@ -83,7 +83,7 @@ def _masked_out_hw(mask, fb, down_b, pad_b):
 
 # ---- custom ops ---------------------------------------------------------------------------------
 
-@torch.library.custom_op("gankern::filtered_lrelu", mutates_args=())
+@_op.custom_op("gankern::filtered_lrelu")
 def _filtered_lrelu(x: Tensor, fu: Tensor, fd: Tensor, b: Optional[Tensor], up: List[int], down: List[int],
                     pad: List[int], gain: float, slope: float, clamp: Optional[float],
                     flip_filter: bool) -> tuple[Tensor, Tensor]:
@@ -100,7 +100,7 @@ def _(x, fu, fd, b, up, down, pad, gain, slope, clamp, flip_filter):
     return y, x.new_empty(x.shape[0], x.shape[1], TH, TW, dtype=torch.uint8)
 
 
-@torch.library.custom_op("gankern::filtered_lrelu_masked", mutates_args=())
+@_op.custom_op("gankern::filtered_lrelu_masked")
 def _masked(x: Tensor, mask: Tensor, fa: Tensor, fb: Tensor, up_a: List[int], pad_a: List[int], flip_a: bool,
             gain_a: float, down_b: List[int], pad_b: List[int], flip_b: bool, gain_b: float, gain: float,
             slope: float) -> Tensor:
@@ -147,7 +147,7 @@ def _backward(ctx, dy, _dmask):
     in_hw, out_hw = ctx.hw
     args = _transposed(in_hw, mask, out_hw, fu, fd, up, pad, flip, float(up[0] * up[1]), down, [0, 0, 0, 0], flip,
                        1.0)
-    dx = torch.ops.gankern.filtered_lrelu_masked(dy, mask, *args, gain, slope)
+    dx = _masked(dy, mask, *args, gain, slope)
     db = _reduce_to_bias(dx, ctx.b_like) if ctx.b_like is not None and ctx.needs_input_grad[3] else None
     return dx, None, None, db, None, None, None, None, None, None, None
 
@@ -167,7 +167,7 @@ def _backward_masked(ctx, g):
     _, _, up_a, pad_a, flip_a, gain_a, down_b, pad_b, flip_b, gain_b, gain, slope = ctx.params
     in_hw, out_hw = ctx.hw
     args = _transposed(in_hw, mask, out_hw, fa, fb, up_a, pad_a, flip_a, gain_a, down_b, pad_b, flip_b, gain_b)
-    dx = torch.ops.gankern.filtered_lrelu_masked(g, mask, *args, gain, slope)
+    dx = _masked(g, mask, *args, gain, slope)
     return (dx,) + (None,) * 13
 
 

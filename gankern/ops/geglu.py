@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .. import _native
+from .. import _native, _op
 from .. import _tensors as T
 from ..backends import FP32_HALF, register, resolve
 from ..reference import geglu as ref
@@ -32,12 +32,12 @@ def geglu(x: Tensor, approximate: str = "none") -> Tensor:
         raise ValueError(f"x's last dimension must be even (two halves), got shape {tuple(x.shape)}")
     if approximate not in APPROXIMATE:
         raise ValueError(f"approximate must be 'none' or 'tanh', got {approximate!r}")
-    return torch.ops.gankern.geglu(x, approximate)
+    return _geglu(x, approximate)
 
 
 # ---- custom ops ------------------------------------------------------------------------------
 
-@torch.library.custom_op("gankern::geglu", mutates_args=())
+@_op.custom_op("gankern::geglu")
 def _geglu(x: Tensor, approximate: str) -> Tensor:
     return resolve("geglu", x)(x, approximate)
 
@@ -47,7 +47,7 @@ def _(x, approximate):
     return x.new_empty((*x.shape[:-1], x.shape[-1] // 2))
 
 
-@torch.library.custom_op("gankern::geglu_backward", mutates_args=())
+@_op.custom_op("gankern::geglu_backward")
 def _geglu_backward(dy: Tensor, x: Tensor, approximate: str) -> Tensor:
     return resolve("geglu_backward", x)(dy, x, approximate)
 
@@ -65,7 +65,7 @@ def _setup(ctx, inputs, output):
 
 def _backward(ctx, dy):
     (x,) = ctx.saved_tensors
-    return torch.ops.gankern.geglu_backward(dy, x, ctx.approximate), None
+    return _geglu_backward(dy, x, ctx.approximate), None
 
 
 _geglu.register_autograd(_backward, setup_context=_setup)

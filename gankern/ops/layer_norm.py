@@ -14,7 +14,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .. import _native
+from .. import _native, _op
 from .. import _tensors as T
 from ..backends import FP32_HALF, register, resolve
 from ..reference import layer_norm as ref
@@ -41,7 +41,7 @@ def _check(x, residual, weight, bias, eps):
 def layer_norm(x: Tensor, weight: Tensor | None = None, bias: Tensor | None = None, eps: float = 1e-5) -> Tensor:
     """torch.nn.functional.layer_norm(x, x.shape[-1:], weight, bias, eps)."""
     eps = _check(x, None, weight, bias, eps)
-    return torch.ops.gankern.layer_norm(x, None, weight, bias, eps)[0]
+    return _layer_norm(x, None, weight, bias, eps)[0]
 
 
 def add_layer_norm(x: Tensor, residual: Tensor, weight: Tensor | None = None, bias: Tensor | None = None,
@@ -55,7 +55,7 @@ def add_layer_norm(x: Tensor, residual: Tensor, weight: Tensor | None = None, bi
     """
     V.tensor(residual, "residual")  # required here
     eps = _check(x, residual, weight, bias, eps)
-    y, h, _, _ = torch.ops.gankern.layer_norm(x, residual, weight, bias, eps)
+    y, h, _, _ = _layer_norm(x, residual, weight, bias, eps)
     return y, h
 
 
@@ -65,7 +65,7 @@ def _stat_dtype(x):
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
-@torch.library.custom_op("gankern::layer_norm", mutates_args=())
+@_op.custom_op("gankern::layer_norm")
 def _layer_norm(x: Tensor, residual: Optional[Tensor], weight: Optional[Tensor], bias: Optional[Tensor],
                 eps: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(y, h = x + residual (empty without residual), mean, rstd) with mean/rstd of shape x.shape[:-1]."""
@@ -79,7 +79,7 @@ def _(x, residual, weight, bias, eps):
     return x.new_empty(x.shape), h, st, torch.empty_like(st)
 
 
-@torch.library.custom_op("gankern::layer_norm_backward", mutates_args=())
+@_op.custom_op("gankern::layer_norm_backward")
 def _layer_norm_backward(dy: Tensor, dh: Optional[Tensor], h: Tensor, mean: Tensor, rstd: Tensor,
                          weight: Optional[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
     """(dx, dweight [D], dbias [D]) with dx = LayerNorm backward(dy) + dh (the gradient of x, and
@@ -104,7 +104,7 @@ def _backward(ctx, dy, dh, dmean, drstd):
     h, mean, rstd, weight = ctx.saved_tensors
     if dy is None:
         dy = torch.zeros_like(h)
-    dx, dw, db = torch.ops.gankern.layer_norm_backward(dy, dh if ctx.has_residual else None, h, mean, rstd, weight)
+    dx, dw, db = _layer_norm_backward(dy, dh if ctx.has_residual else None, h, mean, rstd, weight)
     dres = dx if ctx.has_residual and ctx.needs_input_grad[1] else None
     dw = dw.to(weight.dtype) if weight is not None and ctx.needs_input_grad[2] else None
     db = db.to(h.dtype) if ctx.has_bias and ctx.needs_input_grad[3] else None

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .. import _native
+from .. import _native, _op
 from .. import _tensors as T
 from ..backends import register, resolve_nonempty
 from ..reference import minibatch_std as ref
@@ -56,12 +56,12 @@ def minibatch_std(x: Tensor, group_size: int | None = 4, num_channels: int = 1) 
         raise ValueError(f"x must have at least one channel and pixel, got shape {tuple(x.shape)}")
     if C % num_channels != 0:
         raise ValueError(f"minibatch_std: the channels C={C} must be divisible by num_channels={num_channels}")
-    return torch.ops.gankern.minibatch_std(x, group_size_for(N, group_size), num_channels)
+    return _minibatch_std(x, group_size_for(N, group_size), num_channels)
 
 
 # ---- custom ops ---------------------------------------------------------------------------------
 
-@torch.library.custom_op("gankern::minibatch_std", mutates_args=())
+@_op.custom_op("gankern::minibatch_std")
 def _minibatch_std(x: Tensor, G: int, F: int) -> Tensor:
     return resolve_nonempty("minibatch_std", x)(x, G, F).contiguous()
 
@@ -72,7 +72,7 @@ def _(x, G, F):
     return x.new_empty((N, C + F, H, W))
 
 
-@torch.library.custom_op("gankern::minibatch_std_backward", mutates_args=())
+@_op.custom_op("gankern::minibatch_std_backward")
 def _minibatch_std_backward(dout: Tensor, x: Tensor, G: int, F: int) -> Tensor:
     return resolve_nonempty("minibatch_std_backward", x)(dout, x, G, F).contiguous()
 
@@ -90,7 +90,7 @@ def _setup(ctx, inputs, output):
 
 def _backward(ctx, dout):
     (x,) = ctx.saved_tensors
-    return torch.ops.gankern.minibatch_std_backward(dout, x, *ctx.params), None, None
+    return _minibatch_std_backward(dout, x, *ctx.params), None, None
 
 
 _minibatch_std.register_autograd(_backward, setup_context=_setup)

@@ -27,12 +27,13 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .. import _native
+from .. import _native, _op
 from .. import _tensors as T
 from ..backends import register, resolve_nonempty
 from ..reference import activations as ref_acts
 from ..reference import modulated_conv as ref
 from . import _validate as V
+from .bias_act import _bias_act_backward
 from .conv2d_resample import conv2d_resample
 from .upfirdn2d import _out_layout, _padding
 
@@ -173,22 +174,22 @@ def modulated_conv2d(x: Tensor, weight: Tensor, styles: Tensor, demodulate: bool
     if noise is not None:
         noise = noise.to(x.dtype)
     if fused:
-        w = torch.ops.gankern.modconv_weight(weight, styles, demodulate).reshape(N * O, I, kh, kw).to(x.dtype)
+        w = _modconv_weight(weight, styles, demodulate).reshape(N * O, I, kh, kw).to(x.dtype)
         y = conv2d_resample(x.reshape(1, N * I, H, W), w, f, up, down, list(pad), N, flip_weight, flip_filter)
         y = y.reshape(N, O, OH, OW)
         scale = None if input_gain is None else input_gain.reshape(1, 1).expand(N, O).to(weight.dtype)
         epilogue = epilogue or input_gain is not None
     else:
-        xs = torch.ops.gankern.modconv_epilogue(x, styles, None, None, "linear", 0.0, 1.0, None)
+        xs = _modconv_epilogue(x, styles, None, None, "linear", 0.0, 1.0, None)
         y = conv2d_resample(xs, weight, f, up, down, list(pad), 1, flip_weight, flip_filter)
-        scale = torch.ops.gankern.modconv_dcoefs(weight, styles) if demodulate else None
+        scale = _modconv_dcoefs(weight, styles) if demodulate else None
         if input_gain is not None:
             g = input_gain.reshape(1, 1).to(weight.dtype)
             scale = g.expand(N, O) if scale is None else scale * g
         epilogue = epilogue or scale is not None
     if not epilogue:
         return y
-    return torch.ops.gankern.modconv_epilogue(y, scale, noise, bias, act, alpha, gain, clamp)
+    return _modconv_epilogue(y, scale, noise, bias, act, alpha, gain, clamp)
 
 
 # ---- custom ops ---------------------------------------------------------------------------------
@@ -206,7 +207,7 @@ def _emptier(weight: Tensor, styles: Tensor) -> Tensor:
     return styles if styles.numel() == 0 else weight
 
 
-@torch.library.custom_op("gankern::modconv_weight", mutates_args=())
+@_op.custom_op("gankern::modconv_weight")
 def _modconv_weight(weight: Tensor, styles: Tensor, demodulate: bool) -> Tensor:
     _check_ws(weight, styles)
     return resolve_nonempty("modconv_weight", _emptier(weight, styles))(weight, styles, demodulate).contiguous()
@@ -217,7 +218,7 @@ def _(weight, styles, demodulate):
     return weight.new_empty((styles.shape[0], *weight.shape))
 
 
-@torch.library.custom_op("gankern::modconv_dcoefs", mutates_args=())
+@_op.custom_op("gankern::modconv_dcoefs")
 def _modconv_dcoefs(weight: Tensor, styles: Tensor) -> Tensor:
     _check_ws(weight, styles)
     return resolve_nonempty("modconv_dcoefs", _emptier(weight, styles))(weight, styles).contiguous()
@@ -243,7 +244,7 @@ def _check_epilogue(y, scale, noise, bias):
         raise ValueError(f"bias must have shape [C] = [{C}], got {tuple(bias.shape)}")
 
 
-@torch.library.custom_op("gankern::modconv_epilogue", mutates_args=())
+@_op.custom_op("gankern::modconv_epilogue")
 def _modconv_epilogue(y: Tensor, scale: Optional[Tensor], noise: Optional[Tensor], bias: Optional[Tensor], act: str,
                       alpha: float, gain: float, clamp: Optional[float]) -> Tensor:
     _check_epilogue(y, scale, noise, bias)
@@ -281,7 +282,7 @@ def _weight_backward(ctx, g):
     (demodulate,) = ctx.params
     g = g.to(weight.dtype)
     if demodulate:
-        d = torch.ops.gankern.modconv_dcoefs(weight, styles)   # recomputed: differentiable in weight, styles
+        d = _modconv_dcoefs(weight, styles)   # recomputed: differentiable in weight, styles
         gd = torch.einsum("noikl,oikl,ni->no", g, weight, styles)
         gm = g * d[:, :, None, None, None]
     else:
@@ -296,7 +297,7 @@ def _weight_backward(ctx, g):
 
 def _dcoefs_backward(ctx, gd):
     weight, styles = ctx.saved_tensors
-    d = torch.ops.gankern.modconv_dcoefs(weight, styles)
+    d = _modconv_dcoefs(weight, styles)
     g_weight, g_styles = _dcoefs_grads(weight, styles, d, gd.to(weight.dtype))
     return g_weight, g_styles
 
@@ -327,7 +328,7 @@ def _epilogue_backward(ctx, gout):
     else:
         z = y * scale.to(y.dtype)[:, :, None, None] if scale is not None else y
         z = z + noise if noise is not None else z
-        gz = torch.ops.gankern.bias_act_backward(gout, z, bias, 1, act, alpha, gain, clamp)
+        gz = _bias_act_backward(gout, z, bias, 1, act, alpha, gain, clamp)
     need = ctx.needs_input_grad
     gy = gz * scale.to(gz.dtype)[:, :, None, None] if scale is not None else gz
     g_scale = g_noise = g_bias = None

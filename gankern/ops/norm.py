@@ -31,7 +31,7 @@ from typing import Optional, Protocol
 import torch
 from torch import Tensor
 
-from .. import _native
+from .. import _native, _op
 from .. import _tensors as T
 from ..backends import register, resolve_nonempty
 from ..reference import activations as ref_acts
@@ -116,7 +116,7 @@ def group_norm_act(x: Tensor, num_groups: int, weight: Tensor | None = None, bia
         if residual.shape != x.shape:
             raise ValueError(f"residual must have x's shape {tuple(x.shape)}, got {tuple(residual.shape)}")
     eps = _eps(eps)
-    y, _, _ = torch.ops.gankern.group_norm_act(x, num_groups, weight, bias, eps, act, alpha, temb, scale, shift,
+    y, _, _ = _group_norm_act(x, num_groups, weight, bias, eps, act, alpha, temb, scale, shift,
                                                residual)
     return y
 
@@ -161,7 +161,7 @@ def batch_norm_act(x: Tensor, running_mean: Tensor | None, running_var: Tensor |
     if training and count == 1:  # torch's rule; an empty batch gives an empty output (and no update)
         raise ValueError(f"batch_norm_act in training mode needs more than 1 value per channel, got x of shape "
                          f"{tuple(x.shape)}")
-    y, mean, var = torch.ops.gankern.batch_norm_act(x, weight, bias, running_mean, running_var, training, eps, act,
+    y, mean, var = _batch_norm_act(x, weight, bias, running_mean, running_var, training, eps, act,
                                                     alpha, residual)
     if training and running_mean is not None and count > 0:
         with torch.no_grad():
@@ -187,7 +187,7 @@ def _out_strides(x) -> tuple:
     return tuple(x.stride()) if x.is_contiguous() or _channels_last(x) else T.contiguous_strides(x.shape)
 
 
-@torch.library.custom_op("gankern::group_norm_act", mutates_args=())
+@_op.custom_op("gankern::group_norm_act")
 def _group_norm_act(x: Tensor, num_groups: int, weight: Optional[Tensor], bias: Optional[Tensor], eps: float,
                     act: str, alpha: float, temb: Optional[Tensor], scale: Optional[Tensor], shift: Optional[Tensor],
                     residual: Optional[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
@@ -201,7 +201,7 @@ def _(x, num_groups, weight, bias, eps, act, alpha, temb, scale, shift, residual
     return T.empty_strided_like(x, _out_strides(x)), st, torch.empty_like(st)
 
 
-@torch.library.custom_op("gankern::group_norm_act_backward", mutates_args=())
+@_op.custom_op("gankern::group_norm_act_backward")
 def _group_norm_act_backward(dy: Tensor, x: Tensor, mean: Tensor, rstd: Tensor, num_groups: int,
                              weight: Optional[Tensor], bias: Optional[Tensor], eps: float, act: str, alpha: float,
                              temb: Optional[Tensor], scale: Optional[Tensor],
@@ -223,7 +223,7 @@ def _(dy, x, mean, rstd, num_groups, weight, bias, eps, act, alpha, temb, scale,
             torch.empty_like(ps))
 
 
-@torch.library.custom_op("gankern::batch_norm_act", mutates_args=())
+@_op.custom_op("gankern::batch_norm_act")
 def _batch_norm_act(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], running_mean: Optional[Tensor],
                     running_var: Optional[Tensor], training: bool, eps: float, act: str, alpha: float,
                     residual: Optional[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
@@ -238,7 +238,7 @@ def _(x, weight, bias, running_mean, running_var, training, eps, act, alpha, res
     return T.empty_strided_like(x, _out_strides(x)), st, torch.empty_like(st)
 
 
-@torch.library.custom_op("gankern::batch_norm_act_backward", mutates_args=())
+@_op.custom_op("gankern::batch_norm_act_backward")
 def _batch_norm_act_backward(dy: Tensor, x: Tensor, mean: Tensor, var: Tensor, weight: Optional[Tensor],
                              bias: Optional[Tensor], training: bool, eps: float, act: str,
                              alpha: float) -> tuple[Tensor, Tensor, Tensor]:
@@ -271,7 +271,7 @@ def _gn_setup(ctx, inputs, output):
 def _gn_backward(ctx, dy, _dmean, _drstd):
     x, mean, rstd, w, b, temb, scale, shift = ctx.saved_tensors
     G, eps, act, alpha = ctx.params
-    dx, dw, db, dt, ds, dsh = torch.ops.gankern.group_norm_act_backward(
+    dx, dw, db, dt, ds, dsh = _group_norm_act_backward(
         dy, x, mean, rstd, G, w, b, eps, act, alpha, temb, scale, shift)
     need = ctx.needs_input_grad
     dres = dy.to(ctx.res_dtype) if ctx.res_dtype is not None and need[10] else None
@@ -295,7 +295,7 @@ def _bn_setup(ctx, inputs, output):
 def _bn_backward(ctx, dy, _dmean, _dvar):
     x, mean, var, w, b = ctx.saved_tensors
     training, eps, act, alpha = ctx.params
-    dx, dw, db = torch.ops.gankern.batch_norm_act_backward(dy, x, mean, var, w, b, training, eps, act, alpha)
+    dx, dw, db = _batch_norm_act_backward(dy, x, mean, var, w, b, training, eps, act, alpha)
     need = ctx.needs_input_grad
     dres = dy.to(ctx.res_dtype) if ctx.res_dtype is not None and need[9] else None
     return (dx if need[0] else None, _cast(dw, w) if need[1] else None, _cast(db, b) if need[2] else None,
@@ -371,8 +371,10 @@ class _Passes:
 
 def _f32(t, like=None):
     """A table as the kernels read it: fp32 (fp64 for the reference on fp64 inputs), contiguous."""
+    if t is None:
+        return None
     dt = torch.float64 if like is not None and like.dtype == torch.float64 else torch.float32
-    return None if t is None else t.to(dt).contiguous()
+    return t if t.dtype == dt and t.is_contiguous() else t.to(dt).contiguous()  # (no-op calls cost ~0.5 us)
 
 
 def _gn_forward(k: _Kernels, x, G, w, b, eps, act, alpha, temb, scale, shift, residual):

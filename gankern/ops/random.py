@@ -16,7 +16,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from .. import _native
+from .. import _native, _op
 from .. import _tensors as T
 from ._validate import seed_bits
 from ..backends import FLOATS, FP32_HALF, register, resolve
@@ -63,7 +63,7 @@ def randn(shape, seed: int | None = None, offset: int = 0, device=None, dtype: t
     if dtype not in FLOATS:
         raise TypeError(f"dtype must be a floating dtype (float32, float64, float16 or bfloat16), got {dtype}")
     device = torch.device("cpu") if device is None else torch.device(device)
-    return torch.ops.gankern.randn(list(shape), seed, offset, dtype, device)
+    return _randn(list(shape), seed, offset, dtype, device)
 
 
 def randn_like(x: Tensor, seed: int | None = None, offset: int = 0) -> Tensor:
@@ -76,7 +76,7 @@ def randn_like(x: Tensor, seed: int | None = None, offset: int = 0) -> Tensor:
 
 # ---- custom op -------------------------------------------------------------------------------
 
-@torch.library.custom_op("gankern::randn", mutates_args=())
+@_op.custom_op("gankern::randn")
 def _randn(shape: list[int], seed: int, offset: int, dtype: torch.dtype, device: torch.device) -> Tensor:
     probe = torch.empty(0, dtype=dtype, device=device)
     return resolve("randn", probe)(shape, seed, offset, dtype, device)

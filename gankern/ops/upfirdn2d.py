@@ -16,7 +16,7 @@ from typing import List, Sequence
 import torch
 from torch import Tensor
 
-from .. import _native
+from .. import _native, _op
 from .. import _tensors as T
 from ..backends import FP32_HALF, register, resolve_nonempty
 from ..reference import upfirdn2d as ref
@@ -107,7 +107,7 @@ def upfirdn2d(x: Tensor, f: Tensor | None, up=1, down=1, padding=0, flip_filter:
     if OH < 1 or OW < 1:
         raise ValueError(f"upfirdn2d of a {H}x{W} image with up={up}, down={down}, padding={padding} and a "
                          f"{kh}x{kw} filter leaves no output ({OH}x{OW}); pad more or crop less")
-    return torch.ops.gankern.upfirdn2d(x, f, [upx, upy], [downx, downy], [px0, px1, py0, py1], flip_filter, gain)
+    return _upfirdn2d(x, f, [upx, upy], [downx, downy], [px0, px1, py0, py1], flip_filter, gain)
 
 
 def setup_filter(f, device=None, normalize: bool = True, flip_filter: bool = False, gain: float = 1,
@@ -187,7 +187,7 @@ def backward_args(in_hw: Sequence[int], out_hw: Sequence[int], f: Tensor, up, do
     return [down[0], down[1]], [up[0], up[1]], [px0, px1, py0, py1], not flip_filter
 
 
-@torch.library.custom_op("gankern::upfirdn2d", mutates_args=())
+@_op.custom_op("gankern::upfirdn2d")
 def _upfirdn2d(x: Tensor, f: Tensor, up: List[int], down: List[int], pad: List[int], flip_filter: bool,
                gain: float) -> Tensor:
     y = resolve_nonempty("upfirdn2d", x)(x, f, up, down, pad, flip_filter, gain)
@@ -222,7 +222,7 @@ def _backward(ctx, dy):
     dx = None
     if ctx.needs_input_grad[0]:
         bup, bdown, bpad, bflip = backward_args(ctx.in_hw, ctx.out_hw, f, up, down, pad, flip_filter)
-        dx = torch.ops.gankern.upfirdn2d(dy, f, bup, bdown, bpad, bflip, gain)
+        dx = _upfirdn2d(dy, f, bup, bdown, bpad, bflip, gain)
     return dx, None, None, None, None, None, None
 
 

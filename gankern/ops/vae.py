@@ -24,7 +24,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .. import _native, _tables
+from .. import _native, _op, _tables
 from .. import _tensors as T
 from ..backends import FP32_HALF, register, resolve
 from ..reference import vae as ref
@@ -91,7 +91,7 @@ def reparameterize(mu: Tensor, logvar: Tensor, seed: int | None = None, offset: 
     _check_pair(mu, logvar)
     lo, hi = _clamp_bounds(logvar_clamp)
     seed, offset = _seed_offset(seed, offset)
-    return torch.ops.gankern.reparameterize(mu, logvar, seed, offset, lo, hi)
+    return _reparameterize(mu, logvar, seed, offset, lo, hi)
 
 
 def kl_normal(mu: Tensor, logvar: Tensor, reduction: str = "batchmean",
@@ -103,7 +103,7 @@ def kl_normal(mu: Tensor, logvar: Tensor, reduction: str = "batchmean",
     _check_pair(mu, logvar)
     reduction = _check_reduction(reduction, mu)
     lo, hi = _clamp_bounds(logvar_clamp)
-    return torch.ops.gankern.kl_normal(mu, logvar, reduction, lo, hi)
+    return _kl_normal(mu, logvar, reduction, lo, hi)
 
 
 def reparameterize_kl(mu: Tensor, logvar: Tensor, seed: int | None = None, offset: int = 0,
@@ -116,7 +116,7 @@ def reparameterize_kl(mu: Tensor, logvar: Tensor, seed: int | None = None, offse
     reduction = _check_reduction(reduction, mu)
     lo, hi = _clamp_bounds(logvar_clamp)
     seed, offset = _seed_offset(seed, offset)
-    return torch.ops.gankern.reparameterize_kl(mu, logvar, seed, offset, lo, hi, reduction)
+    return _reparameterize_kl(mu, logvar, seed, offset, lo, hi, reduction)
 
 
 # ---- custom ops -----------------------------------------------------------------------------------
@@ -131,7 +131,7 @@ def _kl_shape(mu, reduction):
     return mu.shape if reduction == "none" else ()
 
 
-@torch.library.custom_op("gankern::reparameterize", mutates_args=())
+@_op.custom_op("gankern::reparameterize")
 def _reparameterize(mu: Tensor, logvar: Tensor, seed: int, offset: int, lo: float, hi: float) -> Tensor:
     return _contiguous(resolve("reparameterize", mu)(mu, logvar, seed, offset, lo, hi, True, None)[0], mu)
 
@@ -141,7 +141,7 @@ def _(mu, logvar, seed, offset, lo, hi):
     return torch.empty(mu.shape, dtype=mu.dtype, device=mu.device)
 
 
-@torch.library.custom_op("gankern::kl_normal", mutates_args=())
+@_op.custom_op("gankern::kl_normal")
 def _kl_normal(mu: Tensor, logvar: Tensor, reduction: str, lo: float, hi: float) -> Tensor:
     return _contiguous(resolve("kl_normal", mu)(mu, logvar, 0, 0, lo, hi, False, reduction)[1], mu)
 
@@ -151,7 +151,7 @@ def _(mu, logvar, reduction, lo, hi):
     return torch.empty(_kl_shape(mu, reduction), dtype=mu.dtype, device=mu.device)
 
 
-@torch.library.custom_op("gankern::reparameterize_kl", mutates_args=())
+@_op.custom_op("gankern::reparameterize_kl")
 def _reparameterize_kl(mu: Tensor, logvar: Tensor, seed: int, offset: int, lo: float, hi: float,
                        reduction: str) -> tuple[Tensor, Tensor]:
     return _contiguous(resolve("reparameterize_kl", mu)(mu, logvar, seed, offset, lo, hi, True, reduction), mu)
@@ -163,7 +163,7 @@ def _(mu, logvar, seed, offset, lo, hi, reduction):
             torch.empty(_kl_shape(mu, reduction), dtype=mu.dtype, device=mu.device))
 
 
-@torch.library.custom_op("gankern::vae_backward", mutates_args=())
+@_op.custom_op("gankern::vae_backward")
 def _vae_backward(dz: Optional[Tensor], gkl: Optional[Tensor], mu: Tensor, logvar: Tensor, seed: int, offset: int,
                   lo: float, hi: float, reduction: str) -> tuple[Tensor, Tensor]:
     return _contiguous(resolve("vae_backward", mu)(dz, gkl, mu, logvar, seed, offset, lo, hi, reduction), mu)
@@ -175,7 +175,7 @@ def _(dz, gkl, mu, logvar, seed, offset, lo, hi, reduction):
             torch.empty(mu.shape, dtype=mu.dtype, device=mu.device))
 
 
-@torch.library.custom_op("gankern::reparameterize_backward", mutates_args=())
+@_op.custom_op("gankern::reparameterize_backward")
 def _reparameterize_backward(dz: Tensor, mu: Tensor, logvar: Tensor, seed: int, offset: int, lo: float,
                              hi: float) -> Tensor:
     """dlogvar of reparameterize alone (its dmu is dz itself, which a custom op may not return)."""
@@ -209,8 +209,8 @@ def _grads(ctx, dz, gkl):
         return None, None
     if gkl is None:  # z alone: dz/dmu is the identity, so only dlogvar needs a kernel
         seed, offset, lo, hi, _ = ctx.args
-        return dz, torch.ops.gankern.reparameterize_backward(dz, mu, logvar, seed, offset, lo, hi)
-    return torch.ops.gankern.vae_backward(dz, gkl, mu, logvar, *ctx.args)
+        return dz, _reparameterize_backward(dz, mu, logvar, seed, offset, lo, hi)
+    return _vae_backward(dz, gkl, mu, logvar, *ctx.args)
 
 
 def _backward_z(ctx, dz):

@@ -70,4 +70,4 @@ class AlphaScheduler(Scheduler):
         """v = sqrt(a_t) noise - sqrt(1 - a_t) sample: q_sample with the roles swapped."""
         a = self.alphas_cumprod.to(sample.device)[timesteps.to(sample.device).long()]
         ca, cn = (1 - a).sqrt().neg(), a.sqrt()
-        return torch.ops.gankern.add_noise(sample, noise.to(sample.dtype), ca.to(torch.float32), cn.to(torch.float32))
+        return D._add_noise(sample, noise.to(sample.dtype), ca.to(torch.float32), cn.to(torch.float32))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..ops import diffusion as D
 from ._base import Scheduler, make_betas, rescale_zero_terminal_snr
 
 
@@ -46,7 +47,7 @@ class SigmaScheduler(Scheduler):
         """x0 + sigma * noise in one fused pass (Euler's parameterization; DPM-Solver overrides)."""
         idx = self._sigma_step_indices(timesteps, original_samples.shape[0])
         sigma = self.sigmas[idx].flatten().to(original_samples.device)
-        return torch.ops.gankern.add_noise(original_samples, noise.to(original_samples.dtype),
+        return D._add_noise(original_samples, noise.to(original_samples.dtype),
                                            torch.ones_like(sigma), sigma)
 
     def _sigma_step_indices(self, timesteps, n: int) -> list:

@@ -406,7 +406,7 @@ class DPMSolverMultistepScheduler(SigmaScheduler):
         idx = self._sigma_step_indices(timesteps, original_samples.shape[0])
         sigma = self.sigmas[idx].flatten().double()
         alpha = 1.0 / (sigma**2 + 1) ** 0.5
-        return torch.ops.gankern.add_noise(original_samples, noise.to(original_samples.dtype),
+        return D._add_noise(original_samples, noise.to(original_samples.dtype),
                                            alpha.float().to(original_samples.device),
                                            (sigma * alpha).float().to(original_samples.device))
 
