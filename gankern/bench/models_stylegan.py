@@ -82,8 +82,8 @@ def stylegan_models(device, scale: str) -> list[ModelCase]:
                   notes="double backward through D; per minibatch: train step + this / 16"),
         ModelCase("stylegan2", "path-length step (lazy: every 4)", shape, _pl_step(device, b), quick=False,
                   notes="double backward through the synthesis network, batch / 2"),
-        # StyleGAN3's layers are ~10x StyleGAN2's work at 32x32 (52 px feature maps, 2x upsampled
-        # nonlinearities): outside the quick set, whose budget is minutes on 2 cores
+        # outside the quick set: its eager variant (plain-torch filtered leaky ReLU on 36-52 px maps
+        # upsampled 2-4x) takes many seconds per step at batch 16 on 2 cores
         ModelCase("stylegan3", "train step (G main + D main)", shape, _train_step(device, b, "stylegan3"),
                   quick=False, notes="`gankern train stylegan3` defaults; 6 layers + ToRGB, margin 10"),
     ]

@@ -44,7 +44,7 @@ from ._layers import check_fused
 from .stylegan2 import DEMOD_EPS, Linear, MappingNetwork, StyleGAN2Discriminator, StyleGAN2Generator
 
 LRELU_SLOPE = 0.2
-FILTER_TAPS_PER_FACTOR = 6     # a resampling filter has 6 taps per unit of its up/down factor
+FILTER_SIZE = 6                # a resampling filter has 6 taps per unit of its up/down factor (the paper's)
 LRELU_UPSAMPLING = 2           # the nonlinearity runs at twice the larger of its two sampling rates
 
 
@@ -127,7 +127,7 @@ def band_schedule(image_size: int, img_channels: int, num_layers: int, num_criti
     return bands
 
 
-def _resampling(b_in: Band, b_out: Band, conv_kernel: int, is_torgb: bool):
+def _resampling(b_in: Band, b_out: Band, conv_kernel: int, is_torgb: bool, filter_size: int = FILTER_SIZE):
     """(up, down, up_filter, down_filter, padding [x0, x1, y0, y1]) of the layer from b_in to b_out.
 
     The upsampling pass gets padding p0 before and p1 after so that the output is exactly b_out.size
@@ -138,8 +138,8 @@ def _resampling(b_in: Band, b_out: Band, conv_kernel: int, is_torgb: bool):
     sample) gives p0 = (p0 + p1 + up - 1) / 2."""
     tmp_rate = max(b_in.sampling_rate, b_out.sampling_rate) * (1 if is_torgb else LRELU_UPSAMPLING)
     up, down = tmp_rate // b_in.sampling_rate, tmp_rate // b_out.sampling_rate
-    up_taps = FILTER_TAPS_PER_FACTOR * up if up > 1 else 1
-    down_taps = FILTER_TAPS_PER_FACTOR * down if down > 1 else 1
+    up_taps = filter_size * up if up > 1 else 1
+    down_taps = filter_size * down if down > 1 else 1
     up_filter = lowpass_filter(up_taps, b_in.cutoff, 2 * b_in.half_width, tmp_rate)
     down_filter = lowpass_filter(down_taps, b_out.cutoff, 2 * b_out.half_width, tmp_rate)
     n = b_in.size + conv_kernel - 1
@@ -239,9 +239,9 @@ class SynthesisLayer(nn_modulated.SynthesisLayer3):
     then `torch_filtered_lrelu`."""
 
     def __init__(self, w_dim: int, b_in: Band, b_out: Band, is_torgb: bool, conv_clamp: float | None = 256,
-                 magnitude_ema_beta: float = 0.999, fused: bool = True):
+                 magnitude_ema_beta: float = 0.999, filter_size: int = FILTER_SIZE, fused: bool = True):
         conv_kernel = 1 if is_torgb else 3
-        up, down, fu, fd, padding = _resampling(b_in, b_out, conv_kernel, is_torgb)
+        up, down, fu, fd, padding = _resampling(b_in, b_out, conv_kernel, is_torgb, filter_size)
         super().__init__(b_in.channels, b_out.channels, w_dim, up_filter=fu, down_filter=fd, up=up, down=down,
                          padding=padding, conv_kernel=conv_kernel, conv_clamp=conv_clamp, is_torgb=is_torgb,
                          magnitude_ema_beta=magnitude_ema_beta)
@@ -275,7 +275,7 @@ class SynthesisNetwork(nn.Module):
 
     def __init__(self, w_dim: int, image_size: int, img_channels: int, num_layers: int = 6, num_critical: int = 2,
                  channel_base: int = 1024, channel_max: int = 32, margin: int = 10, output_scale: float = 0.25,
-                 conv_clamp: float | None = 256, fused: bool = True):
+                 conv_clamp: float | None = 256, filter_size: int = FILTER_SIZE, fused: bool = True):
         super().__init__()
         if not isinstance(image_size, int) or image_size < 8 or image_size & (image_size - 1):
             raise ValueError(f"image_size must be a power of two >= 8, got {image_size!r}")
@@ -290,7 +290,7 @@ class SynthesisNetwork(nn.Module):
             b_in, b_out = self.bands[max(i - 1, 0)], self.bands[i]
             name = f"L{i}_{b_out.size}_{b_out.channels}"
             setattr(self, name, SynthesisLayer(w_dim, b_in, b_out, is_torgb=i == num_layers, conv_clamp=conv_clamp,
-                                               fused=fused))
+                                               filter_size=filter_size, fused=fused))
             self.layer_names.append(name)
         self.num_ws = num_layers + 2
 
@@ -315,12 +315,12 @@ class StyleGAN3Generator(StyleGAN2Generator):
 
     def __init__(self, image_size: int = 32, channels: int = 1, z_dim: int = 64, w_dim: int = 64,
                  mapping_layers: int = 2, num_layers: int = 6, num_critical: int = 2, channel_base: int = 1024,
-                 channel_max: int = 32, margin: int = 10, fused: bool = True):
+                 channel_max: int = 32, margin: int = 10, filter_size: int = FILTER_SIZE, fused: bool = True):
         nn.Module.__init__(self)   # StyleGAN2's __init__ builds its own synthesis network
         self.fused = check_fused(fused)
         self.image_size, self.channels, self.z_dim, self.w_dim = image_size, channels, z_dim, w_dim
         self.synthesis = SynthesisNetwork(w_dim, image_size, channels, num_layers, num_critical, channel_base,
-                                          channel_max, margin, fused=fused)
+                                          channel_max, margin, filter_size=filter_size, fused=fused)
         self.num_ws = self.synthesis.num_ws
         self.mapping = MappingNetwork(z_dim, w_dim, self.num_ws, mapping_layers, fused=fused)
 
@@ -337,11 +337,11 @@ class StyleGAN3(nn.Module):
     def __init__(self, image_size: int = 32, channels: int = 1, z_dim: int = 64, w_dim: int = 64,
                  mapping_layers: int = 2, num_layers: int = 6, num_critical: int = 2, channel_base: int = 1024,
                  channel_max: int = 32, margin: int = 10, d_channel_base: int = 1024, d_channel_max: int = 64,
-                 fused: bool = True):
+                 filter_size: int = FILTER_SIZE, fused: bool = True):
         super().__init__()
         self.fused = check_fused(fused)
         self.generator = StyleGAN3Generator(image_size, channels, z_dim, w_dim, mapping_layers, num_layers,
-                                            num_critical, channel_base, channel_max, margin, fused)
+                                            num_critical, channel_base, channel_max, margin, filter_size, fused)
         self.discriminator = StyleGAN2Discriminator(image_size, channels, d_channel_base, d_channel_max, fused=fused)
         self.register_buffer("pl_mean", torch.zeros([]))
         self.register_buffer("num_minibatches", torch.zeros([], dtype=torch.int64))
