@@ -63,7 +63,7 @@ positive_seconds = _number(float, "a finite number of seconds > 0", True)
 def _add_model_commands(sub) -> None:
     from gankern.train.tasks import SCHEDULERS, TASKS
     models = list(TASKS)
-    t = sub.add_parser("train", help="train a model (dcgan, stylegan2, vae, autoencoder, vaegan, ddpm)",
+    t = sub.add_parser("train", help="train a model (dcgan, stylegan2, stylegan3, vae, autoencoder, vaegan, ddpm)",
                        description="Train a model; under torchrun, with DistributedDataParallel.")
     t.add_argument("model", choices=models)
     t.add_argument("--data", default="digits", help="'digits' (bundled with scikit-learn), a folder of images or "

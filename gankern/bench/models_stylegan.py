@@ -9,6 +9,12 @@ step / 4` where path length is on. Every variant runs the task's own phase metho
 training runs. The compile variant compiles the networks' forwards (dynamo cannot put
 torch.autograd.grad in a graph on its own, pytorch #91469); for R1 it uses
 gankern.regularizers.compiled_r1_penalty, which traces the gradient into one graph.
+
+StyleGAN3-T (`gankern train stylegan3` at its default config: 6 alias-free layers + ToRGB, 32
+channels, margin 10, StyleGAN2's discriminator) has the same phases through StyleGAN3Task (no path
+length; its R1 step is StyleGAN2's, the discriminator being the same, so it is not a case of its
+own); eager is its fused=False model (plain-torch modulation and filtered leaky ReLU: zero
+insertion, padding and depthwise 1-D convolutions).
 """
 from __future__ import annotations
 
@@ -17,11 +23,12 @@ import torch
 from .models import ModelCase
 
 
-def _task(device, variant: str, batch: int):
-    from ..train.tasks import StyleGAN2Task, _Method
-    config = dict(StyleGAN2Task.defaults, image_size=32, channels=1, num_classes=10)
+def _task(device, variant: str, batch: int, model: str = "stylegan2"):
+    from ..train.tasks import TASKS, _Method
+    task_cls = TASKS[model]
+    config = dict(task_cls.defaults, image_size=32, channels=1, num_classes=10)
     torch.manual_seed(0)
-    task = StyleGAN2Task(config, variant == "fused", torch.device(device))
+    task = task_cls(config, variant == "fused", torch.device(device))
     opts = task.optimizers(2e-3)
     task.prepare()
     if variant == "compile":
@@ -31,9 +38,9 @@ def _task(device, variant: str, batch: int):
     return task, opts, x
 
 
-def _train_step(device, batch):
+def _train_step(device, batch, model="stylegan2"):
     def build(variant):
-        task, opts, x = _task(device, variant, batch)
+        task, opts, x = _task(device, variant, batch, model)
 
         def step():
             fake, _ = task.g_main(batch, opts)
@@ -75,4 +82,8 @@ def stylegan_models(device, scale: str) -> list[ModelCase]:
                   notes="double backward through D; per minibatch: train step + this / 16"),
         ModelCase("stylegan2", "path-length step (lazy: every 4)", shape, _pl_step(device, b), quick=False,
                   notes="double backward through the synthesis network, batch / 2"),
+        # outside the quick set: its eager variant (plain-torch filtered leaky ReLU on 36-52 px maps
+        # upsampled 2-4x) takes many seconds per step at batch 16 on 2 cores
+        ModelCase("stylegan3", "train step (G main + D main)", shape, _train_step(device, b, "stylegan3"),
+                  quick=False, notes="`gankern train stylegan3` defaults; 6 layers + ToRGB, margin 10"),
     ]

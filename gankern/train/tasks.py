@@ -322,6 +322,27 @@ class StyleGAN2Task(Task):
             [G(zb, truncation_psi, noise_mode="const") for zb in z.split(256)]).clamp(-1, 1))
 
 
+class StyleGAN3Task(StyleGAN2Task):
+    """StyleGAN3-T (Karras et al. 2021) trained with StyleGAN2Task's loop: the non-saturating
+    logistic loss and lazy R1 on the reals exactly as StyleGAN2 (same gamma and interval), the
+    generator gankern.models.StyleGAN3Generator, the discriminator StyleGAN2's. As the paper's
+    StyleGAN3 configurations: no path-length regularization (pl_weight 0, so the generator's Adam
+    is not lazily adjusted) and no style mixing. The generator's magnitude EMAs and w_avg update in
+    its G-phase forward (train_forward). Only build() and the defaults differ from StyleGAN2Task."""
+    name = "stylegan3"
+    defaults = dict(z_dim=64, w_dim=64, mapping_layers=2, num_layers=6, num_critical=2, channel_base=1024,
+                    channel_max=32, margin=10, d_channel_base=1024, d_channel_max=64, r1_gamma=0.01,
+                    r1_interval=16, pl_weight=0.0, pl_interval=4, pl_batch_shrink=2, pl_decay=0.01,
+                    style_mixing_prob=0.0)
+    train_defaults = dict(epochs=10, batch_size=32, lr=2e-3)
+
+    def build(self):
+        c = self.config
+        return M.StyleGAN3(c["image_size"], c["channels"], c["z_dim"], c["w_dim"], c["mapping_layers"],
+                           c["num_layers"], c["num_critical"], c["channel_base"], c["channel_max"], c["margin"],
+                           c["d_channel_base"], c["d_channel_max"], fused=self.fused)
+
+
 class VAETask(Task):
     name = "vae"
     model_cls = M.ConvVAE
@@ -517,4 +538,5 @@ def _eval_call(model: nn.Module, fn: Callable):
         model.train(was)
 
 
-TASKS = {t.name: t for t in (DCGANTask, StyleGAN2Task, VAETask, AutoencoderTask, VAEGANTask, DDPMTask)}
+TASKS = {t.name: t for t in (DCGANTask, StyleGAN2Task, StyleGAN3Task, VAETask, AutoencoderTask, VAEGANTask,
+                             DDPMTask)}
