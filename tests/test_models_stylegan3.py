@@ -17,11 +17,12 @@ from gankern.train import checkpoint as C
 from gankern.train import train
 
 RTOL = 2e-4
-# 16x16, 3 layers + ToRGB (one critically sampled), 4-8 channels, margin 2: small enough for the
-# Triton interpreter and the CUDA emulator, and it still has every kind of layer: up 2 / down 2 at
-# one rate, up 4 / down 2 from rate 8 to 16, the crop to the output size, the ToRGB
+# 16x16, 3 layers + ToRGB (one critically sampled), 4-8 channels, margin 2: up 2 / down 2 at one
+# rate, the crop to the output size, the ToRGB
 SMALL = dict(image_size=16, channels=1, z_dim=8, w_dim=8, mapping_layers=1, num_layers=3, num_critical=1,
              channel_base=64, channel_max=8, margin=2)
+# 32x32, 4 layers + ToRGB, 4 channels: also a rate change (16 -> 32: up 4 / down 2)
+SMALL_RATES = dict(SMALL, image_size=32, num_layers=4, channel_max=4)
 
 
 def _close(a, b, what, rtol=RTOL):
@@ -206,8 +207,10 @@ def _perturb(m):
                 t.fill_(0.5 + torch.rand((), generator=g).item())
 
 
-def test_generator_fused_equals_plain_outputs_and_grads():
-    f, p = fused_plain_pair(M.StyleGAN3Generator, **SMALL)
+@pytest.mark.parametrize("kw", [SMALL, SMALL_RATES], ids=["16px", "32px-rate-change"])
+def test_generator_fused_equals_plain_outputs_and_grads(kw):
+    f, p = fused_plain_pair(M.StyleGAN3Generator, **kw)
+    assert any(getattr(f.synthesis, n).up_factor == 4 for n in f.synthesis.layer_names) == (kw is SMALL_RATES)
     _perturb(f)
     _perturb(p)
     z = torch.randn(4, 8)
