@@ -1,8 +1,11 @@
 // geglu on the CPU: one pass, the thread pool over blocks of rows, a vectorizable loop per row half.
-// Storage fp32, bf16 or fp16 (common/cpu_dtypes.h): loads converted to float, math in fp32, stores rounded.
+// Storage fp32, bf16 or fp16: a half span runs the fp32 loop over L1-resident chunks, converted in
+// bulk on the way in and out (common/cpu_convert.h: AVX512-BF16 / F16C where the CPU has them); a
+// per-element static_cast in the loop cost more than the math (bf16 fwd 1.5x, fp16 bwd 1.0x fp32).
 #include <algorithm>
+#include <type_traits>
 
-#include "common/cpu_dtypes.h"
+#include "common/cpu_convert.h"
 #include "common/cpu_memory.h"
 #include "common/thread_pool.h"
 #include "geglu/geglu.h"
@@ -12,20 +15,45 @@ namespace {
 
 constexpr std::int64_t kBlock = 1 << 14;  // output elements per task: 64 KiB of fp32
 
+template <int A>
+GK_CPU_CLONES void forward_run(float* __restrict y, const float* __restrict h, const float* __restrict g,
+                               std::int64_t len) {
+  for (std::int64_t j = 0; j < len; ++j) y[j] = h[j] * act_forward<A>(g[j], 0.f);
+}
+
+template <int A>
+GK_CPU_CLONES void backward_run(float* __restrict dh, float* __restrict dg, const float* __restrict dy,
+                                const float* __restrict h, const float* __restrict g, std::int64_t len) {
+  for (std::int64_t j = 0; j < len; ++j) {
+    const float d = dy[j], gv = g[j];
+    dh[j] = d * act_forward<A>(gv, 0.f);
+    dg[j] = d * h[j] * act_derivative<A>(gv, 0.f);
+  }
+}
+
+// The fp32 loops over a half span: chunks of kConvertChunk converted into float buffers and back.
 template <typename T, int A>
-GK_CPU_CLONES void forward_run(T* __restrict y, const T* __restrict h, const T* __restrict g, std::int64_t len) {
-  for (std::int64_t j = 0; j < len; ++j)
-    y[j] = static_cast<T>(static_cast<float>(h[j]) * act_forward<A>(static_cast<float>(g[j]), 0.f));
+void forward_half(T* y, const T* h, const T* g, std::int64_t len) {
+  alignas(64) float hb[kConvertChunk], gb[kConvertChunk], yb[kConvertChunk];
+  for_each_chunk(len, [&](std::int64_t i, std::int64_t m) {
+    to_float(h + i, hb, m);
+    to_float(g + i, gb, m);
+    forward_run<A>(yb, hb, gb, m);
+    from_float(yb, y + i, m);
+  });
 }
 
 template <typename T, int A>
-GK_CPU_CLONES void backward_run(T* __restrict dh, T* __restrict dg, const T* __restrict dy, const T* __restrict h,
-                                const T* __restrict g, std::int64_t len) {
-  for (std::int64_t j = 0; j < len; ++j) {
-    const float d = static_cast<float>(dy[j]), gv = static_cast<float>(g[j]);
-    dh[j] = static_cast<T>(d * act_forward<A>(gv, 0.f));
-    dg[j] = static_cast<T>(d * static_cast<float>(h[j]) * act_derivative<A>(gv, 0.f));
-  }
+void backward_half(T* dh, T* dg, const T* dy, const T* h, const T* g, std::int64_t len) {
+  alignas(64) float dyb[kConvertChunk], hb[kConvertChunk], gb[kConvertChunk], dhb[kConvertChunk], dgb[kConvertChunk];
+  for_each_chunk(len, [&](std::int64_t i, std::int64_t m) {
+    to_float(dy + i, dyb, m);
+    to_float(h + i, hb, m);
+    to_float(g + i, gb, m);
+    backward_run<A>(dhb, dgb, dyb, hb, gb, m);
+    from_float(dhb, dh + i, m);
+    from_float(dgb, dg + i, m);
+  });
 }
 
 // Tasks of ~kBlock output elements: whole rows when D is small, column chunks of one row otherwise.
@@ -51,8 +79,13 @@ void run(const Params& p) {
     constexpr int A = decltype(a)::value;
     for_each_span(p, [&](std::int64_t r, std::int64_t j0, std::int64_t len) {
       const T* h = x + r * 2 * D + j0;
-      if constexpr (kBwd) backward_run<T, A>(out + r * 2 * D + j0, out + r * 2 * D + D + j0, dy + r * D + j0, h, h + D, len);
-      else forward_run<T, A>(out + r * D + j0, h, h + D, len);
+      if constexpr (std::is_same_v<T, float>) {
+        if constexpr (kBwd) backward_run<A>(out + r * 2 * D + j0, out + r * 2 * D + D + j0, dy + r * D + j0, h, h + D, len);
+        else forward_run<A>(out + r * D + j0, h, h + D, len);
+      } else {
+        if constexpr (kBwd) backward_half<T, A>(out + r * 2 * D + j0, out + r * 2 * D + D + j0, dy + r * D + j0, h, h + D, len);
+        else forward_half<T, A>(out + r * D + j0, h, h + D, len);
+      }
     });
   });
 }
