@@ -59,7 +59,7 @@ def record(call):
 
 
 def replay(module, calls):
-    bound = [(getattr(getattr(module, fam), pas), [fields[k] for k in getattr(module, fam).FIELDS[pas]])
+    bound = [(getattr(getattr(module, fam), pas), [0] + [fields[k] for k in getattr(module, fam).FIELDS[pas]])
              for fam, pas, fields in calls]
 
     def run():
@@ -180,6 +180,7 @@ def load_module(path):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     module.set_num_threads(1)
+    module.set_dtype_codes(_native.DTYPE_CODES)  # as _native does for its modules
     return module
 
 

@@ -159,6 +159,10 @@ void run_forward(const ForwardParams& p) {
         from_float(hf, h + o, D);
         to_float(h + o, hf, D);
       }
+      if (row + 1 < p.rows) {  // the next row's inputs arrive while this one computes (cpu_convert.h)
+        prefetch_elements(x + o + D, D);
+        if (r) prefetch_elements(r + o + D, D);
+      }
       const double m = D ? row_sum(hf, D) / static_cast<double>(D) : 0.0;
       finish_row(p, row, hf, m, of, mean, rstd, w, b);
       from_float(of, y + o, D);
@@ -194,6 +198,11 @@ void run_backward(const BackwardParams& p) {
         to_float(h + o, hf, D);
         if (dh) to_float(dh + o, dhf, D), dhr = dhf;
         dyr = dyf, hr = hf, dxr = dhf + D;
+        if (row + 1 < p.rows) {  // the next row's inputs arrive while this one computes (cpu_convert.h)
+          prefetch_elements(dy + o + D, D);
+          prefetch_elements(h + o + D, D);
+          if (dh) prefetch_elements(dh + o + D, D);
+        }
       } else {
         dyr = dy + o, hr = h + o, dxr = dx + o;
         if (dh) dhr = dh + o;
