@@ -131,17 +131,4 @@ inline void for_each_chunk(std::int64_t n, F&& f) {
   for (std::int64_t pos = 0; pos < n; pos += kConvertChunk) f(pos, std::min(kConvertChunk, n - pos));
 }
 
-// Asks the caches for n elements from p, one prefetch per 64-byte line (a prefetch never faults).
-// A chunked pass calls it for the next chunk's inputs before it runs the fp32 loop on this one:
-// while a compute-heavy loop runs over L1 buffers no load misses, so the hardware prefetchers go
-// idle and the next chunk's conversion waits for DRAM, so memory and compute times add up instead
-// of overlapping (geglu bf16 forward at (8192, 2560): 2.1x the fused loop's time without it, 1.1x
-// with it).
-template <typename T>
-inline void prefetch_elements(const T* p, std::int64_t n) {
-  const char* c = reinterpret_cast<const char*>(p);
-  const std::int64_t bytes = n * static_cast<std::int64_t>(sizeof(T));
-  for (std::int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(c + o, 0, 3);
-}
-
 }  // namespace gk

@@ -2,15 +2,15 @@
 // (TH x TW floats: 27 KiB at StyleGAN3-T's 36x36, up 2, 12 taps) is computed row by row with the
 // upfirdn2d row machinery (csrc/upfirdn2d/polyphase_cpu.h), activated in place (writing or reading
 // the mask), and filtered down, all while it sits in L1/L2: memory traffic is x, the mask and y.
-// Storage fp32, bf16 or fp16: each x row is converted in bulk to fp32 as stage A reads it, the
+// Storage fp32, bf16 or fp16 (common/cpu_dtypes.h): x is converted as stage A reads it, the
 // intermediate image and every sum are fp32 (so the mask is decided in fp32), each output row is
-// converted back in bulk (common/cpu_convert.h).
+// rounded once.
 #include <algorithm>
 #include <optional>
 #include <type_traits>
 #include <vector>
 
-#include "common/cpu_convert.h"
+#include "common/cpu_dtypes.h"
 #include "common/cpu_memory.h"
 #include "common/thread_pool.h"
 #include "filtered_lrelu/filtered_lrelu.h"
@@ -80,7 +80,7 @@ void run_planes(const Params& p) {
         upfirdn2d::pass_row(by, xb, s->sb, t, p.TW, p.TW, gB, gB1, p.kbx, 0.f, r, yp + r * p.OW);
       } else {
         upfirdn2d::pass_row(by, xb, s->sb, t, p.TW, p.TW, gB, gB1, p.kbx, 0.f, r, s->sb.row.data());
-        from_float(s->sb.row.data(), yp + r * p.OW, p.OW);
+        upfirdn2d::store_row(yp + r * p.OW, s->sb.row.data(), p.OW);
       }
     }
   });

@@ -3,18 +3,18 @@
 // Row statistics: two passes (the mean, then the centered sum of squares, which stays accurate when
 // |mean| >> std), each with kLanes independent fp32 partial sums (a vectorizable reduction without
 // -ffast-math) added up in double.
-// Storage fp32, bf16 or fp16: every loop below is fp32. A half row is converted in bulk into fp32
-// scratch rows (common/cpu_convert.h: AVX512-BF16 / F16C where the CPU has them), the fp32 loops
-// run there, and the output row is converted back in bulk; a per-element static_cast inside the
-// loops cost more than the arithmetic (bf16 layer_norm fwd was 0.7x fp32, fp16 backward 0.5x).
-// With a residual, h is rounded to T when stored and the statistics are taken of the stored h (as
-// the CUDA kernel does), so the backward, which reads h back, sees the forward's exact row.
+// Storage fp32, bf16 or fp16 (common/cpu_dtypes.h): loops are templated on the storage type T,
+// loads are converted to float, math and reductions stay fp32/double, stores round to T. A half
+// forward converts each row once into an fp32 scratch row (in L1) and runs the statistics and the
+// output pass from there. With a residual, h is rounded to T when stored and
+// the statistics are taken of the stored h (as the CUDA kernel does), so the backward, which reads
+// h back, sees the forward's exact row.
 #include <algorithm>
 #include <cmath>
 #include <type_traits>
 #include <vector>
 
-#include "common/cpu_convert.h"
+#include "common/cpu_dtypes.h"
 #include "common/cpu_memory.h"
 #include "common/thread_pool.h"
 #include "layer_norm/layer_norm.h"
@@ -56,28 +56,44 @@ GK_CPU_CLONES void add_rows(float* __restrict h, const float* __restrict x, cons
   for (std::int64_t j = 0; j < D; ++j) h[j] = x[j] + r[j];
 }
 
-GK_CPU_CLONES void add_into(float* __restrict h, const float* __restrict r, std::int64_t D) {
-  for (std::int64_t j = 0; j < D; ++j) h[j] += r[j];
+// A half row into fp32 scratch: hf = h as stored, where h = x + r rounded to T is also written out.
+// (Plain elementwise loops: GCC vectorizes the conversions here, not inside a lane-split reduction.)
+template <typename T>
+GK_CPU_CLONES void add_round_row(float* __restrict hf, T* __restrict h, const T* __restrict x, const T* __restrict r,
+                                 std::int64_t D) {
+  for (std::int64_t j = 0; j < D; ++j) {
+    // (rounded twice rather than a T copied: GCC does not vectorize a loop storing a struct value)
+    const float v = static_cast<float>(x[j]) + static_cast<float>(r[j]);
+    h[j] = static_cast<T>(v);
+    hf[j] = static_cast<float>(static_cast<T>(v));
+  }
 }
 
-GK_CPU_CLONES void normalize_row(float* __restrict y, const float* __restrict h, std::int64_t D, float m, float rs,
+template <typename T>
+GK_CPU_CLONES void widen_row(float* __restrict hf, const T* __restrict x, std::int64_t D) {
+  for (std::int64_t j = 0; j < D; ++j) hf[j] = static_cast<float>(x[j]);
+}
+
+template <typename T>
+GK_CPU_CLONES void normalize_row(T* __restrict y, const float* __restrict h, std::int64_t D, float m, float rs,
                                  const float* __restrict w, const float* __restrict b) {
   auto xhat = [&](std::int64_t j) { return (h[j] - m) * rs; };
-  if (w && b) for (std::int64_t j = 0; j < D; ++j) y[j] = xhat(j) * w[j] + b[j];
-  else if (w) for (std::int64_t j = 0; j < D; ++j) y[j] = xhat(j) * w[j];
-  else if (b) for (std::int64_t j = 0; j < D; ++j) y[j] = xhat(j) + b[j];
-  else for (std::int64_t j = 0; j < D; ++j) y[j] = xhat(j);
+  if (w && b) for (std::int64_t j = 0; j < D; ++j) y[j] = static_cast<T>(xhat(j) * w[j] + b[j]);
+  else if (w) for (std::int64_t j = 0; j < D; ++j) y[j] = static_cast<T>(xhat(j) * w[j]);
+  else if (b) for (std::int64_t j = 0; j < D; ++j) y[j] = static_cast<T>(xhat(j) + b[j]);
+  else for (std::int64_t j = 0; j < D; ++j) y[j] = static_cast<T>(xhat(j));
 }
 
 // g = dy * w; returns (sum g, sum g * xhat) and adds dy * xhat, dy into the part's accumulators.
-GK_CPU_CLONES void backward_sums(const float* __restrict dy, const float* __restrict h, const float* __restrict w,
+template <typename T>
+GK_CPU_CLONES void backward_sums(const T* __restrict dy, const T* __restrict h, const float* __restrict w,
                                  std::int64_t D, float m, float rs, float* __restrict dw, float* __restrict db,
                                  float* __restrict out2) {
   float sg[kLanes] = {}, sgx[kLanes] = {};
   std::int64_t j = 0;
   for (; j + kLanes <= D; j += kLanes)
     for (int l = 0; l < kLanes; ++l) {
-      const float d = dy[j + l], xhat = (h[j + l] - m) * rs;
+      const float d = static_cast<float>(dy[j + l]), xhat = (static_cast<float>(h[j + l]) - m) * rs;
       const float g = w ? d * w[j + l] : d;
       sg[l] += g;
       sgx[l] += g * xhat;
@@ -86,7 +102,7 @@ GK_CPU_CLONES void backward_sums(const float* __restrict dy, const float* __rest
     }
   float tg = 0.f, tgx = 0.f;
   for (; j < D; ++j) {
-    const float d = dy[j], xhat = (h[j] - m) * rs;
+    const float d = static_cast<float>(dy[j]), xhat = (static_cast<float>(h[j]) - m) * rs;
     const float g = w ? d * w[j] : d;
     tg += g;
     tgx += g * xhat;
@@ -101,20 +117,22 @@ GK_CPU_CLONES void backward_sums(const float* __restrict dy, const float* __rest
   out2[1] = tgx;
 }
 
-GK_CPU_CLONES void backward_apply(float* __restrict dx, const float* __restrict dy, const float* __restrict dh,
-                                  const float* __restrict h, const float* __restrict w, std::int64_t D, float m,
+template <typename T>
+GK_CPU_CLONES void backward_apply(T* __restrict dx, const T* __restrict dy, const T* __restrict dh,
+                                  const T* __restrict h, const float* __restrict w, std::int64_t D, float m,
                                   float rs, float mean_g, float mean_gx) {
   for (std::int64_t j = 0; j < D; ++j) {
-    const float d = dy[j], xhat = (h[j] - m) * rs;
+    const float d = static_cast<float>(dy[j]), xhat = (static_cast<float>(h[j]) - m) * rs;
     const float g = w ? d * w[j] : d;
     float v = rs * (g - mean_g - xhat * mean_gx);
-    if (dh) v += dh[j];
-    dx[j] = v;
+    if (dh) v += static_cast<float>(dh[j]);
+    dx[j] = static_cast<T>(v);
   }
 }
 
 // The rest of a row once its mean is known: variance, statistics, output row.
-void finish_row(const ForwardParams& p, std::int64_t row, const float* src, double m, float* y, float* mean, float* rstd,
+template <typename T>
+void finish_row(const ForwardParams& p, std::int64_t row, const float* src, double m, T* y, float* mean, float* rstd,
                 const float* w, const float* b) {
   const double var = p.D ? row_centered_sq(src, p.D, static_cast<float>(m)) / static_cast<double>(p.D) : 0.0;
   const float rs = static_cast<float>(1.0 / std::sqrt(var + static_cast<double>(p.eps)));
@@ -146,26 +164,15 @@ void run_forward(const ForwardParams& p) {
       finish_row(p, row, src, m, y + row * D, mean, rstd, w, b);
     });
   } else {
-    std::vector<std::vector<float>> scratch(cpu_threads());  // two fp32 rows per pool slot
+    std::vector<std::vector<float>> scratch(cpu_threads());  // one fp32 row per pool slot
     parallel_for_slots(p.rows, grain, [&](std::int64_t row, int slot) {
-      std::vector<float>& buf = scratch[slot];
-      if (buf.empty()) buf.resize(2 * std::max<std::int64_t>(D, 1));
-      float *hf = buf.data(), *of = hf + std::max<std::int64_t>(D, 1);  // the row; the residual, then y
+      std::vector<float>& hf = scratch[slot];
+      if (hf.empty()) hf.resize(std::max<std::int64_t>(D, 1));
       const std::int64_t o = row * D;
-      to_float(x + o, hf, D);
-      if (r) {  // h = x + r rounded to T and stored; the statistics are of the stored (rounded) h
-        to_float(r + o, of, D);
-        add_into(hf, of, D);
-        from_float(hf, h + o, D);
-        to_float(h + o, hf, D);
-      }
-      if (row + 1 < p.rows) {  // the next row's inputs arrive while this one computes (cpu_convert.h)
-        prefetch_elements(x + o + D, D);
-        if (r) prefetch_elements(r + o + D, D);
-      }
-      const double m = D ? row_sum(hf, D) / static_cast<double>(D) : 0.0;
-      finish_row(p, row, hf, m, of, mean, rstd, w, b);
-      from_float(of, y + o, D);
+      if (r) add_round_row(hf.data(), h + o, x + o, r + o, D);
+      else widen_row(hf.data(), x + o, D);
+      const double m = D ? row_sum(hf.data(), D) / static_cast<double>(D) : 0.0;
+      finish_row(p, row, hf.data(), m, y + o, mean, rstd, w, b);
     });
   }
 }
@@ -179,39 +186,18 @@ void run_backward(const BackwardParams& p) {
   float *dw = p.dweight.as<float>("dweight"), *db = p.dbias.as<float>("dbias");
   const std::int64_t D = p.D;
   advise_huge_pages(dx, p.dx.numel * static_cast<std::int64_t>(sizeof(T)));
-  constexpr bool kHalf = !std::is_same_v<T, float>;
   // one task per part: the parts (and so the summation order) do not depend on the thread count
   parallel_for(p.parts, 1, [&](std::int64_t k) {
     float* dwk = dw + k * D;
     float* dbk = db + k * D;
     std::fill(dwk, dwk + D, 0.f);
     std::fill(dbk, dbk + D, 0.f);
-    // a half row's dy, h, dh and dx in fp32 scratch (converted in bulk); a float row is used in place
-    std::vector<float> buf(kHalf ? 4 * D : 0);
     for (std::int64_t row = part_begin(k, p.rows, p.parts); row < part_begin(k + 1, p.rows, p.parts); ++row) {
       const std::int64_t o = row * D;
-      const float *dyr, *hr, *dhr = nullptr;
-      float* dxr;
-      if constexpr (kHalf) {
-        float *dyf = buf.data(), *hf = dyf + D, *dhf = hf + D;
-        to_float(dy + o, dyf, D);
-        to_float(h + o, hf, D);
-        if (dh) to_float(dh + o, dhf, D), dhr = dhf;
-        dyr = dyf, hr = hf, dxr = dhf + D;
-        if (row + 1 < p.rows) {  // the next row's inputs arrive while this one computes (cpu_convert.h)
-          prefetch_elements(dy + o + D, D);
-          prefetch_elements(h + o + D, D);
-          if (dh) prefetch_elements(dh + o + D, D);
-        }
-      } else {
-        dyr = dy + o, hr = h + o, dxr = dx + o;
-        if (dh) dhr = dh + o;
-      }
       float s[2];
-      backward_sums(dyr, hr, w, D, mean[row], rstd[row], dwk, dbk, s);
+      backward_sums(dy + o, h + o, w, D, mean[row], rstd[row], dwk, dbk, s);
       const float inv = D ? 1.f / static_cast<float>(D) : 0.f;
-      backward_apply(dxr, dyr, dhr, hr, w, D, mean[row], rstd[row], s[0] * inv, s[1] * inv);
-      if constexpr (kHalf) from_float(dxr, dx + o, D);
+      backward_apply(dx + o, dy + o, dh ? dh + o : nullptr, h + o, w, D, mean[row], rstd[row], s[0] * inv, s[1] * inv);
     }
   });
 }

@@ -8,16 +8,14 @@
 // NCHW: the row machinery of polyphase_cpu.h (phase classes of branch-free FIRs).
 // channels_last: the channel dimension is contiguous, so every tap is a vector over C.
 //
-// Storage fp32, bf16 or fp16: a half input row is converted in bulk to fp32 scratch before it is read,
-// every sum is fp32, and a half output row is accumulated in fp32 scratch and converted back in bulk
-// (common/cpu_convert.h: AVX512-BF16 / F16C where the CPU has them; a per-element static_cast in the
-// loops made bf16 no faster than fp32).
+// Storage fp32, bf16 or fp16 (common/cpu_dtypes.h): input samples are converted to float as they are
+// read, every sum is fp32, and a half output row is accumulated in fp32 scratch and rounded once.
 #include <algorithm>
 #include <optional>
 #include <type_traits>
 #include <vector>
 
-#include "common/cpu_convert.h"
+#include "common/cpu_dtypes.h"
 #include "common/cpu_memory.h"
 #include "common/thread_pool.h"
 #include "upfirdn2d/polyphase_cpu.h"
@@ -48,7 +46,7 @@ void run_nchw(const T* x, const float* g, const float* g1, T* y, const Params& p
       pass_row(ay, xp, *scratch, x + n * p.sxn + c * p.sxc, p.sxh, p.W, g, g1, p.kw, 0.f, oy, out);
     } else {
       pass_row(ay, xp, *scratch, x + n * p.sxn + c * p.sxc, p.sxh, p.W, g, g1, p.kw, 0.f, oy, scratch->row.data());
-      from_float(scratch->row.data(), out, p.OW);
+      store_row(out, scratch->row.data(), p.OW);
     }
   });
 }
@@ -56,17 +54,19 @@ void run_nchw(const T* x, const float* g, const float* g1, T* y, const Params& p
 // ---- channels_last ------------------------------------------------------------------------------
 
 // out[0..C) (+)= w * in[0..C)
-GK_CPU_CLONES void axpy_c(float* __restrict out, const float* __restrict in, std::int64_t C, float w, bool first) {
+template <typename Tin>
+GK_CPU_CLONES void axpy_c(float* __restrict out, const Tin* __restrict in, std::int64_t C, float w, bool first) {
   if (first) {
-    for (std::int64_t i = 0; i < C; ++i) out[i] = w * in[i];
+    for (std::int64_t i = 0; i < C; ++i) out[i] = w * static_cast<float>(in[i]);
   } else {
-    for (std::int64_t i = 0; i < C; ++i) out[i] += w * in[i];
+    for (std::int64_t i = 0; i < C; ++i) out[i] += w * static_cast<float>(in[i]);
   }
 }
 
 // One output row of a channels_last image: for each ox, the x taps of `h` over `src` (W pixels of
 // C channels, pixel stride sw), added into out (pixel stride sow) unless `first`.
-void x_pass_cl(const Params& p, const float* src, std::int64_t sw, const float* h, float* out, std::int64_t sow,
+template <typename Tin>
+void x_pass_cl(const Params& p, const Tin* src, std::int64_t sw, const float* h, float* out, std::int64_t sow,
                bool first) {
   for (std::int64_t ox = 0; ox < p.OW; ++ox) {
     int k0;
@@ -84,23 +84,8 @@ void x_pass_cl(const Params& p, const float* src, std::int64_t sw, const float* 
   }
 }
 
-// Input row `row` (W pixels, pixel stride p.sxw) as fp32 pixels; sets its pixel stride. A float row
-// is read in place, a half row converted in bulk into buf (pixel stride C).
-template <typename T>
-const float* float_row_cl(const T* row, const Params& p, float* buf, std::int64_t& stride) {
-  if constexpr (std::is_same_v<T, float>) {
-    stride = p.sxw;
-    return row;
-  } else {
-    stride = p.C;
-    if (p.sxw == p.C) to_float(row, buf, p.W * p.C);
-    else for (std::int64_t ix = 0; ix < p.W; ++ix) to_float(row + ix * p.sxw, buf + ix * p.C, p.C);
-    return buf;
-  }
-}
-
 // T = float writes the output row in place; a half T accumulates it in fp32 scratch (pixel stride C)
-// and converts it back once.
+// and rounds it once.
 template <typename T>
 void run_channels_last(const T* x, const float* g, const float* g1, T* y, const Params& p) {
   constexpr bool kDirect = std::is_same_v<T, float>;
@@ -108,7 +93,7 @@ void run_channels_last(const T* x, const float* g, const float* g1, T* y, const 
   const std::int64_t rows = p.N * p.OH;
   const int max_ty = (p.kh + p.upy - 1) / p.upy;
   struct Scratch {
-    std::vector<float> comb, row, in;
+    std::vector<float> comb, row;
     std::vector<std::int64_t> ty;
     std::vector<int> tk;
   };
@@ -118,7 +103,6 @@ void run_channels_last(const T* x, const float* g, const float* g1, T* y, const 
     if (sc.ty.empty()) {
       sc.comb.resize(g1 != nullptr ? std::max<std::int64_t>(p.W * p.C, 1) : 1);
       sc.row.resize(kDirect ? 1 : std::max<std::int64_t>(p.OW * p.C, 1));
-      sc.in.resize(kDirect ? 1 : std::max<std::int64_t>(p.W * p.C, 1));
       sc.ty.resize(std::max(max_ty, 1));
       sc.tk.resize(std::max(max_ty, 1));
     }
@@ -139,24 +123,16 @@ void run_channels_last(const T* x, const float* g, const float* g1, T* y, const 
       for (std::int64_t ox = 0; ox < p.OW; ++ox) fill_row(out + ox * sow, p.C, 0.f);
     } else if (g1 != nullptr) {  // combine the rows (a dense W*C block each), then the x pass
       const float* gy = g1 + p.kw;
-      for (int t = 0; t < nt; ++t) {
-        std::int64_t sw;
-        const float* in = float_row_cl(xn + sc.ty[t] * p.sxh, p, sc.in.data(), sw);
+      for (int t = 0; t < nt; ++t)
         for (std::int64_t ix = 0; ix < p.W; ++ix)
-          axpy_c(sc.comb.data() + ix * p.C, in + ix * sw, p.C, gy[sc.tk[t]], t == 0);
-      }
+          axpy_c(sc.comb.data() + ix * p.C, xn + sc.ty[t] * p.sxh + ix * p.sxw, p.C, gy[sc.tk[t]], t == 0);
       x_pass_cl(p, sc.comb.data(), p.C, g1, out, sow, true);
     } else {
-      for (int t = 0; t < nt; ++t) {
-        std::int64_t sw;
-        const float* in = float_row_cl(xn + sc.ty[t] * p.sxh, p, sc.in.data(), sw);
-        x_pass_cl(p, in, sw, g + sc.tk[t] * p.kw, out, sow, t == 0);
-      }
+      for (int t = 0; t < nt; ++t)
+        x_pass_cl(p, xn + sc.ty[t] * p.sxh, p.sxw, g + sc.tk[t] * p.kw, out, sow, t == 0);
     }
-    if constexpr (!kDirect) {
-      if (p.syw == p.C) from_float(out, out_row, p.OW * p.C);
-      else for (std::int64_t ox = 0; ox < p.OW; ++ox) from_float(out + ox * p.C, out_row + ox * p.syw, p.C);
-    }
+    if constexpr (!kDirect)
+      for (std::int64_t ox = 0; ox < p.OW; ++ox) store_row(out_row + ox * p.syw, out + ox * p.C, p.C);
   });
 }
 

@@ -7,20 +7,17 @@
 //     share their first tap k0 and their input window advances by s*down/up samples per q), so each
 //     class is a short FIR over a zero-extended copy of the row: branch-free loops GCC vectorizes.
 //
-// Input rows may be stored as fp32, bf16 or fp16 (Tin): a half row is converted in bulk into fp32
-// scratch (common/cpu_convert.h) before the row combination or the zero-extended copy read it;
-// everything after that, and the output row, is fp32 (callers with a half output convert a finished
-// row back with from_float).
+// Input rows may be stored as fp32, bf16 or fp16 (Tin: converted to float as they are read, in the
+// row combination or the zero-extended copy); everything after that, and the output row, is fp32
+// (callers with a half output round a finished row: csrc/upfirdn2d/cpu.cpp).
 //
 // Internal linkage (anonymous namespace): each including file gets its own clones.
 #pragma once
 #include <algorithm>
 #include <cstdint>
 #include <numeric>
-#include <type_traits>
 #include <vector>
 
-#include "common/cpu_convert.h"
 #include "upfirdn2d/upfirdn2d.h"
 
 namespace gk::upfirdn2d {
@@ -54,31 +51,29 @@ inline int axis_taps(const Axis& a, std::int64_t o, std::int64_t* idx, int* ks) 
   return n;
 }
 
-GK_CPU_CLONES void scale_row(float* __restrict out, const float* __restrict in, std::int64_t n, float w) {
-  for (std::int64_t i = 0; i < n; ++i) out[i] = w * in[i];
+template <typename Tin>
+GK_CPU_CLONES void scale_row(float* __restrict out, const Tin* __restrict in, std::int64_t n, float w) {
+  for (std::int64_t i = 0; i < n; ++i) out[i] = w * static_cast<float>(in[i]);
 }
 
-GK_CPU_CLONES void axpy_row(float* __restrict out, const float* __restrict in, std::int64_t n, float w) {
-  for (std::int64_t i = 0; i < n; ++i) out[i] += w * in[i];
+template <typename Tin>
+GK_CPU_CLONES void axpy_row(float* __restrict out, const Tin* __restrict in, std::int64_t n, float w) {
+  for (std::int64_t i = 0; i < n; ++i) out[i] += w * static_cast<float>(in[i]);
 }
 
 GK_CPU_CLONES void fill_row(float* __restrict out, std::int64_t n, float v) {
   for (std::int64_t i = 0; i < n; ++i) out[i] = v;
 }
 
-GK_CPU_CLONES void add_row(float* __restrict out, const float* __restrict in, std::int64_t n, float b) {
-  for (std::int64_t i = 0; i < n; ++i) out[i] = in[i] + b;
+template <typename Tin>
+GK_CPU_CLONES void add_row(float* __restrict out, const Tin* __restrict in, std::int64_t n, float b) {
+  for (std::int64_t i = 0; i < n; ++i) out[i] = static_cast<float>(in[i]) + b;
 }
 
-// n samples of a stored row as fp32: the row itself when it is float, else converted into buf.
-template <typename Tin>
-inline const float* float_row(const Tin* row, std::int64_t n, float* buf) {
-  if constexpr (std::is_same_v<Tin, float>) {
-    return row;
-  } else {
-    to_float(row, buf, n);
-    return buf;
-  }
+// out[i] = in[i] rounded to the storage type T (a finished fp32 row into a half output).
+template <typename T>
+GK_CPU_CLONES void store_row(T* __restrict out, const float* __restrict in, std::int64_t n) {
+  for (std::int64_t i = 0; i < n; ++i) out[i] = static_cast<T>(in[i]);
 }
 
 // x taps of one row: input `ext` holds samples lo..hi-1 of the row (zeros outside [0, n)).
@@ -148,7 +143,8 @@ inline void x_pass(const XPass& xp, float* out, float* acc, const float* ext, co
 }
 
 // Copies row `src` (n samples) plus `bias` into ext, zero-extended to lo..hi-1.
-inline void extend_row(float* ext, const float* src, const XPass& xp, std::int64_t n, float bias = 0.f) {
+template <typename Tin>
+inline void extend_row(float* ext, const Tin* src, const XPass& xp, std::int64_t n, float bias = 0.f) {
   const std::int64_t a = std::max<std::int64_t>(0, xp.lo), b = std::min<std::int64_t>(n, xp.hi);
   fill_row(ext, xp.width(), 0.f);
   if (a < b) add_row(ext + (a - xp.lo), src + a, b - a, bias);
@@ -157,13 +153,12 @@ inline void extend_row(float* ext, const float* src, const XPass& xp, std::int64
 // Scratch for one thread and one pass.
 struct RowScratch {
   std::vector<float> ext, comb, acc;
-  std::vector<float> in;   // a half input row converted to fp32
   std::vector<float> row;  // a finished fp32 output row, for callers that round it to a half output
   std::vector<std::int64_t> ty;
   std::vector<int> tk;
   RowScratch(const XPass& xp, std::int64_t in_w, int max_ty)
       : ext(std::max<std::int64_t>(xp.width(), 1)), comb(std::max<std::int64_t>(in_w, 1)), acc(xp.out + 1),
-        in(std::max<std::int64_t>(in_w, 1)), row(std::max<std::int64_t>(xp.out, 1)),
+        row(std::max<std::int64_t>(xp.out, 1)),
         ty(std::max(max_ty, 1)), tk(std::max(max_ty, 1)) {}
 };
 
@@ -182,15 +177,14 @@ inline void pass_row(const Axis& ay, const XPass& xp, RowScratch& s, const Tin* 
   if (g1 != nullptr) {  // combine the rows, then one x pass
     const float* gy = g1 + kw;
     float bsum = 0.f;
-    scale_row(s.comb.data(), float_row(rows + s.ty[0] * row_stride, in_w, s.in.data()), in_w, gy[s.tk[0]]);
+    scale_row(s.comb.data(), rows + s.ty[0] * row_stride, in_w, gy[s.tk[0]]);
     for (int t = 0; t < nt; ++t) bsum += gy[s.tk[t]];
-    for (int t = 1; t < nt; ++t)
-      axpy_row(s.comb.data(), float_row(rows + s.ty[t] * row_stride, in_w, s.in.data()), in_w, gy[s.tk[t]]);
+    for (int t = 1; t < nt; ++t) axpy_row(s.comb.data(), rows + s.ty[t] * row_stride, in_w, gy[s.tk[t]]);
     extend_row(s.ext.data(), s.comb.data(), xp, in_w, bias * bsum);
     x_pass<false>(xp, out, s.acc.data(), s.ext.data(), g1);
   } else {
     for (int t = 0; t < nt; ++t) {
-      extend_row(s.ext.data(), float_row(rows + s.ty[t] * row_stride, in_w, s.in.data()), xp, in_w, bias);
+      extend_row(s.ext.data(), rows + s.ty[t] * row_stride, xp, in_w, bias);
       if (t == 0) x_pass<false>(xp, out, s.acc.data(), s.ext.data(), g + s.tk[t] * kw);
       else x_pass<true>(xp, out, s.acc.data(), s.ext.data(), g + s.tk[t] * kw);
     }
