@@ -41,10 +41,13 @@ def cases():
         out[f"bias_act lrelu {shape}"] = (lambda x=x, b=b: gankern.bias_act(x, b, act="lrelu"), 400)
     s = DDIMScheduler(num_train_timesteps=1000)
     s.set_timesteps(50)
-    sample, mo = torch.randn(8, 4, 64, 64), torch.randn(16, 4, 64, 64)
     t = s.timesteps[10]
-    out["DDIM step, guidance 7.5, rescale 0.7, 8x4x64x64"] = (
-        lambda: s.step(mo, t, sample, guidance_scale=7.5, guidance_rescale=0.7), 40)
+    for shape, n in (((1, 4, 8, 8), 300), ((8, 4, 64, 64), 30)):
+        sample, mo = torch.randn(shape), torch.randn((2 * shape[0],) + shape[1:])
+        out[f"DDIM step, guidance 7.5, rescale 0.7, {shape}"] = (
+            lambda s=s, mo=mo, sample=sample: s.step(mo, t, sample, guidance_scale=7.5, guidance_rescale=0.7), n)
+        out[f"DDIM step, no guidance, {shape}"] = (lambda s=s, mo=mo, sample=sample: s.step(mo[:sample.shape[0]], t,
+                                                                                            sample), n)
     return out
 
 

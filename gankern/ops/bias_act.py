@@ -3,7 +3,8 @@
 The pattern every gankern op follows, in one file:
   1. `bias_act(...)`       functional API: validate, fill in defaults, call the custom op
   2. `torch.ops.gankern.bias_act` / `bias_act_backward`: custom ops with fake (meta) kernels, so
-     torch.compile(fullgraph=True) and torch.export see through them
+     torch.compile(fullgraph=True) and torch.export see through them; declared with
+     `gankern._op.custom_op`, whose eager calls skip torch.library's Python path
   3. autograd: forward saves only x and b; backward is itself a custom op, whose own backward
      makes second-order gradients (R1 / path-length regularizers) work
   4. backends: one small registered function per (op, backend); gankern.backends picks one

@@ -168,7 +168,8 @@ def fused_step(model_output: Tensor, sample: Tensor, plan: StepPlan, *, guidance
     elif plan.threshold is not None:
         ratio, max_value = plan.threshold
         lo, w = ref.quantile_rank(ratio, sample[0].numel())
-        thresh = _diffusion_threshold_scales.unchecked(model_output, sample, rescale, coefs, flags, lo, w, float(max_value))
+        thresh = _diffusion_threshold_scales.unchecked(model_output, sample, rescale, coefs, flags, lo, w,
+                                                       float(max_value))
         flags |= R.THRESH
     prev, x0 = _diffusion_step.unchecked(model_output, sample, history, noise, rescale, thresh, coefs, flags,
                                          int(seed), int(offset), bool(want_x0))
@@ -343,8 +344,11 @@ def _(model_output, sample, history, noise, rescale, thresh, coefs, flags, seed,
     return _empty_contiguous(sample), (_empty_contiguous(sample) if want_x0 else sample.new_empty((0,)))
 
 
-@_op.custom_op("gankern::guidance_rescale_factors", check=lambda model_output, g, rescale: _check_guided_output(
-    model_output))
+def _check_guidance(model_output, g, rescale):
+    _check_guided_output(model_output)
+
+
+@_op.custom_op("gankern::guidance_rescale_factors", check=_check_guidance)
 def _guidance_rescale_factors(model_output: Tensor, g: float, rescale: float) -> Tensor:
     return resolve_nonempty("guidance_rescale_factors", model_output)(model_output, g, rescale)
 

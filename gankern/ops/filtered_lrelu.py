@@ -62,8 +62,7 @@ def filtered_lrelu(x: Tensor, fu: Tensor | None = None, fd: Tensor | None = None
         raise ValueError(f"filtered_lrelu of a {x.shape[2]}x{x.shape[3]} image with up={up}, down={down}, "
                          f"padding={padding} and filters {tuple(fu.shape)}, {tuple(fd.shape)} leaves no output; "
                          "pad more")
-    y, _ = _filtered_lrelu(x, fu, fd, b, [upx, upy], [downx, downy], pad, gain, slope, clamp,
-                                            flip_filter)
+    y, _ = _filtered_lrelu(x, fu, fd, b, [upx, upy], [downx, downy], pad, gain, slope, clamp, flip_filter)
     return y
 
 

@@ -116,8 +116,7 @@ def group_norm_act(x: Tensor, num_groups: int, weight: Tensor | None = None, bia
         if residual.shape != x.shape:
             raise ValueError(f"residual must have x's shape {tuple(x.shape)}, got {tuple(residual.shape)}")
     eps = _eps(eps)
-    y, _, _ = _group_norm_act(x, num_groups, weight, bias, eps, act, alpha, temb, scale, shift,
-                                               residual)
+    y, _, _ = _group_norm_act(x, num_groups, weight, bias, eps, act, alpha, temb, scale, shift, residual)
     return y
 
 
@@ -161,8 +160,8 @@ def batch_norm_act(x: Tensor, running_mean: Tensor | None, running_var: Tensor |
     if training and count == 1:  # torch's rule; an empty batch gives an empty output (and no update)
         raise ValueError(f"batch_norm_act in training mode needs more than 1 value per channel, got x of shape "
                          f"{tuple(x.shape)}")
-    y, mean, var = _batch_norm_act(x, weight, bias, running_mean, running_var, training, eps, act,
-                                                    alpha, residual)
+    y, mean, var = _batch_norm_act(x, weight, bias, running_mean, running_var, training, eps, act, alpha,
+                                   residual)
     if training and running_mean is not None and count > 0:
         with torch.no_grad():
             running_mean.mul_(1 - momentum).add_(mean.to(running_mean.dtype), alpha=momentum)
