@@ -467,3 +467,46 @@ def test_batch_norm_act_channels_last_on_kernel_device(backend, training):
     torch.testing.assert_close(y, F.relu(F.batch_norm(x, trm, trv, w, b, training=training)), rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(rm, trm)
     torch.testing.assert_close(rv, trv)
+
+
+# Shapes of the CPU GroupNorm's small-plane paths (csrc/norm/cpu.cpp): planes shorter than a vector
+# (HW < 16, run as one flat run per group), HW not a multiple of the vector width, one channel per
+# group, G = C, fewer (sample, group) tasks than threads, and tensors big enough to be split over
+# the pool in chunks of several small tasks.
+SMALL_PLANES = [((16, 256, 4, 4), 32), ((4, 64, 2, 2), 32), ((3, 24, 3, 3), 8), ((2, 12, 1, 1), 4),
+                ((5, 16, 5, 5), 16), ((2, 48, 7, 3), 48), ((1, 8, 6, 6), 1), ((16, 256, 3, 3), 32),
+                ((64, 128, 4, 4), 8), ((3, 40, 17), 8)]
+
+
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("cl", [False, True])
+@pytest.mark.parametrize("extras", [(), EXTRAS])
+@pytest.mark.parametrize("shape, G", SMALL_PLANES)
+def test_cpu_group_norm_act_small_planes(act, cl, extras, shape, G):
+    x, p = _gn_inputs(shape, G, extras, cl, "cpu")
+    dy = torch.randn(shape, generator=torch.Generator().manual_seed(7))
+    with use_backend("cpu"):
+        got = _grads(lambda t: gankern.group_norm_act(t.pop("x"), G, act=act, **t), x, p, dy)
+        y = gankern.group_norm_act(x, G, act=act, **p)
+    assert_close(y, _ref64(x, G, p, act))
+    want = _grads(lambda t: _ref64(t.pop("x"), G, t, act), x.double(), {k: v.double() for k, v in p.items()},
+                  dy.double())
+    for k in want:
+        assert_close(got[k], want[k], what=f"d{k}", scale=_grad_scale(k, want))
+
+
+@pytest.mark.parametrize("dtype", HALF)
+@pytest.mark.parametrize("extras", [(), EXTRAS])
+@pytest.mark.parametrize("shape, G", [((16, 256, 4, 4), 32), ((4, 64, 2, 2), 32), ((5, 16, 5, 5), 16)])
+def test_cpu_group_norm_act_small_planes_half(dtype, extras, shape, G):
+    x, p = _gn_inputs(shape, G, extras, False, "cpu", dtype)
+    dy = torch.randn(shape, generator=torch.Generator().manual_seed(7)).to(dtype)
+    with use_backend("cpu"):
+        got = _grads(lambda t: gankern.group_norm_act(t.pop("x"), G, act="silu", **t), x, p, dy)
+        y = gankern.group_norm_act(x, G, act="silu", **p)
+    assert_close(y, _ref64(x, G, p, "silu"), dtype=dtype)
+    want = _grads(lambda t: _ref64(t.pop("x"), G, t, "silu"), x.double(), {k: v.double() for k, v in p.items()},
+                  dy.double())
+    for k in want:
+        assert_close(got[k], want[k], dtype=dtype if k in ("x", "residual") else torch.float32, what=f"d{k}",
+                     scale=_grad_scale(k, want))

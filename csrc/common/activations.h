@@ -63,7 +63,10 @@ GK_LANES_INLINE T sigmoid_fast_f32(T z) {
 template <int A, typename T>
 GK_LANES_INLINE T act_forward(T z, float alpha) {
   if constexpr (A == kLinear) return z;
-  if constexpr (A == kRelu) return ((z > 0.f) | (z != z)) ? z : T{};
+  // one comparison and one select: NaN fails z <= 0 and passes through, -0 -> +0 (torch's values).
+  // (The former OR of two comparisons, (z > 0) | (z != z), is what GCC 12 turned into code ~25x
+  // slower than lrelu's on 16-float vectors.)
+  if constexpr (A == kRelu) return z <= 0.f ? T{} : z;
   if constexpr (A == kLrelu) return z > 0.f ? z : z * alpha;
   if constexpr (A == kTanh) return tanh_f32(z);
   if constexpr (A == kSigmoid) return sigmoid_f32(z);

@@ -76,17 +76,43 @@ struct Tiling {
       tasks = s.N * per_row;
     }
   }
+  // Elements of x in one task (at most; for_tasks' grain).
+  std::int64_t task_elems(const Shape& s) const { return s.channels_last ? len * s.C : std::min(len, s.HW); }
+  // Visits task t's part of x: NCHW: plane(row, off, count), one span of plane `row` (= n * C + c)
+  // starting at element off; channels_last: pixel(n, off) for each of its pixel rows (C channels
+  // from element off). The pointwise passes share it.
+  template <typename Plane, typename Pixel>
+  GK_VINLINE void visit(std::int64_t task, const Shape& s, Plane&& plane, Pixel&& pixel) const {
+    const std::int64_t row = task / per_row, lo = (task % per_row) * len, hi = std::min(s.HW, lo + len);
+    if (!s.channels_last) {
+      plane(row, row * s.HW + lo, hi - lo);
+    } else {
+      for (std::int64_t i = lo; i < hi; ++i) pixel(row, (row * s.HW + i) * s.C);
+    }
+  }
 };
+
+// Lambdas called from the per-ISA task bodies must be inlined into them (see GK_VINLINE).
+#define GK_LAMBDA_INLINE __attribute__((always_inline))
 
 // ---- float kernels over lanes V -----------------------------------------------------------------
 
-// act_forward, except relu as one comparison and one select (z <= 0 ? 0 : z: NaN passes, -0 -> +0,
-// the same values): GCC 12 compiles act_forward's OR of two comparisons badly on 16-float vectors
-// (measured ~25x slower than lrelu in the AVX-512 body).
-template <int A, typename T>
-GK_VINLINE T forward_act(T z, float alpha) {
-  if constexpr (A == kRelu) return z <= 0.f ? T{} : z;
-  else return act_forward<A>(z, alpha);
+// Horizontal sums as a tree: log2(L) dependent adds instead of hsum's L - 1 (common/cpu_vec.h), whose
+// serial chain (~60 cycles on 16 lanes) dominated the per-plane sums of small planes (three per
+// plane in the backward).
+typedef float vf4 __attribute__((vector_size(16)));
+GK_VINLINE float hsum_tree(vf4 v) { return (v[0] + v[2]) + (v[1] + v[3]); }
+GK_VINLINE float hsum_tree(vf v) {
+  vf4 lo, hi;
+  std::memcpy(&lo, &v, sizeof(lo));
+  std::memcpy(&hi, reinterpret_cast<const char*>(&v) + sizeof(lo), sizeof(hi));
+  return hsum_tree(lo + hi);
+}
+GK_VINLINE float hsum_tree(vf16 v) {
+  vf lo, hi;
+  std::memcpy(&lo, &v, sizeof(lo));
+  std::memcpy(&hi, reinterpret_cast<const char*>(&v) + sizeof(lo), sizeof(hi));
+  return hsum_tree(lo + hi);
 }
 
 // S += sum(x - k), Q += sum((x - k)^2) over n floats; the shift k (the data's first value) keeps the
@@ -106,14 +132,20 @@ GK_VINLINE void shifted_sums(const float* __restrict x, std::int64_t n, float k,
       s2 += d2;
       q2 += d2 * d2;
     }
+    if (i + L <= m) {
+      const V d = load_as<V>(xb + i) - k;
+      s += d;
+      q += d * d;
+      i += L;
+    }
     float st = 0.f, qt = 0.f;
     for (; i < m; ++i) {
       const float d = xb[i] - k;
       st += d;
       qt += d * d;
     }
-    S += static_cast<double>(hsum(s + s2)) + st;
-    Q += static_cast<double>(hsum(q + q2)) + qt;
+    S += static_cast<double>(hsum_tree(s + s2)) + st;
+    Q += static_cast<double>(hsum_tree(q + q2)) + qt;
   }
 }
 
@@ -124,12 +156,12 @@ GK_VINLINE void apply_span(float* __restrict y, const float* __restrict x, const
   constexpr int L = lanes_of<V>;
   std::int64_t i = 0;
   for (; i + L <= n; i += L) {
-    V v = forward_act<A>((load_as<V>(x + i) - m) * a + b, alpha);
+    V v = act_forward<A>((load_as<V>(x + i) - m) * a + b, alpha);
     if constexpr (R) v += load_as<V>(r + i);
     store(y + i, v);
   }
   for (; i < n; ++i) {
-    float v = forward_act<A>((x[i] - m) * a + b, alpha);
+    float v = act_forward<A>((x[i] - m) * a + b, alpha);
     if constexpr (R) v += r[i];
     y[i] = v;
   }
@@ -143,12 +175,12 @@ GK_VINLINE void apply_cols(float* __restrict y, const float* __restrict x, const
   constexpr int L = lanes_of<V>;
   std::int64_t c = 0;
   for (; c + L <= n; c += L) {
-    V v = forward_act<A>((load_as<V>(x + c) - load_as<V>(m + c)) * load_as<V>(a + c) + load_as<V>(b + c), alpha);
+    V v = act_forward<A>((load_as<V>(x + c) - load_as<V>(m + c)) * load_as<V>(a + c) + load_as<V>(b + c), alpha);
     if constexpr (R) v += load_as<V>(r + c);
     store(y + c, v);
   }
   for (; c < n; ++c) {
-    float v = forward_act<A>((x[c] - m[c]) * a[c] + b[c], alpha);
+    float v = act_forward<A>((x[c] - m[c]) * a[c] + b[c], alpha);
     if constexpr (R) v += r[c];
     y[c] = v;
   }
@@ -183,9 +215,9 @@ GK_VINLINE void bwd_sums_span(const float* __restrict dy, const float* __restric
       t1 += g * xh;
       t2 += xh;
     }
-    S[0] += static_cast<double>(hsum(s0)) + t0;
-    S[1] += static_cast<double>(hsum(s1)) + t1;
-    S[2] += static_cast<double>(hsum(s2)) + t2;
+    S[0] += static_cast<double>(hsum_tree(s0)) + t0;
+    S[1] += static_cast<double>(hsum_tree(s1)) + t1;
+    S[2] += static_cast<double>(hsum_tree(s2)) + t2;
   }
 }
 
@@ -261,6 +293,37 @@ GK_VINLINE void kept_span(float* __restrict dx, const float* __restrict g, const
   std::int64_t i = 0;
   for (; i + L <= n; i += L) store(dx + i, load_as<V>(g + i) * a2 + (load_as<V>(x + i) - m) * b2 + c2);
   for (; i < n; ++i) dx[i] = g[i] * a2 + (x[i] - m) * b2 + c2;
+}
+
+// A flat run with per-element coefficients (GroupNorm planes shorter than a vector): g = dy *
+// act'(u * a + b) and xh = u * p with u = x - m, both kept for the per-channel sums.
+template <typename V, int A>
+GK_VINLINE void bwd_flat(const float* __restrict dy, const float* __restrict x, std::int64_t n,
+                         const float* __restrict m, const float* __restrict a, const float* __restrict b, float p,
+                         float alpha, float* __restrict g, float* __restrict xh) {
+  constexpr int L = lanes_of<V>;
+  std::int64_t i = 0;
+  for (; i + L <= n; i += L) {
+    const V u = load_as<V>(x + i) - load_as<V>(m + i);
+    store(g + i, load_as<V>(dy + i) * act_derivative<A>(u * load_as<V>(a + i) + load_as<V>(b + i), alpha));
+    store(xh + i, u * p);
+  }
+  for (; i < n; ++i) {
+    const float u = x[i] - m[i];
+    g[i] = dy[i] * act_derivative<A>(u * a[i] + b[i], alpha);
+    xh[i] = u * p;
+  }
+}
+
+// dx = g * a2 + (x - m) * b2 + c2 over a flat run (per-element m and a2).
+template <typename V>
+GK_VINLINE void kept_flat(float* __restrict dx, const float* __restrict g, const float* __restrict x, std::int64_t n,
+                          const float* __restrict m, const float* __restrict a2, float b2, float c2) {
+  constexpr int L = lanes_of<V>;
+  std::int64_t i = 0;
+  for (; i + L <= n; i += L)
+    store(dx + i, load_as<V>(g + i) * load_as<V>(a2 + i) + (load_as<V>(x + i) - load_as<V>(m + i)) * b2 + c2);
+  for (; i < n; ++i) dx[i] = g[i] * a2[i] + (x[i] - m[i]) * b2 + c2;
 }
 
 // ---- the same over storage type T: runs of one plane, and rows of w channels at stride ld -------
@@ -497,16 +560,27 @@ GK_CPU_WIDE void task_wide(const Body& body, std::int64_t task, int slot) {
 }
 #endif
 
-// Runs body.run<V>(task, slot) for every task on the pool, V picked for this CPU.
+// Work per claimed chunk of tasks, and the least work worth a second thread: see for_tasks.
+constexpr std::int64_t kGrainElems = 1 << 13;
+constexpr std::int64_t kParallelElems = 1 << 15;
+
+// Runs body.run<V>(task, slot) for every task on the pool, V picked for this CPU. task_elems: the
+// elements of x one task reads (an estimate): tasks are claimed kGrainElems elements at a time (a
+// claim is an atomic add on a line both threads write, ~100 ns when it moves between cores), and a
+// call with under kParallelElems elements in all runs inline (waking a worker costs more than it
+// saves).
 template <typename Body>
-void for_tasks(std::int64_t tasks, const Body& body) {
+void for_tasks(std::int64_t tasks, std::int64_t task_elems, const Body& body) {
+  task_elems = std::max<std::int64_t>(task_elems, 1);
+  const std::int64_t grain = std::max<std::int64_t>(1, kGrainElems / task_elems);
+  const bool parallel = tasks * task_elems >= kParallelElems;
 #if GK_CPU_WIDE_BUILT
   if (cpu_wide()) {
-    parallel_for_slots(tasks, 1, [&](std::int64_t task, int slot) { task_wide(body, task, slot); });
+    parallel_for_slots(tasks, grain, [&](std::int64_t task, int slot) { task_wide(body, task, slot); }, parallel);
     return;
   }
 #endif
-  parallel_for_slots(tasks, 1, [&](std::int64_t task, int slot) { task_narrow(body, task, slot); });
+  parallel_for_slots(tasks, grain, [&](std::int64_t task, int slot) { task_narrow(body, task, slot); }, parallel);
 }
 
 // ---- generic passes ------------------------------------------------------------------------------
@@ -543,7 +617,7 @@ void channel_stats_t(const T* x, const Shape& s, double* mean, double* m2) {
   const Tiling t(s);
   const std::int64_t per = s.channels_last ? s.C : 1;
   std::vector<double> pmean(t.tasks * per), pm2(t.tasks * per);
-  for_tasks(t.tasks, StatsBody<T>{x, s, t, pmean.data(), pm2.data()});
+  for_tasks(t.tasks, t.task_elems(s), StatsBody<T>{x, s, t, pmean.data(), pm2.data()});
   // merge each (n, c)'s partials in task order
   for (std::int64_t nc = 0; nc < NC; ++nc) {
     const std::int64_t n = s.channels_last ? nc / s.C : nc, c = s.channels_last ? nc % s.C : 0;
@@ -569,18 +643,15 @@ struct ApplyBody {
   float alpha;
   template <typename V>
   GK_VINLINE void run(std::int64_t task, int) const {
-    const std::int64_t row = task / t.per_row, part = task % t.per_row;
-    const std::int64_t lo = part * t.len, hi = std::min(s.HW, lo + t.len);
-    if (!s.channels_last) {
-      const std::int64_t off = row * s.HW + lo;
-      apply_run<V, A, R>(y + off, x + off, R ? res + off : nullptr, hi - lo, M[row], A_[row], B[row], alpha);
-    } else {
-      const std::int64_t nC = row * s.C;
-      for (std::int64_t i = lo; i < hi; ++i) {
-        const std::int64_t off = (row * s.HW + i) * s.C;
-        apply_row<V, A, R>(y + off, x + off, R ? res + off : nullptr, s.C, M + nC, A_ + nC, B + nC, alpha);
-      }
-    }
+    t.visit(
+        task, s,
+        [&](std::int64_t row, std::int64_t off, std::int64_t len) GK_LAMBDA_INLINE {
+          apply_run<V, A, R>(y + off, x + off, R ? res + off : nullptr, len, M[row], A_[row], B[row], alpha);
+        },
+        [&](std::int64_t n, std::int64_t off) GK_LAMBDA_INLINE {
+          const std::int64_t nC = n * s.C;
+          apply_row<V, A, R>(y + off, x + off, R ? res + off : nullptr, s.C, M + nC, A_ + nC, B + nC, alpha);
+        });
   }
 };
 
@@ -591,8 +662,8 @@ void apply_t(const T* x, const float* M, const float* A, const float* B, const T
   const Tiling t(s);
   dispatch_act(NormActs{}, act, [&](auto a) {
     constexpr int K = decltype(a)::value;
-    if (res) for_tasks(t.tasks, ApplyBody<T, K, true>{x, res, y, M, A, B, s, t, alpha});
-    else for_tasks(t.tasks, ApplyBody<T, K, false>{x, res, y, M, A, B, s, t, alpha});
+    if (res) for_tasks(t.tasks, t.task_elems(s), ApplyBody<T, K, true>{x, res, y, M, A, B, s, t, alpha});
+    else for_tasks(t.tasks, t.task_elems(s), ApplyBody<T, K, false>{x, res, y, M, A, B, s, t, alpha});
   });
 }
 
@@ -643,7 +714,7 @@ void backward_reduce_t(const T* dy, const T* x, const float* M, const float* A, 
   std::vector<double> part(3 * t.tasks * per);
   dispatch_act(NormActs{}, act, [&](auto a) {
     constexpr int K = decltype(a)::value;
-    for_tasks(t.tasks, BwdReduceBody<T, K>{dy, x, M, A, B, P, s, t, alpha, part.data()});
+    for_tasks(t.tasks, t.task_elems(s), BwdReduceBody<T, K>{dy, x, M, A, B, P, s, t, alpha, part.data()});
   });
   for (std::int64_t nc = 0; nc < NC; ++nc) {  // fixed order
     const std::int64_t n = s.channels_last ? nc / C : nc, c = s.channels_last ? nc % C : 0;
@@ -662,20 +733,17 @@ struct BwdApplyBody {
   float alpha;
   template <typename V>
   GK_VINLINE void run(std::int64_t task, int) const {
-    const std::int64_t row = task / t.per_row, part = task % t.per_row;
-    const std::int64_t lo = part * t.len, hi = std::min(s.HW, lo + t.len);
-    if (!s.channels_last) {
-      const std::int64_t off = row * s.HW + lo;
-      bwd_apply_run<V, A>(dx + off, dy + off, x + off, hi - lo, M[row], A_[row], B[row], A2[row], B2[row], C2[row],
-                          alpha);
-    } else {
-      const std::int64_t nC = row * s.C;
-      for (std::int64_t i = lo; i < hi; ++i) {
-        const std::int64_t off = (row * s.HW + i) * s.C;
-        bwd_apply_row<V, A>(dx + off, dy + off, x + off, s.C, M + nC, A_ + nC, B + nC, A2 + nC, B2 + nC, C2 + nC,
-                            alpha);
-      }
-    }
+    t.visit(
+        task, s,
+        [&](std::int64_t row, std::int64_t off, std::int64_t len) GK_LAMBDA_INLINE {
+          bwd_apply_run<V, A>(dx + off, dy + off, x + off, len, M[row], A_[row], B[row], A2[row], B2[row], C2[row],
+                              alpha);
+        },
+        [&](std::int64_t n, std::int64_t off) GK_LAMBDA_INLINE {
+          const std::int64_t nC = n * s.C;
+          bwd_apply_row<V, A>(dx + off, dy + off, x + off, s.C, M + nC, A_ + nC, B + nC, A2 + nC, B2 + nC, C2 + nC,
+                              alpha);
+        });
   }
 };
 
@@ -686,7 +754,7 @@ void backward_apply_t(const T* dy, const T* x, const float* M, const float* A, c
   const Tiling t(s);
   dispatch_act(NormActs{}, act, [&](auto a) {
     constexpr int K = decltype(a)::value;
-    for_tasks(t.tasks, BwdApplyBody<T, K>{dy, x, dx, M, A, B, A2, B2, C2, s, t, alpha});
+    for_tasks(t.tasks, t.task_elems(s), BwdApplyBody<T, K>{dy, x, dx, M, A, B, A2, B2, C2, s, t, alpha});
   });
 }
 
@@ -707,19 +775,34 @@ struct GroupExtras {
   }
 };
 
-// Group moments of z = x + temb from per-channel (mean, m2) of x (Chan's merge), then the tables
-// of the group's channels and its mean / rstd. mean, m2 index channels [c0, c0 + Cg).
+// From the group's mean and m2 of z = x + temb (Cg * HW values): its mean / rstd and the tables of
+// its channels.
+inline void finish_group_moments(double mean, double m2, std::int64_t n, std::int64_t g, std::int64_t C,
+                                 std::int64_t G, std::int64_t HW, double eps, const GroupExtras& ex, float* M,
+                                 float* A, float* B, float* gmean, float* grstd) {
+  const std::int64_t Cg = C / G;
+  const double rstd = 1.0 / std::sqrt(m2 / static_cast<double>(Cg * HW) + eps);
+  gmean[n * G + g] = static_cast<float>(mean);
+  grstd[n * G + g] = static_cast<float>(rstd);
+  for (std::int64_t j = 0; j < Cg; ++j) ex.write(n * C + g * Cg + j, g * Cg + j, mean, rstd, M, A, B);
+}
+
+// The same from per-channel (mean, m2) of x, indexed [0, Cg) for channels g * Cg + j: Chan's merge
+// of equal counts (mean of the means; m2 = sum of m2 + HW * sum of squared mean deviations).
 inline void finish_group(const double* mean, const double* m2, std::int64_t n, std::int64_t g, std::int64_t C,
                          std::int64_t G, std::int64_t HW, double eps, const GroupExtras& ex, float* M, float* A,
                          float* B, float* gmean, float* grstd) {
-  const std::int64_t Cg = C / G;
-  W w;
-  for (std::int64_t j = 0; j < Cg; ++j)
-    w.merge(static_cast<double>(HW), mean[j] + ex.temb_at(n * C + g * Cg + j), m2[j]);
-  const double rstd = 1.0 / std::sqrt(w.var() + eps);
-  gmean[n * G + g] = static_cast<float>(w.mean);
-  grstd[n * G + g] = static_cast<float>(rstd);
-  for (std::int64_t j = 0; j < Cg; ++j) ex.write(n * C + g * Cg + j, g * Cg + j, w.mean, rstd, M, A, B);
+  const std::int64_t Cg = C / G, nc0 = n * C + g * Cg;
+  double mz = 0;
+  for (std::int64_t j = 0; j < Cg; ++j) mz += mean[j] + ex.temb_at(nc0 + j);
+  mz /= static_cast<double>(Cg);
+  double dev = 0, m2z = 0;
+  for (std::int64_t j = 0; j < Cg; ++j) {
+    const double d = mean[j] + ex.temb_at(nc0 + j) - mz;
+    dev += d * d;
+    m2z += m2[j];
+  }
+  finish_group_moments(mz, m2z + static_cast<double>(HW) * dev, n, g, C, G, HW, eps, ex, M, A, B, gmean, grstd);
 }
 
 // One task = sample n, groups [g0, g0 + gpt): statistics, tables, normalize; the block's data stay
@@ -741,20 +824,40 @@ struct GroupFusedBody {
     const std::int64_t blocks = (G + gpt - 1) / gpt;
     const std::int64_t n = task / blocks, g0 = (task % blocks) * gpt, g1 = std::min(G, g0 + gpt);
     const std::int64_t C = s.C, HW = s.HW, Cg = C / G, c0 = g0 * Cg, w = (g1 - g0) * Cg;
-    double mean[kMaxBlock], m2[kMaxBlock];  // gpt * Cg <= kMaxBlock (group_fused_plan)
-    if (!s.channels_last) {
-      for (std::int64_t j = 0; j < w; ++j) {
-        const W wc = run_stats<V>(x + (n * C + c0 + j) * HW, HW);
-        mean[j] = wc.mean;
-        m2[j] = wc.m2;
+    const std::int64_t nc0 = n * C + c0;
+    if (!s.channels_last && !ex.temb) {
+      // NCHW without temb: a group's Cg planes are one contiguous run of x: one statistics run
+      for (std::int64_t g = g0; g < g1; ++g) {
+        const W wg = run_stats<V>(x + (n * C + g * Cg) * HW, Cg * HW);
+        finish_group_moments(wg.mean, wg.m2, n, g, C, G, HW, eps, ex, M, A_, B, gmean, grstd);
       }
     } else {
-      rows_stats<V>(x + n * HW * C + c0, HW, w, C, mean, m2);
+      double mean[kMaxBlock], m2[kMaxBlock];  // gpt * Cg <= kMaxBlock (group_fused_plan)
+      if (!s.channels_last) {
+        for (std::int64_t j = 0; j < w; ++j) {
+          const W wc = run_stats<V>(x + (nc0 + j) * HW, HW);
+          mean[j] = wc.mean;
+          m2[j] = wc.m2;
+        }
+      } else {
+        rows_stats<V>(x + n * HW * C + c0, HW, w, C, mean, m2);
+      }
+      for (std::int64_t g = g0; g < g1; ++g)
+        finish_group(mean + (g - g0) * Cg, m2 + (g - g0) * Cg, n, g, C, G, HW, eps, ex, M, A_, B, gmean, grstd);
     }
-    for (std::int64_t g = g0; g < g1; ++g)
-      finish_group(mean + (g - g0) * Cg, m2 + (g - g0) * Cg, n, g, C, G, HW, eps, ex, M, A_, B, gmean, grstd);
-    const std::int64_t nc0 = n * C + c0;
-    if (!s.channels_last) {
+    if (!s.channels_last && HW < lanes_of<V> && w * HW >= lanes_of<V>) {
+      // planes shorter than a vector: the block as one run with per-element coefficients
+      float* tab = scratch_floats(3 * w * HW);
+      for (std::int64_t j = 0; j < w; ++j)
+        for (std::int64_t i = 0; i < HW; ++i) {
+          tab[j * HW + i] = M[nc0 + j];
+          tab[(w + j) * HW + i] = A_[nc0 + j];
+          tab[(2 * w + j) * HW + i] = B[nc0 + j];
+        }
+      const std::int64_t off = nc0 * HW;
+      apply_row<V, A, R>(y + off, x + off, R ? res + off : nullptr, w * HW, tab, tab + w * HW, tab + 2 * w * HW,
+                         alpha);
+    } else if (!s.channels_last) {
       for (std::int64_t j = 0; j < w; ++j) {
         const std::int64_t off = (nc0 + j) * HW;
         apply_run<V, A, R>(y + off, x + off, R ? res + off : nullptr, HW, M[nc0 + j], A_[nc0 + j], B[nc0 + j],
@@ -819,9 +922,9 @@ void group_norm_forward_t(const T* x, const Shape& s, std::int64_t G, double eps
   dispatch_act(NormActs{}, act, [&](auto a) {
     constexpr int K = decltype(a)::value;
     if (res)
-      for_tasks(tasks, GroupFusedBody<T, K, true>{x, res, y, s, G, gpt, eps, ex, M, A, B, gmean, grstd, alpha});
+      for_tasks(tasks, gpt * (s.C / G) * s.HW, GroupFusedBody<T, K, true>{x, res, y, s, G, gpt, eps, ex, M, A, B, gmean, grstd, alpha});
     else
-      for_tasks(tasks, GroupFusedBody<T, K, false>{x, res, y, s, G, gpt, eps, ex, M, A, B, gmean, grstd, alpha});
+      for_tasks(tasks, gpt * (s.C / G) * s.HW, GroupFusedBody<T, K, false>{x, res, y, s, G, gpt, eps, ex, M, A, B, gmean, grstd, alpha});
   });
 }
 
@@ -837,10 +940,15 @@ struct GroupBackwardBody {
   std::int64_t G;
   const float *gmean, *grstd;
   GroupExtras ex;
-  double* grads;  // [5][N*C]: dweight, dbias partials, dtemb, dscale, dshift
+  double* wpart;  // [2][N*C]: dweight, dbias partials per (n, c)
+  float *dtemb, *dscale, *dshift;  // [N*C]
   float alpha;
   template <typename V>
   GK_VINLINE void run(std::int64_t task, int) const {
+    if (s.HW < lanes_of<V> && (s.C / G) * s.HW >= lanes_of<V>) {
+      run_short<V>(task);
+      return;
+    }
     const std::int64_t C = s.C, HW = s.HW, NC = s.N * C, Cg = C / G;
     const std::int64_t n = task / G, g = task % G;
     float* gbuf = scratch_floats(Cg * HW);
@@ -872,26 +980,116 @@ struct GroupBackwardBody {
       const float m = static_cast<float>(gmean[task] - ex.temb_at(row));
       kept_run<V>(dx + row * HW, gbuf + j * HW, x + row * HW, HW, m, static_cast<float>(d.A2),
                   static_cast<float>(d.B2), static_cast<float>(d.C2));
-      grads[row] = d.dweight;
-      grads[NC + row] = d.dbias;
-      grads[2 * NC + row] = d.dtemb;
-      grads[3 * NC + row] = d.dscale;
-      grads[4 * NC + row] = d.dshift;
+      wpart[row] = d.dweight;
+      wpart[NC + row] = d.dbias;
+      dtemb[row] = static_cast<float>(d.dtemb);
+      dscale[row] = static_cast<float>(d.dscale);
+      dshift[row] = static_cast<float>(d.dshift);
+    }
+  }
+  // Planes shorter than a vector (HW < L): the group's Cg * HW elements (one contiguous run, at
+  // most kTile: Cg <= 64) as one flat run with per-element coefficients, so the activation
+  // derivative runs on whole vectors; per-channel sums from the kept g and xh.
+  template <typename V>
+  GK_VINLINE void run_short(std::int64_t task) const {
+    const std::int64_t C = s.C, HW = s.HW, NC = s.N * C, Cg = C / G, cnt = Cg * HW;
+    const std::int64_t n = task / G, g = task % G, row0 = n * C + g * Cg;
+    float* buf = scratch_floats(8 * cnt);
+    float *gb = buf, *xh = buf + cnt, *m = buf + 2 * cnt, *a = buf + 3 * cnt, *b = buf + 4 * cnt;
+    float *xf = buf + 5 * cnt, *df = buf + 6 * cnt, *of = buf + 7 * cnt;
+    const double rstd = grstd[task];
+    for (std::int64_t j = 0; j < Cg; ++j) {
+      const std::int64_t c = g * Cg + j, row = row0 + j;
+      const GroupCoefficients<double> k = group_coefficients<double>(
+          gmean[task], rstd, ex.temb_at(row), ex.weight ? ex.weight[c] : 1.0, ex.bias ? ex.bias[c] : 0.0,
+          ex.scale ? ex.scale[row] : 0.0, ex.shift ? ex.shift[row] : 0.0);
+      for (std::int64_t i = 0; i < HW; ++i) {
+        m[j * HW + i] = static_cast<float>(k.M);
+        a[j * HW + i] = static_cast<float>(k.A);
+        b[j * HW + i] = static_cast<float>(k.B);
+      }
+    }
+    const T *xs = x + row0 * HW, *ds = dy + row0 * HW;
+    const float *xv, *dv;
+    if constexpr (kIsFloat<T>) {
+      xv = xs;
+      dv = ds;
+    } else {
+      to_float(xf, xs, cnt);
+      to_float(df, ds, cnt);
+      xv = xf;
+      dv = df;
+    }
+    bwd_flat<V, A>(dv, xv, cnt, m, a, b, static_cast<float>(rstd), alpha, gb, xh);
+    double sums[3 * 64];
+    double c1 = 0, c2 = 0;
+    for (std::int64_t j = 0; j < Cg; ++j) {
+      float t0 = 0.f, t1 = 0.f, t2 = 0.f;
+      for (std::int64_t i = j * HW; i < (j + 1) * HW; ++i) {
+        t0 += gb[i];
+        t1 += gb[i] * xh[i];
+        t2 += xh[i];
+      }
+      double* S = sums + 3 * j;
+      S[0] = t0;
+      S[1] = t1;
+      S[2] = t2;
+      const std::int64_t c = g * Cg + j;
+      const double gw = group_gradient_weight(ex.weight ? ex.weight[c] : 1.0, ex.scale ? ex.scale[row0 + j] : 0.0);
+      c1 += gw * S[0];
+      c2 += gw * S[1];
+    }
+    c1 /= static_cast<double>(cnt);
+    c2 /= static_cast<double>(cnt);
+    float b2 = 0.f, cc2 = 0.f;  // B2, C2: one value for the whole group
+    for (std::int64_t j = 0; j < Cg; ++j) {
+      const std::int64_t c = g * Cg + j, row = row0 + j;
+      const double* S = sums + 3 * j;
+      const GroupGradients<double> d = group_gradients<double>(
+          S[0], S[1], S[2], static_cast<double>(HW), rstd, ex.weight ? ex.weight[c] : 1.0,
+          ex.bias ? ex.bias[c] : 0.0, ex.scale ? ex.scale[row] : 0.0, c1, c2);
+      b2 = static_cast<float>(d.B2);
+      cc2 = static_cast<float>(d.C2);
+      wpart[row] = d.dweight;
+      wpart[NC + row] = d.dbias;
+      dtemb[row] = static_cast<float>(d.dtemb);
+      dscale[row] = static_cast<float>(d.dscale);
+      dshift[row] = static_cast<float>(d.dshift);
+    }
+    // dx = g * A2 + (x - M) * B2 + C2, where A2 = A (both rstd * weight * (1 + scale))
+    if constexpr (kIsFloat<T>) {
+      kept_flat<V>(dx + row0 * HW, gb, xv, cnt, m, a, b2, cc2);
+    } else {
+      kept_flat<V>(of, gb, xv, cnt, m, a, b2, cc2);
+      from_float(dx + row0 * HW, of, cnt);
     }
   }
 };
 
 template <typename T>
 bool group_norm_backward_t(const T* dy, const T* x, const Shape& s, std::int64_t G, const float* gmean,
-                           const float* grstd, const GroupExtras& ex, T* dx, double* grads, int act, float alpha) {
+                           const float* grstd, const GroupExtras& ex, T* dx, float* dweight, float* dbias,
+                           float* dtemb, float* dscale, float* dshift, int act, float alpha) {
   const std::int64_t Cg = s.C / G;
   const std::int64_t group_bytes = Cg * s.HW * static_cast<std::int64_t>(sizeof(float));  // the kept g
   if (s.channels_last || s.HW == 0 || Cg > 64 || s.N * G < cpu_threads() || group_bytes > (std::int64_t{1} << 18))
     return false;
+  const std::int64_t NC = s.N * s.C;
+  std::vector<double> wpart(static_cast<std::size_t>(2 * NC));
   dispatch_act(NormActs{}, act, [&](auto a) {
     constexpr int K = decltype(a)::value;
-    for_tasks(s.N * G, GroupBackwardBody<T, K>{dy, x, dx, s, G, gmean, grstd, ex, grads, alpha});
+    for_tasks(s.N * G, (s.C / G) * s.HW,
+              GroupBackwardBody<T, K>{dy, x, dx, s, G, gmean, grstd, ex, wpart.data(), dtemb, dscale, dshift, alpha});
   });
+  for (std::int64_t c = 0; c < s.C; ++c) {  // the parameter gradients: sums over n in fixed order
+    double w = 0, b = 0;
+    for (std::int64_t n = 0; n < s.N; ++n) {
+      w += wpart[n * s.C + c];
+      b += wpart[NC + n * s.C + c];
+    }
+    dweight[c] = static_cast<float>(w);
+    dbias[c] = static_cast<float>(b);
+  }
   return true;
 }
 
@@ -982,7 +1180,9 @@ bool group_norm_backward(const GroupBackwardParams& p, Stream) {
     using T = decltype(tag);
     done = group_norm_backward_t(static_cast<const T*>(p.dy.ptr()), static_cast<const T*>(p.x.ptr()), s, p.G,
                                  p.gmean.as<const float>("gmean"), p.grstd.as<const float>("grstd"), ex,
-                                 static_cast<T*>(p.dx.mut_ptr()), p.grads.as<double>("grads"), p.act, p.alpha);
+                                 static_cast<T*>(p.dx.mut_ptr()), p.dweight.as<float>("dweight"),
+                                 p.dbias.as<float>("dbias"), p.dtemb.as<float>("dtemb"), p.dscale.as<float>("dscale"),
+                                 p.dshift.as<float>("dshift"), p.act, p.alpha);
   });
   return done;
 }

@@ -171,8 +171,8 @@ void group_norm_forward(const GroupForwardParams& p, Stream stream);
 
 // CPU only: the whole GroupNorm backward in one call, when the layout allows the fused per-group
 // path (NCHW, enough (n, group) tasks, groups small enough to keep in L2); returns false otherwise
-// and writes nothing. grads: float64 [5][N*C], per (n, c): weight- and bias-gradient partials
-// (summed over n by the caller), dtemb, dscale, dshift.
+// and writes nothing. Writes the op's outputs as they are returned (float32): dweight and dbias
+// (per-(n, c) partials summed over n in fixed order), dtemb, dscale, dshift.
 #define GK_NORM_GROUP_BACKWARD_PARAMS(X)                  \
   X(gk::View, dy, "dL/dy")                                \
   X(gk::View, x, "input")                                 \
@@ -184,7 +184,11 @@ void group_norm_forward(const GroupForwardParams& p, Stream stream);
   X(gk::View, scale, "float32 [N*C] or None")             \
   X(gk::View, shift, "float32 [N*C] or None")             \
   X(gk::View, dx, "dL/dx out")                            \
-  X(gk::View, grads, "float64 [5][N*C] out")              \
+  X(gk::View, dweight, "float32 [C] out")                 \
+  X(gk::View, dbias, "float32 [C] out")                   \
+  X(gk::View, dtemb, "float32 [N*C] out")                 \
+  X(gk::View, dscale, "float32 [N*C] out")                \
+  X(gk::View, dshift, "float32 [N*C] out")                \
   X(std::int64_t, G, "groups")                            \
   X(int, act, "gk::Act code")                             \
   X(float, alpha, "lrelu slope")                          \

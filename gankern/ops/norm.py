@@ -586,16 +586,20 @@ class _CpuKernels(_NativeKernels):
         return y, mean, rstd
 
     def group_backward(self, dy, x, mean, rstd, G, w, b, act, alpha, temb, scale, shift, N, C, HW, cl):
-        """The fused C++ backward where the layout allows it (NCHW, groups that fit in L2), else None."""
+        """The fused C++ backward where the layout allows it (NCHW, groups that fit in L2), else None.
+        The kernel writes the returned gradients themselves (float32; dweight and dbias summed over
+        the samples in fixed order)."""
         dx = T.empty_like(x)
-        grads = torch.empty((5, N, C), dtype=torch.float64)
+        dw, db = torch.empty(C, dtype=_STAT), torch.empty(C, dtype=_STAT)
+        dtemb, dscale, dshift = (torch.empty((N, C), dtype=_STAT), torch.empty((N, C), dtype=_STAT),
+                                 torch.empty((N, C), dtype=_STAT))
         fmean, frstd, fw, fb, ftemb, fscale, fshift = (_f32(t) for t in (mean, rstd, w, b, temb, scale, shift))
         if not self._run("group_norm_backward", x, dy=dy, x=x, gmean=fmean, grstd=frstd, weight=fw, bias=fb,
-                         temb=ftemb, scale=fscale, shift=fshift, dx=dx, grads=grads, G=G,
-                         act=ref_acts.get(act).code, alpha=alpha, N=N, C=C, HW=HW, channels_last=cl):
+                         temb=ftemb, scale=fscale, shift=fshift, dx=dx, dweight=dw, dbias=db, dtemb=dtemb,
+                         dscale=dscale, dshift=dshift, G=G, act=ref_acts.get(act).code, alpha=alpha, N=N, C=C,
+                         HW=HW, channels_last=cl):
             return None
-        dw, db = grads[0].sum(0), grads[1].sum(0)  # deterministic reduction of the per-sample partials
-        return tuple([dx] + [g.to(_STAT) for g in (dw, db, grads[2], grads[3], grads[4])])
+        return dx, dw, db, dtemb, dscale, dshift
 
 
 # the CPU kernels load and store fp32, bf16 or fp16 (csrc/common/cpu_dtypes.h), math in fp32
