@@ -168,3 +168,51 @@ def test_bf16_precision(tiny_npz, tmp_path):
     ckpt = C.load(train("autoencoder", data=str(tiny_npz), epochs=1, batch_size=8, image_size=16,
                         out=str(tmp_path / "bf16"), precision="bf16", progress=False))
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+
+
+def test_truncated_jpeg_in_a_folder(tmp_path, capsys):
+    """Image.verify() passes a truncated JPEG (it does not decode pixels); decoding it fails in a
+    DataLoader worker, whose exception must still reach the CLI as one clean message."""
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(12):
+        Image.fromarray(rng.integers(0, 255, (48, 48, 3), dtype=np.uint8)).save(folder / f"{i:02d}.jpg")
+    victim = D.split(D.load(str(folder), 16)[0], "train").paths[0]     # one that training reads
+    whole = victim.read_bytes()
+    victim.write_bytes(whole[:len(whole) * 3 // 4])
+    with Image.open(victim) as im:
+        im.verify()                               # the upfront check cannot see it
+    ds, _ = D.load(str(folder), 16)
+    loader = torch.utils.data.DataLoader(ds, batch_size=4, num_workers=1)
+    from gankern.train import UsageError
+    with pytest.raises(UsageError) as e:
+        list(loader)
+    msg = str(e.value)
+    assert msg.startswith("cannot read image") and victim.name in msg and "Traceback" not in msg, msg
+    for workers in ("0", "1"):
+        _fails(capsys, ["train", "dcgan", "--data", str(folder), "--out", str(tmp_path / "o"), "--workers", workers,
+                        "--image-size", "16", "--batch-size", "4", "--epochs", "1", "--no-progress"],
+               f"{victim.name}: image file is truncated")
+
+
+def test_unreadable_checkpoints(tiny_npz, tmp_path, capsys):
+    """A pickled module, an empty file and a cut-short checkpoint: one line saying what is wrong, and never
+    torch's advice to load with weights_only=False (which would run the file's code)."""
+    module = tmp_path / "module.pt"
+    torch.save(torch.nn.Linear(2, 2), module)
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    out = tmp_path / "ae"
+    assert cli.main(["train", "autoencoder", "--data", str(tiny_npz), "--out", str(out), *TINY]) == 0
+    whole = (out / "checkpoint.pt").read_bytes()
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(whole[:len(whole) // 2])
+    capsys.readouterr()
+    for path, why in ((module, "holds Python objects"), (empty, "not a complete torch.save file"),
+                      (cut, "not a complete torch.save file")):
+        for argv in (["sample", "autoencoder", "--checkpoint", str(path)], ["eval", "--checkpoint", str(path)]):
+            assert cli.main(argv) == 2
+            err = capsys.readouterr().err
+            assert why in err and "weights_only" not in err and "\x1b" not in err and len(err.splitlines()) == 1, err

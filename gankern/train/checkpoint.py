@@ -4,6 +4,7 @@ containers only."""
 from __future__ import annotations
 
 import os
+import pickle
 import random
 from pathlib import Path
 
@@ -56,9 +57,14 @@ def load(path, expect_task: str | None = None) -> dict:
         raise UsageError(f"no checkpoint at {path}")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise UsageError(f"{path} is not a readable gankern checkpoint ({type(e).__name__}: {str(e)[:200]})") \
-            from None
+    except pickle.UnpicklingError:
+        # torch's own message here advises weights_only=False, which would run the file's code: not for us
+        raise UsageError(f"{path} is not a readable gankern checkpoint: it holds Python objects other than "
+                         f"tensors and containers (a gankern checkpoint holds only those)") from None
+    except Exception as e:   # not a torch file, empty, or cut short
+        detail = (str(e).splitlines() or [""])[0][:120]
+        raise UsageError(f"{path} is not a readable gankern checkpoint: not a complete torch.save file "
+                         f"({type(e).__name__}{': ' + detail if detail else ''})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise UsageError(f"{path} is not a gankern training checkpoint (no '{FORMAT}' format tag)")
     if expect_task is not None and ckpt["task"] != expect_task:

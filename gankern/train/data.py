@@ -68,7 +68,12 @@ class FolderImages(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i):
-        return load_image(self.paths[i], self.image_size, self.mode), self.labels[i]
+        # the upfront check (Image.verify) does not decode pixels: a truncated JPEG fails only here
+        try:
+            image = load_image(self.paths[i], self.image_size, self.mode)
+        except Exception as e:
+            raise UsageError(f"cannot read image {self.paths[i]}: {e}") from None
+        return image, self.labels[i]
 
     def subset(self, idx: torch.Tensor) -> "FolderImages":
         sub = FolderImages([self.paths[int(i)] for i in idx], [], self.image_size, 1 if self.mode == "L" else 3)
