@@ -98,3 +98,21 @@ def fused_plain_pair(cls, **kw):
     plain = cls(fused=False, **kw)
     plain.load_state_dict(fused.state_dict())
     return fused, plain
+
+
+def assert_close_to_scale(a, b, what, rtol):
+    """max |a - b| <= rtol * max |b|: a fused model against its plain twin (sums in other orders)."""
+    scale = b.abs().max().item() + 1e-12
+    err = (a - b).abs().max().item()
+    assert err <= rtol * scale, f"{what}: max error {err:.3g} (scale {scale:.3g})"
+
+
+def assert_grads_close(m1, m2, rtol=1e-3):
+    """Every parameter gradient of m1 close to m2's (assert_close_to_scale); at least one exists."""
+    n = 0
+    for (name, p1), (_, p2) in zip(m1.named_parameters(), m2.named_parameters()):
+        assert (p1.grad is None) == (p2.grad is None), name
+        if p1.grad is not None:
+            assert_close_to_scale(p1.grad, p2.grad, f"grad {name}", rtol)
+            n += 1
+    assert n > 0

@@ -4,7 +4,7 @@ exactly through the CLI."""
 import pytest
 import torch
 
-from conftest import fused_plain_pair
+from conftest import fused_plain_pair, assert_close_to_scale, assert_grads_close
 
 import gankern
 from gankern import cli
@@ -22,19 +22,10 @@ SMALL = dict(image_size=16, channels=1, z_dim=16, w_dim=16, mapping_layers=2, ch
 
 
 def _close(a, b, what, rtol=RTOL):
-    scale = b.abs().max().item() + 1e-12
-    err = (a - b).abs().max().item()
-    assert err <= rtol * scale, f"{what}: max error {err:.3g} (scale {scale:.3g})"
+    assert_close_to_scale(a, b, what, rtol)
 
 
-def _grads_close(m1, m2, rtol=1e-3):
-    n = 0
-    for (name, p1), (_, p2) in zip(m1.named_parameters(), m2.named_parameters()):
-        assert (p1.grad is None) == (p2.grad is None), name
-        if p1.grad is not None:
-            _close(p1.grad, p2.grad, f"grad {name}", rtol)
-            n += 1
-    assert n > 0
+_grads_close = assert_grads_close
 
 
 # ---- the plain-torch formulation against gankern's float64 references ------------------------------

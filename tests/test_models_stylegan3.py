@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from conftest import fused_plain_pair
+from conftest import fused_plain_pair, assert_close_to_scale, assert_grads_close
 
 import gankern
 from gankern import cli
@@ -26,19 +26,10 @@ SMALL_RATES = dict(SMALL, image_size=32, num_layers=4, channel_max=4)
 
 
 def _close(a, b, what, rtol=RTOL):
-    scale = b.abs().max().item() + 1e-12
-    err = (a - b).abs().max().item()
-    assert err <= rtol * scale, f"{what}: max error {err:.3g} (scale {scale:.3g})"
+    assert_close_to_scale(a, b, what, rtol)
 
 
-def _grads_close(m1, m2, rtol=1e-3):
-    n = 0
-    for (name, p1), (_, p2) in zip(m1.named_parameters(), m2.named_parameters()):
-        assert (p1.grad is None) == (p2.grad is None), name
-        if p1.grad is not None:
-            _close(p1.grad, p2.grad, f"grad {name}", rtol)
-            n += 1
-    assert n > 0
+_grads_close = assert_grads_close
 
 
 # ---- filter design and schedule ---------------------------------------------------------------------

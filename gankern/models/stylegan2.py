@@ -54,17 +54,23 @@ def _resolutions(image_size: int) -> list[int]:
 
 # ---- the plain-torch formulation (fused=False) ------------------------------------------------------
 
-def torch_upfirdn2d(x: Tensor, f: Tensor, up: int = 1, down: int = 1, pad=(0, 0, 0, 0), gain: float = 1.0) -> Tensor:
-    """upfirdn2d the eager way: insert zeros, pad (negative crops), depthwise conv2d with the
-    flipped 2-D filter (a true convolution), keep every down-th sample. f: 2-D [kh, kw]."""
+def torch_upsample_pad(x: Tensor, up: int, pad) -> Tensor:
+    """upfirdn2d's first two steps the eager way: insert up - 1 zeros after every sample, then pad
+    by pad = (x0, x1, y0, y1) (negative entries crop)."""
     N, C, H, W = x.shape
     if up > 1:
         x = F.pad(x.reshape(N, C, H, 1, W, 1), [0, up - 1, 0, 0, 0, up - 1]).reshape(N, C, H * up, W * up)
     x0, x1, y0, y1 = pad
     x = F.pad(x, [max(x0, 0), max(x1, 0), max(y0, 0), max(y1, 0)])
-    x = x[:, :, max(-y0, 0): x.shape[2] - max(-y1, 0), max(-x0, 0): x.shape[3] - max(-x1, 0)]
-    w = (f * gain).flip([0, 1]).to(x.dtype)[None, None].repeat(C, 1, 1, 1)
-    x = F.conv2d(x, w, groups=C)
+    return x[:, :, max(-y0, 0): x.shape[2] - max(-y1, 0), max(-x0, 0): x.shape[3] - max(-x1, 0)]
+
+
+def torch_upfirdn2d(x: Tensor, f: Tensor, up: int = 1, down: int = 1, pad=(0, 0, 0, 0), gain: float = 1.0) -> Tensor:
+    """upfirdn2d the eager way: insert zeros, pad (negative crops), depthwise conv2d with the
+    flipped 2-D filter (a true convolution), keep every down-th sample. f: 2-D [kh, kw]."""
+    x = torch_upsample_pad(x, up, pad)
+    w = (f * gain).flip([0, 1]).to(x.dtype)[None, None].repeat(x.shape[1], 1, 1, 1)
+    x = F.conv2d(x, w, groups=x.shape[1])
     return x[:, :, ::down, ::down] if down > 1 else x
 
 

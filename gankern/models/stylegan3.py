@@ -41,7 +41,7 @@ from torch import Tensor, nn
 
 from ..nn import modulated as nn_modulated
 from ._layers import check_fused
-from .stylegan2 import DEMOD_EPS, Linear, MappingNetwork, StyleGAN2Discriminator, StyleGAN2Generator
+from .stylegan2 import DEMOD_EPS, Linear, MappingNetwork, StyleGAN2Discriminator, StyleGAN2Generator, torch_upsample_pad
 
 LRELU_SLOPE = 0.2
 FILTER_SIZE = 6                # a resampling filter has 6 taps per unit of its up/down factor (the paper's)
@@ -158,12 +158,8 @@ def torch_upfirdn2d_separable(x: Tensor, f: Tensor | None, up: int = 1, down: in
     """upfirdn2d with a separable filter (1-D taps f, or None for none), the eager way: insert
     up - 1 zeros after every sample, pad (negative crops), a depthwise [1, k] then [k, 1] true
     convolution (gain applied once), keep every down-th sample."""
-    N, C, H, W = x.shape
-    if up > 1:
-        x = F.pad(x.reshape(N, C, H, 1, W, 1), [0, up - 1, 0, 0, 0, up - 1]).reshape(N, C, H * up, W * up)
-    x0, x1, y0, y1 = pad
-    x = F.pad(x, [max(x0, 0), max(x1, 0), max(y0, 0), max(y1, 0)])
-    x = x[:, :, max(-y0, 0): x.shape[2] - max(-y1, 0), max(-x0, 0): x.shape[3] - max(-x1, 0)]
+    x = torch_upsample_pad(x, up, pad)
+    C = x.shape[1]
     if f is not None:
         k = f.shape[0]
         taps = f.flip(0).to(x.dtype)
