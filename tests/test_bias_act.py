@@ -343,3 +343,27 @@ def test_layer_under_cpu_autocast_runs_the_half_kernel(dtype):
     want = ref.bias_act(xd, layer.bias.detach().double(), 1, "lrelu", 0.2, math.sqrt(2), 256.0)
     assert_close(y, want, dtype)
     assert x.grad is not None and layer.bias.grad is not None
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("shape,dim,layout", [
+    ((3, 5, 7, 9), 1, "contiguous"), ((3, 5, 7, 9), 1, "channels_last"), ((2, 3, 700, 800), 1, "contiguous"),
+    ((6, 4, 3), 0, "contiguous"), ((37, 11), 1, "contiguous"), ((3, 5, 7, 9), 2, "contiguous"),
+    ((3, 5, 7, 9), 1, "transposed")])
+def test_half_bias_gradient_sums_on_the_cpu(shape, dim, layout, dtype):
+    """The bias gradient of a half tensor: fp32 sums in slices (ops/bias_act.py) equal the float64
+    sums within fp32 accumulation error; layouts it does not slice go to torch's sum."""
+    from gankern.ops.bias_act import _half_channel_sums_cpu, _reduce_to_bias
+    torch.manual_seed(0)
+    g = torch.randn(shape).to(dtype)
+    if layout == "channels_last":
+        g = g.contiguous(memory_format=torch.channels_last)
+    elif layout == "transposed":
+        g = g.transpose(2, 3)
+    want = g.double().sum([d for d in range(g.ndim) if d != dim])
+    sliced = _half_channel_sums_cpu(g, dim)
+    assert (sliced is None) == (layout == "transposed" or dim == 2)
+    got = _reduce_to_bias(g, torch.zeros(g.shape[dim], dtype=torch.float32), dim)
+    assert got.dtype == torch.float32 and got.shape == want.shape
+    tol = 1e-6 * g.double().abs().sum().item() / g.shape[dim] + 1e-6
+    assert (got.double() - want).abs().max().item() <= tol
