@@ -353,7 +353,8 @@ def test_layer_under_cpu_autocast_runs_the_half_kernel(dtype):
 def test_half_bias_gradient_sums_on_the_cpu(shape, dim, layout, dtype):
     """The bias gradient of a half tensor: fp32 sums in slices (ops/bias_act.py) equal the float64
     sums within fp32 accumulation error; layouts it does not slice go to torch's sum."""
-    from gankern.ops.bias_act import _half_channel_sums_cpu, _reduce_to_bias
+    from gankern._tensors import _half_channel_sums_cpu
+    from gankern.ops.bias_act import _reduce_to_bias
     torch.manual_seed(0)
     g = torch.randn(shape).to(dtype)
     if layout == "channels_last":

@@ -126,8 +126,7 @@ def _transposed(in_hw, mask, out_hw, fa, fb, up_a, pad_a, flip_a, gain_a, down_b
 
 
 def _reduce_to_bias(g: Tensor, b: Tensor) -> Tensor:
-    acc = torch.float32 if g.dtype in (torch.float16, torch.bfloat16) else g.dtype
-    return g.sum([0, 2, 3], dtype=acc).to(b.dtype)
+    return T.channel_sums(g, 1).to(b.dtype)
 
 
 def _setup(ctx, inputs, output):
