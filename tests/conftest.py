@@ -116,3 +116,16 @@ def assert_grads_close(m1, m2, rtol=1e-3):
             assert_close_to_scale(p1.grad, p2.grad, f"grad {name}", rtol)
             n += 1
     assert n > 0
+
+
+# a tiny .npz dataset for the CLI training tests (StyleGAN2/3)
+@pytest.fixture
+def tiny_npz(tmp_path):
+    """20 digits at 8x8 with labels: an epoch of 16-pixel images is 2 steps of 8."""
+    import numpy as np
+    from gankern.train import data as D
+    ds, _ = D.load("digits", 8)
+    x = ((ds.images[:20, 0] + 1) * 127.5).round().to(torch.uint8).numpy()
+    path = tmp_path / "tiny.npz"
+    np.savez(path, x=x, y=ds.labels[:20].numpy())
+    return path

@@ -211,18 +211,6 @@ def test_path_length_penalty_fused_equals_plain():
 
 # ---- training ---------------------------------------------------------------------------------------
 
-@pytest.fixture
-def tiny_npz(tmp_path):
-    """16 digits at 8x8 with labels: an epoch of 16-pixel images is 2 steps of 8."""
-    import numpy as np
-    from gankern.train import data as D
-    ds, _ = D.load("digits", 8)
-    x = ((ds.images[:20, 0] + 1) * 127.5).round().to(torch.uint8).numpy()
-    path = tmp_path / "tiny.npz"
-    np.savez(path, x=x, y=ds.labels[:20].numpy())
-    return path
-
-
 def test_training_step_fused_equals_plain(monkeypatch):
     """A few task steps with every phase due (R1 and path length on step 0, path length again on
     step 2): the fused and plain models see the same noise and stay equal."""

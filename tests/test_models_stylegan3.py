@@ -241,18 +241,6 @@ def test_fused_model_on_the_gpu_backends(backend):
 
 # ---- training ---------------------------------------------------------------------------------------
 
-@pytest.fixture
-def tiny_npz(tmp_path):
-    """20 digits at 8x8 with labels: an epoch of 16-pixel images is 2 steps of 8."""
-    import numpy as np
-    from gankern.train import data as D
-    ds, _ = D.load("digits", 8)
-    x = ((ds.images[:20, 0] + 1) * 127.5).round().to(torch.uint8).numpy()
-    path = tmp_path / "tiny.npz"
-    np.savez(path, x=x, y=ds.labels[:20].numpy())
-    return path
-
-
 TINY_TASK = dict(z_dim=8, w_dim=8, mapping_layers=1, num_layers=3, num_critical=1, channel_base=64, channel_max=8,
                  margin=2, d_channel_base=128, d_channel_max=16)
 
