@@ -1,21 +1,85 @@
 #!/usr/bin/env bash
-# Everything a GPU session should do, in one call (the device tool's `run` gives 10 minutes):
-# build for the local GPU only, run the gpu-marked tests (streams, CUDA graphs) and then the whole
-# suite on the GPU (every kernel test runs on the kernel device: the GPU here, the CPU interpreter
-# and emulator in CI), time the full benchmark set.
-# Results land in $OUT (the device tool's output folder) or ./bench-out; commit the JSON/PNG under
-# benchmarks/results/ with the device and date in the name.
-#   device run:  bash benchmarks/gpu_session.sh
+# Everything a GPU session does, in one device call (the device tool's `run` gives 10 minutes, a
+# session 15 device-minutes in all, a machine start included). Stages run in order of value, each
+# under its own cap and a shared deadline, so a slow stage costs the later ones time, never the
+# whole call's output:
+#   1. build for the local GPU only (CPU kernels baseline x86-64 only: the AVX-512/AVX2 clones are
+#      measured on CPU machines, and skipping them took the first H200 build from 237 s to ~1 min);
+#   2. the gpu-marked tests (streams, CUDA graphs);
+#   3. every bench case, --full, with each GPU backend forced (benchmarks/gpu_backends.py): the
+#      data PREFERRED in gankern/backends.py is filled from;
+#   4. the tests on the GPU in three parallel runs: the op families, the contract suite, the rest
+#      (every kernel test runs on the kernel device: the GPU here, interpreter/emulator in CI);
+#      each failure's traceback goes to failures.log as it happens (tests/conftest.py);
+#   5. the model bench against eager, with the profiler's breakdown.
+# At most 8 files come back from $OUT; this writes 8: session.log, build.log, failures.log,
+# tests.log, backends.log, backends-cuda.json and the model bench's JSON and PNG. Commit them under
+# benchmarks/results/<gpu>-<date>/.
+#   device run:  bash benchmarks/gpu_session.sh      (DEADLINE=seconds, default 540; run's timeout_s
+#                                                      a little above it)
+# Carry .whl/ (wheels, e.g. diffusers for its scheduler and model tests) and it is installed first:
+# the device image has no network. A warm machine keeps the build: a second call skips stage 1.
 set -uo pipefail
 OUT=${OUT:-bench-out}
 mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1
-cap=$(python3 -c "import torch; p=torch.cuda.get_device_properties(0); print(f'{p.major}{p.minor}')")
-GANKERN_CUDA=1 GANKERN_CUDA_ARCHS="$cap" python3 -m pip install -q --no-build-isolation --no-deps -e . \
-  2>&1 | tail -5
-python3 -m gankern info | tee "$OUT/info.txt"
-nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,power.draw --format=csv >> "$OUT/info.txt"
-python3 -m pytest -q -m gpu -p no:cacheprovider 2>&1 | tee "$OUT/gpu-tests.log" | tail -15
-python3 -m pytest -q -x -p no:cacheprovider tests 2>&1 | tail -3 | tee -a "$OUT/gpu-tests.log"
-python3 -m gankern bench --device cuda --full --no-progress --out "$OUT" ${BENCH_OPS:+--ops $BENCH_OPS} \
-  2>&1 | tee "$OUT/bench.log" | tail -60
+export PYTHONUNBUFFERED=1 GANKERN_FAILURE_LOG="$OUT/failures.log"
+DEADLINE=$((SECONDS + ${DEADLINE:-540}))
+LOG="$OUT/session.log"
+stage() { echo "== $1 at ${SECONDS}s ($((DEADLINE - SECONDS))s left)" | tee -a "$LOG"; }
+left() {  # seconds a stage may take: its cap, or what is left before the deadline less a reserve
+  local l=$((DEADLINE - SECONDS - ${2:-0})); [ "$l" -gt "$1" ] && l=$1; [ "$l" -lt 5 ] && l=5; echo "$l"; }
+tests() {  # tests <cap> <reserve> <label> <pytest args...>
+  local cap=$1 reserve=$2 label=$3; shift 3
+  echo "== $label" >>"$OUT/tests.log"
+  timeout "$(left "$cap" "$reserve")" python3 -m pytest -v -n "${WORKERS:-12}" -p no:cacheprovider --timeout 120 \
+    "$@" >>"$OUT/tests.log" 2>&1
+  echo "$label: exit $? (124: cut off)" | tee -a "$LOG"
+}
+
+stage env
+{ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,power.draw,memory.total --format=csv
+  python3 -c "import sys, torch, triton; print(sys.version.split()[0], torch.__version__, torch.version.cuda, triton.__version__)"
+  nproc; } 2>&1 | tee -a "$LOG"
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+
+stage build
+if ls gankern/_cuda.*.so >/dev/null 2>&1 && [ "${REBUILD:-0}" != 1 ]; then
+  echo "gankern/_cuda is built already (a warm machine): no rebuild" | tee -a "$LOG"
+else
+  cap=$(python3 -c "import torch; p=torch.cuda.get_device_properties(0); print(f'{p.major}{p.minor}')")
+  GANKERN_CUDA=1 GANKERN_CUDA_ARCHS="$cap" GANKERN_CPU_CLONES=none timeout "$(left 300)" \
+    python3 -m pip install -v --no-build-isolation --no-deps -e . >"$OUT/build.log" 2>&1
+  echo "build exit $?" | tee -a "$LOG"
+  grep -E "error|warning: " "$OUT/build.log" | grep -v Deprecat | head -30 | tee -a "$LOG"
+fi
+python3 -m gankern info 2>&1 | tee -a "$LOG"
+
+stage gpu-tests
+timeout "$(left 90)" python3 -m pytest -q -m gpu -p no:cacheprovider tests 2>&1 | tail -15 | tee -a "$LOG"
+
+stage backends-bench
+timeout "$(left 150 300)" python3 benchmarks/gpu_backends.py --full --out "$OUT" ${BENCH_OPS:+--ops $BENCH_OPS} \
+  >"$OUT/backends.log" 2>&1
+echo "backends bench exit $?" | tee -a "$LOG"
+
+stage tests
+ops=$(ls tests/test_*.py | grep -E "test_(bias_act|norm|vae|diffusion|random|modulated_conv|upfirdn2d|filtered_lrelu|layer_norm|geglu|minibatch_std|edge_cases|op_fastpath|backends|nn_autocast|conv2d_resample|equalized|norm_layers|diffusion_op_checks|regularizers)\.py")
+tests 150 150 "op families" $ops
+tests 100 90 "contract" tests/test_contract.py
+rest=$(ls tests/test_*.py | grep -v -F "$(printf '%s\n' $ops tests/test_contract.py tests/test_install.py)")
+tests 100 70 "the rest" $rest
+echo "failed tests: $(grep -c '^=== ' "$OUT/failures.log" 2>/dev/null || echo 0)" | tee -a "$LOG"
+grep '^=== ' "$OUT/failures.log" 2>/dev/null | head -40 | tee -a "$LOG"
+
+stage models-bench
+timeout "$(left 120)" python3 -m gankern bench --models --profile --device cuda --no-compile --no-progress \
+  --out "$OUT" >>"$LOG" 2>&1
+echo "models bench exit $?" | tee -a "$LOG"
+
+stage done
+grep -A60 "^op " "$OUT/backends.log" | tail -62
+grep -B2 -A30 "^model " "$LOG" | tail -30

@@ -12,6 +12,14 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
     os.environ.setdefault("GANKERN_CUDA_EMULATOR", "1")
+    if os.environ.get("GANKERN_RECORD_TRITON"):  # every kernel specialization run, for a compile check
+        from triton_compile_check import start_recording
+        start_recording(os.environ["GANKERN_RECORD_TRITON"])
+
+# float32 on a GPU means float32 here: cuDNN's convolutions default to TF32 (a 10-bit mantissa, errors
+# near 1e-3), which the float32 bounds below rightly refuse. Users who want TF32 turn it on.
+torch.backends.cudnn.allow_tf32 = False
+torch.backends.cuda.matmul.allow_tf32 = False
 
 import pytest  # noqa: E402
 from hypothesis import settings  # noqa: E402
@@ -79,6 +87,24 @@ def assert_close(out: torch.Tensor, ref: torch.Tensor, dtype=torch.float32, scal
     err = (out - ref).abs() / (ref.abs() + scale)
     worst = err.max().item()
     assert worst <= tol, f"{what}: max relative error {worst:.3g} > {tol:g} (dtype {dtype})"
+
+
+_FAILURE_LOG = os.environ.get("GANKERN_FAILURE_LOG")  # benchmarks/gpu_session.sh sets it
+_IS_XDIST_WORKER = False
+
+
+def pytest_configure(config):
+    global _IS_XDIST_WORKER
+    _IS_XDIST_WORKER = hasattr(config, "workerinput")
+
+
+def pytest_runtest_logreport(report):
+    """With GANKERN_FAILURE_LOG set, each failure's traceback is appended to that file the moment
+    it happens (by the main process under xdist), so a run cut off by a time limit still says why
+    its tests failed: pytest itself prints tracebacks only at the end."""
+    if _FAILURE_LOG and report.failed and not _IS_XDIST_WORKER:
+        with open(_FAILURE_LOG, "a") as f:
+            f.write(f"=== {report.nodeid} ({report.when})\n{report.longreprtext[-6000:]}\n\n")
 
 
 def pytest_collection_modifyitems(config, items):

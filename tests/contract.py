@@ -195,7 +195,7 @@ def run(case: Case, backend: str | None, tensors: dict, grad: bool, seed_grads: 
             diff = [o for o in outs if o.requires_grad]
             if wanted and diff:
                 gen = torch.Generator().manual_seed(seed_grads)
-                loss = sum((o * torch.randn(o.shape, generator=gen, dtype=torch.float64).to(o.dtype)).sum()
+                loss = sum((o * torch.randn(o.shape, generator=gen, dtype=torch.float64).to(o.device, o.dtype)).sum()
                            for o in diff)
                 got = torch.autograd.grad(loss, [ins[k] for k in wanted], allow_unused=True)
                 grads = dict(zip(wanted, got))

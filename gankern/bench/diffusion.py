@@ -31,17 +31,18 @@ def _diffusers():
         return None
 
 
-def _sched_pair(name: str):
-    """(gankern scheduler, diffusers scheduler or None), both set to 50 steps."""
+def _sched_pair(name: str, device):
+    """(gankern scheduler, diffusers scheduler or None), both set to 50 steps on `device` (as a
+    pipeline does: diffusers compares its timesteps with the step's, so they must share a device)."""
     cfg = dict(SD)
     if name != "DDIMScheduler" and name != "DDPMScheduler":
         cfg.pop("clip_sample")
     g = getattr(GS, name)(**cfg)
-    g.set_timesteps(50)
+    g.set_timesteps(50, device=device)
     dif = _diffusers()
     d = getattr(dif, name)(**cfg) if dif is not None else None
     if d is not None:
-        d.set_timesteps(50)
+        d.set_timesteps(50, device=device)
         # a step-only benchmark: diffusers' Euler schedulers would warn on every call that
         # scale_model_input (a separate, untimed op) was not called first
         if hasattr(d, "is_scale_input_called"):
@@ -59,7 +60,7 @@ def step_case(name: str, label: str, shape, device, quick=False, generator=False
     pass a torch.Generator to both schedulers (the noise path that reproduces diffusers' images:
     a noise tensor drawn as diffusers draws it) instead of gankern's in-kernel Philox noise.
     dtype: of the latents and model output (bf16: the CPU target is >= 1.6x gankern's fp32 time)."""
-    g, d = _sched_pair(name)
+    g, d = _sched_pair(name, device)
     t = g.timesteps[STEP]
     sigma_index = isinstance(g, (GS.EulerDiscreteScheduler, GS.EulerAncestralDiscreteScheduler,
                                  GS.DPMSolverMultistepScheduler))

@@ -29,8 +29,10 @@ def _gn_setup(shape, device, dtype, channels_last, grad):
         x = torch.randn(shape, generator=g).to(device, dtype)
         if channels_last:
             x = x.to(memory_format=torch.channels_last)
-        w = torch.randn(shape[1], generator=g).to(device)
-        b = torch.randn(shape[1], generator=g).to(device)
+        # a half model on the GPU holds half weights (torch's CUDA group_norm takes no others)
+        wdtype = dtype if torch.device(device).type == "cuda" else torch.float32
+        w = torch.randn(shape[1], generator=g).to(device, wdtype)
+        b = torch.randn(shape[1], generator=g).to(device, wdtype)
         dy = torch.randn(shape, generator=g).to(device, dtype) if grad else None
         if grad:
             for t in (x, w, b):

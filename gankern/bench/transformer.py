@@ -35,8 +35,10 @@ def _ln_setup(rows, D, dtype, device, grad):
     def make():
         a = torch.randn(rows, D, device=device, dtype=dtype).requires_grad_(grad)
         h = torch.randn(rows, D, device=device, dtype=dtype).requires_grad_(grad)
-        w = torch.rand(D, device=device).requires_grad_(grad)
-        b = torch.randn(D, device=device).requires_grad_(grad)
+        # a half model on the GPU holds half weights (torch's CUDA layer_norm takes no others)
+        wdtype = dtype if torch.device(device).type == "cuda" else torch.float32
+        w = torch.rand(D, device=device, dtype=wdtype).requires_grad_(grad)
+        b = torch.randn(D, device=device, dtype=wdtype).requires_grad_(grad)
         return a, h, w, b, torch.randn(rows, D, device=device, dtype=dtype)
     return make
 

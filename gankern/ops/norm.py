@@ -368,6 +368,13 @@ class _Passes:
         return None
 
 
+def _split_counts(S, chunk, HW, device):
+    """Positions in each of S splits of HW by `chunk` (the last may hold fewer), as float64 on the
+    device. Made there, not copied from a host list: torch copies pageable host memory to the GPU
+    synchronously, and one such copy per call stalls the whole pipeline."""
+    return (HW - torch.arange(S, dtype=torch.float64, device=device) * chunk).clamp_(max=chunk)
+
+
 def _f32(t, like=None):
     """A table as the kernels read it: fp32 (fp64 for the reference on fp64 inputs), contiguous."""
     if t is None:
@@ -539,8 +546,7 @@ class _NativeKernels(_Passes):
         mean_s, m2_s = part[:, 0].double() + part[:, 1].double(), part[:, 2].double()
         if S == 1:
             return mean_s[0], m2_s[0]
-        cnt = torch.tensor([min(HW, (s + 1) * chunk) - s * chunk for s in range(S)], dtype=torch.float64,
-                           device=x.device)[:, None, None]
+        cnt = _split_counts(S, chunk, HW, x.device)[:, None, None]
         mean = (cnt * mean_s).sum(0) / HW  # Chan's merge of the splits
         return mean, m2_s.sum(0) + (cnt * (mean_s - mean).pow(2)).sum(0)
 
@@ -619,8 +625,8 @@ class _TritonKernels(_Passes):
         if HW == 0:
             z = torch.zeros((N, C), dtype=torch.float64, device=x.device)
             return z, z.clone()
-        shift_s, mean_s, m2_s, counts = self._tk().channel_stats(x, N, C, HW, cl)
-        cnt = counts[:, None, None]
+        shift_s, mean_s, m2_s, chunk = self._tk().channel_stats(x, N, C, HW, cl)
+        cnt = _split_counts(shift_s.shape[0], chunk, HW, x.device)[:, None, None]
         mean_s = shift_s.double() + mean_s.double()
         mean = (cnt * mean_s).sum(0) / HW  # Chan's merge of the splits
         return mean, m2_s.double().sum(0) + (cnt * (mean_s - mean).pow(2)).sum(0)

@@ -7,6 +7,7 @@ import triton
 import triton.language as tl
 
 from .._tables import ACTIVATIONS as _CODES
+from ..reference import activations as _ref
 
 LINEAR: tl.constexpr = tl.constexpr(_CODES["linear"])
 RELU: tl.constexpr = tl.constexpr(_CODES["relu"])
@@ -20,8 +21,10 @@ SWISH: tl.constexpr = tl.constexpr(_CODES["swish"])
 GELU: tl.constexpr = tl.constexpr(_CODES["gelu"])
 GELU_TANH: tl.constexpr = tl.constexpr(_CODES["gelu_tanh"])
 
-SELU_ALPHA: tl.constexpr = 1.6732632423543772
-SELU_SCALE: tl.constexpr = 1.0507009873554805
+# Globals a kernel reads must be tl.constexpr objects: compiled Triton rejects plain floats (an
+# annotation is not enough), though the interpreter takes them.
+SELU_ALPHA = tl.constexpr(_ref.SELU_ALPHA)
+SELU_SCALE = tl.constexpr(_ref.SELU_SCALE)
 
 
 @triton.jit

@@ -7,10 +7,13 @@ in and out; indexing in int64 when y has 2^31 elements or more.
 import triton
 import triton.language as tl
 
+from ..reference.modulated_conv import DEMOD_EPS as _DEMOD_EPS
 from .activations import act_forward
 
 BLOCK = 1024
-DEMOD_EPS: tl.constexpr = 1e-8
+# A global a kernel reads must be a tl.constexpr object: compiled Triton rejects anything else
+# (an annotation is not enough), though the interpreter accepts it.
+DEMOD_EPS = tl.constexpr(_DEMOD_EPS)
 
 
 @triton.jit

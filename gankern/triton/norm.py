@@ -72,7 +72,7 @@ def _group_coefficients(mean_hi, mean_lo, rstd, weight, bias, scale, shift):
 
 
 @triton.jit
-def _gn_finalize_kernel(k_ptr, mean_ptr, m2_ptr, cnt_ptr, S, N, C, G, Cg, HW, eps, w_ptr, b_ptr, t_ptr, sc_ptr,
+def _gn_finalize_kernel(k_ptr, mean_ptr, m2_ptr, chunk, S, N, C, G, Cg, HW, eps, w_ptr, b_ptr, t_ptr, sc_ptr,
                         sh_ptr, M_ptr, A_ptr, B_ptr, gmean_ptr, grstd_ptr, HAS_W: tl.constexpr, HAS_B: tl.constexpr,
                         HAS_T: tl.constexpr, HAS_SC: tl.constexpr, HAS_SH: tl.constexpr, BCG: tl.constexpr):
     """One program per (n, group): merge the split partials of its channels (Chan), then the
@@ -92,7 +92,7 @@ def _gn_finalize_kernel(k_ptr, mean_ptr, m2_ptr, cnt_ptr, S, N, C, G, Cg, HW, ep
     mean = tl.zeros([BCG], tl.float32)  # relative to kref
     m2 = tl.zeros([BCG], tl.float32)
     for s in range(S):
-        cs = tl.load(cnt_ptr + s)
+        cs = tl.minimum(HW - s * chunk, chunk).to(tl.float32)  # positions in split s
         ms = (tl.load(k_ptr + s * NC + nc, mask=cm, other=0.0) - kref) + tl.load(mean_ptr + s * NC + nc, mask=cm,
                                                                                   other=0.0)
         m2s = tl.load(m2_ptr + s * NC + nc, mask=cm, other=0.0)
@@ -228,30 +228,29 @@ def _tiling(N, C, HW, cl, device):
 
 def channel_stats(x, N, C, HW, cl):
     """Per-split, per-(n, c) moments as (S, N, C) fp32 tensors: shift k, mean of x - k, m2; and
-    the split counts (S,). The caller adds k to the mean in float64."""
+    the positions per split, `chunk` (the last split may hold fewer). The caller adds k to the mean
+    in float64."""
     import torch
     BC, BHW, ncb, S, chunk = _tiling(N, C, HW, cl, x.device)
     part = torch.empty((3, S, N, C), dtype=torch.float32, device=x.device)
     if N * C > 0:
         _stats_kernel[(N * ncb, S)](x, part[0], part[1], part[2], N, C, HW, chunk, *_strides(N, C, HW, cl), ncb,
                                     BC=BC, BHW=BHW, INT64=x.numel() >= 2**31, num_warps=4)
-    counts = torch.tensor([min(HW, (s + 1) * chunk) - s * chunk for s in range(S)], dtype=torch.float64,
-                          device=x.device)
-    return part[0], part[1], part[2], counts
+    return part[0], part[1], part[2], chunk
 
 
 def group_norm_tables(x, G, eps, w, b, temb, scale, shift, N, C, HW, cl):
     """Statistics and GroupNorm tables in two launches: (tables (3, N, C) = M, A, B; mean (N, G);
     rstd (N, G)), all fp32. Per-(n, c) extras are fp32 (N, C), weight/bias fp32 (C,)."""
     import torch
-    k, mean_s, m2_s, counts = channel_stats(x, N, C, HW, cl)
+    k, mean_s, m2_s, chunk = channel_stats(x, N, C, HW, cl)
     tables = torch.empty((3, N, C), dtype=torch.float32, device=x.device)
     gmean = torch.empty((N, G), dtype=torch.float32, device=x.device)
     grstd = torch.empty_like(gmean)
     if N * G > 0:
         dummy = tables
         _gn_finalize_kernel[(N * G,)](
-            k, mean_s, m2_s, counts.float(), k.shape[0], N, C, G, C // G, HW, float(eps),
+            k, mean_s, m2_s, chunk, k.shape[0], N, C, G, C // G, HW, float(eps),
             *[t if t is not None else dummy for t in (w, b, temb, scale, shift)], tables[0], tables[1], tables[2],
             gmean, grstd, HAS_W=w is not None, HAS_B=b is not None, HAS_T=temb is not None,
             HAS_SC=scale is not None, HAS_SH=shift is not None, BCG=triton.next_power_of_2(C // G), num_warps=1)

@@ -25,14 +25,16 @@ BLOCK = 1024
 def _counters(offset, first_counter, count: tl.constexpr):
     # int64 whatever type Triton gave the scalar arguments (i32 for small values): the counters
     # must not wrap at 2^31, and randint4x takes the high word only from a 64-bit counter.
-    # to_tensor first: a caller's kernel may have specialized the scalar into a constexpr.
-    return tl.to_tensor(offset).to(tl.int64) + first_counter + tl.arange(0, count).to(tl.int64)
+    # tl.full((), x, int64): a scalar tensor whether the caller passed a tensor or its kernel
+    # specialized the argument into a constexpr (tl.to_tensor does that too, but Triton 3.6, the one
+    # torch 2.11 ships, does not export it).
+    return tl.full((), offset, tl.int64) + first_counter + tl.arange(0, count).to(tl.int64)
 
 
 @triton.jit
 def randn_tile(seed, offset, start, BLOCK: tl.constexpr):
     """fp32 normals of flat elements start .. start + BLOCK - 1; start % 4 == 0, BLOCK % 4 == 0."""
-    c = _counters(offset, tl.to_tensor(start).to(tl.int64) // 4, BLOCK // 4)
+    c = _counters(offset, tl.full((), start, tl.int64) // 4, BLOCK // 4)
     n0, n1, n2, n3 = tl.randn4x(seed, c)
     # [k, a, b] = component 2a + b of counter k, so the row-major flattening is element 4k + j.
     return tl.reshape(tl.join(tl.join(n0, n2), tl.join(n1, n3)), (BLOCK,))
@@ -42,7 +44,7 @@ def randn_tile(seed, offset, start, BLOCK: tl.constexpr):
 def randn_flat(seed, offset, idx):
     """fp32 normal of each flat element index in `idx` (int32 or int64 block of any shape)."""
     idx = idx.to(tl.int64)
-    n0, n1, n2, n3 = tl.randn4x(seed, tl.to_tensor(offset).to(tl.int64) + idx // 4)
+    n0, n1, n2, n3 = tl.randn4x(seed, tl.full((), offset, tl.int64) + idx // 4)
     j = idx % 4
     return tl.where(j == 0, n0, tl.where(j == 1, n1, tl.where(j == 2, n2, n3)))
 
@@ -50,7 +52,7 @@ def randn_flat(seed, offset, idx):
 @triton.jit
 def randn_tile2d(seed, offset, start, ROWS: tl.constexpr):
     """[ROWS, 4] fp32 normals: element (k, j) is flat element start + 4k + j; start % 4 == 0."""
-    c = _counters(offset, tl.to_tensor(start).to(tl.int64) // 4, ROWS)
+    c = _counters(offset, tl.full((), start, tl.int64) // 4, ROWS)
     n0, n1, n2, n3 = tl.randn4x(seed, c)
     j = tl.arange(0, 4)[None, :]
     return tl.where(j == 0, n0[:, None], tl.where(j == 1, n1[:, None], tl.where(j == 2, n2[:, None], n3[:, None])))
@@ -59,7 +61,7 @@ def randn_tile2d(seed, offset, start, ROWS: tl.constexpr):
 @triton.jit
 def tile2d_offsets(start, ROWS: tl.constexpr):
     """Flat element indices (int64) matching randn_tile2d(..., start, ROWS)."""
-    return tl.to_tensor(start).to(tl.int64) + 4 * tl.arange(0, ROWS).to(tl.int64)[:, None] + tl.arange(0, 4)[None, :]
+    return tl.full((), start, tl.int64) + 4 * tl.arange(0, ROWS).to(tl.int64)[:, None] + tl.arange(0, 4)[None, :]
 
 
 # seed and offset change every call: no value specialization (one compiled kernel for all).
