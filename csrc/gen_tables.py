@@ -23,6 +23,9 @@ def render(tables: dict) -> str:
     for name, (cpp, value) in sorted(tables["SCALARS"].items()):
         namespace, ident = cpp.rsplit("::", 1)
         out += [f"namespace {namespace} {{ constexpr std::int64_t {ident} = {value}; }}  // {name}"]
+    for name, (cpp, value) in sorted(tables["REALS"].items()):
+        namespace, ident = cpp.rsplit("::", 1)
+        out += [f"namespace {namespace} {{ constexpr float {ident} = {float(value)!r}f; }}  // {name}"]
     out += ["", "namespace gk {", f'constexpr const char* kTablesDigest = "{tables["digest"]()}";', "}", ""]
     return "\n".join(out)
 

@@ -8,7 +8,7 @@ native modules were not built, and CMake can read it without torch. The compiled
 
 C++ names: every dict below becomes `enum <Enum> : int { <prefix><CamelCaseName> = value }` in the
 namespace given in ENUMS (e.g. ACTIVATIONS["gelu_tanh"] -> gk::kGeluTanh), every entry of SCALARS a
-`constexpr std::int64_t` of the C++ name it gives.
+`constexpr std::int64_t` of the C++ name it gives, every entry of REALS a `constexpr float`.
 """
 
 # Storage type codes of gk::View.dtype (csrc/common/view.h); the torch dtype of each is
@@ -43,6 +43,14 @@ SCALARS = {
     "VAE_KL_BLOCK_CUDA": ("gk::vae::kKlBlockCuda", 4096),
 }
 
+# Real constants of the formulas (C++ computes in float; Python and Triton take the same values).
+REALS = {
+    "SELU_ALPHA": ("gk::kSeluAlpha", 1.6732632423543772),
+    "SELU_SCALE": ("gk::kSeluScale", 1.0507009873554805),
+    # modulated convolution's demodulation, as StyleGAN2: rsqrt(sum of squared weights + eps)
+    "DEMOD_EPS": ("gk::modulated_conv::kDemodEps", 1e-8),
+}
+
 # (table, C++ namespace, enum name, identifier prefix)
 ENUMS = (
     ("DTYPES", "gk", "DType", "k"),
@@ -56,9 +64,13 @@ def scalar(name: str) -> int:
     return SCALARS[name][1]
 
 
+def real(name: str) -> float:
+    return REALS[name][1]
+
+
 def digest() -> str:
     """Fingerprint of every table (not of comments): the compiled modules export the one they were
     built from, so a stale build is detected at import."""
     import hashlib
-    data = repr([(t, globals()[t]) for t, *_ in ENUMS] + sorted(SCALARS.items()))
+    data = repr([(t, globals()[t]) for t, *_ in ENUMS] + sorted(SCALARS.items()) + sorted(REALS.items()))
     return hashlib.sha256(data.encode()).hexdigest()[:16]

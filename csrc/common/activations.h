@@ -18,8 +18,7 @@
 
 namespace gk {
 
-constexpr float kSeluAlpha = 1.6732632423543772f;
-constexpr float kSeluScale = 1.0507009873554805f;
+// kSeluAlpha, kSeluScale: gk_tables.h (gankern/_tables.py: REALS)
 constexpr float kSqrt1_2 = 0.70710678118654752f;
 constexpr float kInvSqrt2Pi = 0.39894228040143268f;  // 1/sqrt(2*pi)
 constexpr float kSqrt2OverPi = 0.79788456080286536f;  // sqrt(2/pi)

@@ -20,7 +20,7 @@
 
 namespace gk::modulated_conv {
 
-constexpr float kDemodEps = 1e-8f;
+// kDemodEps: gk_tables.h (gankern/_tables.py: REALS)
 
 #define GK_MODCONV_MODULATE_PARAMS(X)                                                  \
   X(gk::View, weight, "float32 [O, I, K], contiguous")                                \

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._tables import real
 from ..nn.equalized import EqualizedConv2d, EqualizedLinear
 from ..nn import modulated as nn_modulated
 from ..nn.minibatch_std import MinibatchStdDev
@@ -39,7 +40,7 @@ SQRT2 = math.sqrt(2)
 SQRT_HALF = math.sqrt(0.5)
 LRELU_SLOPE = 0.2
 RESAMPLE_FILTER = (1, 3, 3, 1)   # StyleGAN2's 4-tap binomial resampling filter
-DEMOD_EPS = 1e-8
+DEMOD_EPS = real("DEMOD_EPS")
 
 
 def _channels(res: int, channel_base: int, channel_max: int) -> int:

@@ -14,9 +14,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .._tables import ACTIVATIONS as CODES
+from .._tables import real
 
-SELU_ALPHA = 1.6732632423543772
-SELU_SCALE = 1.0507009873554805
+SELU_ALPHA = real("SELU_ALPHA")
+SELU_SCALE = real("SELU_SCALE")
 
 
 @dataclass(frozen=True)

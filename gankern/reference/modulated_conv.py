@@ -38,10 +38,11 @@ import math
 import torch
 from torch import Tensor
 
+from .._tables import real
 from . import bias_act as ref_bias_act
 from . import conv2d_resample as ref_cr
 
-DEMOD_EPS = 1e-8
+DEMOD_EPS = real("DEMOD_EPS")
 
 
 def prenormalize(weight: Tensor, styles: Tensor) -> tuple[Tensor, Tensor]:

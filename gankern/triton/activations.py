@@ -7,7 +7,7 @@ import triton
 import triton.language as tl
 
 from .._tables import ACTIVATIONS as _CODES
-from ..reference import activations as _ref
+from .._tables import real
 
 LINEAR: tl.constexpr = tl.constexpr(_CODES["linear"])
 RELU: tl.constexpr = tl.constexpr(_CODES["relu"])
@@ -23,8 +23,8 @@ GELU_TANH: tl.constexpr = tl.constexpr(_CODES["gelu_tanh"])
 
 # Globals a kernel reads must be tl.constexpr objects: compiled Triton rejects plain floats (an
 # annotation is not enough), though the interpreter takes them.
-SELU_ALPHA = tl.constexpr(_ref.SELU_ALPHA)
-SELU_SCALE = tl.constexpr(_ref.SELU_SCALE)
+SELU_ALPHA = tl.constexpr(real("SELU_ALPHA"))
+SELU_SCALE = tl.constexpr(real("SELU_SCALE"))
 
 
 @triton.jit

@@ -7,13 +7,13 @@ in and out; indexing in int64 when y has 2^31 elements or more.
 import triton
 import triton.language as tl
 
-from ..reference.modulated_conv import DEMOD_EPS as _DEMOD_EPS
+from .._tables import real
 from .activations import act_forward
 
 BLOCK = 1024
 # A global a kernel reads must be a tl.constexpr object: compiled Triton rejects anything else
 # (an annotation is not enough), though the interpreter accepts it.
-DEMOD_EPS = tl.constexpr(_DEMOD_EPS)
+DEMOD_EPS = tl.constexpr(real("DEMOD_EPS"))
 
 
 @triton.jit
