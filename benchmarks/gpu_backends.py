@@ -43,7 +43,12 @@ def main() -> None:
     ap.add_argument("--backends", default="triton,cuda", help="the two backends compared")
     args = ap.parse_args()
     BACKENDS = tuple(args.backends.split(","))
+    if len(BACKENDS) != 2:
+        ap.error(f"--backends takes two comma-separated backends, got {args.backends!r}")
     dev = torch.device(args.device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        ap.error("PyTorch sees no CUDA device (this script is for a GPU machine; --device cpu with "
+                 "--backends reference,cpu tries it on the CPU)")
     cases = collect(dev, args.ops.split(",") if args.ops else None, args.full)
     rows, head = [], ["op", "variant", "shape", "dtype", "eager ms"] + [f"{b} ms" for b in BACKENDS] + ["best", "x vs eager"]
     table = []

@@ -139,7 +139,11 @@ def _compile_one(entry: dict, arch: int) -> str | None:
 
 def compile_all(path: str, arch: int, jobs: int) -> int:
     import triton
-    entries = json.load(open(path))
+    if not os.path.isfile(path):
+        print(f"triton_compile_check: no recorded launches at {path} (run `record` first)", file=sys.stderr)
+        return 2
+    with open(path) as f:
+        entries = json.load(f)
     with ProcessPoolExecutor(jobs) as pool:
         errors = list(pool.map(_compile_one, entries, [arch] * len(entries)))
     failed = {}
