@@ -32,10 +32,14 @@ left() {  # seconds a stage may take: its cap, or what is left before the deadli
 tests() {  # tests <cap> <reserve> <label> <pytest args...>
   local cap=$1 reserve=$2 label=$3; shift 3
   echo "== $label" >>"$OUT/tests.log"
-  timeout "$(left "$cap" "$reserve")" python3 -m pytest -v -n "${WORKERS:-12}" -p no:cacheprovider --timeout 120 \
+  # one thread per worker: 12 workers of 16 threads each (torch's and gankern's pools) made the CPU
+  # tests of the 2026-11-30 session crawl, and three of them time out
+  OMP_NUM_THREADS=1 timeout "$(left "$cap" "$reserve")" python3 -m pytest -v -n "${WORKERS:-12}" -p no:cacheprovider --timeout 120 \
     "$@" >>"$OUT/tests.log" 2>&1
   echo "$label: exit $? (124: cut off)" | tee -a "$LOG"
 }
+
+want() { [[ " ${STAGES:-gpu-tests tests models backends} " == *" $1 "* ]]; }  # STAGES: which of them run
 
 stage env
 { nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,power.draw,memory.total --format=csv
@@ -59,9 +63,14 @@ else
 fi
 python3 -m gankern info 2>&1 | tee -a "$LOG"
 
-stage gpu-tests
-timeout "$(left 90)" python3 -m pytest -q -m gpu -p no:cacheprovider tests 2>&1 | tail -15 | tee -a "$LOG"
+if want gpu-tests; then
+  stage gpu-tests
+  timeout "$(left 90)" python3 -m pytest -q -m gpu -p no:cacheprovider tests 2>&1 | tail -15 | tee -a "$LOG"
+fi
 
+if want tests && [ -n "${TESTS:-}" ]; then   # TESTS: pytest arguments that replace the two runs below
+  stage tests; tests 1000 "${TESTS_RESERVE:-40}" "selected" $TESTS
+elif want tests; then
 stage tests
 # First the files that never ran or failed without a traceback on the last GPU session, then the
 # rest; each failure's traceback is in failures.log as it happens.
@@ -70,18 +79,23 @@ tests ${FIRST_CAP:-170} 200 "first run or unexplained" $first
 rest=$(ls tests/test_*.py | grep -v -F "$(printf '%s\n' $first tests/test_install.py)")
 tests ${REST_CAP:-150} 150 "the rest" $rest
 echo "failed tests: $(grep -c '^=== ' "$OUT/failures.log" 2>/dev/null || echo 0)" | tee -a "$LOG"
+fi
 grep '^=== ' "$OUT/failures.log" 2>/dev/null | head -60 | tee -a "$LOG"
 
-stage models-bench
-timeout "$(left 110 50)" python3 -m gankern bench --models --profile --device cuda --no-compile --no-progress \
-  --out "$OUT" >>"$LOG" 2>&1
-echo "models bench exit $?" | tee -a "$LOG"
+if want models; then
+  stage models-bench
+  timeout "$(left 110 "$(want backends && echo 50 || echo 0)")" python3 -m gankern bench --models --profile --device cuda --no-compile --no-progress \
+    --out "$OUT" ${MODELS_ARGS:-} >>"$LOG" 2>&1
+  echo "models bench exit $?" | tee -a "$LOG"
+fi
 
-stage backends-bench
-timeout "$(left 150)" python3 benchmarks/gpu_backends.py ${BENCH_FULL:+--full} --out "$OUT" ${BENCH_OPS:+--ops $BENCH_OPS} \
-  >"$OUT/backends.log" 2>&1
-echo "backends bench exit $?" | tee -a "$LOG"
+if want backends; then
+  stage backends-bench
+  timeout "$(left 150)" python3 benchmarks/gpu_backends.py ${BENCH_FULL:+--full} --out "$OUT" \
+    ${BENCH_OPS:+--ops $BENCH_OPS} >"$OUT/backends.log" 2>&1
+  echo "backends bench exit $?" | tee -a "$LOG"
+fi
 
 stage done
-grep -A60 "^op " "$OUT/backends.log" | tail -62
+grep -A60 "^op " "$OUT/backends.log" 2>/dev/null | tail -62
 grep -B2 -A30 "^model " "$LOG" | tail -30

@@ -85,6 +85,8 @@ def _add_model_commands(sub) -> None:
     t.add_argument("--holdout-class", type=_nonneg_int, help="leave this class out of training (for the "
                    "anomaly-detection AUC of `gankern eval`)")
     t.add_argument("--workers", type=_nonneg_int, default=2, help="DataLoader workers for image folders")
+    t.add_argument("--deterministic", action="store_true", help="torch's deterministic algorithms, so that a "
+                   "GPU run and its --resume repeat bit for bit (slower; CPU runs always do)")
     t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     s = sub.add_parser("sample", help="write samples of a trained model as PNGs (one per sample + grid.png)")
     s.add_argument("model", choices=models)
@@ -116,7 +118,8 @@ def _run_model_command(args) -> int:
         if args.cmd == "train":
             path = train(args.model, args.data, args.epochs, args.batch_size, args.out or f"runs/{args.model}",
                          args.fused, args.seed, args.resume, args.device, args.precision, args.lr, args.image_size,
-                         args.channels, args.holdout_class, args.workers, not args.no_progress)
+                         args.channels, args.holdout_class, args.workers, not args.no_progress,
+                         deterministic=args.deterministic)
             print(f"checkpoint: {path}")
         elif args.cmd == "sample":
             paths = sample(args.model, args.checkpoint, args.n, args.out, args.steps, args.scheduler, args.seed,

@@ -41,9 +41,11 @@ def test_compile_variant_and_profile_of_one_case():
     case = next(c for c in TINY if c.what == "decode")
     r = BM.run_case(case, CPU, budget=0.001, rounds=1)
     assert set(r.ms) == {"fused", "eager", "compile"} and r.ratio("fused", r.compiled) > 0
-    shares = BM.profile_case(case, CPU)
-    assert set(shares) == {"fused", "eager"}
-    assert sum(shares["eager"].values()) == pytest.approx(1.0) and "matmul" in shares["eager"]
+    prof = BM.profile_case(case, CPU)
+    assert set(prof) == {"fused", "eager"}
+    eager = prof["eager"]
+    assert sum(eager.shares.values()) == pytest.approx(1.0) and "matmul" in eager.shares
+    assert eager.device_ms is None and eager.host_ms > 0 and len(eager.top_host) > 0
 
 
 def test_peak_mb_sees_a_large_allocation():

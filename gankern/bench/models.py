@@ -336,24 +336,40 @@ _BUCKETS = [
 ]
 
 
-def breakdown(fn: Callable[[], object], device) -> dict[str, float]:
-    """Share of self CPU (CUDA on GPU) time per bucket in one call of fn (after one warm-up call)."""
+@dataclass
+class Breakdown:
+    """Where one call's time goes. shares: each bucket's part of the self time (device time on a GPU,
+    CPU time on the CPU). On a GPU, host_ms against device_ms says whether the call is host-bound
+    (the Python and launch work of each op costs more than its kernel): fusing kernels then helps
+    only if it also removes launches. top_host: the ops with the most self CPU time, in ms."""
+    shares: dict[str, float]
+    host_ms: float
+    device_ms: float | None
+    top_host: list[tuple[str, float]]
+
+
+def breakdown(fn: Callable[[], object], device) -> Breakdown:
+    """The profile of one call of fn (after one warm-up call)."""
     from torch.profiler import ProfilerActivity, profile
     fn()
-    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    cuda = device.type == "cuda"
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     with profile(activities=acts) as prof:
         fn()
+    events = prof.key_averages()
     total, shares = 0.0, {}
-    for evt in prof.key_averages():
-        t = evt.self_device_time_total if device.type == "cuda" else evt.self_cpu_time_total
+    for evt in events:
+        t = evt.self_device_time_total if cuda else evt.self_cpu_time_total
         total += t
         name = evt.key.lower()
         bucket = next((b for b, keys in _BUCKETS if any(k in name for k in keys)), "other elementwise / misc")
         shares[bucket] = shares.get(bucket, 0.0) + t
-    return {b: t / max(total, 1e-30) for b, t in sorted(shares.items(), key=lambda kv: -kv[1])}
+    host = sorted(((e.key, e.self_cpu_time_total / 1e3) for e in events), key=lambda kv: -kv[1])
+    return Breakdown({b: t / max(total, 1e-30) for b, t in sorted(shares.items(), key=lambda kv: -kv[1])},
+                     sum(ms for _, ms in host), total / 1e3 if cuda else None, host[:6])
 
 
-def profile_case(case: ModelCase, device) -> dict[str, dict[str, float]]:
+def profile_case(case: ModelCase, device) -> dict[str, Breakdown]:
     """The breakdown of every variant that is not torch.compiled (its ops are Inductor's kernels)."""
     out = {}
     for v in case.variants:
@@ -401,7 +417,8 @@ def run_models(device: str | None = None, out: str = "bench-out", compile: bool 
                  x_vs_compile={v: r.ratio(v, r.compiled) for v in r.ms}) for r in results]
     doc = {"machine": info, "results": rows}
     if profile:
-        doc["profile"] = [dict(model=c.model, what=c.what, shares=p) for c, p in profiles]
+        doc["profile"] = [dict(model=c.model, what=c.what, variants={v: asdict(b) for v, b in p.items()})
+                          for c, p in profiles]
     base.with_suffix(".json").write_text(json.dumps(doc, indent=2))
     title = f"gankern {info['gankern']} models on {info.get('gpu', info['cpu'])} ({info['date'][:10]})"
     labels, vs_eager, vs_compile = [], [], []
@@ -415,10 +432,12 @@ def run_models(device: str | None = None, out: str = "bench-out", compile: bool 
               "speed-up of the variant (x, higher is better)")
     print(f"\n{title}, {rounds} interleaved rounds\n")
     print(table(results))
-    for case, shares in profiles:
+    for case, variants in profiles:
         print(f"\nprofile of {case.model} {case.what}:")
-        for v, s in shares.items():
-            print(f"  {v:17s} " + ", ".join(f"{b} {x:.0%}" for b, x in s.items()))
+        for v, b in variants.items():
+            busy = f"host {b.host_ms:.1f} ms" + ("" if b.device_ms is None else f", device {b.device_ms:.1f} ms")
+            print(f"  {v:17s} {busy}: " + ", ".join(f"{k} {x:.0%}" for k, x in b.shares.items()))
+            print(f"  {'':17s} most host time: " + ", ".join(f"{n} {ms:.2f}" for n, ms in b.top_host))
     mem = ("torch.cuda.max_memory_allocated" if dev.type == "cuda"
            else "peak RSS growth of one call (VmHWM)")
     print(f"\neager = what users run (the plain-torch model, diffusers' own model); ratios are eager ms / "

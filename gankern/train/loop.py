@@ -7,6 +7,7 @@ SyncBatchNorm: each process normalizes its own share of the batch, as torch's DD
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import sys
@@ -60,8 +61,36 @@ def _train_images(ds, limit: int = 1024) -> torch.Tensor:
 def train(model: str, data: str = "digits", epochs: int | None = None, batch_size: int | None = None,
           out: str = "runs/train", fused: bool = True, seed: int = 0, resume: bool = False, device: str | None = None,
           precision: str = "fp32", lr: float | None = None, image_size: int = 32, channels: int | None = None,
-          holdout_class: int | None = None, workers: int = 2, progress: bool = True, max_steps: int | None = None):
+          holdout_class: int | None = None, workers: int = 2, progress: bool = True, max_steps: int | None = None,
+          deterministic: bool = False):
     """Trains `model` and returns the path of its final checkpoint. See `gankern train --help`."""
+    with _deterministic(deterministic):
+        return _train(model, data, epochs, batch_size, out, fused, seed, resume, device, precision, lr, image_size,
+                      channels, holdout_class, workers, progress, max_steps)
+
+
+@contextlib.contextmanager
+def _deterministic(on: bool):
+    """torch's deterministic algorithms for the duration of a run. On the CPU every step is
+    reproducible anyway; on a GPU some of torch's kernels (cuDNN's convolution algorithms, the
+    backward of nearest upsampling) add with atomics, so two runs, or a run and its resumed copy,
+    differ in the last bits unless this is on. It costs speed, so it is off by default."""
+    if not on:
+        yield
+        return
+    before = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    bench = torch.backends.cudnn.benchmark
+    torch.use_deterministic_algorithms(True, warn_only=True)   # warn, not fail, where torch has no such kernel
+    torch.backends.cudnn.benchmark = False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+        torch.backends.cudnn.benchmark = bench
+
+
+def _train(model, data, epochs, batch_size, out, fused, seed, resume, device, precision, lr, image_size, channels,
+           holdout_class, workers, progress, max_steps):
     if model not in TASKS:
         raise UsageError(f"unknown model {model!r}; choose from {', '.join(TASKS)}")
     task_cls = TASKS[model]

@@ -16,7 +16,7 @@ def _make(shape, gen):
 CASES = [
     # up 2 / down 2 with 4-tap filters: an empty H or W leaves no output, which is refused (ValueError).
     Case("filtered_lrelu_up2_down2_clamp",
-         lambda x, b: gankern.filtered_lrelu(x, _FU, _FD, b, up=2, down=2, padding=[2, 1, 2, 1], clamp=1.5),
+         lambda x, b: gankern.filtered_lrelu(x, _FU.to(x.device), _FD.to(x.device), b, up=2, down=2, padding=[2, 1, 2, 1], clamp=1.5),
          _make, (2, 3, 5, 4), ("filtered_lrelu", "filtered_lrelu_masked"), layout_args=("x",), expand=("x",),
          empty_refused=lambda shape: shape[2] == 0 or shape[3] == 0),
 ]
