@@ -34,11 +34,17 @@ NAMES = ("reference", "triton", "cpu", "cuda")
 
 # Per-op choice for CUDA tensors, from GPU benchmarks (benchmarks/results/). An op missing here
 # uses the default order. Keep this the only such table.
-# H200, 2026-11-29 (benchmarks/results/h200-2026-11-29/backends-cuda.json, the quick cases, one run):
-# a guided DDIM step at 16x4x128x128 took 0.020 ms with cuda, 0.054 with triton; filtered_lrelu
-# up2/down2 at 16x512x36x36 fp16 6.2 ms with cuda, 76 with triton. Every other op measured there
-# (bias_act, upfirdn2d, group_norm_act, geglu, minibatch_std) was as fast or faster with triton.
-PREFERRED: dict[str, str] = {"diffusion_step": "cuda", "filtered_lrelu": "cuda"}
+# H200, quick cases, one run each (benchmarks/results/h200-2026-11-2{9,30}/backends-cuda.json):
+# - diffusion_step: a guided DDIM step at 16x4x128x128, 0.020 / 0.018 ms with cuda, 0.054 / 0.050 with triton;
+# - filtered_lrelu: up2/down2 at 16x512x36x36 fp16, 6.2 ms with cuda, 76 with triton (both runs);
+# - minibatch_std: G=4 fwd+bwd at 16x512x4x4, 0.40 / 0.23 ms with cuda, 0.48 / 0.48 with triton;
+# - layer_norm: add+layer_norm at 8192x320 fp16, 0.043 ms with cuda, 0.052 with triton (11-30 only;
+#   forward only: its backward keeps the default).
+# bias_act and group_norm_act were faster with triton. upfirdn2d and modulated_conv split by case
+# (triton: up=2, the 3x3 forward; cuda: down=2, the training layer's fwd+bwd) and geglu disagreed
+# between the runs (triton 0.023 then 0.064 ms, cuda 0.044 both times): they keep the default.
+PREFERRED: dict[str, str] = {"diffusion_step": "cuda", "filtered_lrelu": "cuda", "minibatch_std": "cuda",
+                             "minibatch_std_backward": "cuda", "layer_norm": "cuda"}
 
 _forced: contextvars.ContextVar[str | None] = contextvars.ContextVar("gankern_backend", default=None)
 

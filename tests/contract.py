@@ -95,6 +95,19 @@ class Case:
 
 # ---- layouts -----------------------------------------------------------------------------------
 
+_CONSTANTS: dict = {}
+
+
+def constant(t: torch.Tensor, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """A case's constant (a filter: a buffer in StyleGAN's layers) on like's device, copied once per
+    device and dtype. Copying it in every call would put a host-to-device copy, which synchronizes,
+    into the call that tests/test_gpu_sync.py checks."""
+    key = (id(t), like.device, dtype or t.dtype)
+    if key not in _CONSTANTS:
+        _CONSTANTS[key] = t.to(like.device, dtype or t.dtype)
+    return _CONSTANTS[key]
+
+
 def _permuted(t):
     """Same values, dense, last two dims stored transposed (x.transpose(2, 3) of a contiguous tensor)."""
     if t.ndim < 2:

@@ -256,10 +256,11 @@ def test_cli_train_sample_and_exact_resume(tiny_npz, tmp_path, monkeypatch):
                      str(sdir), "--no-progress", "--no-fused"]) == 0
     assert sorted(q.name for q in sdir.glob("*.png")) == ["grid.png", "sample_00000.png", "sample_00001.png"]
     # resume: 2 epochs in one go == 1 epoch, then resumed to 2 (lazy schedule and pl_mean included)
-    kw = dict(data=str(tiny_npz), batch_size=8, image_size=16, seed=3, progress=False)
+    kw = dict(data=str(tiny_npz), batch_size=8, image_size=16, seed=3, progress=False, deterministic=True)
     full = C.load(train("stylegan2", epochs=2, out=str(tmp_path / "full"), **kw))
     train("stylegan2", epochs=1, out=str(tmp_path / "part"), **kw)
-    resumed = C.load(train("stylegan2", epochs=2, out=str(tmp_path / "part"), resume=True, progress=False))
+    resumed = C.load(train("stylegan2", epochs=2, out=str(tmp_path / "part"), resume=True, progress=False,
+                           deterministic=True))
     assert resumed["step"] == full["step"] == 4
     for k, v in full["model"].items():
         assert torch.equal(v, resumed["model"][k]), f"{k} differs after resume"

@@ -306,10 +306,11 @@ def test_cli_train_sample_eval_resume_and_wrong_checkpoint(tiny_npz, tmp_path, m
     assert cli.main(["train", "stylegan3", "--out", str(other), "--resume", "--epochs", "2", "--no-progress"]) == 2
     assert "not 'stylegan3'" in capsys.readouterr().err
     # resume: 2 epochs in one go == 1 epoch, then resumed to 2 (magnitude EMAs and the R1 schedule included)
-    kw = dict(data=str(tiny_npz), batch_size=8, image_size=16, seed=3, progress=False)
+    kw = dict(data=str(tiny_npz), batch_size=8, image_size=16, seed=3, progress=False, deterministic=True)
     full = C.load(train("stylegan3", epochs=2, out=str(tmp_path / "full"), **kw))
     train("stylegan3", epochs=1, out=str(tmp_path / "part"), **kw)
-    resumed = C.load(train("stylegan3", epochs=2, out=str(tmp_path / "part"), resume=True, progress=False))
+    resumed = C.load(train("stylegan3", epochs=2, out=str(tmp_path / "part"), resume=True, progress=False,
+                           deterministic=True))
     assert resumed["step"] == full["step"] == 4
     for k, v in full["model"].items():
         assert torch.equal(v, resumed["model"][k]), f"{k} differs after resume"

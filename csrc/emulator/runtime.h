@@ -104,6 +104,9 @@ inline T __ldg(const T* p) { return *p; }
 using std::max;
 using std::min;
 
+// a product rounded on its own: volatile keeps the compiler from fusing it into an FMA
+inline float __fmul_rn(float a, float b) { volatile float p = a * b; return p; }
+
 inline unsigned __umulhi(unsigned a, unsigned b) {
   return static_cast<unsigned>((static_cast<std::uint64_t>(a) * b) >> 32);
 }

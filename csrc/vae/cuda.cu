@@ -96,7 +96,10 @@ forward_kernel(const T* __restrict__ mu, const T* __restrict__ lv, T* __restrict
       const float vc = clamp_f(v[q], p.lv_lo, p.lv_hi);
       const float s = expf(0.5f * vc);
       if constexpr (kZ) zr[q] = fmaf(s, eps[q], m[q]);
-      t[q] = kl_term(m[q], vc, s * s);
+      // s * s rounded on its own: otherwise nvcc may fuse it into kl_term's sum as an FMA in one
+      // instantiation and not the other, and the fused op's KL differs in the last bit from
+      // kl_normal's (seen on an H200)
+      t[q] = kl_term(m[q], vc, __fmul_rn(s, s));
       if (kSum && q < cnt) acc += t[q];
     }
     if constexpr (kZ) store4(z, i0, cnt, vec_ok, zr);

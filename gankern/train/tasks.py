@@ -73,12 +73,14 @@ class Task(abc.ABC):
         self.model.load_state_dict(state)
 
     # ---- shared ----------------------------------------------------------------------------
-    def ddp(self, module: nn.Module) -> nn.Module:
+    def ddp(self, module: nn.Module, broadcast_buffers: bool = True) -> nn.Module:
+        """module under DistributedDataParallel. broadcast_buffers=True copies rank 0's buffers
+        (running statistics, w_avg) into every process before each forward, in place."""
         if not self.distributed:
             return module
         from torch.nn.parallel import DistributedDataParallel
         ids = [self.device.index] if self.device.type == "cuda" else None
-        return DistributedDataParallel(module, device_ids=ids)
+        return DistributedDataParallel(module, device_ids=ids, broadcast_buffers=broadcast_buffers)
 
     def autocast(self):
         if self.amp_dtype is None:
@@ -185,7 +187,10 @@ class StyleGAN2Task(Task):
 
     def prepare(self):
         self.G = self.ddp(_Method(self.model.generator, "train_forward"))
-        self.D = self.ddp(self.model.discriminator)
+        # D's only buffers are its resampling filters, equal on every process. Broadcasting them
+        # rewrites them in place before each forward, and D runs twice (reals, fakes) before one
+        # backward that reads the filters its first run saved: autograd refuses (seen with torch 2.11).
+        self.D = self.ddp(self.model.discriminator, broadcast_buffers=False)
 
     def _reg_step(self, loss: Tensor, opt: torch.optim.Optimizer, module: nn.Module) -> None:
         """A regularizer's update. Its gradient penalty differentiates through the plain module

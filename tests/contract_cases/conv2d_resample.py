@@ -3,7 +3,7 @@ filter is bound in (a buffer in StyleGAN's layers). An empty H or W leaves no ou
 import torch
 
 import gankern
-from contract import Case
+from contract import Case, constant
 
 _F = gankern.setup_filter([1, 3, 3, 1])
 
@@ -17,9 +17,10 @@ def _refused(shape):
 
 
 CASES = [
-    Case("conv2d_resample_down2", lambda x, w: gankern.conv2d_resample(x, w, _F.to(x.device, x.dtype), down=2, padding=1),
+    Case("conv2d_resample_down2",
+         lambda x, w: gankern.conv2d_resample(x, w, constant(_F, x, x.dtype), down=2, padding=1),
          _xw, (2, 3, 6, 5), ("upfirdn2d",), layout_args=("x",), empty_refused=_refused),
-    Case("conv2d_resample_up2", lambda x, w: gankern.conv2d_resample(x, w, _F.to(x.device, x.dtype), up=2, padding=1,
+    Case("conv2d_resample_up2", lambda x, w: gankern.conv2d_resample(x, w, constant(_F, x, x.dtype), up=2, padding=1,
                                                                      flip_weight=False),
          _xw, (2, 3, 4, 5), ("upfirdn2d",), layout_args=("x",), empty_refused=_refused,
          # An inf in the weight meets the zeros of the upsampling inside torch's conv_transpose2d,
