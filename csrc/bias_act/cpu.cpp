@@ -45,9 +45,9 @@ GK_CPU_CLONES void run_vector_bias(T* __restrict out, const T* __restrict dy, co
 template <typename ScalarRun, typename VectorRun>
 void for_each_run(std::int64_t n, const Params& p, const float* b, ScalarRun scalar_run, VectorRun vector_run) {
   const std::int64_t nblocks = (n + kBlock - 1) / kBlock;
-  // Claimed up to 2 MiB of fp32 (one huge page) at a time, at least 4 claims per thread: a thread
-  // that loses its core to another process leaves its unstarted blocks to the others instead of
-  // holding up the pass with a static share (csrc/common/thread_pool.h).
+  // After each thread's first, equal share, blocks are claimed up to 2 MiB of fp32 (one huge page)
+  // at a time: a thread that starts late or loses its core to another process leaves the blocks it
+  // has not claimed to the others (csrc/common/thread_pool.h).
   const std::int64_t grain = std::clamp<std::int64_t>(nblocks / (4 * cpu_threads()), 1, 32);
   parallel_for(nblocks, grain, [&](std::int64_t blk) {
     const std::int64_t hi = std::min(n, (blk + 1) * kBlock);

@@ -8,9 +8,16 @@
 // GroupNorm+SiLU channels_last took 340-380 ms with libgomp's default policy and 12 ms with
 // OMP_WAIT_POLICY=passive (benchmarks/NOTES.md, "Shared cores").
 //
-// Here: work is claimed `grain` indices at a time from a shared counter, so a thread that starts
-// late takes only what is left, and one that never got a core takes nothing; the caller runs
-// chunks too and returns once every chunk is done and no worker still holds the job. Idle workers
+// Here: work is claimed from a shared counter. Each thread's first claim is an equal share
+// (n / threads, in whole grains), every later claim one `grain`: when every thread gets a core the
+// loop runs as a static schedule does, a thread that starts late takes only what is left, and one
+// that never got a core takes nothing. The caller claims too and returns once every index is done
+// and no worker still holds the job. Why equal first shares: with one-grain claims only (2 MiB of
+// bias_act output each), two threads writing interleaved pieces of a fresh output ran 1.4-1.9x
+// slower than two static halves on the 2-vCPU AMD VM (not from page faults alone; the cause was not
+// found), and the shares recovered static speed; under a second busy process they kept most of
+// the one-grain schedule's advantage over OpenMP's static one (benchmarks/NOTES.md, "The thread
+// pool's claim order"). Idle workers
 // spin for at most ~30 us (back-to-back loops of one op reuse them without a sleep/wake) and then
 // sleep on a condition variable. Loop bodies must not throw.
 #pragma once
@@ -77,7 +84,7 @@ class ThreadPool {
     };
     job.n = n;
     job.grain = grain;
-    job.chunks = chunks;
+    job.share = ((n + want - 1) / want + grain - 1) / grain * grain;
     const int helpers = static_cast<int>(std::min<std::int64_t>(want - 1, chunks - 1));
     {
       std::lock_guard<std::mutex> lk(mu_);
@@ -95,24 +102,24 @@ class ThreadPool {
       std::unique_lock<std::mutex> lk(mu_);
       job_ = nullptr;  // workers that wake from now on find nothing and sleep again
     }
-    // Done when every chunk is finished and no worker still holds the job (brief spin first: the
-    // last chunk usually ends within microseconds).
+    // Done when every index is finished and no worker still holds the job (brief spin first: the
+    // last claim usually ends within microseconds).
     const auto t0 = std::chrono::steady_clock::now();
-    while (job.done.load(std::memory_order_acquire) < chunks) {
+    while (job.done.load(std::memory_order_acquire) < n) {
       GK_CPU_RELAX();
       if (std::chrono::steady_clock::now() - t0 > std::chrono::microseconds(30)) break;
     }
     std::unique_lock<std::mutex> lk(mu_);
-    idle_.wait(lk, [&] { return job.done.load(std::memory_order_acquire) == chunks && job.refs == 0; });
+    idle_.wait(lk, [&] { return job.done.load(std::memory_order_acquire) == n && job.refs == 0; });
   }
 
  private:
   struct Job {
     void* ctx = nullptr;
     void (*call)(void*, std::int64_t, std::int64_t, int) = nullptr;
-    std::int64_t n = 0, grain = 1, chunks = 0;
-    std::atomic<std::int64_t> next{0};  // next chunk to claim
-    std::atomic<std::int64_t> done{0};  // chunks finished
+    std::int64_t n = 0, grain = 1, share = 1;  // share: a thread's first claim (whole grains)
+    std::atomic<std::int64_t> next{0};  // first index not yet claimed
+    std::atomic<std::int64_t> done{0};  // indices finished
     int refs = 0;                       // workers inside the job (guarded by mu_)
     int slots = 1;                      // slot 0 is the caller's (guarded by mu_)
     int max_slots = 1;
@@ -121,12 +128,12 @@ class ThreadPool {
   ThreadPool() = default;
 
   void work(Job& j, int slot) {
-    for (;;) {
-      const std::int64_t c = j.next.fetch_add(1, std::memory_order_relaxed);
-      if (c >= j.chunks) return;
-      const std::int64_t lo = c * j.grain, hi = lo + j.grain < j.n ? lo + j.grain : j.n;
+    for (std::int64_t size = j.share;; size = j.grain) {
+      const std::int64_t lo = j.next.fetch_add(size, std::memory_order_relaxed);
+      if (lo >= j.n) return;
+      const std::int64_t hi = std::min(j.n, lo + size);
       j.call(j.ctx, lo, hi, slot);
-      if (j.done.fetch_add(1, std::memory_order_acq_rel) + 1 == j.chunks) {
+      if (j.done.fetch_add(hi - lo, std::memory_order_acq_rel) + (hi - lo) == j.n) {
         std::lock_guard<std::mutex> lk(mu_);
         idle_.notify_all();
       }

@@ -23,8 +23,9 @@
 namespace gk::upfirdn2d {
 namespace {
 
-// Output rows per claim: a few claims per thread, so a thread that loses its core to another
-// process leaves its unstarted rows to the others (csrc/common/thread_pool.h).
+// Output rows per claim after each thread's first, equal share: small claims, so a thread that
+// starts late or loses its core leaves the rows it has not claimed to the others
+// (csrc/common/thread_pool.h).
 std::int64_t row_grain(std::int64_t rows) { return std::max<std::int64_t>(1, rows / (8 * cpu_threads())); }
 
 // ---- NCHW ---------------------------------------------------------------------------------------
