@@ -18,6 +18,9 @@
 # benchmarks/results/<gpu>-<date>/.
 #   device run:  bash benchmarks/gpu_session.sh      (DEADLINE=seconds, default 540; run's timeout_s
 #                                                      a little above it)
+#   a follow-up: STAGES="tests models" TESTS=@ids.txt bash benchmarks/gpu_session.sh  (STAGES: which
+#                of gpu-tests, tests, models, backends run; TESTS: pytest arguments, e.g. a file of
+#                the test ids that failed last time, one per line, instead of the two full runs)
 # Carry .whl/ (wheels, e.g. diffusers for its scheduler and model tests) and it is installed first:
 # the device image has no network. A warm machine keeps the build: a second call skips stage 1.
 set -uo pipefail
