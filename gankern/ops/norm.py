@@ -17,7 +17,7 @@ arithmetic exists once per language:
   - C++: csrc/norm/norm.h group_coefficients / group_gradients, used by the CPU entry points
     group_norm_forward (every CPU GroupNorm forward) and group_norm_backward (fused, NCHW);
   - Triton: triton/norm.py _group_coefficients, in the finalize kernel of the triton forward.
-BatchNorm's tables are computed here (_bn_tables) for every backend.
+BatchNorm's tables are computed here (_bn_coefficients, _rows_table) for every backend.
 
 Storage dtypes: the CPU kernels load and store float32, bfloat16 or float16 with fp32 math; the GPU
 kernels float32/float16/bfloat16. Statistics and parameter gradients are fp32.
@@ -164,9 +164,9 @@ def batch_norm_act(x: Tensor, running_mean: Tensor | None, running_var: Tensor |
                                    residual)
     if training and running_mean is not None and count > 0:
         with torch.no_grad():
-            running_mean.mul_(1 - momentum).add_(mean.to(running_mean.dtype), alpha=momentum)
+            running_mean.mul_(1 - momentum).add_(_to(mean, running_mean.dtype), alpha=momentum)
             unbiased = var * (count / (count - 1))
-            running_var.mul_(1 - momentum).add_(unbiased.to(running_var.dtype), alpha=momentum)
+            running_var.mul_(1 - momentum).add_(_to(unbiased, running_var.dtype), alpha=momentum)
     return y
 
 
@@ -330,13 +330,27 @@ def _gn_tables(x, mean, rstd, G, w, b, temb, scale, shift, dt):
     return dict(M=M, P=rstd.to(dt).repeat_interleave(x.shape[1] // G, dim=1), A=A, B=B)
 
 
-def _bn_tables(x, mean, var, w, b, eps, dt):
-    N, C = x.shape[:2]
-    rs = torch.rsqrt(var.to(dt) + eps)
-    wt = w.to(dt) if w is not None else torch.ones(C, dtype=dt, device=x.device)
-    bs = b.to(dt) if b is not None else torch.zeros(C, dtype=dt, device=x.device)
-    return dict(M=mean.to(dt).expand(N, C), P=rs.expand(N, C), A=(rs * wt).expand(N, C), B=bs.expand(N, C), rs=rs,
-                wt=wt)
+def _to(t, dt):
+    """t in dtype dt (t itself if it is: a no-op .to() still costs a dispatcher call)."""
+    return t if t.dtype == dt else t.to(dt)
+
+
+def _bn_coefficients(var, w, eps, dt):
+    """(rs, wt, A) per channel (C,) in dt: h = (x - mean) * A + B with A = rs * wt, rs = rsqrt(var + eps);
+    wt None for no weight (a multiplication by one is exact: it is left out)."""
+    rs = torch.rsqrt(_to(var, dt) + eps)
+    wt = None if w is None else _to(w, dt)
+    return rs, wt, rs if wt is None else rs * wt
+
+
+def _rows_table(rows, N, x):
+    """Per-channel rows (each (C,), one float dtype) as one contiguous (len(rows), N, C) table in the
+    dtype the kernels read (_f32), repeated over the N samples: one cast-and-broadcast copy instead
+    of a cast and a copy per row; row i of the result is what _f32(rows[i].expand(N, C), x) would be."""
+    rows = torch.stack(rows)
+    dt = torch.float64 if x.dtype == torch.float64 else torch.float32
+    out = torch.empty((rows.shape[0], N, rows.shape[1]), dtype=dt, device=rows.device)
+    return out.copy_(rows.unsqueeze(1))
 
 
 class _Kernels(Protocol):
@@ -423,45 +437,53 @@ def _gn_backward_k(k: _Kernels, dy, x, mean, rstd, G, w, b, eps, act, alpha, tem
 
 def _bn_forward(k: _Kernels, x, w, b, rm, rv, training, eps, act, alpha, residual):
     x, N, C, HW, cl = _norm_layout(x)
-    dt = torch.float64
+    dt, sd = torch.float64, _stat_dtype(x)
     if training:
-        mean_c, m2_c = k.stats(x, N, C, HW, cl)
-        mean_c, m2_c = mean_c.to(dt), m2_c.to(dt)
+        mean_c, m2_c = k.stats(x, N, C, HW, cl)  # float64
         mean = mean_c.mean(0)
         var = (m2_c.sum(0) + HW * (mean_c - mean).pow(2).sum(0)) / max(N * HW, 1)
         mean = torch.where(torch.isnan(var), var, mean)  # non-finite sets: gankern/reference/norm.py
+        out_mean, out_var = mean.to(sd), var.to(sd)
     else:
-        mean, var = rm.to(dt), rv.to(dt)
-        if mean.dtype == _stat_dtype(x):  # outputs must not alias the inputs
-            mean, var = mean.clone(), var.clone()
-    tb = _bn_tables(x, mean, var, w, b, eps, dt)
+        mean, var = rm.to(dt), rv
+        # the running statistics as the outputs (a copy: outputs must not alias the inputs), exactly
+        # what their float64 round trip gives
+        out_mean, out_var = rm.to(sd, copy=True), rv.to(sd, copy=True)
+    rs, _, A = _bn_coefficients(var, w, eps, dt)
+    B = torch.zeros_like(rs) if b is None else _to(b, dt)
+    M, A, B = _rows_table((mean, A, B), N, x).unbind(0)
     res = None if residual is None else T.like(residual.to(x.dtype), x)
-    y = k.apply(x, _f32(tb["M"], x), _f32(tb["A"], x), _f32(tb["B"], x), res, N, C, HW, cl, act, alpha)
-    return y, mean.to(_stat_dtype(x)), var.to(_stat_dtype(x))
+    y = k.apply(x, M, A, B, res, N, C, HW, cl, act, alpha)
+    return y, out_mean, out_var
 
 
 def _bn_backward_k(k: _Kernels, dy, x, mean, var, w, b, training, eps, act, alpha):
     x, N, C, HW, cl = _norm_layout(x)
+    sd = _stat_dtype(x)
     if x.numel() == 0:  # no output element: every gradient is zero (the statistics may be NaN)
-        z = torch.zeros((C,), dtype=_stat_dtype(x), device=x.device)
+        z = torch.zeros((C,), dtype=sd, device=x.device)
         return torch.zeros_like(x), z, z.clone()
-    dy = T.like(dy.to(x.dtype), x)
+    if dy.dtype != x.dtype:
+        dy = dy.to(x.dtype)
+    dy = T.like(dy, x)
     dt = torch.float64
-    tb = _bn_tables(x, mean, var, w, b, eps, dt)
-    M, A, B = _f32(tb["M"], x), _f32(tb["A"], x), _f32(tb["B"], x)
-    sums = k.bwd_reduce(dy, x, M, A, B, _f32(tb["P"], x), N, C, HW, cl, act, alpha).to(dt).sum(1)
-    Sg, Sgxh = sums[0].clone(), sums[1].clone()  # outputs must not share storage
-    rs, wt = tb["rs"], tb["wt"]
-    A2 = (rs * wt).expand(N, C)
+    rs, wt, A = _bn_coefficients(var, w, eps, dt)
+    B = torch.zeros_like(rs) if b is None else _to(b, dt)
+    M, A_, B, P = _rows_table((_to(mean, dt), A, B, rs), N, x).unbind(0)
+    sums = k.bwd_reduce(dy, x, M, A_, B, P, N, C, HW, cl, act, alpha)
+    Sg, Sgxh, _ = _to(sums, dt).sum(1).unbind(0)
     if training:
         cnt = max(N * HW, 1)
-        c1, c2 = wt * Sg / cnt, wt * Sgxh / cnt
-        B2 = (-rs * c2 * rs).expand(N, C)
-        C2 = (-rs * c1).expand(N, C)
+        c1 = (Sg if wt is None else wt * Sg) / cnt
+        c2 = (Sgxh if wt is None else wt * Sgxh) / cnt
+        nrs = -rs
+        B2, C2 = nrs * c2 * rs, nrs * c1
     else:
-        B2 = C2 = torch.zeros_like(A2)
-    dx = k.bwd_apply(dy, x, M, A, B, _f32(A2, x), _f32(B2, x), _f32(C2, x), N, C, HW, cl, act, alpha)
-    return dx, Sgxh.to(_stat_dtype(x)), Sg.to(_stat_dtype(x))
+        B2 = C2 = torch.zeros_like(A)
+    A2, B2, C2 = _rows_table((A, B2, C2), N, x).unbind(0)
+    dx = k.bwd_apply(dy, x, M, A_, B, A2, B2, C2, N, C, HW, cl, act, alpha)
+    # copies in the statistics dtype: the outputs must not share storage
+    return dx, Sgxh.to(sd, copy=True), Sg.to(sd, copy=True)
 
 
 def _register_backend(backend: str, k: _Kernels, **dtypes):
@@ -543,9 +565,11 @@ class _NativeKernels(_Passes):
         chunk, S = self._splits(x, N, C, HW, cl)
         part = self._partials(x, S, N, C)  # shift, mean of x - shift, m2
         self._run("channel_stats", x, x=x, chunk=chunk, partials=part, N=N, C=C, HW=HW, channels_last=cl)
-        mean_s, m2_s = part[:, 0].double() + part[:, 1].double(), part[:, 2].double()
+        part = _to(part, torch.float64)  # (the CPU's are float64 already)
         if S == 1:
-            return mean_s[0], m2_s[0]
+            shift, mean, m2 = part[0].unbind(0)
+            return shift + mean, m2
+        mean_s, m2_s = part[:, 0] + part[:, 1], part[:, 2]
         cnt = _split_counts(S, chunk, HW, x.device)[:, None, None]
         mean = (cnt * mean_s).sum(0) / HW  # Chan's merge of the splits
         return mean, m2_s.sum(0) + (cnt * (mean_s - mean).pow(2)).sum(0)
