@@ -17,7 +17,7 @@ arithmetic exists once per language:
   - C++: csrc/norm/norm.h group_coefficients / group_gradients, used by the CPU entry points
     group_norm_forward (every CPU GroupNorm forward) and group_norm_backward (fused, NCHW);
   - Triton: triton/norm.py _group_coefficients, in the finalize kernel of the triton forward.
-BatchNorm's tables are computed here (_bn_coefficients, _rows_table) for every backend.
+BatchNorm's tables are computed here (_bn_coefficients) and packed by _kernel_tables for every backend.
 
 Storage dtypes: the CPU kernels load and store float32, bfloat16 or float16 with fp32 math; the GPU
 kernels float32/float16/bfloat16. Statistics and parameter gradients are fp32.
@@ -255,7 +255,7 @@ def _(dy, x, mean, var, weight, bias, training, eps, act, alpha):
 # ---- autograd --------------------------------------------------------------------------------
 
 def _cast(g, like):
-    return None if like is None else g.to(like.dtype).reshape(like.shape)
+    return None if like is None else _to(g, like.dtype).reshape(like.shape)
 
 
 def _gn_setup(ctx, inputs, output):
@@ -326,8 +326,9 @@ def _norm_layout(x):
 def _gn_tables(x, mean, rstd, G, w, b, temb, scale, shift, dt):
     """Per-(n, c) tables in dtype dt: xhat = (x - M) * P and h = (x - M) * A + B
     (gankern/reference/norm.py group_coefficients)."""
-    M, A, B = ref.group_coefficients(mean.to(dt), rstd.to(dt), x.shape[1], w, b, temb, scale, shift)
-    return dict(M=M, P=rstd.to(dt).repeat_interleave(x.shape[1] // G, dim=1), A=A, B=B)
+    rstd = _to(rstd, dt)
+    M, A, B = ref.group_coefficients(_to(mean, dt), rstd, x.shape[1], w, b, temb, scale, shift)
+    return dict(M=M, P=rstd.repeat_interleave(x.shape[1] // G, dim=1), A=A, B=B)
 
 
 def _to(t, dt):
@@ -343,14 +344,17 @@ def _bn_coefficients(var, w, eps, dt):
     return rs, wt, rs if wt is None else rs * wt
 
 
-def _rows_table(rows, N, x):
-    """Per-channel rows (each (C,), one float dtype) as one contiguous (len(rows), N, C) table in the
-    dtype the kernels read (_f32), repeated over the N samples: one cast-and-broadcast copy instead
-    of a cast and a copy per row; row i of the result is what _f32(rows[i].expand(N, C), x) would be."""
+def _kernel_tables(rows, N, x):
+    """Tables as the kernels read them (_f32: fp32, fp64 for fp64 inputs; contiguous (N, C)), from
+    float64 rows of one shape: per channel (C,), repeated over the N samples, or per (n, c) (N, C).
+    One stack and one cast (with the broadcast) instead of a cast and a copy per table: each torch
+    call is host work, and on a GPU a kernel launch. The values are _f32(row.expand(N, C), x)'s."""
     rows = torch.stack(rows)
     dt = torch.float64 if x.dtype == torch.float64 else torch.float32
+    if rows.ndim == 3:
+        return _to(rows, dt).unbind(0)
     out = torch.empty((rows.shape[0], N, rows.shape[1]), dtype=dt, device=rows.device)
-    return out.copy_(rows.unsqueeze(1))
+    return out.copy_(rows.unsqueeze(1)).unbind(0)
 
 
 class _Kernels(Protocol):
@@ -384,9 +388,12 @@ class _Passes:
 
 def _split_counts(S, chunk, HW, device):
     """Positions in each of S splits of HW by `chunk` (the last may hold fewer), as float64 on the
-    device. Made there, not copied from a host list: torch copies pageable host memory to the GPU
-    synchronously, and one such copy per call stalls the whole pipeline."""
-    return (HW - torch.arange(S, dtype=torch.float64, device=device) * chunk).clamp_(max=chunk)
+    device, shaped (S, 1, 1) to weigh (S, N, C) partials. Made there, not copied from a host list:
+    torch copies pageable host memory to the GPU synchronously, and one such copy per call stalls
+    the whole pipeline. One split (small inputs): one fill instead of four ops."""
+    if S == 1:
+        return torch.full((1, 1, 1), float(min(HW, chunk)), dtype=torch.float64, device=device)
+    return (HW - torch.arange(S, dtype=torch.float64, device=device) * chunk).clamp_(max=chunk).view(S, 1, 1)
 
 
 def _f32(t, like=None):
@@ -399,20 +406,20 @@ def _f32(t, like=None):
 
 def _gn_forward(k: _Kernels, x, G, w, b, eps, act, alpha, temb, scale, shift, residual):
     x, N, C, HW, cl = _norm_layout(x)
-    res = None if residual is None else T.like(residual.to(x.dtype), x)
+    res = None if residual is None else T.like(_to(residual, x.dtype), x)
     whole = k.group_forward(x, G, w, b, eps, act, alpha, temb, scale, shift, res, N, C, HW, cl)
     if whole is not None:
         return whole
     mean_c, m2_c = k.stats(x, N, C, HW, cl)
     dt = torch.float64
-    mean_c, m2_c = mean_c.to(dt), m2_c.to(dt)
+    mean_c, m2_c = _to(mean_c, dt), _to(m2_c, dt)
     if temb is not None:
-        mean_c = mean_c + temb.to(dt)
+        mean_c = mean_c + _to(temb, dt)
     mg = mean_c.reshape(N, G, C // G).mean(-1)
     m2g = m2_c.reshape(N, G, C // G).sum(-1) + HW * (mean_c.reshape(N, G, C // G) - mg[..., None]).pow(2).sum(-1)
     rstd = torch.rsqrt(m2g / max((C // G) * HW, 1) + eps)
     tb = _gn_tables(x, mg, rstd, G, w, b, temb, scale, shift, dt)
-    y = k.apply(x, _f32(tb["M"], x), _f32(tb["A"], x), _f32(tb["B"], x), res, N, C, HW, cl, act, alpha)
+    y = k.apply(x, *_kernel_tables((tb["M"], tb["A"], tb["B"]), N, x), res, N, C, HW, cl, act, alpha)
     return y, mg.to(_stat_dtype(x)), rstd.to(_stat_dtype(x))
 
 
@@ -421,16 +428,16 @@ def _gn_backward_k(k: _Kernels, dy, x, mean, rstd, G, w, b, eps, act, alpha, tem
     if x.numel() == 0:  # no output element: every gradient is zero (the statistics may be NaN)
         pc, ps = (torch.zeros(s, dtype=_stat_dtype(x), device=x.device) for s in ((C,), (N, C)))
         return (torch.zeros_like(x), pc, pc.clone(), ps, ps.clone(), ps.clone())
-    dy = T.like(dy.to(x.dtype), x)
+    dy = T.like(_to(dy, x.dtype), x)
     whole = k.group_backward(dy, x, mean, rstd, G, w, b, act, alpha, temb, scale, shift, N, C, HW, cl)
     if whole is not None:
         return whole
     dt = torch.float64
     tb = _gn_tables(x, mean, rstd, G, w, b, temb, scale, shift, dt)
-    M, A, B = _f32(tb["M"], x), _f32(tb["A"], x), _f32(tb["B"], x)
-    Sg, Sgxh, Sxh = k.bwd_reduce(dy, x, M, A, B, _f32(tb["P"], x), N, C, HW, cl, act, alpha).to(dt)
-    d = ref.group_gradients(Sg, Sgxh, Sxh, HW, rstd.to(dt), w, b, scale)
-    dx = k.bwd_apply(dy, x, M, A, B, _f32(d["A2"], x), _f32(d["B2"], x), _f32(d["C2"], x), N, C, HW, cl, act, alpha)
+    M, A, B, P = _kernel_tables((tb["M"], tb["A"], tb["B"], tb["P"]), N, x)
+    Sg, Sgxh, Sxh = _to(k.bwd_reduce(dy, x, M, A, B, P, N, C, HW, cl, act, alpha), dt).unbind(0)
+    d = ref.group_gradients(Sg, Sgxh, Sxh, HW, _to(rstd, dt), w, b, scale)
+    dx = k.bwd_apply(dy, x, M, A, B, *_kernel_tables((d["A2"], d["B2"], d["C2"]), N, x), N, C, HW, cl, act, alpha)
     grads = (d["dweight"].sum(0), d["dbias"].sum(0), d["dtemb"], d["dscale"], d["dshift"])
     return tuple([dx] + [g.to(_stat_dtype(x)) for g in grads])
 
@@ -451,8 +458,8 @@ def _bn_forward(k: _Kernels, x, w, b, rm, rv, training, eps, act, alpha, residua
         out_mean, out_var = rm.to(sd, copy=True), rv.to(sd, copy=True)
     rs, _, A = _bn_coefficients(var, w, eps, dt)
     B = torch.zeros_like(rs) if b is None else _to(b, dt)
-    M, A, B = _rows_table((mean, A, B), N, x).unbind(0)
-    res = None if residual is None else T.like(residual.to(x.dtype), x)
+    M, A, B = _kernel_tables((mean, A, B), N, x)
+    res = None if residual is None else T.like(_to(residual, x.dtype), x)
     y = k.apply(x, M, A, B, res, N, C, HW, cl, act, alpha)
     return y, out_mean, out_var
 
@@ -469,7 +476,7 @@ def _bn_backward_k(k: _Kernels, dy, x, mean, var, w, b, training, eps, act, alph
     dt = torch.float64
     rs, wt, A = _bn_coefficients(var, w, eps, dt)
     B = torch.zeros_like(rs) if b is None else _to(b, dt)
-    M, A_, B, P = _rows_table((_to(mean, dt), A, B, rs), N, x).unbind(0)
+    M, A_, B, P = _kernel_tables((_to(mean, dt), A, B, rs), N, x)
     sums = k.bwd_reduce(dy, x, M, A_, B, P, N, C, HW, cl, act, alpha)
     Sg, Sgxh, _ = _to(sums, dt).sum(1).unbind(0)
     if training:
@@ -480,7 +487,7 @@ def _bn_backward_k(k: _Kernels, dy, x, mean, var, w, b, training, eps, act, alph
         B2, C2 = nrs * c2 * rs, nrs * c1
     else:
         B2 = C2 = torch.zeros_like(A)
-    A2, B2, C2 = _rows_table((A, B2, C2), N, x).unbind(0)
+    A2, B2, C2 = _kernel_tables((A, B2, C2), N, x)
     dx = k.bwd_apply(dy, x, M, A_, B, A2, B2, C2, N, C, HW, cl, act, alpha)
     # copies in the statistics dtype: the outputs must not share storage
     return dx, Sgxh.to(sd, copy=True), Sg.to(sd, copy=True)
@@ -570,7 +577,7 @@ class _NativeKernels(_Passes):
             shift, mean, m2 = part[0].unbind(0)
             return shift + mean, m2
         mean_s, m2_s = part[:, 0] + part[:, 1], part[:, 2]
-        cnt = _split_counts(S, chunk, HW, x.device)[:, None, None]
+        cnt = _split_counts(S, chunk, HW, x.device)
         mean = (cnt * mean_s).sum(0) / HW  # Chan's merge of the splits
         return mean, m2_s.sum(0) + (cnt * (mean_s - mean).pow(2)).sum(0)
 
@@ -649,11 +656,12 @@ class _TritonKernels(_Passes):
         if HW == 0:
             z = torch.zeros((N, C), dtype=torch.float64, device=x.device)
             return z, z.clone()
-        shift_s, mean_s, m2_s, chunk = self._tk().channel_stats(x, N, C, HW, cl)
-        cnt = _split_counts(shift_s.shape[0], chunk, HW, x.device)[:, None, None]
-        mean_s = shift_s.double() + mean_s.double()
+        part, chunk = self._tk().channel_stats(x, N, C, HW, cl)
+        shift_s, mean_s, m2_s = part.double().unbind(0)  # one cast of the (3, S, N, C) partials
+        cnt = _split_counts(part.shape[1], chunk, HW, x.device)
+        mean_s = shift_s + mean_s
         mean = (cnt * mean_s).sum(0) / HW  # Chan's merge of the splits
-        return mean, m2_s.double().sum(0) + (cnt * (mean_s - mean).pow(2)).sum(0)
+        return mean, m2_s.sum(0) + (cnt * (mean_s - mean).pow(2)).sum(0)
 
     def apply(self, x, M, A, B, res, N, C, HW, cl, act, alpha):
         return self._tk().pointwise(None, x, res, T.empty_like(x), M, A, B, None, None, None, C, HW, cl,
