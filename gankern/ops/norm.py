@@ -255,7 +255,10 @@ def _(dy, x, mean, var, weight, bias, training, eps, act, alpha):
 # ---- autograd --------------------------------------------------------------------------------
 
 def _cast(g, like):
-    return None if like is None else _to(g, like.dtype).reshape(like.shape)
+    if like is None:
+        return None
+    g = _to(g, like.dtype)
+    return g if g.shape == like.shape else g.reshape(like.shape)
 
 
 def _gn_setup(ctx, inputs, output):
@@ -268,6 +271,8 @@ def _gn_setup(ctx, inputs, output):
 
 
 def _gn_backward(ctx, dy, _dmean, _drstd):
+    if dy is None:  # no gradient reached y (not materialized as zeros: register_autograd below)
+        return (None,) * 11
     x, mean, rstd, w, b, temb, scale, shift = ctx.saved_tensors
     G, eps, act, alpha = ctx.params
     dx, dw, db, dt, ds, dsh = _group_norm_act_backward(
@@ -279,7 +284,8 @@ def _gn_backward(ctx, dy, _dmean, _drstd):
             _cast(dsh, shift) if need[9] else None, dres)
 
 
-_group_norm_act.register_autograd(_gn_backward, setup_context=_gn_setup)
+# the statistics outputs are non-differentiable and their gradients never read: not materialized
+_group_norm_act.register_autograd(_gn_backward, setup_context=_gn_setup, materialize_grads=False)
 
 
 def _bn_setup(ctx, inputs, output):
@@ -292,6 +298,8 @@ def _bn_setup(ctx, inputs, output):
 
 
 def _bn_backward(ctx, dy, _dmean, _dvar):
+    if dy is None:  # no gradient reached y (not materialized as zeros: register_autograd below)
+        return (None,) * 10
     x, mean, var, w, b = ctx.saved_tensors
     training, eps, act, alpha = ctx.params
     dx, dw, db = _batch_norm_act_backward(dy, x, mean, var, w, b, training, eps, act, alpha)
@@ -301,7 +309,7 @@ def _bn_backward(ctx, dy, _dmean, _dvar):
             None, None, None, None, None, None, dres)
 
 
-_batch_norm_act.register_autograd(_bn_backward, setup_context=_bn_setup)
+_batch_norm_act.register_autograd(_bn_backward, setup_context=_bn_setup, materialize_grads=False)
 
 
 # ---- reference backend -----------------------------------------------------------------------
