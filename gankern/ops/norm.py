@@ -441,10 +441,13 @@ def _gn_backward_k(k: _Kernels, dy, x, mean, rstd, G, w, b, eps, act, alpha, tem
     if whole is not None:
         return whole
     dt = torch.float64
+    # the parameters in float64 once (the tables and the gradients both read them)
+    w, b, temb, scale, shift = (None if t is None else _to(t, dt) for t in (w, b, temb, scale, shift))
+    rstd = _to(rstd, dt)
     tb = _gn_tables(x, mean, rstd, G, w, b, temb, scale, shift, dt)
     M, A, B, P = _kernel_tables((tb["M"], tb["A"], tb["B"], tb["P"]), N, x)
     Sg, Sgxh, Sxh = _to(k.bwd_reduce(dy, x, M, A, B, P, N, C, HW, cl, act, alpha), dt).unbind(0)
-    d = ref.group_gradients(Sg, Sgxh, Sxh, HW, _to(rstd, dt), w, b, scale)
+    d = ref.group_gradients(Sg, Sgxh, Sxh, HW, rstd, w, b, scale)
     dx = k.bwd_apply(dy, x, M, A, B, *_kernel_tables((d["A2"], d["B2"], d["C2"]), N, x), N, C, HW, cl, act, alpha)
     grads = (d["dweight"].sum(0), d["dbias"].sum(0), d["dtemb"], d["dscale"], d["dshift"])
     return tuple([dx] + [g.to(_stat_dtype(x)) for g in grads])
