@@ -98,10 +98,17 @@ class Counts:
                                                        if self.dev == "cuda" else [])
         self.native = 0
         _native.entry = self._counting
+        sys.stderr.flush()
+        stderr = os.dup(2)
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 2)  # the profiler logs start/stop lines there
+        os.close(null)
         try:
             with torch.profiler.profile(activities=acts) as prof:
                 fn()
         finally:
+            os.dup2(stderr, 2)
+            os.close(stderr)
             _native.entry = self._entry
         events = prof.events()
         aten = [e for e in events if e.name.startswith("aten::")
