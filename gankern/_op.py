@@ -116,7 +116,11 @@ class Op:
     def register_fake(self, fn):
         return self.custom.register_fake(fn)
 
-    def register_autograd(self, backward, *, setup_context):
+    def register_autograd(self, backward, *, setup_context, materialize_grads: bool = True):
+        """As torch.library's. materialize_grads=False: for a backward that never reads the
+        gradients of some outputs (statistics marked non-differentiable): the fast path's Function
+        then passes None for them instead of zeros autograd would allocate and fill (a kernel launch
+        each on a GPU). torch.library's path still passes zeros; such a backward sees no difference."""
         self.custom.register_autograd(backward, setup_context=setup_context)
         run = self._run
 
@@ -124,6 +128,8 @@ class Op:
         # given as Function.setup_context: with one, Function.apply binds the arguments with
         # inspect.signature on every call (~10 us).
         def forward(ctx, *args):
+            if not materialize_grads:
+                ctx.set_materialize_grads(False)
             out = run(*args)
             setup_context(ctx, args, out)
             return out

@@ -38,6 +38,8 @@ def empty(shape, *, dtype, device) -> torch.Tensor:
 def is_dense(t: torch.Tensor) -> bool:
     """True if t covers exactly numel() consecutive elements in some order of its dimensions
     (contiguous, channels_last, any permutation): kernels can then treat it as flat memory."""
+    if t.is_contiguous() and t.numel():  # the common case, without the Python loop below
+        return True
     dims = sorted((s, n) for s, n in zip(t.stride(), t.shape) if n != 1)
     expected = 1
     for stride, size in dims:

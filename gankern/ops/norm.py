@@ -17,7 +17,7 @@ arithmetic exists once per language:
   - C++: csrc/norm/norm.h group_coefficients / group_gradients, used by the CPU entry points
     group_norm_forward (every CPU GroupNorm forward) and group_norm_backward (fused, NCHW);
   - Triton: triton/norm.py _group_coefficients, in the finalize kernel of the triton forward.
-BatchNorm's tables are computed here (_bn_tables) for every backend.
+BatchNorm's tables are computed here (_bn_coefficients) and packed by _kernel_tables for every backend.
 
 Storage dtypes: the CPU kernels load and store float32, bfloat16 or float16 with fp32 math; the GPU
 kernels float32/float16/bfloat16. Statistics and parameter gradients are fp32.
@@ -164,9 +164,9 @@ def batch_norm_act(x: Tensor, running_mean: Tensor | None, running_var: Tensor |
                                    residual)
     if training and running_mean is not None and count > 0:
         with torch.no_grad():
-            running_mean.mul_(1 - momentum).add_(mean.to(running_mean.dtype), alpha=momentum)
+            running_mean.mul_(1 - momentum).add_(_to(mean, running_mean.dtype), alpha=momentum)
             unbiased = var * (count / (count - 1))
-            running_var.mul_(1 - momentum).add_(unbiased.to(running_var.dtype), alpha=momentum)
+            running_var.mul_(1 - momentum).add_(_to(unbiased, running_var.dtype), alpha=momentum)
     return y
 
 
@@ -255,7 +255,10 @@ def _(dy, x, mean, var, weight, bias, training, eps, act, alpha):
 # ---- autograd --------------------------------------------------------------------------------
 
 def _cast(g, like):
-    return None if like is None else g.to(like.dtype).reshape(like.shape)
+    if like is None:
+        return None
+    g = _to(g, like.dtype)
+    return g if g.shape == like.shape else g.reshape(like.shape)
 
 
 def _gn_setup(ctx, inputs, output):
@@ -268,6 +271,8 @@ def _gn_setup(ctx, inputs, output):
 
 
 def _gn_backward(ctx, dy, _dmean, _drstd):
+    if dy is None:  # no gradient reached y (not materialized as zeros: register_autograd below)
+        return (None,) * 11
     x, mean, rstd, w, b, temb, scale, shift = ctx.saved_tensors
     G, eps, act, alpha = ctx.params
     dx, dw, db, dt, ds, dsh = _group_norm_act_backward(
@@ -279,7 +284,8 @@ def _gn_backward(ctx, dy, _dmean, _drstd):
             _cast(dsh, shift) if need[9] else None, dres)
 
 
-_group_norm_act.register_autograd(_gn_backward, setup_context=_gn_setup)
+# the statistics outputs are non-differentiable and their gradients never read: not materialized
+_group_norm_act.register_autograd(_gn_backward, setup_context=_gn_setup, materialize_grads=False)
 
 
 def _bn_setup(ctx, inputs, output):
@@ -292,6 +298,8 @@ def _bn_setup(ctx, inputs, output):
 
 
 def _bn_backward(ctx, dy, _dmean, _dvar):
+    if dy is None:  # no gradient reached y (not materialized as zeros: register_autograd below)
+        return (None,) * 10
     x, mean, var, w, b = ctx.saved_tensors
     training, eps, act, alpha = ctx.params
     dx, dw, db = _batch_norm_act_backward(dy, x, mean, var, w, b, training, eps, act, alpha)
@@ -301,7 +309,7 @@ def _bn_backward(ctx, dy, _dmean, _dvar):
             None, None, None, None, None, None, dres)
 
 
-_batch_norm_act.register_autograd(_bn_backward, setup_context=_bn_setup)
+_batch_norm_act.register_autograd(_bn_backward, setup_context=_bn_setup, materialize_grads=False)
 
 
 # ---- reference backend -----------------------------------------------------------------------
@@ -326,17 +334,35 @@ def _norm_layout(x):
 def _gn_tables(x, mean, rstd, G, w, b, temb, scale, shift, dt):
     """Per-(n, c) tables in dtype dt: xhat = (x - M) * P and h = (x - M) * A + B
     (gankern/reference/norm.py group_coefficients)."""
-    M, A, B = ref.group_coefficients(mean.to(dt), rstd.to(dt), x.shape[1], w, b, temb, scale, shift)
-    return dict(M=M, P=rstd.to(dt).repeat_interleave(x.shape[1] // G, dim=1), A=A, B=B)
+    rstd = _to(rstd, dt)
+    M, A, B = ref.group_coefficients(_to(mean, dt), rstd, x.shape[1], w, b, temb, scale, shift)
+    return dict(M=M, P=rstd.repeat_interleave(x.shape[1] // G, dim=1), A=A, B=B)
 
 
-def _bn_tables(x, mean, var, w, b, eps, dt):
-    N, C = x.shape[:2]
-    rs = torch.rsqrt(var.to(dt) + eps)
-    wt = w.to(dt) if w is not None else torch.ones(C, dtype=dt, device=x.device)
-    bs = b.to(dt) if b is not None else torch.zeros(C, dtype=dt, device=x.device)
-    return dict(M=mean.to(dt).expand(N, C), P=rs.expand(N, C), A=(rs * wt).expand(N, C), B=bs.expand(N, C), rs=rs,
-                wt=wt)
+def _to(t, dt):
+    """t in dtype dt (t itself if it is: a no-op .to() still costs a dispatcher call)."""
+    return t if t.dtype == dt else t.to(dt)
+
+
+def _bn_coefficients(var, w, eps, dt):
+    """(rs, wt, A) per channel (C,) in dt: h = (x - mean) * A + B with A = rs * wt, rs = rsqrt(var + eps);
+    wt None for no weight (a multiplication by one is exact: it is left out)."""
+    rs = torch.rsqrt(_to(var, dt) + eps)
+    wt = None if w is None else _to(w, dt)
+    return rs, wt, rs if wt is None else rs * wt
+
+
+def _kernel_tables(rows, N, x):
+    """Tables as the kernels read them (_f32: fp32, fp64 for fp64 inputs; contiguous (N, C)), from
+    float64 rows of one shape: per channel (C,), repeated over the N samples, or per (n, c) (N, C).
+    One stack and one cast (with the broadcast) instead of a cast and a copy per table: each torch
+    call is host work, and on a GPU a kernel launch. The values are _f32(row.expand(N, C), x)'s."""
+    rows = torch.stack(rows)
+    dt = torch.float64 if x.dtype == torch.float64 else torch.float32
+    if rows.ndim == 3:
+        return _to(rows, dt).unbind(0)
+    out = torch.empty((rows.shape[0], N, rows.shape[1]), dtype=dt, device=rows.device)
+    return out.copy_(rows.unsqueeze(1)).unbind(0)
 
 
 class _Kernels(Protocol):
@@ -370,9 +396,12 @@ class _Passes:
 
 def _split_counts(S, chunk, HW, device):
     """Positions in each of S splits of HW by `chunk` (the last may hold fewer), as float64 on the
-    device. Made there, not copied from a host list: torch copies pageable host memory to the GPU
-    synchronously, and one such copy per call stalls the whole pipeline."""
-    return (HW - torch.arange(S, dtype=torch.float64, device=device) * chunk).clamp_(max=chunk)
+    device, shaped (S, 1, 1) to weigh (S, N, C) partials. Made there, not copied from a host list:
+    torch copies pageable host memory to the GPU synchronously, and one such copy per call stalls
+    the whole pipeline. One split (small inputs): one fill instead of four ops."""
+    if S == 1:
+        return torch.full((1, 1, 1), float(min(HW, chunk)), dtype=torch.float64, device=device)
+    return (HW - torch.arange(S, dtype=torch.float64, device=device) * chunk).clamp_(max=chunk).view(S, 1, 1)
 
 
 def _f32(t, like=None):
@@ -385,20 +414,20 @@ def _f32(t, like=None):
 
 def _gn_forward(k: _Kernels, x, G, w, b, eps, act, alpha, temb, scale, shift, residual):
     x, N, C, HW, cl = _norm_layout(x)
-    res = None if residual is None else T.like(residual.to(x.dtype), x)
+    res = None if residual is None else T.like(_to(residual, x.dtype), x)
     whole = k.group_forward(x, G, w, b, eps, act, alpha, temb, scale, shift, res, N, C, HW, cl)
     if whole is not None:
         return whole
     mean_c, m2_c = k.stats(x, N, C, HW, cl)
     dt = torch.float64
-    mean_c, m2_c = mean_c.to(dt), m2_c.to(dt)
+    mean_c, m2_c = _to(mean_c, dt), _to(m2_c, dt)
     if temb is not None:
-        mean_c = mean_c + temb.to(dt)
+        mean_c = mean_c + _to(temb, dt)
     mg = mean_c.reshape(N, G, C // G).mean(-1)
     m2g = m2_c.reshape(N, G, C // G).sum(-1) + HW * (mean_c.reshape(N, G, C // G) - mg[..., None]).pow(2).sum(-1)
     rstd = torch.rsqrt(m2g / max((C // G) * HW, 1) + eps)
     tb = _gn_tables(x, mg, rstd, G, w, b, temb, scale, shift, dt)
-    y = k.apply(x, _f32(tb["M"], x), _f32(tb["A"], x), _f32(tb["B"], x), res, N, C, HW, cl, act, alpha)
+    y = k.apply(x, *_kernel_tables((tb["M"], tb["A"], tb["B"]), N, x), res, N, C, HW, cl, act, alpha)
     return y, mg.to(_stat_dtype(x)), rstd.to(_stat_dtype(x))
 
 
@@ -407,61 +436,72 @@ def _gn_backward_k(k: _Kernels, dy, x, mean, rstd, G, w, b, eps, act, alpha, tem
     if x.numel() == 0:  # no output element: every gradient is zero (the statistics may be NaN)
         pc, ps = (torch.zeros(s, dtype=_stat_dtype(x), device=x.device) for s in ((C,), (N, C)))
         return (torch.zeros_like(x), pc, pc.clone(), ps, ps.clone(), ps.clone())
-    dy = T.like(dy.to(x.dtype), x)
+    dy = T.like(_to(dy, x.dtype), x)
     whole = k.group_backward(dy, x, mean, rstd, G, w, b, act, alpha, temb, scale, shift, N, C, HW, cl)
     if whole is not None:
         return whole
     dt = torch.float64
+    # the parameters in float64 once (the tables and the gradients both read them)
+    w, b, temb, scale, shift = (None if t is None else _to(t, dt) for t in (w, b, temb, scale, shift))
+    rstd = _to(rstd, dt)
     tb = _gn_tables(x, mean, rstd, G, w, b, temb, scale, shift, dt)
-    M, A, B = _f32(tb["M"], x), _f32(tb["A"], x), _f32(tb["B"], x)
-    Sg, Sgxh, Sxh = k.bwd_reduce(dy, x, M, A, B, _f32(tb["P"], x), N, C, HW, cl, act, alpha).to(dt)
-    d = ref.group_gradients(Sg, Sgxh, Sxh, HW, rstd.to(dt), w, b, scale)
-    dx = k.bwd_apply(dy, x, M, A, B, _f32(d["A2"], x), _f32(d["B2"], x), _f32(d["C2"], x), N, C, HW, cl, act, alpha)
+    M, A, B, P = _kernel_tables((tb["M"], tb["A"], tb["B"], tb["P"]), N, x)
+    Sg, Sgxh, Sxh = _to(k.bwd_reduce(dy, x, M, A, B, P, N, C, HW, cl, act, alpha), dt).unbind(0)
+    d = ref.group_gradients(Sg, Sgxh, Sxh, HW, rstd, w, b, scale)
+    dx = k.bwd_apply(dy, x, M, A, B, *_kernel_tables((d["A2"], d["B2"], d["C2"]), N, x), N, C, HW, cl, act, alpha)
     grads = (d["dweight"].sum(0), d["dbias"].sum(0), d["dtemb"], d["dscale"], d["dshift"])
     return tuple([dx] + [g.to(_stat_dtype(x)) for g in grads])
 
 
 def _bn_forward(k: _Kernels, x, w, b, rm, rv, training, eps, act, alpha, residual):
     x, N, C, HW, cl = _norm_layout(x)
-    dt = torch.float64
+    dt, sd = torch.float64, _stat_dtype(x)
     if training:
-        mean_c, m2_c = k.stats(x, N, C, HW, cl)
-        mean_c, m2_c = mean_c.to(dt), m2_c.to(dt)
+        mean_c, m2_c = k.stats(x, N, C, HW, cl)  # float64
         mean = mean_c.mean(0)
         var = (m2_c.sum(0) + HW * (mean_c - mean).pow(2).sum(0)) / max(N * HW, 1)
         mean = torch.where(torch.isnan(var), var, mean)  # non-finite sets: gankern/reference/norm.py
+        out_mean, out_var = mean.to(sd), var.to(sd)
     else:
-        mean, var = rm.to(dt), rv.to(dt)
-        if mean.dtype == _stat_dtype(x):  # outputs must not alias the inputs
-            mean, var = mean.clone(), var.clone()
-    tb = _bn_tables(x, mean, var, w, b, eps, dt)
-    res = None if residual is None else T.like(residual.to(x.dtype), x)
-    y = k.apply(x, _f32(tb["M"], x), _f32(tb["A"], x), _f32(tb["B"], x), res, N, C, HW, cl, act, alpha)
-    return y, mean.to(_stat_dtype(x)), var.to(_stat_dtype(x))
+        mean, var = rm.to(dt), rv
+        # the running statistics as the outputs (a copy: outputs must not alias the inputs), exactly
+        # what their float64 round trip gives
+        out_mean, out_var = rm.to(sd, copy=True), rv.to(sd, copy=True)
+    rs, _, A = _bn_coefficients(var, w, eps, dt)
+    B = torch.zeros_like(rs) if b is None else _to(b, dt)
+    M, A, B = _kernel_tables((mean, A, B), N, x)
+    res = None if residual is None else T.like(_to(residual, x.dtype), x)
+    y = k.apply(x, M, A, B, res, N, C, HW, cl, act, alpha)
+    return y, out_mean, out_var
 
 
 def _bn_backward_k(k: _Kernels, dy, x, mean, var, w, b, training, eps, act, alpha):
     x, N, C, HW, cl = _norm_layout(x)
+    sd = _stat_dtype(x)
     if x.numel() == 0:  # no output element: every gradient is zero (the statistics may be NaN)
-        z = torch.zeros((C,), dtype=_stat_dtype(x), device=x.device)
+        z = torch.zeros((C,), dtype=sd, device=x.device)
         return torch.zeros_like(x), z, z.clone()
-    dy = T.like(dy.to(x.dtype), x)
+    if dy.dtype != x.dtype:
+        dy = dy.to(x.dtype)
+    dy = T.like(dy, x)
     dt = torch.float64
-    tb = _bn_tables(x, mean, var, w, b, eps, dt)
-    M, A, B = _f32(tb["M"], x), _f32(tb["A"], x), _f32(tb["B"], x)
-    sums = k.bwd_reduce(dy, x, M, A, B, _f32(tb["P"], x), N, C, HW, cl, act, alpha).to(dt).sum(1)
-    Sg, Sgxh = sums[0].clone(), sums[1].clone()  # outputs must not share storage
-    rs, wt = tb["rs"], tb["wt"]
-    A2 = (rs * wt).expand(N, C)
+    rs, wt, A = _bn_coefficients(var, w, eps, dt)
+    B = torch.zeros_like(rs) if b is None else _to(b, dt)
+    M, A_, B, P = _kernel_tables((_to(mean, dt), A, B, rs), N, x)
+    sums = k.bwd_reduce(dy, x, M, A_, B, P, N, C, HW, cl, act, alpha)
+    Sg, Sgxh, _ = _to(sums, dt).sum(1).unbind(0)
     if training:
         cnt = max(N * HW, 1)
-        c1, c2 = wt * Sg / cnt, wt * Sgxh / cnt
-        B2 = (-rs * c2 * rs).expand(N, C)
-        C2 = (-rs * c1).expand(N, C)
+        c1 = (Sg if wt is None else wt * Sg) / cnt
+        c2 = (Sgxh if wt is None else wt * Sgxh) / cnt
+        nrs = -rs
+        B2, C2 = nrs * c2 * rs, nrs * c1
     else:
-        B2 = C2 = torch.zeros_like(A2)
-    dx = k.bwd_apply(dy, x, M, A, B, _f32(A2, x), _f32(B2, x), _f32(C2, x), N, C, HW, cl, act, alpha)
-    return dx, Sgxh.to(_stat_dtype(x)), Sg.to(_stat_dtype(x))
+        B2 = C2 = torch.zeros_like(A)
+    A2, B2, C2 = _kernel_tables((A, B2, C2), N, x)
+    dx = k.bwd_apply(dy, x, M, A_, B, A2, B2, C2, N, C, HW, cl, act, alpha)
+    # copies in the statistics dtype: the outputs must not share storage
+    return dx, Sgxh.to(sd, copy=True), Sg.to(sd, copy=True)
 
 
 def _register_backend(backend: str, k: _Kernels, **dtypes):
@@ -543,10 +583,12 @@ class _NativeKernels(_Passes):
         chunk, S = self._splits(x, N, C, HW, cl)
         part = self._partials(x, S, N, C)  # shift, mean of x - shift, m2
         self._run("channel_stats", x, x=x, chunk=chunk, partials=part, N=N, C=C, HW=HW, channels_last=cl)
-        mean_s, m2_s = part[:, 0].double() + part[:, 1].double(), part[:, 2].double()
+        part = _to(part, torch.float64)  # (the CPU's are float64 already)
         if S == 1:
-            return mean_s[0], m2_s[0]
-        cnt = _split_counts(S, chunk, HW, x.device)[:, None, None]
+            shift, mean, m2 = part[0].unbind(0)
+            return shift + mean, m2
+        mean_s, m2_s = part[:, 0] + part[:, 1], part[:, 2]
+        cnt = _split_counts(S, chunk, HW, x.device)
         mean = (cnt * mean_s).sum(0) / HW  # Chan's merge of the splits
         return mean, m2_s.sum(0) + (cnt * (mean_s - mean).pow(2)).sum(0)
 
@@ -625,11 +667,12 @@ class _TritonKernels(_Passes):
         if HW == 0:
             z = torch.zeros((N, C), dtype=torch.float64, device=x.device)
             return z, z.clone()
-        shift_s, mean_s, m2_s, chunk = self._tk().channel_stats(x, N, C, HW, cl)
-        cnt = _split_counts(shift_s.shape[0], chunk, HW, x.device)[:, None, None]
-        mean_s = shift_s.double() + mean_s.double()
+        part, chunk = self._tk().channel_stats(x, N, C, HW, cl)
+        shift_s, mean_s, m2_s = part.double().unbind(0)  # one cast of the (3, S, N, C) partials
+        cnt = _split_counts(part.shape[1], chunk, HW, x.device)
+        mean_s = shift_s + mean_s
         mean = (cnt * mean_s).sum(0) / HW  # Chan's merge of the splits
-        return mean, m2_s.double().sum(0) + (cnt * (mean_s - mean).pow(2)).sum(0)
+        return mean, m2_s.sum(0) + (cnt * (mean_s - mean).pow(2)).sum(0)
 
     def apply(self, x, M, A, B, res, N, C, HW, cl, act, alpha):
         return self._tk().pointwise(None, x, res, T.empty_like(x), M, A, B, None, None, None, C, HW, cl,

@@ -54,8 +54,17 @@ def _per_channel(t: Tensor | None, N: int, C: int, fill: float, like: Tensor) ->
     """A (C,) or (N, C) tensor, or None (= fill), as (N, C) in like's dtype and device."""
     if t is None:
         return torch.full((N, C), fill, dtype=like.dtype, device=like.device)
-    t = t.to(like.dtype)
+    if t.dtype != like.dtype:
+        t = t.to(like.dtype)
     return t.reshape(1, C).expand(N, C) if t.ndim == 1 else t.reshape(N, C)
+
+
+def _times(t: Tensor, factor: Tensor | None) -> Tensor:
+    """t * factor, an absent factor (None) being 1: left out, as t * 1 is exactly t (NaN, inf and
+    signed zeros included). Absent terms are not left out of sums the same way (-0 + 0 is +0),
+    nor absent factors of 0 (0 * inf is NaN). The kernel backends' tables come from here, and each
+    torch call is host work and, on a GPU, a kernel launch."""
+    return t if factor is None else t * factor
 
 
 def group_coefficients(mean: Tensor, rstd: Tensor, C: int, weight: Tensor | None, bias: Tensor | None,
@@ -70,10 +79,14 @@ def group_coefficients(mean: Tensor, rstd: Tensor, C: int, weight: Tensor | None
     N, G = mean.shape
     rs = rstd.repeat_interleave(C // G, dim=1) if C else rstd.new_zeros((N, 0))
     mu = mean.repeat_interleave(C // G, dim=1) if C else mean.new_zeros((N, 0))
-    sc1 = 1 + _per_channel(scale, N, C, 0.0, rs)
-    A = rs * _per_channel(weight, N, C, 1.0, rs) * sc1
-    B = _per_channel(bias, N, C, 0.0, rs) * sc1 + _per_channel(shift, N, C, 0.0, rs)
-    return mu - _per_channel(temb, N, C, 0.0, rs), A, B
+    sc1 = None if scale is None else 1 + _per_channel(scale, N, C, 0.0, rs)
+    A = _times(_times(rs, None if weight is None else _per_channel(weight, N, C, 1.0, rs)), sc1)
+    if bias is None and sc1 is None and shift is None:
+        B = torch.zeros_like(rs)  # 0 * 1 + 0
+    else:  # (bias or 0) * (1 + scale) + (shift or 0), the zeros kept where they are not exact to drop
+        B = _times(_per_channel(bias, N, C, 0.0, rs), sc1)
+        B = B + (0.0 if shift is None else _per_channel(shift, N, C, 0.0, rs))
+    return mu if temb is None else mu - _per_channel(temb, N, C, 0.0, rs), A, B  # (x - 0 is x)
 
 
 def group_gradients(Sg: Tensor, Sgxh: Tensor, Sxh: Tensor, HW: int, rstd: Tensor, weight: Tensor | None,
@@ -88,17 +101,18 @@ def group_gradients(Sg: Tensor, Sgxh: Tensor, Sxh: Tensor, HW: int, rstd: Tensor
     N, C = Sg.shape
     G = rstd.shape[1]
     Cg = C // G
-    rs = rstd.to(Sg.dtype).repeat_interleave(Cg, dim=1)
-    wt = _per_channel(weight, N, C, 1.0, Sg)
-    bs = _per_channel(bias, N, C, 0.0, Sg)
-    sc1 = 1 + _per_channel(scale, N, C, 0.0, Sg)
+    rs = (rstd if rstd.dtype == Sg.dtype else rstd.to(Sg.dtype)).repeat_interleave(Cg, dim=1)
+    # absent weight and scale: factors of 1, left out (_times)
+    wt = None if weight is None else _per_channel(weight, N, C, 1.0, Sg)
+    sc1 = None if scale is None else 1 + _per_channel(scale, N, C, 0.0, Sg)
     cnt = max(Cg * HW, 1)
-    gw = wt * sc1  # csrc/norm/norm.h group_gradient_weight
-    c1 = (gw * Sg).reshape(N, G, Cg).sum(-1).repeat_interleave(Cg, dim=1) / cnt
-    c2 = (gw * Sgxh).reshape(N, G, Cg).sum(-1).repeat_interleave(Cg, dim=1) / cnt
-    A2 = rs * wt * sc1
-    return dict(A2=A2, B2=-rs * c2 * rs, C2=-rs * c1, dweight=sc1 * Sgxh, dbias=sc1 * Sg,
-                dtemb=A2 * Sg - rs * c2 * Sxh - rs * c1 * HW, dscale=wt * Sgxh + bs * Sg, dshift=Sg.clone())
+    gw = sc1 if wt is None else _times(wt, sc1)  # csrc/norm/norm.h group_gradient_weight
+    c1 = _times(Sg, gw).reshape(N, G, Cg).sum(-1).repeat_interleave(Cg, dim=1) / cnt
+    c2 = _times(Sgxh, gw).reshape(N, G, Cg).sum(-1).repeat_interleave(Cg, dim=1) / cnt
+    A2 = _times(_times(rs, wt), sc1)
+    bsg = Sg * 0.0 if bias is None else _per_channel(bias, N, C, 0.0, Sg) * Sg  # (0 * Sg is not always 0)
+    return dict(A2=A2, B2=-rs * c2 * rs, C2=-rs * c1, dweight=_times(Sgxh, sc1), dbias=_times(Sg, sc1),
+                dtemb=A2 * Sg - rs * c2 * Sxh - rs * c1 * HW, dscale=_times(Sgxh, wt) + bsg, dshift=Sg.clone())
 
 
 def group_norm_act(x: Tensor, num_groups: int, weight: Tensor | None, bias: Tensor | None, eps: float, act: str,

@@ -11,6 +11,8 @@ Split reduction: a (sample, channel block) can be split into S chunks of positio
 VAE decode (N*C/BC programs) still fills the GPU; each program writes (mean, m2) of its chunk,
 merged with Chan's formula on the host side in float64 (tiny: S*N*C values).
 """
+import functools
+
 import triton
 import triton.language as tl
 
@@ -205,6 +207,15 @@ def _strides(N, C, HW, cl):
     return (HW * C, 1, C) if cl else (C * HW, HW, 1)
 
 
+@functools.lru_cache(maxsize=None)
+def _multiprocessors(index):
+    """SMs of the GPU (index None: the current one, as torch reads it); cached: the query costs
+    host time on every launch."""
+    import torch
+    return torch.cuda.get_device_properties(torch.cuda.current_device() if index is None else index
+                                            ).multi_processor_count
+
+
 def _tiling(N, C, HW, cl, device):
     """(BC, BHW, n_cblocks, splits, chunk): enough programs to fill the device, chunks of whole tiles."""
     if cl:
@@ -215,8 +226,7 @@ def _tiling(N, C, HW, cl, device):
         BHW = min(512, triton.next_power_of_2(max(HW, 1)))
     n_cblocks = triton.cdiv(C, BC)
     if device.type == "cuda":
-        import torch
-        want = 4 * torch.cuda.get_device_properties(device).multi_processor_count
+        want = 4 * _multiprocessors(device.index)
     else:
         want = INTERPRETER_PROGRAMS
     tiles = triton.cdiv(HW, BHW)
@@ -227,23 +237,24 @@ def _tiling(N, C, HW, cl, device):
 
 
 def channel_stats(x, N, C, HW, cl):
-    """Per-split, per-(n, c) moments as (S, N, C) fp32 tensors: shift k, mean of x - k, m2; and
-    the positions per split, `chunk` (the last split may hold fewer). The caller adds k to the mean
-    in float64."""
+    """Per-split, per-(n, c) moments as one (3, S, N, C) fp32 tensor: shift k, mean of x - k, m2;
+    and the positions per split, `chunk` (the last split may hold fewer). The caller adds k to the
+    mean in float64 (one tensor: one cast)."""
     import torch
     BC, BHW, ncb, S, chunk = _tiling(N, C, HW, cl, x.device)
     part = torch.empty((3, S, N, C), dtype=torch.float32, device=x.device)
     if N * C > 0:
         _stats_kernel[(N * ncb, S)](x, part[0], part[1], part[2], N, C, HW, chunk, *_strides(N, C, HW, cl), ncb,
                                     BC=BC, BHW=BHW, INT64=x.numel() >= 2**31, num_warps=4)
-    return part[0], part[1], part[2], chunk
+    return part, chunk
 
 
 def group_norm_tables(x, G, eps, w, b, temb, scale, shift, N, C, HW, cl):
     """Statistics and GroupNorm tables in two launches: (tables (3, N, C) = M, A, B; mean (N, G);
     rstd (N, G)), all fp32. Per-(n, c) extras are fp32 (N, C), weight/bias fp32 (C,)."""
     import torch
-    k, mean_s, m2_s, chunk = channel_stats(x, N, C, HW, cl)
+    part, chunk = channel_stats(x, N, C, HW, cl)
+    k, mean_s, m2_s = part.unbind(0)
     tables = torch.empty((3, N, C), dtype=torch.float32, device=x.device)
     gmean = torch.empty((N, G), dtype=torch.float32, device=x.device)
     grstd = torch.empty_like(gmean)
