@@ -35,6 +35,20 @@ def empty(shape, *, dtype, device) -> torch.Tensor:
     return out
 
 
+def cast(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """t in dtype: t itself when it already is (a no-op .to() still costs a dispatcher call, and the
+    launchers run on every op call: host time that decides small models on a GPU)."""
+    return t if t.dtype == dtype else t.to(dtype)
+
+
+def contiguous_as(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """t in dtype and contiguous, as a kernel reads a parameter; t itself when it already is (see
+    cast); None stays None."""
+    if t is None or (t.dtype == dtype and t.is_contiguous()):
+        return t
+    return t.to(dtype).contiguous()
+
+
 def is_dense(t: torch.Tensor) -> bool:
     """True if t covers exactly numel() consecutive elements in some order of its dimensions
     (contiguous, channels_last, any permutation): kernels can then treat it as flat memory."""

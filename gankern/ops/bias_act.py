@@ -143,7 +143,7 @@ def _prepare(x, b, dim, act, clamp):
     """Dense x, fp32 bias, and the scalars of csrc/bias_act/bias_act.h's Params that are not the
     user's: (C, cstride) of the flat-memory bias indexing, the activation code, clamp (< 0: none)."""
     x = T.dense(x)
-    bf = None if b is None else b if b.dtype == torch.float32 and b.is_contiguous() else b.float().contiguous()
+    bf = T.contiguous_as(b, torch.float32)
     C, cstride = (1, 1) if b is None or x.shape[dim] == 1 else (x.shape[dim], x.stride(dim))
     return x, bf, C, cstride, ref_acts.get(act).code, -1.0 if clamp is None else clamp
 

@@ -106,8 +106,8 @@ def _backward(ctx, dy, dh, dmean, drstd):
         dy = torch.zeros_like(h)
     dx, dw, db = _layer_norm_backward(dy, dh if ctx.has_residual else None, h, mean, rstd, weight)
     dres = dx if ctx.has_residual and ctx.needs_input_grad[1] else None
-    dw = _dense(dw, weight.dtype) if weight is not None and ctx.needs_input_grad[2] else None
-    db = _dense(db, h.dtype) if ctx.has_bias and ctx.needs_input_grad[3] else None
+    dw = T.contiguous_as(dw, weight.dtype) if weight is not None and ctx.needs_input_grad[2] else None
+    db = T.contiguous_as(db, h.dtype) if ctx.has_bias and ctx.needs_input_grad[3] else None
     return dx, dres, dw, db, None
 
 
@@ -140,16 +140,9 @@ def _rows(x):
     return x, x.numel() // max(D, 1), D
 
 
-def _dense(t, dtype):
-    """t in dtype, contiguous, as the kernels read it; None stays None. t itself when it already is
-    (a no-op .to() / .contiguous() still costs a dispatcher call on every op call)."""
-    if t is None or (t.dtype == dtype and t.is_contiguous()):
-        return t
-    return t.to(dtype).contiguous()
-
-
 def _param(t):
-    return _dense(t, torch.float32)
+    """A weight or a statistic as the kernels read it: fp32, contiguous (None stays None)."""
+    return T.contiguous_as(t, torch.float32)
 
 
 def _stats(x, rows):
@@ -164,7 +157,7 @@ def _layer_norm_triton(x, residual, weight, bias, eps):
     y = T.empty_like(x)
     h = T.empty_like(x) if residual is not None else x.new_empty(0)
     mean, rstd = _stats(x, rows)
-    res = _dense(residual, x.dtype)
+    res = T.contiguous_as(residual, x.dtype)
     tk.forward(x, res, _param(weight), _param(bias), y, h, mean, rstd, rows, D, eps)
     return y, h, mean, rstd
 
@@ -173,9 +166,10 @@ def _layer_norm_triton(x, residual, weight, bias, eps):
 def _layer_norm_backward_triton(dy, dh, h, mean, rstd, weight):
     from ..triton import layer_norm as tk
     h, rows, D = _rows(h)
-    dy, dh = _dense(dy, h.dtype), _dense(dh, h.dtype)
+    dy, dh = T.contiguous_as(dy, h.dtype), T.contiguous_as(dh, h.dtype)
     dx = T.empty_like(h)
-    dw, db = tk.backward(dy, dh, h, _dense(mean, mean.dtype), _dense(rstd, rstd.dtype), _param(weight), dx, rows, D)
+    dw, db = tk.backward(dy, dh, h, T.contiguous_as(mean, mean.dtype), T.contiguous_as(rstd, rstd.dtype),
+                         _param(weight), dx, rows, D)
     sd = _stat_dtype(h)
     return dx, dw.to(sd), db.to(sd)
 
@@ -197,7 +191,7 @@ def _register_native(backend):
         y = T.empty_like(x)
         h = T.empty_like(x) if residual is not None else None
         mean, rstd = (T.empty(x.shape[:-1], dtype=torch.float32, device=x.device) for _ in range(2))
-        res = _dense(residual, x.dtype)
+        res = T.contiguous_as(residual, x.dtype)
         _native.entry(backend, "layer_norm.forward")(x, x=x, residual=res, weight=_param(weight), bias=_param(bias),
                                                      y=y, h=h, mean=mean, rstd=rstd, rows=rows, D=D, eps=eps)
         return y, (h if h is not None else x.new_empty(0)), mean, rstd
@@ -210,8 +204,8 @@ def _register_native(backend):
         dwp = torch.empty(parts, D, dtype=torch.float32, device=h.device)
         dbp = torch.empty_like(dwp)
         _native.entry(backend, "layer_norm.backward")(
-            h, dy=_dense(dy, h.dtype), dh=_dense(dh, h.dtype), h=h,
-            mean=_dense(mean, torch.float32), rstd=_dense(rstd, torch.float32), weight=_param(weight), dx=dx,
+            h, dy=T.contiguous_as(dy, h.dtype), dh=T.contiguous_as(dh, h.dtype), h=h,
+            mean=_param(mean), rstd=_param(rstd), weight=_param(weight), dx=dx,
             dweight=dwp, dbias=dbp, rows=rows, D=D, parts=parts)
         return dx, dwp.sum(0), dbp.sum(0)
 

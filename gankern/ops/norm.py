@@ -164,9 +164,9 @@ def batch_norm_act(x: Tensor, running_mean: Tensor | None, running_var: Tensor |
                                    residual)
     if training and running_mean is not None and count > 0:
         with torch.no_grad():
-            running_mean.mul_(1 - momentum).add_(_to(mean, running_mean.dtype), alpha=momentum)
+            running_mean.mul_(1 - momentum).add_(T.cast(mean, running_mean.dtype), alpha=momentum)
             unbiased = var * (count / (count - 1))
-            running_var.mul_(1 - momentum).add_(_to(unbiased, running_var.dtype), alpha=momentum)
+            running_var.mul_(1 - momentum).add_(T.cast(unbiased, running_var.dtype), alpha=momentum)
     return y
 
 
@@ -257,7 +257,7 @@ def _(dy, x, mean, var, weight, bias, training, eps, act, alpha):
 def _cast(g, like):
     if like is None:
         return None
-    g = _to(g, like.dtype)
+    g = T.cast(g, like.dtype)
     return g if g.shape == like.shape else g.reshape(like.shape)
 
 
@@ -334,21 +334,16 @@ def _norm_layout(x):
 def _gn_tables(x, mean, rstd, G, w, b, temb, scale, shift, dt):
     """Per-(n, c) tables in dtype dt: xhat = (x - M) * P and h = (x - M) * A + B
     (gankern/reference/norm.py group_coefficients)."""
-    rstd = _to(rstd, dt)
-    M, A, B = ref.group_coefficients(_to(mean, dt), rstd, x.shape[1], w, b, temb, scale, shift)
+    rstd = T.cast(rstd, dt)
+    M, A, B = ref.group_coefficients(T.cast(mean, dt), rstd, x.shape[1], w, b, temb, scale, shift)
     return dict(M=M, P=rstd.repeat_interleave(x.shape[1] // G, dim=1), A=A, B=B)
-
-
-def _to(t, dt):
-    """t in dtype dt (t itself if it is: a no-op .to() still costs a dispatcher call)."""
-    return t if t.dtype == dt else t.to(dt)
 
 
 def _bn_coefficients(var, w, eps, dt):
     """(rs, wt, A) per channel (C,) in dt: h = (x - mean) * A + B with A = rs * wt, rs = rsqrt(var + eps);
     wt None for no weight (a multiplication by one is exact: it is left out)."""
-    rs = torch.rsqrt(_to(var, dt) + eps)
-    wt = None if w is None else _to(w, dt)
+    rs = torch.rsqrt(T.cast(var, dt) + eps)
+    wt = None if w is None else T.cast(w, dt)
     return rs, wt, rs if wt is None else rs * wt
 
 
@@ -360,7 +355,7 @@ def _kernel_tables(rows, N, x):
     rows = torch.stack(rows)
     dt = torch.float64 if x.dtype == torch.float64 else torch.float32
     if rows.ndim == 3:
-        return _to(rows, dt).unbind(0)
+        return T.cast(rows, dt).unbind(0)
     out = torch.empty((rows.shape[0], N, rows.shape[1]), dtype=dt, device=rows.device)
     return out.copy_(rows.unsqueeze(1)).unbind(0)
 
@@ -414,15 +409,15 @@ def _f32(t, like=None):
 
 def _gn_forward(k: _Kernels, x, G, w, b, eps, act, alpha, temb, scale, shift, residual):
     x, N, C, HW, cl = _norm_layout(x)
-    res = None if residual is None else T.like(_to(residual, x.dtype), x)
+    res = None if residual is None else T.like(T.cast(residual, x.dtype), x)
     whole = k.group_forward(x, G, w, b, eps, act, alpha, temb, scale, shift, res, N, C, HW, cl)
     if whole is not None:
         return whole
     mean_c, m2_c = k.stats(x, N, C, HW, cl)
     dt = torch.float64
-    mean_c, m2_c = _to(mean_c, dt), _to(m2_c, dt)
+    mean_c, m2_c = T.cast(mean_c, dt), T.cast(m2_c, dt)
     if temb is not None:
-        mean_c = mean_c + _to(temb, dt)
+        mean_c = mean_c + T.cast(temb, dt)
     mg = mean_c.reshape(N, G, C // G).mean(-1)
     m2g = m2_c.reshape(N, G, C // G).sum(-1) + HW * (mean_c.reshape(N, G, C // G) - mg[..., None]).pow(2).sum(-1)
     rstd = torch.rsqrt(m2g / max((C // G) * HW, 1) + eps)
@@ -436,17 +431,17 @@ def _gn_backward_k(k: _Kernels, dy, x, mean, rstd, G, w, b, eps, act, alpha, tem
     if x.numel() == 0:  # no output element: every gradient is zero (the statistics may be NaN)
         pc, ps = (torch.zeros(s, dtype=_stat_dtype(x), device=x.device) for s in ((C,), (N, C)))
         return (torch.zeros_like(x), pc, pc.clone(), ps, ps.clone(), ps.clone())
-    dy = T.like(_to(dy, x.dtype), x)
+    dy = T.like(T.cast(dy, x.dtype), x)
     whole = k.group_backward(dy, x, mean, rstd, G, w, b, act, alpha, temb, scale, shift, N, C, HW, cl)
     if whole is not None:
         return whole
     dt = torch.float64
     # the parameters in float64 once (the tables and the gradients both read them)
-    w, b, temb, scale, shift = (None if t is None else _to(t, dt) for t in (w, b, temb, scale, shift))
-    rstd = _to(rstd, dt)
+    w, b, temb, scale, shift = (None if t is None else T.cast(t, dt) for t in (w, b, temb, scale, shift))
+    rstd = T.cast(rstd, dt)
     tb = _gn_tables(x, mean, rstd, G, w, b, temb, scale, shift, dt)
     M, A, B, P = _kernel_tables((tb["M"], tb["A"], tb["B"], tb["P"]), N, x)
-    Sg, Sgxh, Sxh = _to(k.bwd_reduce(dy, x, M, A, B, P, N, C, HW, cl, act, alpha), dt).unbind(0)
+    Sg, Sgxh, Sxh = T.cast(k.bwd_reduce(dy, x, M, A, B, P, N, C, HW, cl, act, alpha), dt).unbind(0)
     d = ref.group_gradients(Sg, Sgxh, Sxh, HW, rstd, w, b, scale)
     dx = k.bwd_apply(dy, x, M, A, B, *_kernel_tables((d["A2"], d["B2"], d["C2"]), N, x), N, C, HW, cl, act, alpha)
     grads = (d["dweight"].sum(0), d["dbias"].sum(0), d["dtemb"], d["dscale"], d["dshift"])
@@ -468,9 +463,9 @@ def _bn_forward(k: _Kernels, x, w, b, rm, rv, training, eps, act, alpha, residua
         # what their float64 round trip gives
         out_mean, out_var = rm.to(sd, copy=True), rv.to(sd, copy=True)
     rs, _, A = _bn_coefficients(var, w, eps, dt)
-    B = torch.zeros_like(rs) if b is None else _to(b, dt)
+    B = torch.zeros_like(rs) if b is None else T.cast(b, dt)
     M, A, B = _kernel_tables((mean, A, B), N, x)
-    res = None if residual is None else T.like(_to(residual, x.dtype), x)
+    res = None if residual is None else T.like(T.cast(residual, x.dtype), x)
     y = k.apply(x, M, A, B, res, N, C, HW, cl, act, alpha)
     return y, out_mean, out_var
 
@@ -481,15 +476,13 @@ def _bn_backward_k(k: _Kernels, dy, x, mean, var, w, b, training, eps, act, alph
     if x.numel() == 0:  # no output element: every gradient is zero (the statistics may be NaN)
         z = torch.zeros((C,), dtype=sd, device=x.device)
         return torch.zeros_like(x), z, z.clone()
-    if dy.dtype != x.dtype:
-        dy = dy.to(x.dtype)
-    dy = T.like(dy, x)
+    dy = T.like(T.cast(dy, x.dtype), x)
     dt = torch.float64
     rs, wt, A = _bn_coefficients(var, w, eps, dt)
-    B = torch.zeros_like(rs) if b is None else _to(b, dt)
-    M, A_, B, P = _kernel_tables((_to(mean, dt), A, B, rs), N, x)
+    B = torch.zeros_like(rs) if b is None else T.cast(b, dt)
+    M, A_, B, P = _kernel_tables((T.cast(mean, dt), A, B, rs), N, x)
     sums = k.bwd_reduce(dy, x, M, A_, B, P, N, C, HW, cl, act, alpha)
-    Sg, Sgxh, _ = _to(sums, dt).sum(1).unbind(0)
+    Sg, Sgxh, _ = T.cast(sums, dt).sum(1).unbind(0)
     if training:
         cnt = max(N * HW, 1)
         c1 = (Sg if wt is None else wt * Sg) / cnt
@@ -583,7 +576,7 @@ class _NativeKernels(_Passes):
         chunk, S = self._splits(x, N, C, HW, cl)
         part = self._partials(x, S, N, C)  # shift, mean of x - shift, m2
         self._run("channel_stats", x, x=x, chunk=chunk, partials=part, N=N, C=C, HW=HW, channels_last=cl)
-        part = _to(part, torch.float64)  # (the CPU's are float64 already)
+        part = T.cast(part, torch.float64)  # (the CPU's are float64 already)
         if S == 1:
             shift, mean, m2 = part[0].unbind(0)
             return shift + mean, m2
