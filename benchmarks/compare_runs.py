@@ -18,9 +18,13 @@ import statistics
 def _load(paths):
     runs = []
     for p in paths:
-        with open(p) as f:
-            doc = json.load(f)
-        runs.append({(r["op"], r["variant"], tuple(r["shape"]), r["dtype"]): r for r in doc["results"]
+        try:
+            with open(p) as f:
+                doc = json.load(f)
+            results = doc["results"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise SystemExit(f"compare_runs: {p} is not a `gankern bench` JSON file ({type(e).__name__}: {e})")
+        runs.append({(r["op"], r["variant"], tuple(r["shape"]), r["dtype"]): r for r in results
                      if r.get("gankern_ms") is not None})
     return runs
 

@@ -135,11 +135,14 @@ def per_call_us(fn, n, dev):
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    p.add_argument("--backend", default=None, help="force one gankern backend (reference, triton, cpu, cuda)")
+    p.add_argument("--backend", default=None, choices=("reference", "triton", "cpu", "cuda"),
+                   help="force one gankern backend")
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--calls", type=int, default=100, help="calls per round")
     p.add_argument("-k", default="", help="only cases whose name contains this")
     a = p.parse_args()
+    if a.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: PyTorch sees no CUDA device")
     torch.set_num_threads(1)
     if _native.cpu is not None:
         _native.cpu.set_num_threads(1)
