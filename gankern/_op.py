@@ -12,8 +12,7 @@ autograd.Function, redispatch, the backend wrapper) costs 10-30 us per call, mor
 kernel. So in plain eager mode a call skips it and does what that path would do, directly:
 
 - no gradient wanted (grad mode off, or no tensor argument requires grad): call the op's
-  function (its backend dispatch) and check, as torch.library does, that no output aliases an
-  input;
+  function (its backend dispatch);
 - a gradient wanted: one torch.autograd.Function built from the op's own `setup_context` and
   `backward` (the formula stays written once). Backward functions call their backward ops
   through the same wrapper, so double backward records a graph as before; an op without an
@@ -28,7 +27,10 @@ torch.Tensor or nn.Parameter (subclasses, FakeTensor) or is on the meta device.
 
 What the fast path does not repeat: torch.library's check of each argument against the schema
 (an int for a float...). Only gankern's own code calls the op objects, after the functional API's
-validation; `torch.ops.gankern.*`, which users may call, is unchanged.
+validation; `torch.ops.gankern.*`, which users may call, is unchanged. torch.library's check that
+no output aliases an input or another output (a rule for the op's author: every gankern backend
+returns fresh tensors) runs when `check_aliasing` is set, as the test suite sets it
+(tests/conftest.py): it costs ~1.5 us a call, as much as the rest of the fast path.
 """
 from __future__ import annotations
 
@@ -58,6 +60,9 @@ count_calls = False
 
 # False: every call goes through torch.library (tests compare both paths; benchmarks A/B them).
 enabled = True
+
+# True: the fast path also runs torch.library's output-aliasing check (module doc; tests set it).
+check_aliasing = False
 
 
 @contextlib.contextmanager
@@ -159,14 +164,16 @@ class Op:
                 return self.overload(*args)
             return self._function.apply(*args)
         out = fn(*args)
-        _c_check_aliasing_constraint(self.qualname, args, {}, out)  # torch.library's check (C++, ~1 us)
+        if check_aliasing:
+            _c_check_aliasing_constraint(self.qualname, args, {}, out)
         return out
 
     def _run(self, *args):
         """The op's own function (check and backend dispatch), with torch.library's check that no
-        output aliases an input or another output."""
+        output aliases an input or another output when `check_aliasing` is set."""
         out = self._fn(*args)
-        _c_check_aliasing_constraint(self.qualname, args, {}, out)
+        if check_aliasing:
+            _c_check_aliasing_constraint(self.qualname, args, {}, out)
         return out
 
     def __repr__(self) -> str:

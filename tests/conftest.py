@@ -96,6 +96,10 @@ _IS_XDIST_WORKER = False
 def pytest_configure(config):
     global _IS_XDIST_WORKER
     _IS_XDIST_WORKER = hasattr(config, "workerinput")
+    # every op call in the tests checks, as torch.library does, that no output aliases an input
+    # (off in production: gankern/_op.py)
+    from gankern import _op
+    _op.check_aliasing = True
 
 
 def pytest_runtest_logreport(report):

@@ -305,3 +305,23 @@ def test_guidance_rescale_factors_in_python_floats_are_torchs_bits():
     flat = torch.tensor([[1.0, 2.0, 2.0, 4.0]], dtype=torch.float64)  # var_m = 0
     got, want = D._rescale_from_sums(flat, 2, 0.5), torch_formula(flat, 2, 0.5)
     torch.testing.assert_close(got, want, equal_nan=True, rtol=0, atol=0)
+
+
+def test_aliasing_output_is_caught_where_checked():
+    """An op returning its input: torch.library always raises; the fast path raises when
+    check_aliasing is on (as in this suite) and, off (production), returns the alias unchecked."""
+    @_op.custom_op("gankern_test::returns_input")
+    def returns_input(x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    x = torch.randn(3)
+    assert _op.check_aliasing  # tests/conftest.py
+    with pytest.raises(RuntimeError, match="may not alias any inputs"):
+        returns_input(x)
+    with _op.fast_path(False), pytest.raises(RuntimeError, match="may not alias any inputs"):
+        returns_input(x)
+    _op.check_aliasing = False
+    try:
+        assert returns_input(x) is x
+    finally:
+        _op.check_aliasing = True

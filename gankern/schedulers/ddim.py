@@ -67,10 +67,9 @@ class DDIMScheduler(AlphaScheduler):
         if float(v) != int(v):
             raise ValueError(f"DDIMScheduler timesteps are integers, got {v}")
         v = int(v)
-        T = self.config.num_train_timesteps
-        if not 0 <= v < T:
-            raise ValueError(f"timestep {v} is outside [0, num_train_timesteps = {T})")
         self._step_index = self._ts_index.get(v)  # None off the schedule
+        if self._step_index is None and not 0 <= v < self.config.num_train_timesteps:
+            raise ValueError(f"timestep {v} is outside [0, num_train_timesteps = {self.config.num_train_timesteps})")
         return v
 
     def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor, eta: float = 0.0,
