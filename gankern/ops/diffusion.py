@@ -136,7 +136,8 @@ def fused_step(model_output: Tensor, sample: Tensor, plan: StepPlan, *, guidance
     elif flags & R.HIST:
         raise ValueError("this step needs the previous step's x0 (history) but none was given")
     _check_step_inputs(model_output, sample, guided, history, noise, flags)
-    if torch.is_grad_enabled():
+    if torch.is_grad_enabled() and (model_output.requires_grad or sample.requires_grad or (
+            history is not None and history.requires_grad) or (noise is not None and noise.requires_grad)):
         for name, t in (("model_output", model_output), ("sample", sample), ("history", history), ("noise", noise)):
             if t is not None and t.requires_grad:
                 raise ValueError(f"{name} requires grad, but the fused sampling step is not differentiable (its "
@@ -623,9 +624,9 @@ def _dtypes(backend: str) -> dict:
 def _register_step_kernels(backend: str, impl) -> None:
     """diffusion_step, its graph-replay form (coefficients and RNG state read from device buffers)
     and the dynamic-thresholding scales, all on one step launcher."""
-    @register("diffusion_step", backend, **_dtypes(backend))
-    def step(model_output, sample, history, noise, rescale, thresh, coefs, flags, seed, offset, want_x0):
-        return impl(model_output, sample, history, noise, rescale, thresh, coefs, flags, seed, offset, want_x0)
+    # impl takes the op's arguments first (then its own keyword-only extras): registered as is, one
+    # Python call less per step
+    step = register("diffusion_step", backend, **_dtypes(backend))(impl)
 
     if backend == "cpu":  # host memory: read the buffers, then the plain step
         register("diffusion_step_dev", backend, **_dtypes(backend))(_step_dev_via_host(step))
@@ -658,7 +659,7 @@ def _partials(backend, B, S, width, device):
 
 
 def _register_native(backend: str) -> None:
-    def step_impl(model_output, sample, history, noise, rescale, thresh, coefs, flags, seed, offset, want_x0,
+    def step_impl(model_output, sample, history, noise, rescale, thresh, coefs, flags, seed, offset, want_x0, *,
                   coef_dev=None, rng_dev=None, write_prev=True):
         mo, x, B, S, mo_stride, history, noise, rescale, thresh, prev, x0 = _step_operands(
             model_output, sample, history, noise, rescale, thresh, want_x0, write_prev)
@@ -724,7 +725,7 @@ _register_native("cuda")
 
 # ---- backends: triton ------------------------------------------------------------------------
 
-def _step_triton_impl(model_output, sample, history, noise, rescale, thresh, coefs, flags, seed, offset, want_x0,
+def _step_triton_impl(model_output, sample, history, noise, rescale, thresh, coefs, flags, seed, offset, want_x0, *,
                       coef_dev=None, rng_dev=None, write_prev=True):
     from ..triton import diffusion as tk
     mo, x, B, S, mo_stride, history, noise, rescale, thresh, prev, x0 = _step_operands(
