@@ -39,8 +39,22 @@ def test_interleaved_times_every_contender():
                     min_reps=7, max_reps=7, rounds=3)
     assert set(t) == {"a", "b"}
     assert len(t["a"].times_ms) == 7 and len(t["b"].times_ms) == 7
-    assert calls == {"a": 9, "b": 9}  # two warm-up calls each
+    assert calls == {"a": 12, "b": 12}  # two warm-up calls, then one untimed call per turn (3 rounds)
     assert t["a"].faults is not None and t["a"].ms >= 0
+
+
+def test_each_turn_starts_with_an_untimed_call():
+    """A contender's timed calls follow one of its own (its loop's memory state), never another's."""
+    log = []
+
+    def contender(k):
+        log.append(k)
+
+    interleaved({"a": lambda: contender("a"), "b": lambda: contender("b")}, torch.device("cpu"),
+                budget_s=0.001, min_reps=4, max_reps=4, rounds=2)
+    # warm-ups a a b b, then per round each contender's turn: 1 untimed + 2 timed calls, order rotated
+    assert log == ["a", "a", "b", "b"] + ["a"] * 3 + ["b"] * 3 + ["b"] * 3 + ["a"] * 3
+
 
 
 def test_gan_layers_baselines_match_gankern():

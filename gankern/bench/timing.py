@@ -48,6 +48,14 @@ def interleaved(fns: dict[str, Callable[[], object]], device: torch.device, budg
     L2 between runs). CPU: perf_counter around each call. Two warm-up calls run first, so
     compilation and allocator growth stay out of the numbers. The result of each call is dropped
     before the next starts, as in a user's loop.
+
+    CPU: each contender's turn starts with one untimed call, so its timed calls run in the state
+    a user's loop runs in: the memory its outputs take was freed a moment ago by its own previous
+    call. Without it, the first call after the other contenders' turns (the eager ones take
+    seconds) gets memory that sat free: on VMs with free page reporting (virtio-balloon, page
+    order >= 9) the guest has handed those 2 MiB blocks back to the host, and faulting them in
+    again costs ~2.3 ms per 2 MiB, 20x a recycled block (benchmarks/NOTES.md, "bench vs a fresh
+    process"): a 512 MiB output then takes 300-600 ms instead of ~30.
     """
     if device.type == "cuda":
         try:
@@ -72,6 +80,8 @@ def interleaved(fns: dict[str, Callable[[], object]], device: torch.device, budg
         order = names[r % len(names):] + names[:r % len(names)]
         for k in order:
             n = -(-reps[k] * (r + 1) // rounds) - -(-reps[k] * r // rounds)  # this round's share
+            if device.type == "cpu" and len(fns) > 1:
+                fns[k]()  # back to its own loop's memory (docstring)
             f0 = _minor_faults()
             for _ in range(n):
                 if device.type == "cuda":
