@@ -26,10 +26,11 @@ from hypothesis import settings  # noqa: E402
 
 import gankern  # noqa: E402
 from gankern._tensors import poison_outputs  # noqa: E402
-from gankern.backends import why_not  # noqa: E402
+from gankern.backends import NAMES, why_not  # noqa: E402
 
-# The one list of backends the tests run: every backend, and those that are not the reference.
-KERNEL_BACKENDS = ("reference", "cpu", "triton", "cuda")
+# The one list of backends the tests run (gankern's own: backends.NAMES), and those that are not
+# the reference.
+KERNEL_BACKENDS = NAMES
 KERNEL_ONLY_BACKENDS = tuple(b for b in KERNEL_BACKENDS if b != "reference")
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 # Where the triton and cuda backends run: the GPU, else the CPU (Triton's interpreter, the CUDA

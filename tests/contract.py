@@ -40,10 +40,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import gankern
 from gankern.backends import why_not
 
-BACKENDS = ("reference", "cpu", "triton", "cuda")
+from conftest import DEVICES, KERNEL_BACKENDS as BACKENDS
+
 # (backend, device) pairs: CPU tensors on every backend (Triton interpreted and the CUDA emulator
 # where there is no GPU), and CUDA tensors where there is one.
-DEVICES = ("cpu",) + (("cuda",) if torch.cuda.is_available() else ())
 TARGETS = [(b, d) for d in DEVICES for b in BACKENDS]
 TARGET_IDS = [b if d == "cpu" else f"{b}-{d}" for b, d in TARGETS]
 

@@ -8,9 +8,8 @@ import torch
 import gankern
 from gankern.reference import diffusion as R
 
-from conftest import skip_unless_runnable
+from conftest import KERNEL_BACKENDS as BACKENDS, skip_unless_runnable
 
-BACKENDS = ("reference", "cpu", "triton", "cuda")
 B, SHAPE = 3, (3, 4, 5, 6)
 OPS = torch.ops.gankern
 
