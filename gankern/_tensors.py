@@ -137,6 +137,16 @@ def restride(out, like: torch.Tensor, strides: tuple):
     return fixed
 
 
+def restride_contiguous(out, like: torch.Tensor):
+    """restride(out, like, contiguous strides), for ops whose full-size outputs are contiguous on
+    every backend: returns out untouched, without building the stride tuple, when every output
+    already is (what the native kernels write; the eager hot path)."""
+    outs = out if isinstance(out, (tuple, list)) else (out,)
+    if all(o is None or o.is_contiguous() for o in outs):
+        return out
+    return restride(out, like, contiguous_strides(like.shape))
+
+
 def channel_sums(g: torch.Tensor, dim: int) -> torch.Tensor:
     """Sums of g over every dimension but `dim` (a bias gradient), deterministic; accumulated and
     returned in fp32 for bf16/fp16 (in g's dtype otherwise)."""

@@ -54,8 +54,8 @@ def interleaved(fns: dict[str, Callable[[], object]], device: torch.device, budg
     call. Without it, the first call after the other contenders' turns (the eager ones take
     seconds) gets memory that sat free: on VMs with free page reporting (virtio-balloon, page
     order >= 9) the guest has handed those 2 MiB blocks back to the host, and faulting them in
-    again costs ~2.3 ms per 2 MiB, 20x a recycled block (benchmarks/NOTES.md, "bench vs a fresh
-    process"): a 512 MiB output then takes 300-600 ms instead of ~30.
+    again costs ~2.3 ms per 2 MiB, 20x a recycled block (benchmarks/NOTES.md, "Issue #9 item 6
+    closed out"): a 512 MiB output then takes 300-600 ms instead of ~30.
     """
     if device.type == "cuda":
         try:

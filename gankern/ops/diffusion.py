@@ -76,10 +76,7 @@ def _contiguous(out, like: Tensor):
     """Full-size outputs of every diffusion op are contiguous on every backend: the kernels index
     [B, S] row-major (the noise contract numbers elements that way), so a channels_last input is
     read through a contiguous copy. The fakes state it (torch.compile / export trust them)."""
-    outs = out if isinstance(out, tuple) else (out,)
-    if all(o.is_contiguous() for o in outs):  # every native backend's outputs: no stride tuple to build
-        return out
-    return T.restride(out, like, T.contiguous_strides(like.shape))
+    return T.restride_contiguous(out, like)
 
 
 def _empty_contiguous(like: Tensor) -> Tensor:

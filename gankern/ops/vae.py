@@ -124,7 +124,7 @@ def reparameterize_kl(mu: Tensor, logvar: Tensor, seed: int | None = None, offse
 def _contiguous(out, mu):
     """Full-size outputs are contiguous on every backend (the noise contract numbers elements
     row-major, so the kernels write row-major); the fakes below say so."""
-    return T.restride(out, mu, T.contiguous_strides(mu.shape))
+    return T.restride_contiguous(out, mu)
 
 
 def _kl_shape(mu, reduction):
